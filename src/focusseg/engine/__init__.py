@@ -1,0 +1,1 @@
+"""The training engine: a short loop, the events it calls, checkpoints."""
