@@ -1,0 +1,186 @@
+"""Gaussian-weighted sliding-window inference with mirror test-time augmentation (nnU-Net v2 style).
+
+For windows ``w`` with Gaussian weight ``g`` (see :mod:`focusseg.inference.windows`) and mirror set ``M``
+(all ``2^|mirror_axes|`` subsets of the axes, identity included), the logits at voxel ``x`` are::
+
+    z(x) = sum_w g(x - o_w) * (1/|M|) sum_{m in M} m^-1(f(m(I_w)))(x)  /  sum_w g(x - o_w)
+
+i.e. mirrors are averaged on logits (nnU-Net ``_internal_maybe_mirror_and_predict``) and windows are
+Gaussian-averaged in a float32 accumulator on the compute device. Every (window, mirror) pair is one item;
+items are batched ``batch_size`` at a time, so mirroring is batched together with the windows.
+
+Speed options:
+
+* ``mask`` (spatial bool tensor, e.g. :func:`nonzero_mask`): windows containing no ``True`` voxel are not
+  run. Voxels that no run window covers get the *background* logits: ``BACKGROUND_LOGIT`` (20) for class 0
+  and 0 for the others (softmax probability of background ``>= 1 - (K-1) * 2e-9``); with a single output
+  channel (sigmoid networks) the value is ``-BACKGROUND_LOGIT``, again background.
+* ``channels_last_3d``: windows and network in ``torch.channels_last_3d`` memory format (3D only).
+* ``compile``: run ``torch.compile(network)`` (off by default; compilation is paid on every call, so
+  prefer compiling once outside and passing the compiled module).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from focusseg.inference.windows import compute_steps, gaussian_importance_map, pad_to_patch
+
+BACKGROUND_LOGIT = 20.0
+
+__all__ = ["BACKGROUND_LOGIT", "mirror_combinations", "nonzero_mask", "sliding_window_predict"]
+
+
+def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """All subsets of ``mirror_axes`` (spatial axes, 0-based), identity ``()`` first: ``2^len`` flips."""
+    axes = tuple(sorted(set(int(a) for a in mirror_axes)))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def nonzero_mask(image: torch.Tensor) -> torch.Tensor:
+    """Spatial mask of voxels where any channel of ``image`` (C, *spatial) is non-zero."""
+    return (image != 0).any(dim=0)
+
+
+def _network_device(network: nn.Module, fallback: torch.device) -> torch.device:
+    for p in network.parameters():
+        return p.device
+    return fallback
+
+
+def _run(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = network(x)
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    return out
+
+
+def sliding_window_predict(
+    network: nn.Module,
+    image: torch.Tensor,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    mirror_axes: Sequence[int] = (),
+    batch_size: int = 2,
+    device: str | torch.device | None = None,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+    out_device: str | torch.device = "cpu",
+    *,
+    mask: torch.Tensor | None = None,
+    sigma_scale: float = 1.0 / 8,
+    channels_last_3d: bool = False,
+    compile: bool = False,
+) -> torch.Tensor:
+    """Predict float32 logits ``(K, *spatial)`` for ``image`` ``(C, *spatial)`` (2D or 3D) window by window.
+
+    Args:
+        network: maps ``(B, C, *patch)`` to logits ``(B, K, *patch)`` (a list/tuple: element 0 is used).
+            Put in eval mode for the call (its previous mode is restored); moved to ``device`` if given.
+        image: any device; smaller than ``patch_size`` along an axis -> zero-padded (centred) and unpadded.
+        patch_size: window size, one int per spatial axis.
+        overlap: ``0 <= overlap < 1``; nnU-Net step ``P * (1 - overlap)`` (module docstring of ``windows``).
+        mirror_axes: spatial axes (0, 1[, 2]) to flip for test-time augmentation; ``()`` disables it.
+        batch_size: (window, mirror) items per forward pass, ``>= 1``.
+        device: compute device; ``None`` -> the network's parameter device (else the image's).
+        amp_dtype: ``torch.bfloat16`` / ``torch.float16`` to run under ``torch.autocast``; ``None`` = fp32.
+        progress: show a rich progress bar over batches.
+        out_device: device of the returned logits.
+        mask: optional spatial bool tensor; windows without any ``True`` voxel are skipped (module doc).
+        sigma_scale: Gaussian ``sigma = patch * sigma_scale`` (nnU-Net: 1/8).
+        channels_last_3d: use ``torch.channels_last_3d`` for 3D windows and network.
+        compile: wrap the network with ``torch.compile`` for this call.
+    """
+    spatial_dims = image.ndim - 1
+    patch = tuple(int(p) for p in patch_size)
+    if spatial_dims not in (2, 3) or len(patch) != spatial_dims:
+        raise ValueError(f"image {tuple(image.shape)} must be (C, *spatial) with 2/3 axes like patch {patch}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if any(a < 0 or a >= spatial_dims for a in mirror_axes):
+        raise ValueError(f"mirror_axes {tuple(mirror_axes)} must be spatial axes in [0, {spatial_dims})")
+    dev = torch.device(device) if device is not None else _network_device(network, image.device)
+    if device is not None:
+        network.to(dev)
+    was_training = network.training
+    network.eval()
+    model = network
+    if channels_last_3d and spatial_dims == 3:
+        model = model.to(memory_format=torch.channels_last_3d)
+    if compile:
+        model = torch.compile(model)
+
+    padded, region = pad_to_patch(image, patch)
+    if mask is not None:
+        if tuple(mask.shape) != tuple(image.shape[1:]):
+            raise ValueError(f"mask {tuple(mask.shape)} must match image spatial {tuple(image.shape[1:])}")
+        mask, _ = pad_to_patch(mask[None].to(torch.uint8), patch)
+        mask = mask[0].bool()
+    size = tuple(padded.shape[1:])
+    starts = list(itertools.product(*compute_steps(size, patch, overlap)))
+    windows = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for st in starts]
+    if mask is not None:
+        windows = [w for w in windows if bool(mask[w].any())]
+    flips = mirror_combinations(mirror_axes)
+    items = [(w, f) for w in windows for f in flips]
+    gauss = gaussian_importance_map(patch, sigma_scale, dev, torch.float32)
+
+    acc: torch.Tensor | None = None
+    weight = torch.zeros((1, *size), dtype=torch.float32, device=dev)
+    for w in windows:
+        weight[(slice(None), *w)] += gauss
+    scale = 1.0 / len(flips)
+    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    if progress:
+        from rich.progress import track
+
+        batches = track(batches, description="sliding window")
+    autocast = (
+        torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else _null_context()
+    )
+    try:
+        with torch.inference_mode(), autocast:
+            for batch in batches:
+                x = torch.stack(
+                    [_flip(padded[(slice(None), *w)].to(dev, non_blocking=True), f) for w, f in batch]
+                )
+                if channels_last_3d and spatial_dims == 3:
+                    x = x.contiguous(memory_format=torch.channels_last_3d)
+                out = _run(model, x).float()
+                if acc is None:
+                    with torch.inference_mode(False):  # a normal tensor: callers may modify the result
+                        acc = torch.zeros((out.shape[1], *size), dtype=torch.float32, device=dev)
+                for (w, f), o in zip(batch, out):
+                    acc[(slice(None), *w)] += _flip(o, f) * (gauss * scale)
+    finally:
+        network.train(was_training)
+    if acc is None:  # mask skipped every window: all background; ask the network for K on one window
+        with torch.inference_mode():
+            probe = _run(model, torch.zeros((1, image.shape[0], *patch), device=dev))
+        acc = torch.zeros((probe.shape[1], *size), dtype=torch.float32, device=dev)
+    covered = weight > 0
+    if mask is None:  # without a mask every voxel lies in some window: divide in place
+        acc.div_(weight)
+    else:
+        acc = torch.where(covered, acc / torch.where(covered, weight, torch.ones_like(weight)), acc)
+        background = torch.zeros((acc.shape[0],) + (1,) * spatial_dims, device=dev)
+        background[0] = BACKGROUND_LOGIT if acc.shape[0] > 1 else -BACKGROUND_LOGIT
+        acc = torch.where(covered, acc, background)
+    return acc[region].to(out_device)
+
+
+def _flip(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """Flip spatial ``axes`` of a (C, *spatial) tensor (a flip is its own inverse)."""
+    return torch.flip(x, dims=[a + 1 for a in axes]) if axes else x
+
+
+class _null_context:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,99 @@
+"""Window placement and the Gaussian importance map of nnU-Net's sliding-window inference.
+
+Window placement (nnU-Net v2 ``compute_steps_for_sliding_window``), per spatial axis with image size ``I``
+and patch size ``P <= I`` and step fraction ``s = 1 - overlap``::
+
+    n      = ceil((I - P) / (P * s)) + 1            (number of windows)
+    start_i = round(i * (I - P) / (n - 1)),  i = 0..n-1   (n = 1: start 0)
+
+so the windows are spread evenly and the last one ends exactly at ``I`` (I=110, P=64, overlap 0.5 gives
+0/23/46; MONAI's placement gives 0/32/46). ``round`` is round-half-to-even, as ``np.round`` in nnU-Net.
+
+Gaussian importance map (nnU-Net ``compute_gaussian``): a unit impulse at voxel ``P // 2`` filtered with a
+Gaussian of ``sigma = P * sigma_scale`` (``sigma_scale = 1/8``; ``scipy.ndimage.gaussian_filter``, constant
+border 0), divided by its maximum so the peak is 1 (nnU-Net scales the peak to 10; only ratios matter
+because the accumulated prediction is divided by the accumulated weights), and zeros replaced by the
+smallest non-zero value so that every voxel of a window gets a positive weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter
+
+
+def compute_steps(
+    image_size: Sequence[int], patch_size: Sequence[int], overlap: float = 0.5
+) -> list[list[int]]:
+    """Window start offsets per spatial axis (nnU-Net placement, see module docstring).
+
+    Args:
+        image_size: spatial size, each ``>= patch_size`` (pad smaller images first).
+        patch_size: window size per axis.
+        overlap: fraction of a window shared with its neighbour, ``0 <= overlap < 1``.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if len(image_size) != len(patch_size):
+        raise ValueError(f"image {tuple(image_size)} and patch {tuple(patch_size)} differ in dimensions")
+    steps: list[list[int]] = []
+    for size, patch in zip(image_size, patch_size):
+        if size < patch:
+            raise ValueError(f"image {tuple(image_size)} smaller than patch {tuple(patch_size)}; pad first")
+        target_step = patch * (1.0 - overlap)
+        n = int(math.ceil((size - patch) / target_step)) + 1
+        if n > 1:
+            actual = (size - patch) / (n - 1)
+            steps.append([int(round(actual * i)) for i in range(n)])
+        else:
+            steps.append([0])
+    return steps
+
+
+@lru_cache(maxsize=8)
+def _gaussian_numpy(patch_size: tuple[int, ...], sigma_scale: float) -> np.ndarray:
+    impulse = np.zeros(patch_size, dtype=np.float64)
+    impulse[tuple(p // 2 for p in patch_size)] = 1.0
+    sigmas = [p * sigma_scale for p in patch_size]
+    g = gaussian_filter(impulse, sigmas, order=0, mode="constant", cval=0.0)
+    g = g / g.max()
+    g[g == 0] = g[g != 0].min()
+    return g
+
+
+@lru_cache(maxsize=16)
+def gaussian_importance_map(
+    patch_size: tuple[int, ...],
+    sigma_scale: float = 1.0 / 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """nnU-Net's Gaussian window weight, peak 1, no zeros; cached per (patch, sigma_scale, device, dtype).
+
+    The returned tensor is shared by every caller with the same key: treat it as read-only.
+    """
+    g = _gaussian_numpy(tuple(int(p) for p in patch_size), float(sigma_scale))
+    return torch.as_tensor(g, dtype=dtype, device=torch.device(device))
+
+
+def pad_to_patch(image: torch.Tensor, patch_size: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad the spatial axes of ``image`` (C, *spatial) up to ``patch_size`` where smaller.
+
+    Padding is centred like nnU-Net's ``pad_nd_image`` (``below = d // 2``, ``above = d - below``). Returns
+    the padded image and the slices (channel axis included) that cut the original region back out.
+    """
+    spatial = image.shape[1:]
+    below = [max(p - s, 0) // 2 for s, p in zip(spatial, patch_size)]
+    above = [max(p - s, 0) - b for s, p, b in zip(spatial, patch_size, below)]
+    region = (slice(None),) + tuple(slice(b, b + s) for b, s in zip(below, spatial))
+    if not any(below) and not any(above):
+        return image, region
+    pad: list[int] = []
+    for b, a in zip(reversed(below), reversed(above)):  # F.pad wants the last axis first
+        pad += [b, a]
+    return torch.nn.functional.pad(image, pad, mode="constant", value=0.0), region
