@@ -1,0 +1,34 @@
+"""Networks for focusseg: a registry of builders (MONAI nets, DynUNet, STU-Net, Lambda3D) and cost tools.
+
+``build_network(name, in_channels, out_channels, spatial_dims=3, deep_supervision=False, **kwargs)``;
+with deep supervision a network returns, in training mode, a list of logits highest resolution first.
+"""
+
+from focusseg.nets import dynunet as _dynunet  # noqa: F401  (registers "dynunet")
+from focusseg.nets import monai_nets as _monai_nets  # noqa: F401  (registers the MONAI networks)
+from focusseg.nets.base import (
+    NETWORKS,
+    NetworkInfo,
+    build_network,
+    deep_supervision_names,
+    network_divisor,
+    network_info,
+    network_names,
+    register_network,
+    supports_deep_supervision,
+)
+from focusseg.nets.profile import count_parameters, estimate_flops
+
+__all__ = [
+    "NETWORKS",
+    "NetworkInfo",
+    "build_network",
+    "count_parameters",
+    "deep_supervision_names",
+    "estimate_flops",
+    "network_divisor",
+    "network_info",
+    "network_names",
+    "register_network",
+    "supports_deep_supervision",
+]

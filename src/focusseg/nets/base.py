@@ -1,0 +1,108 @@
+"""The network registry and the facts the rest of focusseg asks a network for.
+
+Every network is registered with :func:`register_network`, which stores
+
+* the builder ``fn(in_channels, out_channels, spatial_dims, deep_supervision, **kwargs) -> nn.Module``;
+* a *divisor* function ``fn(spatial_dims, **kwargs) -> int``: the factor every spatial size of an input
+  must be divisible by (``2 ** n_pool`` for a U-Net with ``n_pool`` stride-2 stages);
+* whether the network offers deep supervision (a list of logits in training mode, highest resolution
+  first, each head at its native resolution: ``[full, 1/2, 1/4, ...]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from focusseg.registry import Registry
+
+NETWORKS: Registry[nn.Module] = Registry("network")
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    """What a registered network promises: its divisor rule and whether it has deep supervision."""
+
+    divisor: Callable[..., int]
+    deep_supervision: bool
+    spatial_dims: tuple[int, ...] = (2, 3)
+
+
+_INFO: dict[str, NetworkInfo] = {}
+
+
+def register_network(
+    name: str,
+    *,
+    divisor: Callable[..., int],
+    deep_supervision: bool = False,
+    spatial_dims: tuple[int, ...] = (2, 3),
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a builder in :data:`NETWORKS` together with its :class:`NetworkInfo`."""
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        NETWORKS.register(name)(fn)
+        _INFO[name] = NetworkInfo(divisor, deep_supervision, tuple(spatial_dims))
+        return fn
+
+    return deco
+
+
+def network_info(name: str) -> NetworkInfo:
+    NETWORKS.get(name)  # raises a KeyError listing the known names
+    return _INFO[name]
+
+
+def build_network(
+    name: str,
+    in_channels: int,
+    out_channels: int,
+    spatial_dims: int = 3,
+    deep_supervision: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build the registered network ``name``.
+
+    ``forward(x)`` returns logits ``(B, out_channels, *spatial)``; with ``deep_supervision=True`` and in
+    training mode a list of logits ``[full, 1/2, 1/4, ...]`` (each head at its own resolution).
+    Raises ``ValueError`` when the network does not support ``spatial_dims`` or deep supervision.
+    """
+    info = network_info(name)
+    if spatial_dims not in info.spatial_dims:
+        raise ValueError(f"network {name!r} supports spatial_dims {info.spatial_dims}, got {spatial_dims}")
+    if deep_supervision and not info.deep_supervision:
+        raise ValueError(f"network {name!r} has no deep supervision; use one of {deep_supervision_names()}")
+    if in_channels < 1 or out_channels < 1:
+        raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
+    builder = NETWORKS.get(name)
+    return builder(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        spatial_dims=spatial_dims,
+        deep_supervision=deep_supervision,
+        **kwargs,
+    )
+
+
+def network_names() -> list[str]:
+    return NETWORKS.names()
+
+
+def deep_supervision_names() -> list[str]:
+    return sorted(n for n, i in _INFO.items() if i.deep_supervision)
+
+
+def supports_deep_supervision(name: str) -> bool:
+    return network_info(name).deep_supervision
+
+
+def network_divisor(name: str, spatial_dims: int = 3, **kwargs: Any) -> int:
+    """The factor every spatial size of the input must be divisible by, for ``name`` built with ``kwargs``.
+
+    With per-axis strides (anisotropic DynUNet) this is the largest per-axis product of strides, which is a
+    multiple of all the others (all strides are 1 or 2), so a size divisible by it always works.
+    """
+    return int(network_info(name).divisor(spatial_dims=spatial_dims, **kwargs))
