@@ -1,0 +1,86 @@
+"""Patch samplers (the ``Sampler`` role): which case and where to crop, drawn in the main process.
+
+``ForegroundSampler``: each sample picks a case uniformly; with probability ``p_foreground`` (nnU-Net 1/3, the
+blob-loss paper 0.95) the patch is centred on a random voxel of a random foreground class present in the case
+(classes chosen uniformly, so rare classes are seen as often as common ones), otherwise it starts uniformly
+anywhere such that it overlaps the volume. Volumes smaller than the patch are padded by the loader.
+nnU-Net forces exactly the last ``round(B * p)`` samples of a batch to foreground; we draw per sample,
+which gives the same expected fraction and also works for ``p`` values a batch size cannot express.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from focusseg.engine.types import PatchRequest, StepOutput
+from focusseg.registry import Registry
+
+SAMPLERS: Registry = Registry("sampler")
+
+
+class ForegroundSampler:
+    def __init__(self, case_shapes: dict[str, tuple[int, ...]], patch_size: tuple[int, ...],
+                 locations: dict[str, dict[int, np.ndarray]], p_foreground: float = 0.33) -> None:
+        if not 0.0 <= p_foreground <= 1.0:
+            raise ValueError(f"p_foreground must be in [0, 1], got {p_foreground}")
+        self.cases = sorted(case_shapes)
+        self.case_shapes = case_shapes
+        self.patch_size = tuple(patch_size)
+        self.locations = locations
+        self.p_foreground = p_foreground
+
+    def _random_start(self, shape: tuple[int, ...], g: torch.Generator) -> tuple[int, ...]:
+        start = []
+        for s, p in zip(shape, self.patch_size):
+            lo, hi = (min(0, s - p), max(0, s - p))  # smaller volume: any placement containing it
+            start.append(int(torch.randint(lo, hi + 1, (1,), generator=g)))
+        return tuple(start)
+
+    def next_batch(self, batch_size: int, generator: torch.Generator) -> list[PatchRequest]:
+        out = []
+        for _ in range(batch_size):
+            case = self.cases[int(torch.randint(len(self.cases), (1,), generator=generator))]
+            shape = self.case_shapes[case]
+            start = self._random_start(shape, generator)
+            if float(torch.rand(1, generator=generator)) < self.p_foreground:
+                present = [c for c, v in sorted(self.locations.get(case, {}).items()) if len(v)]
+                if present:
+                    cls = present[int(torch.randint(len(present), (1,), generator=generator))]
+                    locs = self.locations[case][cls]
+                    centre = locs[int(torch.randint(len(locs), (1,), generator=generator))]
+                    start = tuple(int(c) - p // 2 for c, p in zip(centre, self.patch_size))
+                    start = tuple(self._clamp(st, s, p) for st, s, p in zip(start, shape, self.patch_size))
+            out.append(PatchRequest(case, start))
+        return out
+
+    @staticmethod
+    def _clamp(start: int, size: int, patch: int) -> int:
+        """Keep the patch inside the volume where the volume is larger than the patch."""
+        if size >= patch:
+            return min(max(start, 0), size - patch)
+        return min(max(start, size - patch), 0)
+
+    def update(self, step: StepOutput) -> None:  # stateless with respect to training feedback
+        return None
+
+    def epoch_end(self, epoch: int) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+@SAMPLERS.register("foreground")
+def _foreground(case_shapes, patch_size, locations, p_foreground: float = 0.33, **_: Any) -> ForegroundSampler:
+    return ForegroundSampler(case_shapes, patch_size, locations, p_foreground)
+
+
+@SAMPLERS.register("uniform")
+def _uniform(case_shapes, patch_size, locations, **_: Any) -> ForegroundSampler:
+    return ForegroundSampler(case_shapes, patch_size, locations, 0.0)

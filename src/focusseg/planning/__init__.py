@@ -1,0 +1,1 @@
+"""raw dataset -> fingerprint.json -> plan.json."""

@@ -1,0 +1,101 @@
+"""The per-case preprocessing steps, pure functions on NumPy arrays (shared by training and inference).
+
+crop to non-zero -> resample to the target spacing -> normalise per channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def nonzero_bbox(image: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Bounding box ``((lo, hi), ...)`` of voxels where any channel is non-zero (whole volume if none)."""
+    mask = np.any(image != 0, axis=0)
+    if not mask.any():
+        return tuple((0, s) for s in image.shape[1:])
+    mask = ndimage.binary_fill_holes(mask)
+    box = []
+    for ax in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != ax)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def crop(array: np.ndarray, bbox: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Crop the trailing spatial axes of ``array`` to ``bbox``."""
+    lead = array.ndim - len(bbox)
+    return array[(slice(None),) * lead + tuple(slice(lo, hi) for lo, hi in bbox)]
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+    """Shape after resampling: ``round(shape * spacing / target)``, at least 1."""
+    return tuple(max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target))
+
+
+def resample_image(image: np.ndarray, new_shape: Sequence[int], order: int = 3) -> np.ndarray:
+    """Resample ``(C, *spatial)`` to ``new_shape`` (spline of ``order``, edges by nearest), per channel."""
+    if tuple(image.shape[1:]) == tuple(new_shape):
+        return image.astype(np.float32, copy=False)
+    out = np.empty((image.shape[0], *new_shape), dtype=np.float32)
+    for c in range(image.shape[0]):
+        out[c] = _zoom_to(image[c].astype(np.float32, copy=False), new_shape, order)
+    return out
+
+
+def resample_label(label: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour resampling of an integer label map to ``new_shape``."""
+    if tuple(label.shape) == tuple(new_shape):
+        return label
+    return _zoom_to(label, new_shape, 0)
+
+
+def _zoom_to(arr: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
+    factors = [n / s for n, s in zip(new_shape, arr.shape)]
+    out = ndimage.zoom(arr, factors, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+    if out.shape != tuple(new_shape):  # zoom rounds; make the shape exact
+        fixed = np.zeros(new_shape, dtype=out.dtype)
+        sl = tuple(slice(0, min(a, b)) for a, b in zip(out.shape, new_shape))
+        fixed[sl] = out[sl]
+        out = fixed
+    return out
+
+
+def normalize(image: np.ndarray, schemes: Sequence[dict], mask: np.ndarray | None = None) -> np.ndarray:
+    """Normalise each channel by its scheme (in place on a float32 copy).
+
+    - ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}``: clip to the dataset's foreground 0.5/99.5
+      percentiles, then z-score with the foreground mean/std (nnU-Net's CTNormalization).
+    - ``{"scheme": "zscore", "use_mask": bool}``: per-image z-score (inside the non-zero mask when
+      ``use_mask``, background then set to 0), nnU-Net's ZScoreNormalization.
+    - ``{"scheme": "quantile", "lower": 0.01, "upper": 0.99}``: per image, clip to the quantiles and scale to
+      [0, 1] (the VALDO paper's quantile normalisation).
+    - ``{"scheme": "none"}``.
+    """
+    out = image.astype(np.float32, copy=True)
+    for c, s in enumerate(schemes):
+        x = out[c]
+        kind = s["scheme"]
+        if kind == "ct":
+            np.clip(x, s["clip"][0], s["clip"][1], out=x)
+            x -= s["mean"]
+            x /= max(s["std"], 1e-8)
+        elif kind == "zscore":
+            m = mask if (s.get("use_mask") and mask is not None and mask.any()) else None
+            vals = x[m] if m is not None else x
+            mean, std = float(vals.mean()), float(vals.std())
+            x -= mean
+            x /= max(std, 1e-8)
+            if m is not None:
+                x[~m] = 0
+        elif kind == "quantile":
+            lo, hi = np.quantile(x, [s.get("lower", 0.01), s.get("upper", 0.99)])
+            np.clip(x, lo, hi, out=x)
+            x -= lo
+            x /= max(float(hi - lo), 1e-8)
+        elif kind != "none":
+            raise ValueError(f"unknown normalisation scheme {kind!r} (ct, zscore, quantile, none)")
+    return out
