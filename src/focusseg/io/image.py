@@ -96,7 +96,9 @@ def _read_sitk(path: Path, dtype: type) -> tuple[np.ndarray, np.ndarray]:
     return arr.astype(dtype, copy=False), affine
 
 
-def read_case(image_paths: list[Path], label_path: Path | None = None) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+def read_case(
+    image_paths: list[Path], label_path: Path | None = None
+) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
     """Read and stack a case's channels as ``(C, X, Y, Z)`` float32, and its label as ``(X, Y, Z)`` int16.
 
     Every channel and the label must share shape and affine; NaN/inf voxels are refused. Errors name the file.
