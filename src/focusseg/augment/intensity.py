@@ -1,0 +1,146 @@
+"""Intensity transforms on the rows of a batch (one row = one channel of one sample), on the data's device.
+
+Each function takes ``x`` of shape ``(R, *S)`` (float32, the selected rows only) and per-row parameters as a
+CPU tensor ``(R,)``, and returns the transformed rows; :func:`apply_rows` gathers the rows a mask selects,
+calls the function once for all of them and scatters the result back (no loop over samples). The formulas are
+batchgenerators' (nnU-Net v2 defaults), with mean/min/max/std taken per row:
+
+- brightness:  ``x * m``
+- contrast:    ``clip((x - mean) * f + mean, min, max)``   (``preserve_range=True``)
+- gamma:       ``x' = ((x - min) / (max - min + 1e-7)) ** g * (max - min) + min``, then the mean and std of
+  ``x`` are restored (``retain_stats=True``); the inverted variant applies it to ``-x`` and negates back.
+- Gaussian blur: separable kernel ``exp(-t^2 / 2 sigma^2)`` normalised, radius ``int(4 sigma_max + 0.5)``
+  (scipy's ``truncate=4``); border: whole-sample mirror (scipy ``mirror``) instead of scipy's default
+  half-sample ``reflect``. Written as one banded ``n x n`` matrix per row and axis, like low resolution.
+- low resolution: nearest-neighbour downsampling to ``round(n * zoom)`` voxels per axis, then cubic
+  upsampling back to ``n``. Reading chosen: both steps are one ``n x n`` matrix per row and axis (Keys cubic
+  convolution, ``a = -0.75`` as in ``torch`` bicubic, instead of scipy's cubic B-spline), so rows with
+  different zooms are processed together by one ``einsum``.
+- Gaussian noise (per sample, :func:`add_noise`): ``x + sigma * n``, ``n ~ N(0, 1)``. batchgenerators draws a
+  "variance" from ``noise_variance`` and passes it to ``np.random.normal`` as the *standard deviation*; we
+  keep that behaviour so nnU-Net's range (0, 0.1) means what it means there. The noise field is generated on
+  the device from a per-sample seed, so a sample gets the same noise whether it is augmented alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def apply_rows(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *values: Tensor) -> Tensor:
+    """In place on ``x (B, C, *S)``: rows where ``mask (B, C)`` is set become ``fn(rows, *values[mask])``."""
+    idx = mask.flatten().nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x
+    flat = x.view(x.shape[0] * x.shape[1], *x.shape[2:])
+    idx_dev = idx.to(x.device)
+    rows = flat.index_select(0, idx_dev)
+    flat.index_copy_(0, idx_dev, fn(rows, *(v.flatten()[idx] for v in values)))
+    return x
+
+
+def _per_row(v: Tensor, x: Tensor) -> Tensor:
+    return v.to(device=x.device, dtype=x.dtype).view((-1,) + (1,) * (x.ndim - 1))
+
+
+def _stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    flat = x.flatten(1)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return flat.mean(1).view(shape), flat.amin(1).view(shape), flat.amax(1).view(shape)
+
+
+def brightness(x: Tensor, factor: Tensor) -> Tensor:
+    """``x * factor`` per row."""
+    return x * _per_row(factor, x)
+
+
+def contrast(x: Tensor, factor: Tensor) -> Tensor:
+    """``clip((x - mean) * f + mean, min, max)`` per row."""
+    mean, lo, hi = _stats(x)
+    return torch.maximum(torch.minimum((x - mean) * _per_row(factor, x) + mean, hi), lo)
+
+
+def gamma(x: Tensor, g: Tensor, invert: bool = False) -> Tensor:
+    """Gamma on the row's range, then the row's mean and std restored; ``invert`` works on ``-x``."""
+    if invert:
+        x = -x
+    mean, lo, hi = _stats(x)
+    std = x.flatten(1).std(1, unbiased=False).view_as(mean)
+    rng = hi - lo
+    y = ((x - lo) / (rng + 1e-7)).clamp_min(0).pow(_per_row(g, x)) * rng + lo
+    ymean = y.flatten(1).mean(1).view_as(mean)
+    ystd = y.flatten(1).std(1, unbiased=False).view_as(mean)
+    y = (y - ymean) / (ystd + 1e-8) * std + mean
+    return -y if invert else y
+
+
+def gaussian_matrices(n: int, sigma: Tensor) -> Tensor:
+    """``(R, n, n)`` Gaussian smoothing matrices, taps ``exp(-t^2 / 2 sigma^2)`` normalised, ``|t| <= radius``,
+    mirror border (index ``-i -> i``, ``n - 1 + i -> n - 1 - i``)."""
+    radius = max(1, int(4.0 * float(sigma.max()) + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-(t[None] ** 2) / (2.0 * sigma.to(torch.float64)[:, None].clamp_min(1e-6) ** 2))
+    k = k / k.sum(1, keepdim=True)  # (R, T)
+    src = torch.arange(n, dtype=torch.long)[:, None] + t.long()[None]  # (n, T)
+    src = src.abs()
+    src = torch.where(src > n - 1, 2 * (n - 1) - src, src).clamp(0, n - 1)
+    out = torch.zeros(sigma.shape[0], n, n, dtype=torch.float64)
+    w = k[:, None, :].expand(-1, n, -1)
+    return out.scatter_add_(2, src[None].expand(sigma.shape[0], -1, -1), w).to(torch.float32)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """Separable Gaussian blur of each row with its own ``sigma`` (voxels, > 0): one matrix per axis."""
+    return _separable(x, lambda n: gaussian_matrices(n, sigma))
+
+
+def _separable(x: Tensor, matrices: Callable[[int], Tensor]) -> Tensor:
+    """``x`` multiplied along every spatial axis by the per-row ``(R, n, n)`` matrices ``matrices(n)``."""
+    letters = "xyz"[: x.ndim - 1]
+    for axis, n in enumerate(x.shape[1:]):
+        mat = matrices(n).to(device=x.device, dtype=x.dtype)
+        out = letters[:axis] + "a" + letters[axis + 1:]
+        x = torch.einsum(f"r{letters},ra{letters[axis]}->r{out}", x, mat)
+    return x
+
+
+def _keys_cubic(t: Tensor, a: float = -0.75) -> Tensor:
+    t = t.abs()
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+    return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def lowres_matrices(n: int, zoom: Tensor) -> Tensor:
+    """``(R, n, n)`` matrices ``M = U D``: ``D`` nearest downsampling to ``m = round(n * zoom)`` voxels
+    (source ``floor((j + 0.5) n / m)``), ``U`` cubic upsampling back (``u = (i + 0.5) m / n - 0.5``)."""
+    m = torch.clamp(torch.round(n * zoom.to(torch.float64)), 1, n)  # (R,)
+    i = torch.arange(n, dtype=torch.float64)
+    u = (i[None] + 0.5) * m[:, None] / n - 0.5  # (R, n)
+    f = torch.floor(u)
+    offsets = torch.arange(-1, 3, dtype=torch.float64)
+    j = f[..., None] + offsets  # (R, n, 4) low-resolution neighbours
+    w = _keys_cubic(u[..., None] - j)
+    j = torch.minimum(j.clamp_min(0), m[:, None, None] - 1)
+    src = torch.floor((j + 0.5) * n / m[:, None, None]).clamp(max=n - 1).long()
+    out = torch.zeros(zoom.shape[0], n, n, dtype=torch.float64)
+    return out.scatter_add_(2, src, w).to(torch.float32)
+
+
+def lowres(x: Tensor, zoom: Tensor) -> Tensor:
+    """Simulated low resolution of each row with its own ``zoom`` in (0, 1] (the same on every axis)."""
+    return _separable(x, lambda n: lowres_matrices(n, zoom))
+
+
+def add_noise(x: Tensor, do: Tensor, std: Tensor, seeds: Tensor) -> Tensor:
+    """In place: ``x[b] += std[b] * N(0, 1)`` for the samples with ``do[b]``; noise from ``seeds[b]`` on
+    ``x``'s device (one short loop over the noisy samples only, ~10 % of a batch)."""
+    for b in do.nonzero().flatten().tolist():
+        g = torch.Generator(device=x.device)
+        g.manual_seed(int(seeds[b]))
+        noise = torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype)
+        x[b].add_(noise, alpha=float(std[b]))
+    return x
