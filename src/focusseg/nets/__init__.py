@@ -6,12 +6,14 @@ with deep supervision a network returns, in training mode, a list of logits high
 
 from focusseg.nets import dynunet as _dynunet  # noqa: F401  (registers "dynunet")
 from focusseg.nets import monai_nets as _monai_nets  # noqa: F401  (registers the MONAI networks)
+from focusseg.nets import stunet as _stunet  # noqa: F401  (registers stunet_s/b/l/h)
 from focusseg.nets.base import (
     NETWORKS,
     NetworkInfo,
     build_network,
     deep_supervision_names,
     network_divisor,
+    network_divisors,
     network_info,
     network_names,
     register_network,
@@ -27,6 +29,7 @@ __all__ = [
     "deep_supervision_names",
     "estimate_flops",
     "network_divisor",
+    "network_divisors",
     "network_info",
     "network_names",
     "register_network",

@@ -14,6 +14,7 @@ as a list ``[full, 1/2, 1/4, ...]`` (``1 + deep_supr_num`` entries), so the loss
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,9 +79,9 @@ def _dynunet_divisor(
     strides: Sequence[Kernel] | None = None,
     n_stages: int | None = None,
     **_: Any,
-) -> int:
+) -> tuple[int, ...]:
     _, st = dynunet_topology(spatial_dims, kernel_sizes, strides, n_stages)
-    return max(int(torch.tensor([s[a] for s in st]).prod()) for a in range(spatial_dims))
+    return tuple(math.prod(s[a] for s in st) for a in range(spatial_dims))
 
 
 @register_network("dynunet", divisor=_dynunet_divisor, deep_supervision=True)

@@ -24,9 +24,7 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def estimate_flops(
-    model: nn.Module, patch_size: Sequence[int], in_channels: int, batch_size: int = 1
-) -> int:
+def estimate_flops(model: nn.Module, patch_size: Sequence[int], in_channels: int, batch_size: int = 1) -> int:
     """Forward FLOPs for one batch of ``(batch_size, in_channels, *patch_size)``, model in eval mode.
 
     Runs the forward on the model's own device, so a model built under ``torch.device("meta")`` is
