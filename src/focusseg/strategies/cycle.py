@@ -1,0 +1,164 @@
+"""Cycle training (paper 004 §2.2, eq. 1): three networks; each is trained on the part of the mini-batch its two
+peers (the "committee") pick -- co-teaching (Han et al. 2018) with three networks.
+
+Selection for network A from its peers B and C, per-sample losses ``l_B, l_C`` (B,), keeping
+``n = max(1, int(keep * B))`` samples (co-teaching's ``int((1 - forget_rate) * B)``, keep = 0.75 in the paper):
+
+- ``"agreement"`` (eq. 1, the paper's rule): ``mu = argmin |l_B - l_C|``, the n samples with the smallest loss
+  difference ("do a simple subtraction, sort the differences, select the 75 % with smaller loss difference").
+  Reading: ``argmin`` over a set = the n smallest; ties broken by batch position (stable sort).
+- ``"small_loss"`` (co-teaching's criterion with a committee): the n samples with the smallest ``l_B + l_C``;
+  exactly n, like "agreement", so the two are comparable.
+- ``"intersection"`` (PyMIC TriNet): samples in *both* peers' n-smallest sets; may keep fewer than n (>= 1: when
+  empty, the sample with the smallest ``l_B + l_C``).
+
+Forgetting-rate ramp (co-teaching): ``keep(e) = 1 - (1 - keep) * min(e / (T - 1), 1)`` over the first ``T``
+epochs (``linspace(0, forget, T)``), ``T <= 1``: ``keep`` from the start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from focusseg.engine.types import PatchRequest, StepOutput
+
+CRITERIA = ("agreement", "small_loss", "intersection")
+
+
+def _n_keep(batch: int, keep: float) -> int:
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    return max(1, int(keep * batch))
+
+
+def _smallest(values: torch.Tensor, n: int) -> torch.Tensor:
+    mask = torch.zeros(values.shape, dtype=torch.bool, device=values.device)
+    mask[torch.argsort(values, stable=True)[:n]] = True
+    return mask
+
+
+def cycle_select(
+    losses_b: torch.Tensor, losses_c: torch.Tensor, keep: float = 0.75, criterion: str = "agreement"
+) -> torch.Tensor:
+    """Boolean mask (B,) of the samples the committee (B, C) passes to the third network (module docstring)."""
+    if losses_b.shape != losses_c.shape or losses_b.dim() != 1:
+        raise ValueError(f"need two (B,) loss vectors, got {tuple(losses_b.shape)} and {tuple(losses_c.shape)}")
+    lb, lc = losses_b.detach(), losses_c.detach()
+    n = _n_keep(lb.numel(), keep)
+    if criterion == "agreement":
+        return _smallest((lb - lc).abs(), n)
+    if criterion == "small_loss":
+        return _smallest(lb + lc, n)
+    if criterion == "intersection":
+        mask = _smallest(lb, n) & _smallest(lc, n)
+        return mask if bool(mask.any()) else _smallest(lb + lc, 1)
+    raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+
+
+def keep_schedule(epoch: int, keep: float = 0.75, ramp_epochs: int = 0) -> float:
+    """Co-teaching's ramp: keep ratio 1 at epoch 0 falling linearly to ``keep`` at epoch ``ramp_epochs - 1``."""
+    if ramp_epochs <= 1:
+        return keep
+    return 1.0 - (1.0 - keep) * min(epoch / (ramp_epochs - 1), 1.0)
+
+
+def _main_output(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+@torch.no_grad()
+def ensemble_logits(networks: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Mean of the networks' logits (full-resolution output under deep supervision); the caller sets eval mode."""
+    return torch.stack([_main_output(net(x)).float() for net in networks]).mean(0)
+
+
+class CycleTask:
+    """Owns three networks and their optimisers; ``step`` does one cycle-training iteration.
+
+    Args:
+        networks, optimizers: three each, optimiser ``i`` over network ``i``'s parameters.
+        loss_fn: ``loss_fn(logits, target[, class_weights=...]) -> (B,)`` (``reduction="none"``).
+        keep, criterion, ramp_epochs: see the module docstring; ``set_epoch`` advances the ramp.
+        grad_clip: max gradient norm per network (nnU-Net: 12), None = off.
+    """
+
+    def __init__(
+        self,
+        networks: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        loss_fn: Callable[..., torch.Tensor],
+        keep: float = 0.75,
+        criterion: str = "agreement",
+        ramp_epochs: int = 0,
+        grad_clip: float | None = 12.0,
+    ) -> None:
+        if len(networks) != 3 or len(optimizers) != 3:
+            raise ValueError("cycle training needs exactly three networks and three optimisers")
+        if criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+        self.networks, self.optimizers = list(networks), list(optimizers)
+        self.loss_fn = loss_fn
+        self.keep, self.criterion, self.ramp_epochs = float(keep), criterion, int(ramp_epochs)
+        self.grad_clip = grad_clip
+        self.epoch = 0
+
+    @property
+    def keep_now(self) -> float:
+        return keep_schedule(self.epoch, self.keep, self.ramp_epochs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def step(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        requests: list[PatchRequest] | None = None,
+        class_weights: torch.Tensor | None = None,
+    ) -> StepOutput:
+        """Forward all three, select per network with its peers' detached losses, backward each network's mean
+        selected loss, step all three optimisers. ``per_sample_loss`` is the mean of the three networks'."""
+        kwargs = {} if class_weights is None else {"class_weights": class_weights}
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        losses = []
+        for net in self.networks:
+            per_sample = self.loss_fn(net(images), labels, **kwargs)
+            if per_sample.dim() != 1 or per_sample.shape[0] != images.shape[0]:
+                raise ValueError(f"loss_fn must return per-sample losses (B,), got {tuple(per_sample.shape)}")
+            losses.append(per_sample)
+        detached = [loss.detach() for loss in losses]
+        masks = [
+            cycle_select(detached[(i + 1) % 3], detached[(i + 2) % 3], self.keep_now, self.criterion) for i in range(3)
+        ]
+        selected = [loss[m].mean() for loss, m in zip(losses, masks)]
+        torch.stack(selected).sum().backward()  # the networks share nothing: one backward, three gradients
+        for net, opt in zip(self.networks, self.optimizers):
+            if self.grad_clip is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            opt.step()
+        stacked = torch.stack(detached)
+        return StepOutput(
+            requests=list(requests or []),
+            loss=float(torch.stack(selected).detach().mean()),
+            per_sample_loss=stacked.mean(0).cpu(),
+            extras={"masks": torch.stack(masks).cpu(), "per_network_loss": stacked.cpu(), "keep": self.keep_now},
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "networks": [net.state_dict() for net in self.networks],
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "epoch": self.epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for net, s in zip(self.networks, state["networks"]):
+            net.load_state_dict(s)
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        self.epoch = int(state["epoch"])

@@ -1,0 +1,211 @@
+"""Focused Practice (FP-PET, paper 000 §1.2 and §2): a ``Sampler`` over a fixed grid of patches that remembers
+every patch's last loss and oversamples the hard ones.
+
+Patch index (§1.2: "cropped all data to 128³ patches with 0.5 overlap"): per case, nnU-Net's sliding-window
+placement per axis (``inference.windows.compute_steps``: ``n = ceil((I - P) / (P (1 - overlap))) + 1`` windows,
+starts ``round(i (I - P) / (n - 1))``, the last one ending at ``I``); an axis shorter than the patch gets one
+centred start ``-((P - I) // 2)`` (negative: the loader pads). Cases in sorted order, C-order over the grid;
+``PatchRequest.key`` is the global patch index. Only coordinates are stored.
+
+Memory: ``update(step)`` stores ``step.per_sample_loss[b]`` as the last loss of patch ``requests[b].key``.
+
+Split at ``epoch_end`` (§2, "threshold ... based on maximum inter-class variance"): Otsu's threshold ``t`` over the
+losses of the *seen* patches; hard = loss > t. The ``drop_hardest`` (20 %) fraction of the seen hard patches with
+the highest loss, ``int(drop_hardest * n_hard)`` of them, is excluded from the next epoch ("exclude the 20 % of
+hard samples with the highest loss and incorporate the remaining 80 % into the training data for the subsequent
+epoch"). Reading chosen for "incorporate": the next epoch's training data is every patch plus the kept hard
+patches once more, i.e. sampling weight ``hard_oversample = 2`` for a kept hard patch, 1 for an easy one, 0 for
+an excluded one (configurable ratio). An excluded patch is not trained on, so its loss is forgotten: at the next
+split it counts as unseen, which lets "extremely hard samples be downgraded to simply hard" (§2, reason 2).
+
+Unseen patches (never drawn, or forgotten): ``unseen_loss="max"`` (default) treats them as hard (weight
+``hard_oversample``; they are never excluded, since nothing is known about them) so that training gets to them;
+``"mean"`` gives them the mean seen loss and classifies that value against ``t`` (never excluded either).
+Before the first split every patch has weight 1 (uniform).
+
+Foreground (optional, nnU-Net style): with ``foreground_keys`` (patch keys containing foreground, see
+``keys_containing``) and ``foreground_fraction = f``, batch positions ``b >= round(B (1 - f))`` are drawn from the
+foreground patches only, with the same FP weights (falling back to all patches when none has weight > 0).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from focusseg.engine.types import PatchRequest, StepOutput
+from focusseg.inference.windows import compute_steps
+
+
+def otsu_threshold(values: torch.Tensor | np.ndarray | Sequence[float], bins: int = 256) -> float:
+    """Otsu's threshold on 1-D values: maximise the between-class variance ``w0 w1 (mu0 - mu1)^2`` over
+    ``bins`` equal-width histogram bins on ``[min, max]``; class 0 is ``value <= t``. Returns the centre of the
+    last bin of class 0 (the convention of ``skimage.filters.threshold_otsu``); a constant input returns it."""
+    v = np.asarray(torch.as_tensor(values, dtype=torch.float64).flatten().numpy())
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ValueError("otsu_threshold needs at least one finite value")
+    lo, hi = float(v.min()), float(v.max())
+    if lo == hi:
+        return lo
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centers = (edges[:-1] + edges[1:]) / 2
+    hist = hist.astype(np.float64)
+    w0 = np.cumsum(hist)
+    w1 = np.cumsum(hist[::-1])[::-1]
+    m0 = np.cumsum(hist * centers) / np.maximum(w0, 1e-300)
+    m1 = (np.cumsum((hist * centers)[::-1]) / np.maximum(np.cumsum(hist[::-1]), 1e-300))[::-1]
+    between = w0[:-1] * w1[1:] * (m0[:-1] - m1[1:]) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+class FocusedPracticeSampler:
+    """See the module docstring. ``case_shapes`` maps case id -> spatial shape (preprocessed voxels)."""
+
+    def __init__(
+        self,
+        case_shapes: Mapping[str, Sequence[int]],
+        patch_size: Sequence[int],
+        overlap: float = 0.5,
+        hard_oversample: float = 2.0,
+        drop_hardest: float = 0.2,
+        unseen_loss: str = "max",
+        foreground_keys: Iterable[int] | None = None,
+        foreground_fraction: float = 0.0,
+        hist_bins: int = 32,
+    ) -> None:
+        if not case_shapes:
+            raise ValueError("case_shapes is empty")
+        if unseen_loss not in ("max", "mean"):
+            raise ValueError(f"unseen_loss must be 'max' or 'mean', got {unseen_loss!r}")
+        if hard_oversample <= 0 or not 0 <= drop_hardest < 1 or not 0 <= foreground_fraction <= 1:
+            raise ValueError("need hard_oversample > 0, 0 <= drop_hardest < 1, 0 <= foreground_fraction <= 1")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.hard_oversample = float(hard_oversample)
+        self.drop_hardest = float(drop_hardest)
+        self.unseen_loss = unseen_loss
+        self.foreground_fraction = float(foreground_fraction)
+        self.hist_bins = int(hist_bins)
+        self.cases = sorted(case_shapes)
+        self.grids: list[list[list[int]]] = [self._grid(case_shapes[c], overlap) for c in self.cases]
+        counts = [math.prod(len(a) for a in g) for g in self.grids]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        self.n_patches = int(self.offsets[-1])
+        self.losses = torch.full((self.n_patches,), float("nan"), dtype=torch.float64)
+        self.sample_weights = torch.ones(self.n_patches, dtype=torch.float64)
+        self.hard = torch.zeros(self.n_patches, dtype=torch.bool)
+        self.excluded = torch.zeros(self.n_patches, dtype=torch.bool)
+        self.foreground = torch.zeros(self.n_patches, dtype=torch.bool)
+        if foreground_keys is not None:
+            self.foreground[torch.as_tensor(sorted(set(foreground_keys)), dtype=torch.long)] = True
+
+    def _grid(self, shape: Sequence[int], overlap: float) -> list[list[int]]:
+        if len(shape) != len(self.patch_size):
+            raise ValueError(f"case shape {tuple(shape)} and patch {self.patch_size} differ in dimensions")
+        padded = [max(int(s), p) for s, p in zip(shape, self.patch_size)]
+        steps = compute_steps(padded, self.patch_size, overlap)
+        return [st if s >= p else [-((p - s) // 2)] for st, s, p in zip(steps, shape, self.patch_size)]
+
+    # ----- index -------------------------------------------------------------------------------------------
+    def request(self, key: int) -> PatchRequest:
+        """The patch with global index ``key``."""
+        if not 0 <= key < self.n_patches:
+            raise IndexError(f"patch key {key} out of range [0, {self.n_patches})")
+        ci = bisect.bisect_right(self.offsets, key) - 1
+        grid = self.grids[ci]
+        idx = np.unravel_index(key - self.offsets[ci], [len(a) for a in grid])
+        return PatchRequest(self.cases[ci], tuple(int(a[i]) for a, i in zip(grid, idx)), int(key))
+
+    def keys_containing(self, case: str, coords: np.ndarray) -> list[int]:
+        """Keys of the patches of ``case`` that contain at least one voxel of ``coords`` (N, ndim), e.g. the
+        foreground class locations stored by preprocessing; feed the union to ``foreground_keys``."""
+        ci = self.cases.index(case)
+        coords = np.asarray(coords).reshape(-1, len(self.patch_size))
+        inside = None
+        for ax, (starts, p) in enumerate(zip(self.grids[ci], self.patch_size)):
+            st = np.asarray(starts)[:, None]
+            m = (coords[None, :, ax] >= st) & (coords[None, :, ax] < st + p)  # (n_ax, N)
+            m = m.reshape((1,) * ax + (len(starts),) + (1,) * (len(self.patch_size) - ax - 1) + (-1,))
+            inside = m if inside is None else inside & m
+        flat = np.flatnonzero(inside.any(axis=-1).ravel()) if coords.size else np.zeros(0, dtype=np.int64)
+        return [int(k) + self.offsets[ci] for k in flat]
+
+    # ----- Sampler role ------------------------------------------------------------------------------------
+    def next_batch(self, batch_size: int, generator: torch.Generator) -> list[PatchRequest]:
+        n_fg = batch_size - int(round(batch_size * (1.0 - self.foreground_fraction)))
+        keys = self._draw(self.sample_weights, batch_size - n_fg, generator)
+        if n_fg:
+            fg_w = self.sample_weights * self.foreground
+            keys += self._draw(fg_w if fg_w.sum() > 0 else self.sample_weights, n_fg, generator)
+        return [self.request(k) for k in keys]
+
+    @staticmethod
+    def _draw(weights: torch.Tensor, n: int, generator: torch.Generator) -> list[int]:
+        if n == 0:
+            return []
+        return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+
+    def update(self, step: StepOutput) -> None:
+        loss = step.per_sample_loss.detach().to("cpu", torch.float64).flatten()
+        if loss.numel() != len(step.requests):
+            raise ValueError(f"{loss.numel()} per-sample losses for {len(step.requests)} requests")
+        for req, value in zip(step.requests, loss.tolist()):
+            if req.key >= 0 and math.isfinite(value):
+                self.losses[req.key] = value
+
+    def epoch_end(self, epoch: int) -> dict[str, Any]:
+        seen = ~torch.isnan(self.losses)
+        n_seen = int(seen.sum())
+        log: dict[str, Any] = {"epoch": epoch, "n_seen": n_seen, "n_unseen": self.n_patches - n_seen}
+        if n_seen == 0:
+            self.sample_weights.fill_(1.0)
+            return {**log, "threshold": float("nan"), "n_hard": 0, "n_easy": 0, "n_excluded": 0}
+        seen_losses = self.losses[seen]
+        t = otsu_threshold(seen_losses)
+        hard = seen & (self.losses > t)
+        n_excl = int(self.drop_hardest * int(hard.sum()))
+        excluded = torch.zeros_like(hard)
+        if n_excl:
+            hard_keys = torch.nonzero(hard).flatten()
+            order = torch.argsort(-self.losses[hard_keys], stable=True)
+            excluded[hard_keys[order[:n_excl]]] = True
+        unseen = ~seen
+        if self.unseen_loss == "max":
+            hard |= unseen
+        elif bool((seen_losses.mean() > t).item()):
+            hard |= unseen
+        hard &= ~excluded
+        self.hard, self.excluded = hard, excluded
+        self.sample_weights = torch.where(hard, self.hard_oversample, 1.0).to(torch.float64)
+        self.sample_weights[excluded] = 0.0
+        self.losses[excluded] = float("nan")  # not trained on next epoch: its loss would be stale
+        counts, edges = np.histogram(seen_losses.numpy(), bins=self.hist_bins)
+        return {
+            **log,
+            "threshold": t,
+            "n_hard": int(hard.sum()),
+            "n_easy": self.n_patches - int(hard.sum()) - n_excl,
+            "n_excluded": n_excl,
+            "loss_hist": {"counts": counts.tolist(), "edges": edges.tolist()},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "n_patches": self.n_patches,
+            "losses": self.losses.clone(),
+            "sample_weights": self.sample_weights.clone(),
+            "hard": self.hard.clone(),
+            "excluded": self.excluded.clone(),
+            "foreground": self.foreground.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["n_patches"]) != self.n_patches:
+            raise ValueError(f"state has {state['n_patches']} patches, this index has {self.n_patches}")
+        for name in ("losses", "sample_weights", "hard", "excluded", "foreground"):
+            setattr(self, name, torch.as_tensor(state[name]).clone())
