@@ -16,9 +16,7 @@ class TinyConvNet(nn.Module):
     def __init__(self, in_channels: int = 2, out_channels: int = 3, spatial_dims: int = 3) -> None:
         super().__init__()
         conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-        self.body = nn.Sequential(
-            conv(in_channels, 4, 3, padding=1), nn.Tanh(), conv(4, out_channels, 3, padding=1)
-        )
+        self.body = nn.Sequential(conv(in_channels, 4, 3, padding=1), nn.Tanh(), conv(4, out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -139,15 +139,11 @@ def sliding_window_predict(
         from rich.progress import track
 
         batches = track(batches, description="sliding window")
-    autocast = (
-        torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else _null_context()
-    )
+    autocast = torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else _null_context()
     try:
         with torch.inference_mode(), autocast:
             for batch in batches:
-                x = torch.stack(
-                    [_flip(padded[(slice(None), *w)].to(dev, non_blocking=True), f) for w, f in batch]
-                )
+                x = torch.stack([_flip(padded[(slice(None), *w)].to(dev, non_blocking=True), f) for w, f in batch])
                 if channels_last_3d and spatial_dims == 3:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
                 out = _run(model, x).float()

@@ -27,9 +27,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 
-def compute_steps(
-    image_size: Sequence[int], patch_size: Sequence[int], overlap: float = 0.5
-) -> list[list[int]]:
+def compute_steps(image_size: Sequence[int], patch_size: Sequence[int], overlap: float = 0.5) -> list[list[int]]:
     """Window start offsets per spatial axis (nnU-Net placement, see module docstring).
 
     Args:

@@ -1,0 +1,173 @@
+"""Post-processing of label maps (NumPy, pure: inputs are never modified).
+
+* :func:`keep_largest_component` -- per class, keep only its largest connected component.
+* :func:`remove_small_components` -- per class, drop components with volume ``< min_size``; the volume is
+  counted in voxels, or in ml as ``n_voxels * prod(spacing_mm) / 1000``.
+* :func:`erode` / :func:`dilate` -- binary morphology per class. FP-PET (paper 000, section 1.3) tried
+  erosion and dilation: they reduced the false-positive volume but raised the false-negative volume, so
+  the paper's final pipeline leaves them out; here they are options, off unless a recipe names them.
+  Eroded voxels become background (0). Dilation only claims background voxels, never another class;
+  classes are dilated one after another in the order of ``labels``, so an earlier class wins a voxel
+  that two classes reach.
+
+Connectivity follows cc3d: 6/18/26 in 3D, 4/8 in 2D; ``None`` means the full neighbourhood (26/8) for
+components and the cross (6/4) for morphology. The structuring element of connectivity 6/4 is the cross
+(``generate_binary_structure(ndim, 1)``), 18 rank 2, 26/8 the full cube/square.
+Removed voxels become background 0. The registry ``POSTPROCESSORS`` lets a recipe list steps
+(``[{"name": "remove_small_components", "min_size": 0.1, "unit": "ml"}]``) for :func:`apply_postprocessing`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import cc3d
+import numpy as np
+from scipy import ndimage
+
+from focusseg.registry import Registry, split_spec
+
+POSTPROCESSORS: Registry = Registry("postprocessor")
+
+_RANK = {2: {4: 1, 8: 2}, 3: {6: 1, 18: 2, 26: 3}}
+
+__all__ = [
+    "POSTPROCESSORS",
+    "apply_postprocessing",
+    "dilate",
+    "erode",
+    "keep_largest_component",
+    "remove_small_components",
+]
+
+
+def _labels(seg: np.ndarray, labels: Iterable[int] | None) -> list[int]:
+    return [int(v) for v in (np.unique(seg) if labels is None else labels) if int(v) != 0]
+
+
+def _check(seg: np.ndarray, connectivity: int | None, full: bool) -> int:
+    """Validated connectivity; ``None`` -> the full neighbourhood (26/8) if ``full`` else the cross (6/4)."""
+    if seg.ndim not in _RANK:
+        raise ValueError(f"label maps must be 2D or 3D, got {seg.ndim}D")
+    if connectivity is None:
+        options = sorted(_RANK[seg.ndim])
+        return options[-1] if full else options[0]
+    if connectivity not in _RANK[seg.ndim]:
+        raise ValueError(f"connectivity {connectivity} invalid for a {seg.ndim}D label map")
+    return connectivity
+
+
+def _components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Component ids (0 = outside) and sizes in voxels indexed by id (``sizes[0]`` unused)."""
+    cc = cc3d.connected_components(mask.astype(np.uint8, copy=False), connectivity=connectivity)
+    return cc, np.bincount(cc.ravel())
+
+
+@POSTPROCESSORS.register("keep_largest_component")
+def keep_largest_component(
+    seg: np.ndarray, labels: Sequence[int] | None = None, connectivity: int | None = None
+) -> np.ndarray:
+    """Keep, for each class in ``labels`` (default: all non-zero present), its largest component only.
+
+    Ties between equally large components keep the one with the lowest cc3d id (first in raster order).
+    """
+    connectivity = _check(seg, connectivity, full=True)
+    out = seg.copy()
+    for label in _labels(seg, labels):
+        cc, sizes = _components(seg == label, connectivity)
+        if len(sizes) <= 2:  # zero or one component
+            continue
+        largest = int(np.argmax(sizes[1:])) + 1
+        out[(cc != largest) & (cc != 0)] = 0
+    return out
+
+
+@POSTPROCESSORS.register("remove_small_components")
+def remove_small_components(
+    seg: np.ndarray,
+    min_size: float,
+    labels: Sequence[int] | None = None,
+    unit: str = "voxels",
+    spacing: Sequence[float] | None = None,
+    connectivity: int | None = None,
+) -> np.ndarray:
+    """Set to background every component of a class whose volume is ``< min_size``.
+
+    Args:
+        min_size: threshold, ``>= 0``, in voxels or ml (``unit``).
+        unit: ``"voxels"`` or ``"ml"`` (needs ``spacing`` in mm; volume = voxels * prod(spacing) / 1000).
+        spacing: voxel size in mm per axis.
+    """
+    connectivity = _check(seg, connectivity, full=True)
+    if unit == "voxels":
+        voxel_volume = 1.0
+    elif unit == "ml":
+        if spacing is None or len(spacing) != seg.ndim:
+            raise ValueError(f"unit='ml' needs a spacing with {seg.ndim} values, got {spacing}")
+        voxel_volume = float(np.prod(spacing)) / 1000.0
+    else:
+        raise ValueError(f"unit must be 'voxels' or 'ml', got {unit!r}")
+    out = seg.copy()
+    for label in _labels(seg, labels):
+        cc, sizes = _components(seg == label, connectivity)
+        small = np.flatnonzero(sizes * voxel_volume < min_size)
+        small = small[small != 0]
+        if small.size:
+            out[np.isin(cc, small)] = 0
+    return out
+
+
+def _structure(ndim: int, connectivity: int) -> np.ndarray:
+    return ndimage.generate_binary_structure(ndim, _RANK[ndim][connectivity])
+
+
+@POSTPROCESSORS.register("erode")
+def erode(
+    seg: np.ndarray, labels: Sequence[int] | None = None, iterations: int = 1, connectivity: int | None = None
+) -> np.ndarray:
+    """Binary erosion of each class (``iterations`` >= 1 steps); eroded voxels become background.
+
+    The image border counts as outside the class (``border_value=0``), as in ``scipy.ndimage``.
+    """
+    connectivity = _check(seg, connectivity, full=False)
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    out = seg.copy()
+    st = _structure(seg.ndim, connectivity)
+    for label in _labels(seg, labels):
+        mask = seg == label
+        out[mask & ~ndimage.binary_erosion(mask, st, iterations=iterations)] = 0
+    return out
+
+
+@POSTPROCESSORS.register("dilate")
+def dilate(
+    seg: np.ndarray, labels: Sequence[int] | None = None, iterations: int = 1, connectivity: int | None = None
+) -> np.ndarray:
+    """Binary dilation of each class into background voxels only; earlier ``labels`` win contested voxels."""
+    connectivity = _check(seg, connectivity, full=False)
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    out = seg.copy()
+    st = _structure(seg.ndim, connectivity)
+    for label in _labels(seg, labels):
+        grown = ndimage.binary_dilation(seg == label, st, iterations=iterations)
+        out[grown & (out == 0)] = label
+    return out
+
+
+def apply_postprocessing(
+    seg: np.ndarray,
+    steps: Sequence[str | Mapping[str, Any]],
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Apply registered steps in order; ``spacing`` is passed to the steps that take one (unless given)."""
+    for step in steps:
+        name, kwargs = split_spec(step)
+        fn = POSTPROCESSORS.get(name)
+        if spacing is not None and "spacing" in inspect.signature(fn).parameters:
+            kwargs.setdefault("spacing", spacing)
+        seg = fn(seg, **kwargs)
+    return seg

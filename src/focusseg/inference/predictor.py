@@ -1,0 +1,143 @@
+"""Whole-case prediction from a run folder: read -> preprocess (crop, normalise, resample) -> Gaussian sliding
+window (+ mirror TTA) -> softmax -> resample back to the cropped original grid -> argmax -> paste into the
+original shape -> NIfTI with exactly the input's shape and affine.
+
+Reading/preprocessing the next case and writing the previous one run on worker threads while the current
+case is being predicted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from focusseg.io import Geometry, discover_images, read_case, write_segmentation
+from focusseg.preprocessing.preprocess import preprocess_array
+
+
+def _select_checkpoint(run_dir: Path, which: str) -> Path:
+    for name in [which] if which != "best" else ["best", "final", "latest"]:
+        p = run_dir / f"checkpoint_{name}.pt"
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"{run_dir}: no checkpoint_{which}.pt (train a run first)")
+
+
+class Predictor:
+    """One trained network and its plan. ``Predictor.from_run(RUN_DIR)`` loads ``checkpoint_best.pt``."""
+
+    def __init__(self, plan: dict, state_dict: dict, device: str | torch.device | None = None) -> None:
+        from focusseg.engine.build import amp_dtype, build_network_from_plan
+
+        self.plan = plan
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.network = build_network_from_plan(plan)
+        self.network.load_state_dict(state_dict)
+        self.network.to(self.device).eval()
+        self.amp = amp_dtype(plan, self.device)
+
+    @classmethod
+    def from_run(
+        cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device | None = None
+    ) -> Predictor:
+        path = _select_checkpoint(Path(run_dir), checkpoint)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return cls(state["plan"], state["network"], device)
+
+    def probabilities(
+        self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
+    ) -> tuple[torch.Tensor, dict]:
+        """Class probabilities ``(K, *shape_after_crop)`` on the cropped original grid, and the properties."""
+        from focusseg.inference import sliding_window_predict
+
+        data, _, props = preprocess_array(image, geometry, self.plan)
+        inf = self.plan["inference"]
+        mirror = tuple(inf.get("mirror_axes", ())) if tta else ()
+        logits = sliding_window_predict(
+            self.network,
+            torch.from_numpy(data),
+            self.plan["patch_size"],
+            overlap=inf["overlap"] if overlap is None else overlap,
+            mirror_axes=mirror,
+            batch_size=int(inf.get("batch_size", 2)),
+            device=self.device,
+            amp_dtype=self.amp,
+        )
+        probs = torch.softmax(logits, 0)
+        target = tuple(props["shape_after_crop"])
+        if tuple(probs.shape[1:]) != target:
+            mode = "trilinear" if probs.ndim == 4 else "bilinear"
+            probs = F.interpolate(probs[None], size=target, mode=mode, align_corners=False)[0]
+        return probs, props
+
+    def segment(
+        self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
+    ) -> np.ndarray:
+        """Label map with the original ``geometry.shape`` (background outside the non-zero crop)."""
+        probs, props = self.probabilities(image, geometry, overlap, tta)
+        seg = np.zeros(geometry.shape, dtype=np.uint8 if probs.shape[0] < 256 else np.int16)
+        box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
+        seg[box] = probs.argmax(0).numpy()
+        return seg
+
+
+def predict_folder(
+    predictor: Predictor,
+    in_dir: str | Path,
+    out_dir: str | Path,
+    overlap: float | None = None,
+    tta: bool = True,
+    progress: bool = True,
+    file_ending: str = ".nii.gz",
+) -> list[Path]:
+    """Predict every ``<case>_<CCCC>`` set of files in ``in_dir`` into ``out_dir/<case>.nii.gz``."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    cases = discover_images(in_dir, file_ending)
+    n_ch = len(predictor.plan["channel_names"])
+    for case, chans in cases.items():
+        missing = sorted(set(range(n_ch)) - set(chans))
+        if missing:
+            raise FileNotFoundError(
+                f"{in_dir}: case {case} lacks channel(s) {missing} "
+                f"(expected {case}_0000..{case}_{n_ch - 1:04d}{file_ending})"
+            )
+    if not cases:
+        raise FileNotFoundError(f"{in_dir}: no <case>_<CCCC>{file_ending} images found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    from rich.progress import Progress
+
+    with ThreadPoolExecutor(2) as pool, Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("predicting", total=len(cases))
+        pending_write = None
+        for case, (image, geo) in _read_ahead(pool, cases, n_ch):
+            seg = predictor.segment(image, geo, overlap, tta)
+            if pending_write is not None:
+                written.append(pending_write.result())
+            pending_write = pool.submit(write_segmentation, out_dir / f"{case}{file_ending}", seg, geo)
+            bar.advance(task)
+        if pending_write is not None:
+            written.append(pending_write.result())
+    return written
+
+
+def _read_ahead(
+    pool: ThreadPoolExecutor, cases: dict[str, dict[int, Path]], n_ch: int
+) -> Iterator[tuple[str, tuple[np.ndarray, Geometry]]]:
+    items = list(cases.items())
+
+    def read(chans: dict[int, Path]) -> tuple[np.ndarray, Geometry]:
+        image, _, geo = read_case([chans[c] for c in range(n_ch)])
+        return image, geo
+
+    fut = pool.submit(read, items[0][1]) if items else None
+    for i, (case, _) in enumerate(items):
+        assert fut is not None
+        result = fut.result()
+        fut = pool.submit(read, items[i + 1][1]) if i + 1 < len(items) else None
+        yield case, result
