@@ -1,0 +1,114 @@
+"""Shared plumbing of the loss library: input checks, activations, target encodings, reductions.
+
+Conventions every loss follows (docs/CONTRACTS.md):
+
+* ``logits`` are raw network outputs ``(B, K, *spatial)`` (2D or 3D); half/bfloat16 inputs are computed in
+  float32, float64 stays float64 (gradcheck).
+* ``target`` is an integer label map ``(B, 1, *spatial)`` or ``(B, *spatial)``.
+* ``activation="softmax"``: channel ``c`` is the probability of label ``c`` (channel 0 = background); needs K >= 2
+  and labels in ``[0, K)``.
+* ``activation="sigmoid"``: every channel is an independent foreground map. With K = 1 the channel is
+  ``label > 0`` (binary: any non-zero label is foreground); with K > 1 channel ``c`` is ``label == c + 1``
+  (the background has no channel), labels in ``[0, K]``. ``include_background`` has no meaning there.
+* ``class_weights`` is a float tensor ``(K,)`` indexed like the channels.
+* ``reduction="mean"`` gives a scalar, ``reduction="none"`` per-sample losses ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ACTIVATIONS = ("softmax", "sigmoid")
+REDUCTIONS = ("mean", "none")
+LOG_CLAMP = -100.0  # torch.nn.BCELoss clamps log-probabilities at -100; so do we
+
+
+def check_option(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def as_compute_dtype(logits: Tensor) -> Tensor:
+    """Half and bfloat16 logits (autocast) are promoted to float32; float32/float64 stay as they are."""
+    if not torch.is_floating_point(logits):
+        raise TypeError(f"logits must be a floating point tensor, got {logits.dtype}")
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def label_map(logits: Tensor, target: Tensor) -> Tensor:
+    """Validate shapes and return the label map as ``(B, N)`` int64 (spatial axes flattened)."""
+    if logits.ndim not in (4, 5):
+        raise ValueError(f"logits must be (B, K, X, Y) or (B, K, X, Y, Z), got shape {tuple(logits.shape)}")
+    if torch.is_floating_point(target) or target.dtype == torch.bool:
+        raise TypeError(f"target must be an integer label map, got {target.dtype}")
+    if target.ndim == logits.ndim:
+        if target.shape[1] != 1:
+            raise ValueError(f"target with a channel axis must have 1 channel, got {tuple(target.shape)}")
+        target = target[:, 0]
+    if target.shape[0] != logits.shape[0] or target.shape[1:] != logits.shape[2:]:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)} "
+            "(expected (B, 1, *spatial) or (B, *spatial))"
+        )
+    return target.reshape(target.shape[0], -1).long()
+
+
+def check_labels(labels: Tensor, n_channels: int, activation: str) -> None:
+    """Raise when a label cannot be encoded with ``n_channels`` channels under ``activation``."""
+    if activation == "softmax" and n_channels < 2:
+        raise ValueError("softmax needs at least 2 channels; use activation='sigmoid' for a single channel")
+    if labels.numel() == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    top = n_channels - 1 if activation == "softmax" else (n_channels if n_channels > 1 else None)
+    if lo < 0 or (top is not None and hi > top):
+        raise ValueError(f"labels must lie in [0, {top}] for {n_channels} {activation} channels, got [{lo}, {hi}]")
+
+
+def channel_index(labels: Tensor, n_channels: int, activation: str) -> Tensor:
+    """Channel that owns each voxel's label, -1 for background voxels without a channel (sigmoid)."""
+    if activation == "softmax":
+        return labels
+    if n_channels == 1:
+        return torch.where(labels > 0, 0, -1)
+    return labels - 1
+
+
+def encode_target(labels: Tensor, n_channels: int, activation: str, dtype: torch.dtype) -> Tensor:
+    """One-hot (softmax) or per-channel foreground indicators (sigmoid) as ``(B, K, N)``."""
+    idx = channel_index(labels, n_channels, activation)
+    onehot = F.one_hot((idx + 1).clamp(min=0), n_channels + 1)[..., 1:]  # column 0 takes idx == -1
+    return onehot.movedim(-1, 1).to(dtype)
+
+
+def activate(logits: Tensor, activation: str) -> Tensor:
+    return torch.softmax(logits, dim=1) if activation == "softmax" else torch.sigmoid(logits)
+
+
+def check_class_weights(class_weights: Tensor | None, n_channels: int, like: Tensor) -> Tensor | None:
+    """Validate a ``(K,)`` weight vector and move it to ``like``'s device and dtype."""
+    if class_weights is None:
+        return None
+    w = torch.as_tensor(class_weights)
+    if w.ndim != 1 or w.shape[0] != n_channels:
+        raise ValueError(f"class_weights must have shape ({n_channels},), got {tuple(w.shape)}")
+    if not torch.is_floating_point(w):
+        w = w.float()
+    if bool((w < 0).any()):
+        raise ValueError("class_weights must be non-negative")
+    return w.to(device=like.device, dtype=like.dtype)
+
+
+def finish(per_sample: Tensor, batch_value: Tensor | None, reduction: str) -> Tensor:
+    """``"none"`` -> the per-sample vector; ``"mean"`` -> ``batch_value`` or the mean of the vector."""
+    if reduction == "none":
+        return per_sample
+    return per_sample.mean() if batch_value is None else batch_value
+
+
+def flat(logits: Tensor) -> Tensor:
+    """``(B, K, *spatial)`` -> ``(B, K, N)``."""
+    return logits.reshape(logits.shape[0], logits.shape[1], -1)
