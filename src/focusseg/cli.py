@@ -1,0 +1,181 @@
+"""The ``focusseg`` command: check, plan, preprocess, train, predict, evaluate, demo, nets, recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode="markdown",
+                  help="focusseg: 3D medical image segmentation whose training focuses on what is hard.")
+console = Console()
+err = Console(stderr=True)
+
+DATA = typer.Argument(..., help="An nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/).")
+
+
+@app.command()
+def check(data: Path = DATA, workers: int = typer.Option(2, help="Parallel processes.")) -> None:
+    """Validate a dataset before training: one line per problem, naming the file; exit 1 on any problem.
+
+    Example: `focusseg check ../shared/data/Dataset004_Hippocampus`
+    """
+    from focusseg.io.check import check_dataset
+
+    problems = check_dataset(data, workers=workers, progress=True)
+    for p in problems:
+        console.print(str(p), highlight=False, soft_wrap=True)
+    if problems:
+        err.print(f"[red]{len(problems)} problem(s) found in {data}[/red]")
+        raise typer.Exit(1)
+    console.print(f"[green]{data}: no problems found[/green]")
+
+
+@app.command()
+def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to write plan.json (default: print)."),
+         device: str = typer.Option("auto", help="Plan for cpu or cuda (auto: this machine)."),
+         set_: list[str] = typer.Option([], "--set", help="Override a field: --set training.batch_size=4"),
+         recipe: str | None = typer.Option(None, help="Apply a recipe's plan overrides.")) -> None:
+    """Fingerprint a dataset and write a human-readable plan (every field can be overridden).
+
+    Example: `focusseg plan DATA --out plan.json --set patch_size=[48,64,48]`
+    """
+    from focusseg.engine.run import plan_dataset, resolve_device
+    from focusseg.planning.planner import deep_merge, parse_set
+    from focusseg.recipes import load_recipe
+
+    p = plan_dataset(data, resolve_device(device).type)
+    if recipe:
+        p = deep_merge(p, load_recipe(recipe)["plan"])
+    p = deep_merge(p, parse_set(set_))
+    text = json.dumps(p, indent=2)
+    if out:
+        from focusseg.planning.fingerprint import save_json
+
+        save_json(p, out)
+        console.print(f"plan written to {out}")
+    else:
+        print(text)
+
+
+@app.command()
+def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder (plan, checkpoints, log)."),
+          fold: str = typer.Option("0", help="Fold 0-4 of the 5-fold split, or 'all'."),
+          recipe: str = typer.Option("default", help="A recipe name (`focusseg recipes`) or a path to a JSON."),
+          time_budget: float | None = typer.Option(None, help="Minutes of wall time; stops there, keeps best."),
+          device: str = typer.Option("auto", help="cpu, cuda or auto."),
+          resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt exactly."),
+          plan_file: Path | None = typer.Option(None, "--plan", help="Use this plan.json instead of planning."),
+          preprocessed: Path | None = typer.Option(None, help="Preprocessed store to (re)use."),
+          set_: list[str] = typer.Option([], "--set", help="Override a plan field: --set training.max_epochs=50"),
+          no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars.")) -> None:
+    """Plan, preprocess and train one fold; then predict and score the held-out cases.
+
+    Example: `focusseg train ../shared/data/Dataset004_Hippocampus --out runs/hippo --fold 0 --time-budget 30`
+    """
+    from focusseg.engine.run import run_training
+    from focusseg.planning.planner import parse_set
+    from focusseg.recipes import load_recipe
+
+    summary = run_training(data, out, fold=fold, recipe=load_recipe(recipe), overrides=parse_set(set_),
+                           time_budget_min=time_budget, device=device, resume=resume, plan_path=plan_file,
+                           preprocessed_dir=preprocessed, progress=not no_progress)
+    console.print_json(data=summary)
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="A run folder written by `focusseg train`."),
+            in_dir: Path = typer.Argument(..., help="Images as <case>_<CCCC>.nii.gz (nnU-Net imagesTs layout)."),
+            out_dir: Path = typer.Argument(..., help="Receives <case>.nii.gz with the input's shape and affine."),
+            overlap: float = typer.Option(0.5, help="Sliding-window overlap in [0, 1)."),
+            tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirror test-time augmentation."),
+            checkpoint: str = typer.Option("best", help="best, final or latest."),
+            device: str = typer.Option("auto", help="cpu, cuda or auto.")) -> None:
+    """Segment every case of a folder.
+
+    Example: `focusseg predict runs/hippo imagesTs/ predictions/ --overlap 0.5 --no-tta`
+    """
+    from focusseg.engine.run import resolve_device
+    from focusseg.inference.predictor import Predictor, predict_folder
+
+    predictor = Predictor.from_run(run_dir, checkpoint, resolve_device(device))
+    written = predict_folder(predictor, in_dir, out_dir, overlap=overlap, tta=tta)
+    console.print(f"{len(written)} segmentation(s) written to {out_dir}")
+
+
+@app.command()
+def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz files."),
+             gt_dir: Path = typer.Argument(..., help="Reference <case>.nii.gz files."),
+             out: Path = typer.Option(..., help="Writes metrics.csv, summary.json and plots here."),
+             nsd_tolerance: float = typer.Option(1.0, help="NSD tolerance in mm."),
+             connectivity: int = typer.Option(26, help="Connectivity for lesion-wise scores: 6, 18 or 26."),
+             labels: str | None = typer.Option(None, help="Comma-separated labels (default: all found)."),
+             workers: int = typer.Option(2, help="Parallel processes.")) -> None:
+    """Score predictions against references: Dice, IoU, precision/recall, NSD, HD95, ASSD, FPV/FNV, lesion-wise.
+
+    Example: `focusseg evaluate predictions/ labelsTs/ --out eval/ --nsd-tolerance 2`
+    """
+    from focusseg.metrics import evaluate_folders
+
+    if connectivity not in (6, 18, 26):
+        raise typer.BadParameter("connectivity must be 6, 18 or 26")
+    lab = [int(x) for x in labels.split(",")] if labels else None
+    summary = evaluate_folders(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
+                               connectivity=connectivity, workers=workers)
+    console.print_json(data=summary.get("overall", summary))
+    console.print(f"metrics: {out / 'metrics.csv'}  summary: {out / 'summary.json'}")
+
+
+@app.command()
+def demo(out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo dataset and run."),
+         minutes: float = typer.Option(2.5, help="Training time budget in minutes.")) -> None:
+    """Generate a small synthetic dataset, then plan -> preprocess -> train -> predict -> evaluate (< 5 min, CPU).
+
+    Example: `focusseg demo --out runs/demo`
+    """
+    from focusseg.demo import run_demo
+
+    run_demo(out, minutes=minutes, console=console)
+
+
+@app.command()
+def recipes() -> None:
+    """List the packaged recipes (one per paper system)."""
+    from focusseg.recipes import load_recipe, recipe_names
+
+    for name in recipe_names():
+        r = load_recipe(name)
+        console.print(f"[bold]{name}[/bold]: {r.get('description', '')}", highlight=False)
+
+
+@app.command()
+def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated."),
+         in_channels: int = typer.Option(1), out_channels: int = typer.Option(3),
+         names: str | None = typer.Option(None, help="Comma-separated names (default: all)."),
+         device: str = typer.Option("auto"), time_steps: bool = typer.Option(True, "--time/--no-time")) -> None:
+    """List networks with parameter count, FLOPs for a patch, and a training-step time on this device."""
+    from rich.table import Table
+
+    from focusseg.engine.run import resolve_device
+    from focusseg.nets import network_names
+    from focusseg.nets.profile import describe_networks
+
+    size = tuple(int(x) for x in patch.split(","))
+    chosen = names.split(",") if names else network_names()
+    rows = describe_networks(chosen, size, in_channels, out_channels, resolve_device(device), time_steps=time_steps)
+    table = Table(title=f"networks at patch {size}")
+    for col in rows[0].keys() if rows else []:
+        table.add_column(str(col))
+    for r in rows:
+        table.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()])
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

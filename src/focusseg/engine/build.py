@@ -1,0 +1,112 @@
+"""Build the parts of a run from its plan: network, loss, optimiser, LR controller, augmenter, sampler and
+class weighter. Every name resolves through a registry, so a recipe can name anything registered."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from focusseg.registry import split_spec
+
+
+@dataclass
+class Parts:
+    network: nn.Module
+    loss: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr: Any
+    augmenter: Any
+    weighter: Any | None
+
+
+def spatial_dims(plan: dict) -> int:
+    return len(plan["patch_size"])
+
+
+def build_network_from_plan(plan: dict) -> nn.Module:
+    from focusseg.nets import build_network
+
+    name, kwargs = split_spec(plan["network"])
+    return build_network(name, in_channels=len(plan["channel_names"]), out_channels=int(plan["n_classes"]),
+                         spatial_dims=spatial_dims(plan), **kwargs)
+
+
+def build_loss_from_plan(plan: dict) -> nn.Module:
+    """The training loss with ``reduction="none"`` (per-sample losses, for strategies), wrapped for deep
+    supervision when the plan asks for it."""
+    from focusseg.losses import DeepSupervisionLoss, build_loss
+
+    tr = plan["training"]
+    loss = build_loss(tr["loss"], reduction="none")
+    ds = tr.get("deep_supervision")
+    if ds:
+        loss = DeepSupervisionLoss(loss, **ds)
+    return loss
+
+
+def build_optimizer(plan: dict, network: nn.Module, total_iterations: int) -> torch.optim.Optimizer:
+    from focusseg.strategies import OPTIMIZERS
+
+    name, kwargs = split_spec(plan["training"]["optimizer"])
+    lr = kwargs.pop("lr", 0.01)
+    return OPTIMIZERS.build({"name": name, **kwargs}, params=network.parameters(), lr=lr,
+                            total_iterations=total_iterations)
+
+
+def build_lr_controller(plan: dict, optimizer: torch.optim.Optimizer, total_iterations: int) -> Any:
+    from focusseg.strategies import LR_CONTROLLERS
+
+    name, kwargs = split_spec(plan["training"]["lr_schedule"])
+    lr0 = plan["training"]["optimizer"].get("lr", 0.01)
+    return LR_CONTROLLERS.build({"name": name, **kwargs}, optimizer=optimizer, lr0=lr0,
+                                max_iterations=total_iterations)
+
+
+def build_augmenter(plan: dict) -> Any:
+    from focusseg.augment import AugmentConfig, BatchAugmenter
+
+    spec = plan["training"].get("augmentation", "nnunet")
+    cfg = AugmentConfig.from_dict({"preset": spec} if isinstance(spec, str) else dict(spec))
+    return BatchAugmenter(cfg, spatial_dims=spatial_dims(plan))
+
+
+def build_weighter(plan: dict) -> Any | None:
+    spec = plan["training"].get("class_weighter")
+    if not spec:
+        return None
+    from focusseg.strategies import CLASS_WEIGHTERS
+
+    return CLASS_WEIGHTERS.build(spec, n_classes=int(plan["n_classes"]))
+
+
+def build_sampler(plan: dict, case_shapes: dict, locations: dict) -> Any:
+    from focusseg.data.samplers import SAMPLERS
+
+    spec = plan["training"].get("sampler") or {"name": "foreground"}
+    name, kwargs = split_spec(spec)
+    kwargs.setdefault("p_foreground", plan["training"].get("foreground_oversampling", 0.33))
+    if name not in SAMPLERS:
+        import focusseg.strategies  # noqa: F401  (registers strategy samplers such as focused_practice)
+    return SAMPLERS.build({"name": name, **kwargs}, case_shapes=case_shapes,
+                          patch_size=tuple(plan["patch_size"]), locations=locations)
+
+
+def build_parts(plan: dict, total_iterations: int, device: torch.device) -> Parts:
+    network = build_network_from_plan(plan).to(device)
+    optimizer = build_optimizer(plan, network, total_iterations)
+    return Parts(network=network, loss=build_loss_from_plan(plan), optimizer=optimizer,
+                 lr=build_lr_controller(plan, optimizer, total_iterations), augmenter=build_augmenter(plan),
+                 weighter=build_weighter(plan))
+
+
+def amp_dtype(plan: dict, device: torch.device) -> torch.dtype | None:
+    """``training.amp``: "bf16" | "fp16" | "none". fp16 needs CUDA; on CPU it falls back to bf16."""
+    amp = str(plan["training"].get("amp", "none")).lower()
+    if amp in ("none", "off", "false", "fp32"):
+        return None
+    if amp == "fp16" and device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16
