@@ -1,0 +1,257 @@
+"""Case- and folder-level evaluation: every metric for every (case, label), metrics.csv + summary.json.
+
+Per label ``l`` the masks ``pred == l`` and ``gt == l`` are cropped to the union of their bounding boxes
+(one ``find_objects`` pass per map) and evaluated there: overlap (:mod:`.overlap`), surface
+(:mod:`.surface`, NSD at ``nsd_tolerance`` mm), autoPET volumes (:mod:`.autopet`, 18-connectivity as
+the official script), lesion-wise counts (:mod:`.lesion`, ``connectivity``).  Undefined values follow
+the ``convention`` (:mod:`.conventions`) and are written as empty CSV cells / JSON ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from focusseg.metrics.autopet import false_negative_volume, false_positive_volume, fp_pet_score
+from focusseg.metrics.conventions import Convention, get_convention
+from focusseg.metrics.lesion import lesion_metrics
+from focusseg.metrics.overlap import confusion_counts, label_boxes, merge_boxes, overlap_metrics
+from focusseg.metrics.plots import violin_plot
+from focusseg.metrics.surface import surface_metrics
+
+COLUMNS = (
+    "case", "label", "dice", "iou", "precision", "recall", "nsd", "hd95", "assd", "fpv_ml", "fnv_ml",
+    "lesion_tp", "lesion_fp", "lesion_fn", "lesion_f1", "lesion_dice",
+)  # fmt: skip
+METRICS = COLUMNS[2:]
+AFFINE_ATOL = 1e-4
+
+
+def _label_row(p: np.ndarray, g: np.ndarray, label: int, spacing, tol: float, connectivity: int, conv: Convention):
+    tp, fp, fn = confusion_counts(p, g)
+    row: dict[str, Any] = {"label": label, **overlap_metrics(tp, fp, fn, conv)}
+    gt_empty, pred_empty = tp + fn == 0, tp + fp == 0
+    surf = surface_metrics(p, g, spacing, tolerance=tol)
+    if gt_empty and pred_empty:
+        surf["nsd"] = conv.both_empty
+    elif gt_empty:
+        surf["nsd"] = conv.dice_on_empty_gt
+    elif conv.nsd_zero_below_dice is not None and row["dice"] < conv.nsd_zero_below_dice:
+        surf["nsd"] = 0.0
+    row.update(surf)
+    row["fpv_ml"] = false_positive_volume(p, g, spacing)
+    row["fnv_ml"] = conv.fnv_on_empty_gt if gt_empty else false_negative_volume(p, g, spacing)
+    les = lesion_metrics(p, g, connectivity=connectivity, both_empty=conv.both_empty)
+    row.update(lesion_tp=les.tp, lesion_fp=les.fp, lesion_fn=les.fn, lesion_f1=les.f1, lesion_dice=les.lesion_dice)
+    return row
+
+
+def evaluate_case(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    spacing: Sequence[float],
+    labels: Sequence[int],
+    nsd_tolerance: float = 1.0,
+    connectivity: int = 26,
+    convention: str | Convention = "default",
+) -> list[dict]:
+    """One dict per label with keys ``label`` + :data:`METRICS` (NaN where undefined).
+
+    Args:
+        pred, gt: integer label maps ``(X, Y, Z)`` on one grid.
+        spacing: voxel size in mm along the array axes (3 floats > 0).
+        labels: positive label ids to evaluate (absent labels give the both-empty row).
+        nsd_tolerance: NSD tolerance in mm (>= 0); a convention may override it per label (FLARE22).
+        connectivity: 6, 18 or 26, for lesion-wise instances (FPV/FNV always use autoPET's 18).
+        convention: name in ``CONVENTIONS`` or a :class:`Convention`.
+    """
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape or gt.ndim != 3:
+        raise ValueError(f"pred and gt must be 3D label maps of one shape, got {pred.shape} and {gt.shape}")
+    if connectivity not in (6, 18, 26):
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    if nsd_tolerance < 0:
+        raise ValueError(f"nsd_tolerance must be >= 0, got {nsd_tolerance}")
+    conv = get_convention(convention)
+    labels = [int(v) for v in labels]
+    boxes_p, boxes_g = label_boxes(pred, labels), label_boxes(gt, labels)
+    rows = []
+    for v in labels:
+        box = merge_boxes(boxes_p[v], boxes_g[v]) or (slice(0, 1),) * 3
+        p, g = pred[box] == v, gt[box] == v
+        rows.append(_label_row(p, g, v, spacing, conv.tolerance(v, nsd_tolerance), connectivity, conv))
+    return rows
+
+
+def present_labels(*labelmaps: np.ndarray) -> list[int]:
+    """Sorted non-zero labels present in any of the maps."""
+    found: set[int] = set()
+    for m in labelmaps:
+        found.update(int(v) for v in np.unique(m) if v != 0)
+    return sorted(found)
+
+
+def _case_files(folder: Path) -> dict[str, Path]:
+    files = {}
+    for f in sorted(folder.iterdir()):
+        for ext in (".nii.gz", ".nii"):
+            if f.is_file() and f.name.endswith(ext):
+                files[f.name[: -len(ext)]] = f
+                break
+    return files
+
+
+def _load_labels(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D label map, got shape {data.shape}")
+    if not np.issubdtype(data.dtype, np.integer):
+        rounded = np.rint(data)
+        if not np.array_equal(rounded, data):
+            raise ValueError(f"{path}: label map holds non-integer values")
+        data = rounded.astype(np.int32)
+    if data.min(initial=0) < 0:
+        raise ValueError(f"{path}: label map holds negative values")
+    return data, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def _evaluate_pair(job: tuple) -> tuple[str, list[dict], list[int]]:
+    case, pred_path, gt_path, labels, tol, connectivity, convention = job
+    pred, pred_affine, _ = _load_labels(pred_path)
+    gt, gt_affine, spacing = _load_labels(gt_path)
+    if pred.shape != gt.shape:
+        raise ValueError(f"{pred_path}: shape {pred.shape} differs from ground truth {gt_path} {gt.shape}")
+    if not np.allclose(pred_affine, gt_affine, rtol=0, atol=AFFINE_ATOL):
+        raise ValueError(f"{pred_path}: affine differs from ground truth {gt_path}:\n{pred_affine}\nvs\n{gt_affine}")
+    present = present_labels(pred, gt)
+    rows = evaluate_case(pred, gt, spacing, present if labels is None else labels, tol, connectivity, convention)
+    return case, rows, present
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
+    x = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if x.size == 0:
+        return {"mean": None, "sd": None, "median": None, "n": 0}
+    sd = float(x.std(ddof=1)) if x.size > 1 else None
+    return {"mean": float(x.mean()), "sd": sd, "median": float(np.median(x)), "n": int(x.size)}
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], labels: Sequence[int]) -> dict[str, Any]:
+    """Per label and overall (all case-label rows pooled): mean, sd (ddof 1), median, n of finite values.
+
+    Also the FP-PET score per label, ``mean dice - 0.1 mean FPV - 0.1 mean FNV`` (None if undefined).
+    """
+    per_label: dict[str, Any] = {}
+    for v in labels:
+        sub = [r for r in rows if r["label"] == v]
+        stats = {m: _stats([float(r[m]) for r in sub]) for m in METRICS}
+        parts = [stats[m]["mean"] for m in ("dice", "fpv_ml", "fnv_ml")]
+        stats["fp_pet_score"] = None if None in parts else fp_pet_score(*parts)
+        per_label[str(v)] = stats
+    overall = {m: _stats([float(r[m]) for r in rows]) for m in METRICS}
+    return {"per_label": per_label, "overall": overall}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    value = float(value)
+    return "" if not math.isfinite(value) else repr(value)
+
+
+def evaluate_folders(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    out_dir: str | Path,
+    labels: Sequence[int] | None = None,
+    nsd_tolerance: float = 1.0,
+    connectivity: int = 26,
+    workers: int = 2,
+    convention: str = "default",
+    progress: bool = True,
+) -> dict:
+    """Evaluate every ``<case>.nii.gz`` of ``gt_dir`` against the same name in ``pred_dir``.
+
+    Writes ``out_dir/metrics.csv`` (:data:`COLUMNS`, one row per case and label, empty cell where
+    undefined), ``out_dir/summary.json`` (see :func:`summarize`, plus the settings) and the violin plots
+    ``dice_violin.png`` and ``nsd_violin.png``; returns the summary dict.  Spacing comes from the GT
+    header; prediction and GT must share shape and affine (within 1e-4).  ``labels=None`` evaluates every
+    non-zero label found in any GT or prediction.  ``workers > 1`` evaluates cases in a process pool.
+
+    Raises:
+        ValueError: naming the file, for a case without a prediction (or a prediction without a GT),
+            mismatched shape/affine, non-integer labels, or an empty ``gt_dir``.
+    """
+    from rich.progress import Progress
+
+    pred_dir, gt_dir, out_dir = Path(pred_dir), Path(gt_dir), Path(out_dir)
+    conv = get_convention(convention)
+    if connectivity not in (6, 18, 26):
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    gts, preds = _case_files(gt_dir), _case_files(pred_dir)
+    if not gts:
+        raise ValueError(f"no .nii.gz ground-truth files in {gt_dir}")
+    missing = sorted(set(gts) - set(preds))
+    if missing:
+        first = gts[missing[0]]
+        raise ValueError(f"no prediction for ground truth {first} (expected {pred_dir / first.name})")
+    extra = sorted(set(preds) - set(gts))
+    if extra:
+        raise ValueError(f"prediction {preds[extra[0]]} has no ground truth in {gt_dir}")
+    req = None if labels is None else [int(v) for v in labels]
+    jobs = [(c, preds[c], gts[c], req, float(nsd_tolerance), connectivity, conv) for c in sorted(gts)]
+    results: dict[str, tuple[list[dict], list[int]]] = {}
+    with Progress(disable=not progress, transient=False) as bar:
+        task = bar.add_task("evaluating", total=len(jobs))
+        if workers <= 1 or len(jobs) == 1:
+            for job in jobs:
+                case, rows, present = _evaluate_pair(job)
+                results[case] = (rows, present)
+                bar.advance(task)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+                for case, rows, present in pool.map(_evaluate_pair, jobs):
+                    results[case] = (rows, present)
+                    bar.advance(task)
+    final_labels = req if req is not None else sorted({v for _, p in results.values() for v in p})
+    all_rows = []
+    for case in sorted(results):
+        by_label = {r["label"]: r for r in results[case][0]}
+        for v in final_labels:
+            if v not in by_label:  # absent from this case's GT and prediction: the both-empty row
+                empty = np.zeros((1, 1, 1), np.uint8)
+                by_label[v] = evaluate_case(empty, empty, (1.0, 1.0, 1.0), [v], nsd_tolerance, connectivity, conv)[0]
+            all_rows.append({"case": case, **by_label[v]})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "metrics.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        for r in all_rows:
+            writer.writerow([r["case"]] + [_cell(r[c]) for c in COLUMNS[1:]])
+    summary = {
+        "convention": conv.name,
+        "nsd_tolerance": float(nsd_tolerance),
+        "connectivity": connectivity,
+        "labels": final_labels,
+        "n_cases": len(results),
+        **summarize(all_rows, final_labels),
+    }
+    with open(out_dir / "summary.json", "w") as fh:
+        json.dump(summary, fh, indent=2)
+    for metric in ("dice", "nsd"):
+        values = {str(v): [float(r[metric]) for r in all_rows if r["label"] == v] for v in final_labels}
+        violin_plot(values, metric.upper(), out_dir / f"{metric}_violin.png")
+    return summary
