@@ -10,7 +10,7 @@ centred start ``-((P - I) // 2)`` (negative: the loader pads). Cases in sorted o
 Memory: ``update(step)`` stores ``step.per_sample_loss[b]`` as the last loss of patch ``requests[b].key``.
 
 Split at ``epoch_end`` (§2, "threshold ... based on maximum inter-class variance"): Otsu's threshold ``t`` over the
-losses of the *seen* patches; hard = loss > t. The ``drop_hardest`` (20 %) fraction of the seen hard patches with
+losses of the *seen* patches (256 bins, ``t`` = upper edge of the last class-0 bin); hard = loss > t. The ``drop_hardest`` (20 %) fraction of the seen hard patches with
 the highest loss, ``int(drop_hardest * n_hard)`` of them, is excluded from the next epoch ("exclude the 20 % of
 hard samples with the highest loss and incorporate the remaining 80 % into the training data for the subsequent
 epoch"). Reading chosen for "incorporate": the next epoch's training data is every patch plus the kept hard
@@ -42,10 +42,15 @@ from focusseg.engine.types import PatchRequest, StepOutput
 from focusseg.inference.windows import compute_steps
 
 
-def otsu_threshold(values: torch.Tensor | np.ndarray | Sequence[float], bins: int = 256) -> float:
-    """Otsu's threshold on 1-D values: maximise the between-class variance ``w0 w1 (mu0 - mu1)^2`` over
-    ``bins`` equal-width histogram bins on ``[min, max]``; class 0 is ``value <= t``. Returns the centre of the
-    last bin of class 0 (the convention of ``skimage.filters.threshold_otsu``); a constant input returns it."""
+def otsu_threshold(
+    values: torch.Tensor | np.ndarray | Sequence[float], bins: int = 256, edge: bool = False
+) -> float:
+    """Otsu's threshold on 1-D values: maximise the between-class variance ``w0 w1 (mu0 - mu1)^2`` over the
+    splits between ``bins`` equal-width histogram bins on ``[min, max]`` (non-finite values ignored).
+
+    Returns the centre of the last bin of class 0 (the convention of ``skimage.filters.threshold_otsu``), or with
+    ``edge=True`` that bin's upper edge, so that ``value > t`` reproduces the histogram split exactly (with the
+    centre, the upper half of that bin falls in class 1). A constant input returns its value."""
     v = np.asarray(torch.as_tensor(values, dtype=torch.float64).flatten().numpy())
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -61,7 +66,8 @@ def otsu_threshold(values: torch.Tensor | np.ndarray | Sequence[float], bins: in
     m0 = np.cumsum(hist * centers) / np.maximum(w0, 1e-300)
     m1 = (np.cumsum((hist * centers)[::-1]) / np.maximum(np.cumsum(hist[::-1]), 1e-300))[::-1]
     between = w0[:-1] * w1[1:] * (m0[:-1] - m1[1:]) ** 2
-    return float(centers[int(np.argmax(between))])
+    k = int(np.argmax(between))
+    return float(edges[k + 1] if edge else centers[k])
 
 
 class FocusedPracticeSampler:
@@ -166,7 +172,7 @@ class FocusedPracticeSampler:
             self.sample_weights.fill_(1.0)
             return {**log, "threshold": float("nan"), "n_hard": 0, "n_easy": 0, "n_excluded": 0}
         seen_losses = self.losses[seen]
-        t = otsu_threshold(seen_losses)
+        t = otsu_threshold(seen_losses, edge=True)
         hard = seen & (self.losses > t)
         n_excl = int(self.drop_hardest * int(hard.sum()))
         excluded = torch.zeros_like(hard)
