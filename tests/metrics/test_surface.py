@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from metrics_shapes import ball, random_blobs
 
 from focusseg.metrics.surface import (
     average_symmetric_surface_distance,
@@ -11,8 +12,6 @@ from focusseg.metrics.surface import (
     surface_distances,
     surface_metrics,
 )
-
-from metrics_shapes import ball, random_blobs
 
 
 def two_voxels():

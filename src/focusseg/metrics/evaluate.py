@@ -25,7 +25,6 @@ from focusseg.metrics.autopet import false_negative_volume, false_positive_volum
 from focusseg.metrics.conventions import Convention, get_convention
 from focusseg.metrics.lesion import lesion_metrics
 from focusseg.metrics.overlap import confusion_counts, label_boxes, merge_boxes, overlap_metrics
-from focusseg.metrics.plots import violin_plot
 from focusseg.metrics.surface import surface_metrics
 
 COLUMNS = (
@@ -200,6 +199,9 @@ def evaluate_folders(
     conv = get_convention(convention)
     if connectivity not in (6, 18, 26):
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    for kind, folder in (("ground-truth", gt_dir), ("prediction", pred_dir)):
+        if not folder.is_dir():
+            raise ValueError(f"{kind} folder {folder} does not exist")
     gts, preds = _case_files(gt_dir), _case_files(pred_dir)
     if not gts:
         raise ValueError(f"no .nii.gz ground-truth files in {gt_dir}")
@@ -221,7 +223,10 @@ def evaluate_folders(
                 results[case] = (rows, present)
                 bar.advance(task)
         else:
-            ctx = multiprocessing.get_context("spawn")
+            # fork: workers inherit the imported modules (as torch's DataLoader workers do); they use no
+            # torch and no threads, so forking a parent that imported torch is safe here.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
                 for case, rows, present in pool.map(_evaluate_pair, jobs):
                     results[case] = (rows, present)
@@ -251,6 +256,8 @@ def evaluate_folders(
     }
     with open(out_dir / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=2)
+    from focusseg.metrics.plots import violin_plot
+
     for metric in ("dice", "nsd"):
         values = {str(v): [float(r[metric]) for r in all_rows if r["label"] == v] for v in final_labels}
         violin_plot(values, metric.upper(), out_dir / f"{metric}_violin.png")
