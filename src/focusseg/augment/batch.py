@@ -178,19 +178,22 @@ class BatchAugmenter:
             angles = params.angles[idx].to(torch.float64) * params.rotate[idx, None]
             scale = torch.where(params.scale_on[idx], params.scale[idx].to(torch.float64), 1.0)
             mats = rotation_matrices(angles, self.spatial_dims) * scale[:, None, None]
-            idx_dev = idx.to(x.device)
-            xs, ys = resample(x.index_select(0, idx_dev), None if y is None else y.index_select(0, idx_dev), mats)
-            x.index_copy_(0, idx_dev, xs)
-            if y is not None:
-                y = y.clone().index_copy_(0, idx_dev, ys)
+            if idx.numel() == bsz:
+                x, y = resample(x, y, mats)
+            else:
+                idx_dev = idx.to(x.device)
+                xs, ys = resample(x.index_select(0, idx_dev), None if y is None else y.index_select(0, idx_dev),
+                                  mats)
+                x.index_copy_(0, idx_dev, xs)
+                y = None if y is None else y.index_copy(0, idx_dev, ys)
         I.add_noise(x, params.noise, params.noise_std, params.noise_seed)
-        I.apply_rows(x, params.blur, I.gaussian_blur, params.blur_sigma)
-        I.apply_rows(x, params.bright, I.brightness, params.bright_factor)
-        I.apply_rows(x, params.contrast, I.contrast, params.contrast_factor)
-        I.apply_rows(x, params.lowres, I.lowres, params.lowres_zoom)
+        x = I.apply_rows(x, params.blur, I.gaussian_blur, params.blur_sigma)
+        x = I.apply_rows(x, params.bright, I.brightness, params.bright_factor)
+        x = I.apply_rows(x, params.contrast, I.contrast, params.contrast_factor)
+        x = I.apply_rows(x, params.lowres, I.lowres, params.lowres_zoom)
         inv = params.gamma_inv[:, None].expand(bsz, nch)
-        I.apply_rows(x, inv, lambda r, v: I.gamma(r, v, invert=True), params.gamma_inv_value)
-        I.apply_rows(x, params.gamma[:, None].expand(bsz, nch), I.gamma, params.gamma_value)
+        x = I.apply_rows(x, inv, lambda r, v: I.gamma(r, v, invert=True), params.gamma_inv_value)
+        x = I.apply_rows(x, params.gamma[:, None].expand(bsz, nch), I.gamma, params.gamma_value)
         if bool(params.mirror.any()):
             x = mirror(x, params.mirror)
             y = None if y is None else mirror(y, params.mirror)

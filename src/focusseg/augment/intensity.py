@@ -8,7 +8,8 @@ batchgenerators' (nnU-Net v2 defaults), with mean/min/max/std taken per row:
 - brightness:  ``x * m``
 - contrast:    ``clip((x - mean) * f + mean, min, max)``   (``preserve_range=True``)
 - gamma:       ``x' = ((x - min) / (max - min + 1e-7)) ** g * (max - min) + min``, then the mean and std of
-  ``x`` are restored (``retain_stats=True``); the inverted variant applies it to ``-x`` and negates back.
+  ``x`` are restored (``retain_stats=True``: ``(x' - mean') / (std' + 1e-8) * std + mean``); the inverted
+  variant applies it to ``-x`` and negates back.
 - Gaussian blur: separable kernel ``exp(-t^2 / 2 sigma^2)`` normalised, radius ``int(4 sigma_max + 0.5)``
   (scipy's ``truncate=4``); border: whole-sample mirror (scipy ``mirror``) instead of scipy's default
   half-sample ``reflect``. Written as one banded ``n x n`` matrix per row and axis, like low resolution.
@@ -31,11 +32,14 @@ from torch import Tensor
 
 
 def apply_rows(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *values: Tensor) -> Tensor:
-    """In place on ``x (B, C, *S)``: rows where ``mask (B, C)`` is set become ``fn(rows, *values[mask])``."""
+    """Rows of ``x (B, C, *S)`` where ``mask (B, C)`` is set become ``fn(rows, *values[mask])``; ``x`` is
+    updated in place (all rows selected: the result is returned instead, without a gather/scatter copy)."""
     idx = mask.flatten().nonzero().squeeze(1)
     if idx.numel() == 0:
         return x
     flat = x.view(x.shape[0] * x.shape[1], *x.shape[2:])
+    if idx.numel() == flat.shape[0]:
+        return fn(flat, *(v.flatten() for v in values)).view(x.shape)
     idx_dev = idx.to(x.device)
     rows = flat.index_select(0, idx_dev)
     flat.index_copy_(0, idx_dev, fn(rows, *(v.flatten()[idx] for v in values)))
@@ -46,10 +50,8 @@ def _per_row(v: Tensor, x: Tensor) -> Tensor:
     return v.to(device=x.device, dtype=x.dtype).view((-1,) + (1,) * (x.ndim - 1))
 
 
-def _stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    flat = x.flatten(1)
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    return flat.mean(1).view(shape), flat.amin(1).view(shape), flat.amax(1).view(shape)
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view((-1,) + (1,) * (like.ndim - 1))
 
 
 def brightness(x: Tensor, factor: Tensor) -> Tensor:
@@ -59,22 +61,31 @@ def brightness(x: Tensor, factor: Tensor) -> Tensor:
 
 def contrast(x: Tensor, factor: Tensor) -> Tensor:
     """``clip((x - mean) * f + mean, min, max)`` per row."""
-    mean, lo, hi = _stats(x)
-    return torch.maximum(torch.minimum((x - mean) * _per_row(factor, x) + mean, hi), lo)
+    flat = x.flatten(1)
+    mean = _view(flat.mean(1), x)
+    lo, hi = (_view(v, x) for v in torch.aminmax(flat, dim=1))
+    f = _per_row(factor, x)
+    return torch.maximum(torch.minimum(x * f + mean * (1 - f), hi), lo)
 
 
 def gamma(x: Tensor, g: Tensor, invert: bool = False) -> Tensor:
-    """Gamma on the row's range, then the row's mean and std restored; ``invert`` works on ``-x``."""
-    if invert:
-        x = -x
-    mean, lo, hi = _stats(x)
-    std = x.flatten(1).std(1, unbiased=False).view_as(mean)
+    """Gamma on the row's range, then the row's mean and std restored; ``invert`` works on ``-x``.
+
+    Fused form: with ``s = -1`` if inverted else 1, ``z = ((s x - min_s) / (range + 1e-7)) ** g`` and
+    ``y = s (z range + min_s)`` restored to ``mean, std`` is ``z * s a + (mean - s a mean(z))`` with
+    ``a = range std / (range std(z) + 1e-8)`` -- the same numbers as the three-step formula, fewer passes.
+    """
+    flat = x.flatten(1)
+    std, mean = (_view(v, x) for v in torch.std_mean(flat, dim=1, unbiased=False))
+    lo, hi = (_view(v, x) for v in torch.aminmax(flat, dim=1))
     rng = hi - lo
-    y = ((x - lo) / (rng + 1e-7)).clamp_min(0).pow(_per_row(g, x)) * rng + lo
-    ymean = y.flatten(1).mean(1).view_as(mean)
-    ystd = y.flatten(1).std(1, unbiased=False).view_as(mean)
-    y = (y - ymean) / (ystd + 1e-8) * std + mean
-    return -y if invert else y
+    inv = 1.0 / (rng + 1e-7)
+    z = torch.addcmul(hi * inv, x, -inv) if invert else torch.addcmul(-lo * inv, x, inv)
+    z = z.clamp_min_(0).pow_(_per_row(g, x))
+    zstd, zmean = (_view(v, x) for v in torch.std_mean(z.flatten(1), dim=1, unbiased=False))
+    a = rng * std / (rng * zstd + 1e-8)
+    sign = -1.0 if invert else 1.0
+    return z.mul_(sign * a).add_(mean - sign * a * zmean)
 
 
 def gaussian_matrices(n: int, sigma: Tensor) -> Tensor:

@@ -69,12 +69,18 @@ def resample(images: Tensor, labels: Tensor | None, matrices: Tensor) -> tuple[T
 
 
 def mirror(x: Tensor, flips: Tensor) -> Tensor:
-    """Flip sample ``b`` along spatial axis ``d`` where ``flips[b, d]`` (``(B, D)`` bool); exact, no resampling."""
-    view = (-1,) + (1,) * (x.ndim - 1)
+    """Flip sample ``b`` along spatial axis ``d`` where ``flips[b, d]`` (``(B, D)`` bool, CPU); exact.
+
+    Per axis: the whole batch is flipped when every sample drew it, otherwise only the selected samples are
+    gathered, flipped and written back (a new tensor; the input is not modified).
+    """
     for d in range(flips.shape[1]):
-        m = flips[:, d]
-        if bool(m.any()):
-            x = torch.where(m.to(x.device).view(view), x.flip(2 + d), x)
+        idx = flips[:, d].nonzero().flatten()
+        if idx.numel() == x.shape[0]:
+            x = x.flip(2 + d)
+        elif idx.numel() > 0:
+            idx_dev = idx.to(x.device)
+            x = x.index_copy(0, idx_dev, x.index_select(0, idx_dev).flip(2 + d))
     return x
 
 
