@@ -134,7 +134,8 @@ def main() -> None:
         f"{args.repeats} calls per cell after one warm-up, each with its own seed.  ",
         f"Machine: {os.cpu_count()} CPU cores ({cpu_model()}), torch threads {torch.get_num_threads()}, "
         f"{'GPU ' + torch.cuda.get_device_name() if device.type == 'cuda' else 'no GPU'}; "
-        f"torch {torch.__version__}, monai {monai.__version__}; {dt.date.today().isoformat()}.",
+        f"torch {torch.__version__}, monai {monai.__version__}; {dt.date.today().isoformat()}; "
+        f"1-min load average at the end {os.getloadavg()[0]:.1f} (other jobs share the cores).",
         "",
         "| scenario | focusseg `BatchAugmenter` ms, median | MONAI per-sample ms, median | MONAI / focusseg |",
         "| --- | --- | --- | --- |",
