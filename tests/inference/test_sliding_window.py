@@ -67,11 +67,13 @@ def test_pad_to_patch_centres_and_unpads():
     assert padded[:, :2].abs().sum() == 0 and padded[:, 5:].abs().sum() == 0  # below = 5 // 2, above = 3
 
 
-@pytest.mark.parametrize("size", [(9, 11, 7), (40, 33, 20), (16, 16, 16), (23, 17, 31)])
-def test_linear_network_equals_whole_image(size):
+@pytest.mark.parametrize(
+    "size, sigma_scale", [((9, 11, 7), 1 / 8), ((40, 33, 20), 1 / 8), ((16, 16, 16), 0.5), ((23, 17, 31), 0.05)]
+)
+def test_linear_network_equals_whole_image(size, sigma_scale):
     net = torch.nn.Conv3d(2, 3, 1)
     x = torch.randn(2, *size)
-    out = sliding_window_predict(net, x, (16, 16, 16), overlap=0.5, batch_size=3)
+    out = sliding_window_predict(net, x, (16, 16, 16), overlap=0.5, batch_size=3, sigma_scale=sigma_scale)
     assert out.shape == (3, *size) and out.dtype == torch.float32 and out.device.type == "cpu"
     with torch.no_grad():
         whole = net(x[None])[0]
@@ -145,7 +147,7 @@ def test_batching_list_output_and_mode_restored():
     inner = TinyConvNet()
     net = CountingNet(inner, as_list=True).train()
     x = torch.randn(2, 20, 12, 12)
-    out = sliding_window_predict(net, x, (12, 12, 12), mirror_axes=(1,), batch_size=3)
+    out = sliding_window_predict(net, x, (12, 12, 12), mirror_axes=(1,), batch_size=3, progress=True)
     n_windows = len(compute_steps((20, 12, 12), (12, 12, 12))[0])  # 3 along x, 1 elsewhere
     assert net.samples == n_windows * 2 and net.calls == 2  # 6 (window, mirror) items in batches of 3
     assert net.training  # previous mode restored
@@ -208,3 +210,27 @@ def test_torch_compile_flag():
     except Exception as e:  # no C++ toolchain for inductor on this machine
         pytest.skip(f"torch.compile unavailable: {type(e).__name__}")
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_float64_image_and_float64_network():
+    net = torch.nn.Conv3d(1, 2, 1)
+    x = torch.randn(1, 10, 12, 9, dtype=torch.float64)
+    out = sliding_window_predict(net, x, (8, 8, 8))  # windows cast to the network's float32
+    assert out.dtype == torch.float32
+    out64 = sliding_window_predict(net.double(), x, (8, 8, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(out64, net(x[None])[0].float(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp_dtype", [None, torch.float16, torch.bfloat16])
+def test_cuda_matches_cpu(amp_dtype):
+    net = TinyConvNet()
+    x = torch.randn(2, 20, 16, 16)
+    ref = sliding_window_predict(net, x, (12, 12, 12), mirror_axes=(0,))
+    out = sliding_window_predict(net, x.cuda(), (12, 12, 12), mirror_axes=(0,), device="cuda", amp_dtype=amp_dtype)
+    assert out.device.type == "cpu" and out.dtype == torch.float32
+    tol = 1e-4 if amp_dtype is None else 5e-2
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    on_gpu = sliding_window_predict(net, x, (12, 12, 12), out_device="cuda")
+    assert on_gpu.device.type == "cuda"

@@ -46,10 +46,10 @@ def nonzero_mask(image: torch.Tensor) -> torch.Tensor:
     return (image != 0).any(dim=0)
 
 
-def _network_device(network: nn.Module, fallback: torch.device) -> torch.device:
+def _network_device_dtype(network: nn.Module, fallback: torch.device) -> tuple[torch.device, torch.dtype]:
     for p in network.parameters():
-        return p.device
-    return fallback
+        return p.device, p.dtype
+    return fallback, torch.float32
 
 
 def _run(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,8 @@ def sliding_window_predict(
     Args:
         network: maps ``(B, C, *patch)`` to logits ``(B, K, *patch)`` (a list/tuple: element 0 is used).
             Put in eval mode for the call (its previous mode is restored); moved to ``device`` if given.
-        image: any device; smaller than ``patch_size`` along an axis -> zero-padded (centred) and unpadded.
+        image: any device and float dtype (windows are cast to the network's parameter dtype); smaller
+            than ``patch_size`` along an axis -> zero-padded (centred) and unpadded.
         patch_size: window size, one int per spatial axis.
         overlap: ``0 <= overlap < 1``; nnU-Net step ``P * (1 - overlap)`` (module docstring of ``windows``).
         mirror_axes: spatial axes (0, 1[, 2]) to flip for test-time augmentation; ``()`` disables it.
@@ -103,7 +104,8 @@ def sliding_window_predict(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if any(a < 0 or a >= spatial_dims for a in mirror_axes):
         raise ValueError(f"mirror_axes {tuple(mirror_axes)} must be spatial axes in [0, {spatial_dims})")
-    dev = torch.device(device) if device is not None else _network_device(network, image.device)
+    net_device, in_dtype = _network_device_dtype(network, image.device)
+    dev = torch.device(device) if device is not None else net_device
     if device is not None:
         network.to(dev)
     was_training = network.training
@@ -143,7 +145,9 @@ def sliding_window_predict(
     try:
         with torch.inference_mode(), autocast:
             for batch in batches:
-                x = torch.stack([_flip(padded[(slice(None), *w)].to(dev, non_blocking=True), f) for w, f in batch])
+                x = torch.stack(
+                    [_flip(padded[(slice(None), *w)].to(dev, in_dtype, non_blocking=True), f) for w, f in batch]
+                )
                 if channels_last_3d and spatial_dims == 3:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
                 out = _run(model, x).float()
@@ -151,12 +155,12 @@ def sliding_window_predict(
                     with torch.inference_mode(False):  # a normal tensor: callers may modify the result
                         acc = torch.zeros((out.shape[1], *size), dtype=torch.float32, device=dev)
                 for (w, f), o in zip(batch, out):
-                    acc[(slice(None), *w)] += _flip(o, f) * (gauss * scale)
+                    acc[(slice(None), *w)].addcmul_(_flip(o, f), gauss, value=scale)
     finally:
         network.train(was_training)
     if acc is None:  # mask skipped every window: all background; ask the network for K on one window
         with torch.inference_mode():
-            probe = _run(model, torch.zeros((1, image.shape[0], *patch), device=dev))
+            probe = _run(model, torch.zeros((1, image.shape[0], *patch), device=dev, dtype=in_dtype))
         acc = torch.zeros((probe.shape[1], *size), dtype=torch.float32, device=dev)
     covered = weight > 0
     if mask is None:  # without a mask every voxel lies in some window: divide in place
