@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -93,7 +94,8 @@ def sliding_window_predict(
         out_device: device of the returned logits.
         mask: optional spatial bool tensor; windows without any ``True`` voxel are skipped (module doc).
         sigma_scale: Gaussian ``sigma = patch * sigma_scale`` (nnU-Net: 1/8).
-        channels_last_3d: use ``torch.channels_last_3d`` for 3D windows and network.
+        channels_last_3d: use ``torch.channels_last_3d`` for 3D windows and network (the network's
+            parameters are converted in place, as ``Module.to`` does).
         compile: wrap the network with ``torch.compile`` for this call.
     """
     spatial_dims = image.ndim - 1
@@ -141,7 +143,7 @@ def sliding_window_predict(
         from rich.progress import track
 
         batches = track(batches, description="sliding window")
-    autocast = torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else _null_context()
+    autocast = torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
     try:
         with torch.inference_mode(), autocast:
             for batch in batches:
@@ -156,12 +158,12 @@ def sliding_window_predict(
                         acc = torch.zeros((out.shape[1], *size), dtype=torch.float32, device=dev)
                 for (w, f), o in zip(batch, out):
                     acc[(slice(None), *w)].addcmul_(_flip(o, f), gauss, value=scale)
+            if acc is None:  # the mask skipped every window: ask the network for K on one empty window
+                k = _run(model, torch.zeros((1, image.shape[0], *patch), device=dev, dtype=in_dtype)).shape[1]
+                with torch.inference_mode(False):
+                    acc = torch.zeros((k, *size), dtype=torch.float32, device=dev)
     finally:
         network.train(was_training)
-    if acc is None:  # mask skipped every window: all background; ask the network for K on one window
-        with torch.inference_mode():
-            probe = _run(model, torch.zeros((1, image.shape[0], *patch), device=dev, dtype=in_dtype))
-        acc = torch.zeros((probe.shape[1], *size), dtype=torch.float32, device=dev)
     covered = weight > 0
     if mask is None:  # without a mask every voxel lies in some window: divide in place
         acc.div_(weight)
@@ -176,11 +178,3 @@ def sliding_window_predict(
 def _flip(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
     """Flip spatial ``axes`` of a (C, *spatial) tensor (a flip is its own inverse)."""
     return torch.flip(x, dims=[a + 1 for a in axes]) if axes else x
-
-
-class _null_context:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
