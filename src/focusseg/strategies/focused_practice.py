@@ -9,14 +9,15 @@ centred start ``-((P - I) // 2)`` (negative: the loader pads). Cases in sorted o
 
 Memory: ``update(step)`` stores ``step.per_sample_loss[b]`` as the last loss of patch ``requests[b].key``.
 
-Split at ``epoch_end`` (§2, "threshold ... based on maximum inter-class variance"): Otsu's threshold ``t`` over the
-losses of the *seen* patches (256 bins, ``t`` = upper edge of the last class-0 bin); hard = loss > t. The ``drop_hardest`` (20 %) fraction of the seen hard patches with
-the highest loss, ``int(drop_hardest * n_hard)`` of them, is excluded from the next epoch ("exclude the 20 % of
-hard samples with the highest loss and incorporate the remaining 80 % into the training data for the subsequent
-epoch"). Reading chosen for "incorporate": the next epoch's training data is every patch plus the kept hard
-patches once more, i.e. sampling weight ``hard_oversample = 2`` for a kept hard patch, 1 for an easy one, 0 for
-an excluded one (configurable ratio). An excluded patch is not trained on, so its loss is forgotten: at the next
-split it counts as unseen, which lets "extremely hard samples be downgraded to simply hard" (§2, reason 2).
+Split at ``epoch_end`` (§2, "threshold ... based on maximum inter-class variance"): Otsu's threshold ``t`` over
+the losses of the *seen* patches (256 bins, ``t`` = upper edge of the last class-0 bin); hard = loss > t. The
+``drop_hardest`` (20 %) fraction of the seen hard patches with the highest loss, ``int(drop_hardest * n_hard)``
+of them, is excluded from the next epoch ("exclude the 20 % of hard samples with the highest loss and
+incorporate the remaining 80 % into the training data for the subsequent epoch"). Reading chosen for
+"incorporate": the next epoch's training data is every patch plus the kept hard patches once more, i.e. sampling
+weight ``hard_oversample = 2`` for a kept hard patch, 1 for an easy one, 0 for an excluded one (configurable
+ratio). An excluded patch is not trained on, so its loss is forgotten: at the next split it counts as unseen,
+which lets "extremely hard samples be downgraded to simply hard" (§2, reason 2).
 
 Unseen patches (never drawn, or forgotten): ``unseen_loss="max"`` (default) treats them as hard (weight
 ``hard_oversample``; they are never excluded, since nothing is known about them) so that training gets to them;
@@ -42,9 +43,7 @@ from focusseg.engine.types import PatchRequest, StepOutput
 from focusseg.inference.windows import compute_steps
 
 
-def otsu_threshold(
-    values: torch.Tensor | np.ndarray | Sequence[float], bins: int = 256, edge: bool = False
-) -> float:
+def otsu_threshold(values: torch.Tensor | np.ndarray | Sequence[float], bins: int = 256, edge: bool = False) -> float:
     """Otsu's threshold on 1-D values: maximise the between-class variance ``w0 w1 (mu0 - mu1)^2`` over the
     splits between ``bins`` equal-width histogram bins on ``[min, max]`` (non-finite values ignored).
 
