@@ -10,8 +10,7 @@ from focusseg.nets import build_network, estimate_flops, network_divisor, suppor
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_dynunet_deep_supervision_native_resolution(spatial_dims: int) -> None:
-    net = build_network("dynunet", 2, 3, spatial_dims=spatial_dims, deep_supervision=True, n_stages=4,
-                        base_features=4)
+    net = build_network("dynunet", 2, 3, spatial_dims=spatial_dims, deep_supervision=True, n_stages=4, base_features=4)
     x = torch.randn(2, 2, *([16] * spatial_dims))
     net.train()
     outs = net(x)

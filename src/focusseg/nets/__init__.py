@@ -5,6 +5,7 @@ with deep supervision a network returns, in training mode, a list of logits high
 """
 
 from focusseg.nets import dynunet as _dynunet  # noqa: F401  (registers "dynunet")
+from focusseg.nets import lambda3d as _lambda3d  # noqa: F401  (registers "lambda3d")
 from focusseg.nets import monai_nets as _monai_nets  # noqa: F401  (registers the MONAI networks)
 from focusseg.nets import stunet as _stunet  # noqa: F401  (registers stunet_s/b/l/h)
 from focusseg.nets.base import (
@@ -19,7 +20,13 @@ from focusseg.nets.base import (
     register_network,
     supports_deep_supervision,
 )
-from focusseg.nets.profile import count_parameters, estimate_flops
+from focusseg.nets.profile import (
+    count_parameters,
+    describe_networks,
+    estimate_activation_bytes,
+    estimate_flops,
+    time_training_step,
+)
 
 __all__ = [
     "NETWORKS",
@@ -27,7 +34,10 @@ __all__ = [
     "build_network",
     "count_parameters",
     "deep_supervision_names",
+    "describe_networks",
+    "estimate_activation_bytes",
     "estimate_flops",
+    "time_training_step",
     "network_divisor",
     "network_divisors",
     "network_info",

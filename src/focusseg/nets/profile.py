@@ -1,17 +1,26 @@
-"""Cost of a network: parameters, forward FLOPs, memory held for backward, and measured step time.
+"""Cost of a network: parameters, forward FLOPs, memory saved for backward, and measured step time.
 
 * ``count_parameters(m) = sum(p.numel())`` over (trainable) parameters; works on the meta device.
 * ``estimate_flops`` counts the forward pass with ``torch.utils.flop_counter.FlopCounterMode``, which counts
-  a multiply-add as 2 FLOPs for convolutions and matmuls (norms and activations are not counted).
+  a multiply-add as 2 FLOPs for convolutions and matmuls (norms, activations and softmax are not counted).
+* ``estimate_activation_bytes`` sums the tensors autograd saves for backward during one training forward
+  (``saved_tensors_hooks``), parameters excluded; on a meta-device model it costs nothing. It is an upper
+  bound of the activation memory (a storage saved twice is counted twice) and ignores allocator overhead.
+  Training memory ~ activations + 4 x parameter bytes (weights, gradients, two Adam moments).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+from focusseg.nets.base import build_network
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -40,3 +49,107 @@ def estimate_flops(model: nn.Module, patch_size: Sequence[int], in_channels: int
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def estimate_activation_bytes(
+    model: nn.Module, patch_size: Sequence[int], in_channels: int, batch_size: int = 2
+) -> int:
+    """Bytes of the tensors saved for backward by one training-mode forward (parameters excluded)."""
+    params = {id(p) for p in model.parameters()}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if id(t) not in params:
+            total += t.numel() * t.element_size()
+        return t
+
+    was_training = model.training
+    model.train()
+    x = torch.zeros((batch_size, in_channels, *patch_size), device=_device_of(model), requires_grad=False)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(x)
+    finally:
+        model.train(was_training)
+    return total
+
+
+def _flops_on_meta(name: str, in_ch: int, out_ch: int, patch: tuple[int, ...], kw: Mapping[str, Any]) -> int | None:
+    try:
+        with torch.device("meta"):
+            net = build_network(name, in_ch, out_ch, spatial_dims=len(patch), patch_size=patch, **kw)
+        return estimate_flops(net, patch, in_ch)
+    except (RuntimeError, NotImplementedError):  # e.g. SwinUNETR's mask building calls .item()
+        return None
+
+
+def time_training_step(
+    model: nn.Module,
+    patch_size: Sequence[int],
+    in_channels: int,
+    out_channels: int,
+    batch_size: int = 2,
+    repeats: int = 2,
+    amp_dtype: torch.dtype | None = None,
+) -> float:
+    """Mean seconds of forward + cross-entropy + backward on random data (one untimed warm-up step)."""
+    device = _device_of(model)
+    model.train()
+    x = torch.randn((batch_size, in_channels, *patch_size), device=device)
+    y = torch.randint(0, out_channels, (batch_size, *patch_size), device=device)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+            out = out[0] if isinstance(out, list) else out
+            loss = F.cross_entropy(out.float(), y)
+        loss.backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats
+
+
+def describe_networks(
+    names: Sequence[str],
+    patch_size: Sequence[int],
+    in_channels: int,
+    out_channels: int,
+    device: str | torch.device = "cpu",
+    batch_size: int = 2,
+    repeats: int = 2,
+    network_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    measure_time: bool = True,
+) -> list[dict[str, Any]]:
+    """Per network: ``name, params, gflops`` (forward, batch 1), ``activation_gib`` (saved for backward,
+    batch ``batch_size``) and ``step_s`` (measured forward + backward on ``device``, None if not measured).
+
+    ``network_kwargs`` maps a name to extra builder kwargs. The patch is validated against the divisor.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    rows = []
+    for name in names:
+        kw = dict((network_kwargs or {}).get(name, {}))
+        flops = _flops_on_meta(name, in_channels, out_channels, patch, kw)
+        net = build_network(name, in_channels, out_channels, spatial_dims=len(patch), patch_size=patch, **kw)
+        net = net.to(device)
+        if flops is None:
+            flops = estimate_flops(net, patch, in_channels)
+        act = estimate_activation_bytes(net, patch, in_channels, batch_size)
+        step = time_training_step(net, patch, in_channels, out_channels, batch_size, repeats) if measure_time else None
+        rows.append({
+            "name": name,
+            "params": count_parameters(net),
+            "gflops": flops / 1e9,
+            "activation_gib": act / 2**30,
+            "step_s": step,
+            "device": str(torch.device(device)),
+        })  # fmt: skip
+        del net
+    return rows
