@@ -136,7 +136,9 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
         record: dict[str, Any] = {"epoch": t.epoch, "iteration": t.iteration, "train_loss": float(np.mean(losses)),
                                   "lr": parts.optimizer.param_groups[0]["lr"], "train_time_s": round(train_time, 2)}
         record["sampler"] = sampler.epoch_end(t.epoch)
-        if val_ids and (t.epoch + 1) % int(tr.get("val_every", 1)) == 0:
+        projected = t.elapsed + (time.perf_counter() - t0)
+        last = t.iteration >= t.max_iterations or bool(time_budget_s and projected >= time_budget_s)
+        if val_ids and ((t.epoch + 1) % int(tr.get("val_every", 1)) == 0 or last):
             v0 = time.perf_counter()
             ids = val_ids[: tr["val_max_cases"]] if tr.get("val_max_cases") else val_ids
             scores = validate(parts.network, store, ids, plan, device, amp)

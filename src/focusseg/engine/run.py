@@ -103,12 +103,12 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
             link.symlink_to(Path(cases[cid].label).resolve())
     summary = evaluate_folders(pred_dir, gt_dir, out, labels=spec.foreground_labels, progress=progress)
     return {"metrics_csv": str(out / "metrics.csv"), "summary_json": str(out / "summary.json"),
-            "mean_dice": _mean_dice(summary)}
+            "mean_dice": _mean_dice(summary),
+            "dice_per_label": {k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()}}
 
 
 def _mean_dice(summary: dict) -> float | None:
-    """Mean foreground Dice from the evaluator's summary (``overall`` -> ``dice`` -> ``mean``)."""
-    try:
-        return float(summary["overall"]["dice"]["mean"])
-    except (KeyError, TypeError):
-        return None
+    """Mean foreground Dice as nnU-Net reports it: the mean over labels of each label's mean over cases."""
+    means = [v["dice"]["mean"] for v in summary.get("per_label", {}).values() if v.get("dice", {}).get("mean")
+             is not None]
+    return float(sum(means) / len(means)) if means else None
