@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from focusseg.metrics import COLUMNS, evaluate_case, evaluate_folders, surface_metrics
+from focusseg.metrics.plots import violin_plot
 
 SPACING = (1.5, 1.0, 2.0)
 
@@ -125,3 +126,8 @@ def test_clear_errors(folders, tmp_path):
         evaluate_folders(pred_dir, tmp_path / "empty", out, progress=False)
     with pytest.raises(ValueError, match="does not exist"):
         evaluate_folders(tmp_path / "nowhere", gt_dir, out, progress=False)
+
+
+def test_violin_plot_keeps_labels_without_values(tmp_path):
+    path = violin_plot({"1": [0.9, 0.8, float("nan")], "2": [float("nan")], "3": [0.5]}, "DSC", tmp_path / "v.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
