@@ -106,6 +106,8 @@ class FocusedPracticeSampler:
         self.hard = torch.zeros(self.n_patches, dtype=torch.bool)
         self.excluded = torch.zeros(self.n_patches, dtype=torch.bool)
         self.foreground = torch.zeros(self.n_patches, dtype=torch.bool)
+        self._cdf: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cdf_weights: torch.Tensor | None = None
         if foreground_keys is not None:
             self.foreground[torch.as_tensor(sorted(set(foreground_keys)), dtype=torch.long)] = True
 
@@ -142,18 +144,29 @@ class FocusedPracticeSampler:
 
     # ----- Sampler role ------------------------------------------------------------------------------------
     def next_batch(self, batch_size: int, generator: torch.Generator) -> list[PatchRequest]:
+        """Draw with replacement, ``P(key) = weight / sum(weights)``: inverse-CDF sampling on a cumulative sum
+        cached until the weights change (``torch.multinomial`` re-scans all weights on every call)."""
         n_fg = batch_size - int(round(batch_size * (1.0 - self.foreground_fraction)))
-        keys = self._draw(self.sample_weights, batch_size - n_fg, generator)
-        if n_fg:
+        if self._cdf is None or self._cdf_weights is not self.sample_weights:
             fg_w = self.sample_weights * self.foreground
-            keys += self._draw(fg_w if fg_w.sum() > 0 else self.sample_weights, n_fg, generator)
+            self._cdf = (
+                torch.cumsum(self.sample_weights, 0),
+                torch.cumsum(fg_w if fg_w.sum() > 0 else self.sample_weights, 0),
+            )
+            self._cdf_weights = self.sample_weights
+        keys = self._draw(self._cdf[0], batch_size - n_fg, generator)
+        keys += self._draw(self._cdf[1], n_fg, generator)
         return [self.request(k) for k in keys]
 
     @staticmethod
-    def _draw(weights: torch.Tensor, n: int, generator: torch.Generator) -> list[int]:
+    def _draw(cdf: torch.Tensor, n: int, generator: torch.Generator) -> list[int]:
         if n == 0:
             return []
-        return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+        total = float(cdf[-1])
+        if total <= 0:
+            raise RuntimeError("every patch has sampling weight 0")
+        x = (torch.rand(n, generator=generator, dtype=torch.float64) * total).clamp(max=total * (1 - 1e-12))
+        return torch.searchsorted(cdf, x, right=True).tolist()
 
     def update(self, step: StepOutput) -> None:
         loss = step.per_sample_loss.detach().to("cpu", torch.float64).flatten()
@@ -168,7 +181,7 @@ class FocusedPracticeSampler:
         n_seen = int(seen.sum())
         log: dict[str, Any] = {"epoch": epoch, "n_seen": n_seen, "n_unseen": self.n_patches - n_seen}
         if n_seen == 0:
-            self.sample_weights.fill_(1.0)
+            self.sample_weights = torch.ones(self.n_patches, dtype=torch.float64)
             return {**log, "threshold": float("nan"), "n_hard": 0, "n_easy": 0, "n_excluded": 0}
         seen_losses = self.losses[seen]
         t = otsu_threshold(seen_losses, edge=True)

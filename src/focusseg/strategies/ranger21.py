@@ -115,17 +115,22 @@ class Ranger21(torch.optim.Optimizer):
         return lr
 
     def _prepare(self, p: torch.Tensor) -> torch.Tensor:
-        g = p.grad.detach().clone()
+        """Steps 1-2 of the module docstring on a copy of ``p.grad`` (``.grad`` itself is left alone)."""
+        g = p.grad.detach()
         if g.is_sparse:
             raise RuntimeError("Ranger21 does not support sparse gradients")
-        if self.agc_clip > 0:
+        owned = False
+        if self.agc_clip > 0:  # scale = min(1, max_norm / u(g)): the same as clipping where u(g) > max_norm
             max_norm = unit_norm(p.detach()).clamp(min=self.agc_eps) * self.agc_clip
-            g_norm = unit_norm(g)
-            g = torch.where(g_norm > max_norm, g * (max_norm / g_norm.clamp(min=1e-6)), g)
+            g = g * (max_norm / unit_norm(g).clamp(min=1e-6)).clamp(max=1.0)
+            owned = True
         if self.use_gc and g.dim() > 1:
-            g = g - g.mean(dim=tuple(range(1, g.dim())), keepdim=True)
+            mean = g.mean(dim=tuple(range(1, g.dim())), keepdim=True)
+            g = g.sub_(mean) if owned else g - mean
+            owned = True
         if self.normalize_gradient and g.numel() > 2:
-            g = g / (g.std() + 1e-8)
+            std = g.std() + 1e-8
+            g = g.div_(std) if owned else g / std
         return g
 
     @torch.no_grad()
@@ -135,7 +140,7 @@ class Ranger21(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         grads: dict[torch.Tensor, torch.Tensor] = {}
-        var_sum, size = 0.0, 0
+        var_sum, size = torch.zeros((), dtype=torch.float64), 0
         for group in self.param_groups:  # phase 1: gradients and second moments, for stable weight decay
             group["step"] += 1
             b2 = group["betas"][1]
@@ -151,11 +156,11 @@ class Ranger21(torch.optim.Optimizer):
                         state["slow"] = p.detach().clone()
                 g = grads[p] = self._prepare(p)
                 state["variance_ma"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                var_sum += float((state["variance_ma"] / (1 - b2 ** group["step"])).sum())
+                var_sum = var_sum + state["variance_ma"].sum().to(var_sum) / (1 - b2 ** group["step"])
                 size += p.numel()
         if size == 0:
             return loss
-        var_norm = math.sqrt(var_sum / size)
+        var_norm = math.sqrt(float(var_sum) / size)
         for group in self.param_groups:  # phase 2: decay, norm loss, PNM AdamW update, lookahead
             t = group["step"]
             b1, b2 = group["betas"]
@@ -174,10 +179,10 @@ class Ranger21(torch.optim.Optimizer):
                 if t % 2 == 0:
                     ma, neg = neg, ma
                 ma.mul_(b1**2).add_(grads[p], alpha=1 - b1**2)
-                denom = state["variance_ma"].sqrt() / math.sqrt(1 - b2**t) + eps
+                denom = state["variance_ma"].sqrt().div_(math.sqrt(1 - b2**t)).add_(eps)
                 denom = F.softplus(denom, beta=self.softplus_beta)
-                direction = (ma * (1 + beta0) - neg * beta0) / noise_norm
-                p.addcdiv_(direction, denom, value=-lr / (1 - b1**t))
+                direction = ma.mul(1 + beta0).sub_(neg, alpha=beta0)
+                p.addcdiv_(direction, denom, value=-lr / ((1 - b1**t) * noise_norm))
                 if self.lookahead_k > 0 and t % self.lookahead_k == 0:
                     p.mul_(self.lookahead_alpha).add_(state["slow"], alpha=1 - self.lookahead_alpha)
                     state["slow"].copy_(p)
