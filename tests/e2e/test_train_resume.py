@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from conftest import write_tiny_dataset
+from focusseg_testdata import write_tiny_dataset
 
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,

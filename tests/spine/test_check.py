@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import write_tiny_dataset
+from focusseg_testdata import write_tiny_dataset
 
 from focusseg.io.check import check_dataset
 

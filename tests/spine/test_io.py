@@ -43,7 +43,7 @@ def test_write_refuses_wrong_shape(tmp_path: Path):
 
 
 def test_discover_and_stack_channels(tmp_path: Path):
-    from conftest import write_tiny_dataset
+    from focusseg_testdata import write_tiny_dataset
 
     root = write_tiny_dataset(tmp_path / "D", n_cases=2, n_channels=3)
     spec = load_dataset_spec(root)
