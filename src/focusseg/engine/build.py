@@ -14,9 +14,7 @@ from focusseg.registry import split_spec
 
 @dataclass
 class Parts:
-    network: nn.Module
-    loss: nn.Module
-    optimizer: torch.optim.Optimizer
+    task: Any  # SupervisedTask | CycleTrainingTask (focusseg.engine.task)
     lr: Any
     augmenter: Any
     weighter: Any | None
@@ -88,18 +86,15 @@ def build_sampler(plan: dict, case_shapes: dict, locations: dict) -> Any:
     spec = plan["training"].get("sampler") or {"name": "foreground"}
     name, kwargs = split_spec(spec)
     kwargs.setdefault("p_foreground", plan["training"].get("foreground_oversampling", 0.33))
-    if name not in SAMPLERS:
-        import focusseg.strategies  # noqa: F401  (registers strategy samplers such as focused_practice)
     return SAMPLERS.build({"name": name, **kwargs}, case_shapes=case_shapes,
                           patch_size=tuple(plan["patch_size"]), locations=locations)
 
 
 def build_parts(plan: dict, total_iterations: int, device: torch.device) -> Parts:
-    network = build_network_from_plan(plan).to(device)
-    optimizer = build_optimizer(plan, network, total_iterations)
-    return Parts(network=network, loss=build_loss_from_plan(plan), optimizer=optimizer,
-                 lr=build_lr_controller(plan, optimizer, total_iterations), augmenter=build_augmenter(plan),
-                 weighter=build_weighter(plan))
+    from focusseg.engine.task import build_task
+
+    task, lr = build_task(plan, device, total_iterations, amp_dtype(plan, device))
+    return Parts(task=task, lr=lr, augmenter=build_augmenter(plan), weighter=build_weighter(plan))
 
 
 def amp_dtype(plan: dict, device: torch.device) -> torch.dtype | None:

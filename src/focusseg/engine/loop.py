@@ -32,7 +32,6 @@ from focusseg.engine import checkpoint as ckpt
 from focusseg.engine.build import Parts, amp_dtype, build_parts, build_sampler
 from focusseg.engine.events import call
 from focusseg.engine.report import EpochLog
-from focusseg.engine.types import StepOutput
 from focusseg.engine.validation import validate
 from focusseg.preprocessing.store import PreprocessedStore
 
@@ -56,14 +55,6 @@ class Trainer:
     history: list[dict] = field(default_factory=list)
 
 
-def _class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    pred = logits.argmax(1).flatten()
-    ref = labels.flatten()
-    conf = torch.bincount(ref * k + pred, minlength=k * k).reshape(k, k).cpu()
-    tp = conf.diag()
-    return tp, conf.sum(0) - tp, conf.sum(1) - tp
-
-
 def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[str], val_ids: list[str],
           device: torch.device, time_budget_s: float | None = None, resume: bool = False,
           callbacks: list[Any] | None = None, progress: bool = True) -> Trainer:
@@ -78,29 +69,27 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
     sampler = build_sampler(plan, {c: store.shape(c) for c in train_ids}, {c: store.locations(c) for c in train_ids})
     loader = PatchLoader(store, tuple(plan["patch_size"]), in_memory=bool(tr.get("in_memory", False)))
     amp = amp_dtype(plan, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+    task = parts.task
     t = Trainer(plan, run_dir, parts, sampler, device, train_ids, val_ids, max_iterations=total)
     log = EpochLog(run_dir)
     if resume and (run_dir / "checkpoint_latest.pt").is_file():
         state = ckpt.load_checkpoint(run_dir / "checkpoint_latest.pt", map_location=device)
-        parts.network.load_state_dict(state["network"])
-        parts.optimizer.load_state_dict(state["optimizer"])
+        task.load_state_dict(state["task"])
         parts.lr.load_state_dict(state["lr"])
         sampler.load_state_dict(state["sampler"])
         if parts.weighter is not None:
             parts.weighter.load_state_dict(state["weighter"])
-        scaler.load_state_dict(state["scaler"])
         ckpt.load_rng_state(state["rng"], gens)
         t.epoch, t.iteration, t.max_iterations = state["epoch"], state["iteration"], state["max_iterations"]
         t.best, t.elapsed, t.history = state["best"], state["elapsed"], state["history"]
         if hasattr(parts.lr, "max_iterations"):
             parts.lr.max_iterations = t.max_iterations
     call(callbacks, "on_train_start", t)
-    k = int(plan["n_classes"])
     budget_fixed = t.epoch > 0
     while t.iteration < t.max_iterations:
         t0 = time.perf_counter()
-        parts.network.train()
+        task.train()
+        task.set_epoch(t.epoch)
         losses = []
         batches = (sampler.next_batch(int(plan["batch_size"]), gens["sample"]) for _ in range(ipe))
         bar = log.progress(ipe, f"epoch {t.epoch}", enabled=progress)
@@ -111,21 +100,7 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
                 images, labels = parts.augmenter(images, labels, gens["augment"])
             weights = parts.weighter.weights().to(device) if parts.weighter is not None else None
             parts.lr.step(t.iteration)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                out = parts.network(images)
-            outputs = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-            per_sample = parts.loss(outputs, labels, class_weights=weights)
-            loss = per_sample.mean()
-            main = outputs[0] if isinstance(outputs, list) else outputs
-            tp, fp, fn = _class_counts(main.detach(), labels, k)
-            step = StepOutput(requests, float(loss.detach()), per_sample.detach().cpu(), tp, fp, fn)
-            call(callbacks, "after_loss", t, step)
-            parts.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(parts.optimizer)
-            torch.nn.utils.clip_grad_norm_(parts.network.parameters(), float(tr.get("grad_clip", 12.0)))
-            scaler.step(parts.optimizer)
-            scaler.update()
+            step = task.step(images, labels, requests, weights, lambda s: call(callbacks, "after_loss", t, s))
             sampler.update(step)
             call(callbacks, "after_batch", t, step)
             losses.append(step.loss)
@@ -134,14 +109,14 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
         bar.close()
         train_time = time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": t.epoch, "iteration": t.iteration, "train_loss": float(np.mean(losses)),
-                                  "lr": parts.optimizer.param_groups[0]["lr"], "train_time_s": round(train_time, 2)}
+                                  "lr": task.optimizers[0].param_groups[0]["lr"], "train_time_s": round(train_time, 2)}
         record["sampler"] = sampler.epoch_end(t.epoch)
         projected = t.elapsed + (time.perf_counter() - t0)
         last = t.iteration >= t.max_iterations or bool(time_budget_s and projected >= time_budget_s)
         if val_ids and ((t.epoch + 1) % int(tr.get("val_every", 1)) == 0 or last):
             v0 = time.perf_counter()
             ids = val_ids[: tr["val_max_cases"]] if tr.get("val_max_cases") else val_ids
-            scores = validate(parts.network, store, ids, plan, device, amp)
+            scores = validate(task.inference_module(), store, ids, plan, device, amp)
             fg = [scores[c] for c in sorted(scores)]
             mean = float(np.nanmean(fg)) if not all(np.isnan(fg)) else 0.0
             record.update(val_dice={str(c): s for c, s in scores.items()}, val_mean_dice=mean,
@@ -166,7 +141,7 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
             budget_fixed = True
             record["planned_iterations"] = t.max_iterations
         t.history.append(record)
-        ckpt.save_atomic(_state(t, scaler, gens), run_dir / "checkpoint_latest.pt")
+        ckpt.save_atomic(_state(t, gens), run_dir / "checkpoint_latest.pt")
         log.write(record)
         call(callbacks, "on_epoch_end", t, record)
         if time_budget_s and t.elapsed >= time_budget_s:
@@ -181,13 +156,13 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
 
 def _export(t: Trainer) -> dict:
     """An inference artefact: the plan and the weights, nothing that needs training code."""
-    return {"plan": t.plan, "network": t.parts.network.state_dict(), "epoch": t.epoch, "best": t.best,
+    return {"plan": t.plan, "network": t.parts.task.inference_module().state_dict(), "epoch": t.epoch, "best": t.best,
             "iteration": t.iteration}
 
 
-def _state(t: Trainer, scaler: torch.amp.GradScaler, gens: dict[str, torch.Generator]) -> dict:
+def _state(t: Trainer, gens: dict[str, torch.Generator]) -> dict:
     p = t.parts
-    return {**_export(t), "optimizer": p.optimizer.state_dict(), "lr": p.lr.state_dict(),
+    return {**_export(t), "task": p.task.state_dict(), "lr": p.lr.state_dict(),
             "sampler": t.sampler.state_dict(), "weighter": p.weighter.state_dict() if p.weighter else None,
-            "scaler": scaler.state_dict(), "rng": ckpt.rng_state(gens), "max_iterations": t.max_iterations,
+            "rng": ckpt.rng_state(gens), "max_iterations": t.max_iterations,
             "elapsed": t.elapsed, "history": t.history}

@@ -32,11 +32,12 @@ class Predictor:
     """One trained network and its plan. ``Predictor.from_run(RUN_DIR)`` loads ``checkpoint_best.pt``."""
 
     def __init__(self, plan: dict, state_dict: dict, device: str | torch.device | None = None) -> None:
-        from focusseg.engine.build import amp_dtype, build_network_from_plan
+        from focusseg.engine.build import amp_dtype
+        from focusseg.engine.task import build_inference_module
 
         self.plan = plan
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.network = build_network_from_plan(plan)
+        self.network = build_inference_module(plan)
         self.network.load_state_dict(state_dict)
         self.network.to(self.device).eval()
         self.amp = amp_dtype(plan, self.device)

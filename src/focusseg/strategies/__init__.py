@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from focusseg.data.samplers import SAMPLERS  # one sampler registry: foreground, uniform, focused_practice
 from focusseg.registry import Registry
 from focusseg.strategies.class_weights import CBSWeighter, PCFWeighter, TCFWeighter
 from focusseg.strategies.cycle import CycleTask, cycle_select, ensemble_logits, keep_schedule
@@ -25,12 +26,10 @@ from focusseg.strategies.lr import ConstantLR, CosineLR, MetricDrivenLR, PolyLR
 from focusseg.strategies.model_cv import modelwise_splits
 from focusseg.strategies.ranger21 import Ranger21
 
-SAMPLERS: Registry[Any] = Registry("sampler")
 CLASS_WEIGHTERS: Registry[Any] = Registry("class weighter")
 LR_CONTROLLERS: Registry[Any] = Registry("lr controller")
 OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry("optimizer")
 
-SAMPLERS.register("focused_practice")(FocusedPracticeSampler)
 CLASS_WEIGHTERS.register("tcf")(TCFWeighter)
 CLASS_WEIGHTERS.register("pcf")(PCFWeighter)
 CLASS_WEIGHTERS.register("cbs")(CBSWeighter)

@@ -1,0 +1,202 @@
+"""Tasks own the network(s) and the step (ARCHITECTURE.md: "Task — owns the network(s) and the step").
+
+- ``SupervisedTask``: one network; forward under autocast, per-sample loss with class weights, backward with
+  gradient clipping (and a GradScaler for fp16 on CUDA).
+- ``CycleTrainingTask``: three networks trained together (paper 004, :mod:`focusseg.strategies.cycle`); each
+  learns from the samples its two peers select; it predicts as the mean of the three networks' logits.
+
+A task exposes ``inference_module()`` (what validation and export use), ``optimizers`` (the LR controller
+drives all of them), ``step(...) -> StepOutput`` and ``state_dict``/``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from focusseg.engine.types import PatchRequest, StepOutput
+from focusseg.registry import split_spec
+
+
+class MeanEnsemble(nn.Module):
+    """Mean of the members' logits (main output only); in training mode too, for simplicity of export."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [m(x) for m in self.members]
+        outs = [o[0] if isinstance(o, (list, tuple)) else o for o in outs]
+        return torch.stack(outs).mean(0)
+
+
+def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """Per-class TP, FP, FN voxel counts of the argmax prediction over a batch (for running scores)."""
+    pred = logits.argmax(1).flatten()
+    ref = labels.flatten().clamp(0, k - 1)
+    conf = torch.bincount(ref * k + pred, minlength=k * k).reshape(k, k).cpu()
+    tp = conf.diag()
+    return tp, conf.sum(0) - tp, conf.sum(1) - tp
+
+
+class SupervisedTask:
+    def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module, n_classes: int,
+                 amp: torch.dtype | None, grad_clip: float = 12.0) -> None:
+        self.network, self.optimizer, self.loss = network, optimizer, loss
+        self.optimizers = [optimizer]
+        self.k, self.amp, self.grad_clip = n_classes, amp, grad_clip
+        device_type = next(network.parameters()).device.type
+        self.device_type = device_type
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16 and device_type == "cuda")
+
+    def train(self) -> None:
+        self.network.train()
+
+    def inference_module(self) -> nn.Module:
+        return self.network
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, requests: list[PatchRequest],
+             class_weights: torch.Tensor | None, callbacks_after_loss=None) -> StepOutput:
+        with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            out = self.network(images)
+        outputs = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+        per_sample = self.loss(outputs, labels, class_weights=class_weights)
+        loss = per_sample.mean()
+        main = outputs[0] if isinstance(outputs, list) else outputs
+        tp, fp, fn = class_counts(main.detach(), labels, self.k)
+        step = StepOutput(requests, float(loss.detach()), per_sample.detach().cpu(), tp, fp, fn)
+        if callbacks_after_loss is not None:
+            callbacks_after_loss(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return step
+
+    def set_epoch(self, epoch: int) -> None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class CycleTrainingTask:
+    """Three networks, co-taught by committee selection (``keep``, ``criterion``, ``ramp_epochs`` as in
+    :class:`focusseg.strategies.cycle.CycleTask`). Runs in fp32 or bf16 autocast (no fp16 scaler)."""
+
+    def __init__(self, networks: list[nn.Module], optimizers: list[torch.optim.Optimizer], loss: nn.Module,
+                 n_classes: int, amp: torch.dtype | None, grad_clip: float = 12.0, **cycle: Any) -> None:
+        from focusseg.strategies.cycle import CycleTask
+
+        self.networks, self.optimizers, self.k = networks, optimizers, n_classes
+        self.amp = amp if amp != torch.float16 else torch.bfloat16
+        self.device_type = next(networks[0].parameters()).device.type
+        self.ensemble = MeanEnsemble(networks)
+        self._cycle = CycleTask(networks, optimizers, self._loss_fn(loss), grad_clip=grad_clip, **cycle)
+
+    def _loss_fn(self, loss: nn.Module):
+        def fn(out, labels, **kw):
+            outputs = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+            return loss(outputs, labels, **kw)
+
+        return fn
+
+    def train(self) -> None:
+        for n in self.networks:
+            n.train()
+
+    def inference_module(self) -> nn.Module:
+        return self.ensemble
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, requests: list[PatchRequest],
+             class_weights: torch.Tensor | None, callbacks_after_loss=None) -> StepOutput:
+        with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            step = self._cycle.step(images, labels, requests, class_weights)
+        with torch.no_grad():
+            logits = self.ensemble(images)
+        step.per_class_tp, step.per_class_fp, step.per_class_fn = class_counts(logits.float(), labels, self.k)
+        if callbacks_after_loss is not None:
+            callbacks_after_loss(step)
+        return step
+
+    def set_epoch(self, epoch: int) -> None:
+        self._cycle.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._cycle.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._cycle.load_state_dict(state)
+
+
+def build_inference_module(plan: dict) -> nn.Module:
+    """The module a run exports: its network, or the mean ensemble of a cycle run's three networks."""
+    from focusseg.engine.build import build_network_from_plan
+
+    name, _ = split_spec(plan["training"].get("task") or "supervised")
+    if name == "cycle":
+        return MeanEnsemble([build_network_from_plan(plan) for _ in range(3)])
+    return build_network_from_plan(plan)
+
+
+def build_task(plan: dict, device: torch.device, total_iterations: int, amp: torch.dtype | None):
+    """The task and the optimisers' LR controller named by the plan (``training.task``: supervised | cycle)."""
+    from focusseg.engine.build import (
+        build_loss_from_plan,
+        build_lr_controller,
+        build_network_from_plan,
+        build_optimizer,
+    )
+
+    tr = plan["training"]
+    name, kwargs = split_spec(tr.get("task") or "supervised")
+    loss = build_loss_from_plan(plan)
+    k, clip = int(plan["n_classes"]), float(tr.get("grad_clip", 12.0))
+    if name == "supervised":
+        net = build_network_from_plan(plan).to(device)
+        opt = build_optimizer(plan, net, total_iterations)
+        return SupervisedTask(net, opt, loss, k, amp, clip), build_lr_controller(plan, opt, total_iterations)
+    if name == "cycle":
+        nets = [build_network_from_plan(plan).to(device) for _ in range(3)]
+        opts = [build_optimizer(plan, n, total_iterations) for n in nets]
+        lrs = [build_lr_controller(plan, o, total_iterations) for o in opts]
+        return CycleTrainingTask(nets, opts, loss, k, amp, clip, **kwargs), LRGroup(lrs)
+    raise KeyError(f"unknown training task {name!r}; known: supervised, cycle")
+
+
+class LRGroup:
+    """One LR controller per optimiser, stepped together (cycle training's three optimisers)."""
+
+    def __init__(self, controllers: list[Any]) -> None:
+        self.controllers = controllers
+
+    @property
+    def max_iterations(self) -> int:
+        return getattr(self.controllers[0], "max_iterations", 0)
+
+    @max_iterations.setter
+    def max_iterations(self, value: int) -> None:
+        for c in self.controllers:
+            if hasattr(c, "max_iterations"):
+                c.max_iterations = value
+
+    def step(self, iteration: int, metric: float | None = None) -> float:
+        return [c.step(iteration, metric) for c in self.controllers][0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"controllers": [c.state_dict() for c in self.controllers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for c, s in zip(self.controllers, state["controllers"]):
+            c.load_state_dict(s)
