@@ -170,7 +170,8 @@ def build_swin_unetr(
     use_checkpoint: bool = False,
 ) -> nn.Module:
     """MONAI ``SwinUNETR`` (Hatamizadeh et al. 2022): Swin encoder with patch 2 and 4 mergings, so each size
-    must be divisible by ``2**5 = 32``; ``feature_size % 12 == 0`` (paper: 48, our default)."""
+    must be divisible by ``2**5 = 32``, and at least 64 (its InstanceNorm needs more than one voxel at
+    1/32 resolution); ``feature_size % 12 == 0`` (paper: 48, our default)."""
     return mnets.SwinUNETR(
         in_channels=in_channels,
         out_channels=out_channels,

@@ -16,7 +16,8 @@ Sizes (``depth``, ``base``) and parameter counts of the paper: S (1, 16) 14.6M, 
 L (2, 64) 440.3M, H (3, 96) 1457.3M. Deep supervision returns all 5 decoder heads at their own resolution,
 ``[full, 1/2, 1/4, 1/8, 1/16]`` (as nnU-Net, which gives the last one weight 0 in its loss); in eval mode
 and without deep supervision only the full-resolution head is computed. Weights: He normal (a=0.01),
-zero biases, as nnU-Net. 2D (slice-wise) works with the same topology and 3^2 kernels.
+zero biases, as nnU-Net. 2D (slice-wise) works with the same topology and 3^2 kernels. In training the
+bottleneck must keep more than one voxel (InstanceNorm), so with the default strides a patch is at least 64.
 """
 
 from __future__ import annotations
