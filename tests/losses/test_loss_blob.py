@@ -64,19 +64,21 @@ def test_connectivity_changes_instances():
 
 @pytest.mark.parametrize("spatial,connectivity", [((9, 8), 4), ((9, 8), 8), ((7, 6, 5), 6), ((7, 6, 5), 26)])
 @pytest.mark.parametrize("squared", [False, True])
-def test_vectorised_equals_loop_sigmoid(spatial, connectivity, squared):
+@pytest.mark.parametrize("fused", [True, False])
+def test_vectorised_equals_loop_sigmoid(spatial, connectivity, squared, fused):
     target = blob_target(3, spatial, n_labels=2, seed=1, p=0.25)
     target[2] = 0  # a sample without instances is left out of the mean
     g = torch.Generator().manual_seed(2)
     x = torch.randn(3, 2, *spatial, generator=g, dtype=torch.float64) * 2
     w = torch.tensor([0.7, 1.8], dtype=torch.float64)
     name = "soft_dice" if squared else "dice"
-    loss = BlobLoss(blob={name: 1.0, "bce": 0.5}, alpha=0, beta=1, connectivity=connectivity, reduction="none")
+    opts = {"blob": {name: 1.0, "bce": 0.5}, "alpha": 0, "beta": 1, "connectivity": connectivity, "fused": fused}
+    loss = BlobLoss(**opts, reduction="none")
     per = loss(x, target, w)
     ref = loop_blob(torch.sigmoid(x), target, [1, 2], connectivity, squared=squared, bce_w=0.5, weights=w)
     for i, r in enumerate(ref):
         assert per[i].item() == pytest.approx(0.0 if r is None else r.item(), abs=1e-10)
-    mean = BlobLoss(blob={name: 1.0, "bce": 0.5}, alpha=0, beta=1, connectivity=connectivity)(x, target, w)
+    mean = BlobLoss(**opts)(x, target, w)
     assert mean.item() == pytest.approx(sum(r.item() for r in ref if r is not None) / 2, abs=1e-10)
 
 
@@ -97,13 +99,13 @@ def test_single_channel_sigmoid_treats_any_label_as_foreground():
     torch.testing.assert_close(per, torch.stack(ref), atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("activation,k", [("sigmoid", 1), ("softmax", 3)])
-def test_blob_gradcheck_float64(activation, k):
-    target = blob_target(2, (5, 4), n_labels=max(1, k - 1), seed=7, p=0.35)
+@pytest.mark.parametrize("activation,k,fused", [("sigmoid", 1, True), ("sigmoid", 2, False), ("softmax", 3, True)])
+def test_blob_gradcheck_float64(activation, k, fused):
+    target = blob_target(2, (5, 4), n_labels=k if activation == "sigmoid" else k - 1, seed=7, p=0.35)
     x = torch.randn(2, k, 5, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     x.requires_grad_(True)
     inner = {"dice": 1.0, "soft_dice": 0.5, "bce": 1.0, "tversky": 0.5, "focal": 0.5}
-    loss = BlobLoss(blob=inner, activation=activation, connectivity=4)
+    loss = BlobLoss(blob=inner, activation=activation, connectivity=4, fused=fused)
     assert torch.autograd.gradcheck(lambda v: loss(v, target), (x,), fast_mode=True)
 
 
@@ -149,3 +151,19 @@ def test_blob_options_are_checked():
     with pytest.raises(ValueError, match="reduction"):
         BlobLoss(main=build_loss("dice", reduction="none"))
     assert (BlobLoss().alpha, BlobLoss().beta) == (0.66, 0.33)
+
+
+@pytest.mark.parametrize("chunk", [16, 1 << 16])
+def test_fused_sigmoid_sums_match_autograd(chunk, monkeypatch):
+    from focusseg.losses import _fused
+    from focusseg.losses._fused import SigmoidSums
+
+    monkeypatch.setattr(_fused, "CHUNK", chunk)  # 16: several chunks per row
+    x = torch.randn(3, 50, dtype=torch.float64, requires_grad=True)
+    lin = torch.tensor([0, 7, 61, 149])
+    assert torch.autograd.gradcheck(lambda v: SigmoidSums.apply(v, lin), (x,))
+    sums, sel = SigmoidSums.apply(x, lin)
+    p = torch.sigmoid(x)
+    ref = torch.stack([p.sum(1), (p * p).sum(1), torch.nn.functional.softplus(x).sum(1)], 1)
+    torch.testing.assert_close(sums, ref)
+    torch.testing.assert_close(sel, x.reshape(-1)[lin])

@@ -17,12 +17,10 @@ Conventions every loss follows (docs/CONTRACTS.md):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 ACTIVATIONS = ("softmax", "sigmoid")
 REDUCTIONS = ("mean", "none")
-LOG_CLAMP = -100.0  # torch.nn.BCELoss clamps log-probabilities at -100; so do we
 
 
 def check_option(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -79,9 +77,11 @@ def channel_index(labels: Tensor, n_channels: int, activation: str) -> Tensor:
 
 def encode_target(labels: Tensor, n_channels: int, activation: str, dtype: torch.dtype) -> Tensor:
     """One-hot (softmax) or per-channel foreground indicators (sigmoid) as ``(B, K, N)``."""
-    idx = channel_index(labels, n_channels, activation)
-    onehot = F.one_hot((idx + 1).clamp(min=0), n_channels + 1)[..., 1:]  # column 0 takes idx == -1
-    return onehot.movedim(-1, 1).to(dtype)
+    if activation == "sigmoid" and n_channels == 1:
+        return (labels > 0)[:, None].to(dtype)
+    first = 0 if activation == "softmax" else 1
+    values = torch.arange(first, first + n_channels, device=labels.device)
+    return (labels[:, None, :] == values[None, :, None]).to(dtype)
 
 
 def activate(logits: Tensor, activation: str) -> Tensor:

@@ -9,7 +9,7 @@ region or voxel loss of ``m_u`` against ``y_u = [inst == u]`` is a function of t
 
 (the masked voxels have p = 0, y = 0 and add f(0) = 0 for the voxel losses and nothing to the overlap sums).
 ``inst_sum`` is one ``index_add`` over the instance voxels; ``bg_sum`` is the channel total minus the class's
-instance voxels, accumulated in float64. Cost: O(B K N) elementwise work, independent of the instance count,
+instance voxels (the difference taken in float64). Cost: O(B K N) elementwise work, independent of the instance count,
 instead of one full-volume pass per instance.
 
 Components are labelled on the CPU with cc3d from the target alone (no gradient needed).
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import cc3d
 import numpy as np
@@ -27,53 +28,97 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focusseg.losses._common import LOG_CLAMP, channel_index
+from focusseg.losses._fused import SigmoidSums
 
 CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
+FUSED = {"p": 0, "p2": 1, "nlog1mp": 2}  # bg sums served by the fused sigmoid pass (see _fused.py)
+Quantity = str | Callable[[Any], Tensor]
 
 
 class ProbView:
-    """Probability ``p``, ``log p`` and ``log(1 - p)`` of the foreground channels ``(B, C, N)``, lazily."""
+    """``p``, ``p2`` (= p^2), ``logp``, ``log1mp`` and ``nlog1mp`` of the foreground channels ``(B, C, N)``.
+
+    Computed lazily; no clamping is needed: ``logsigmoid``, ``softplus``, ``log_softmax`` and
+    :func:`log1m_softmax` are finite for finite logits.
+    """
 
     def __init__(self, x: Tensor, activation: str, first: int) -> None:
         self.x, self.activation, self.first = x, activation, first
 
     @cached_property
+    def lse(self) -> Tensor:
+        return torch.logsumexp(self.x, dim=1, keepdim=True)
+
+    @cached_property
     def logp(self) -> Tensor:
-        if self.activation == "sigmoid":
-            return F.logsigmoid(self.x).clamp_min(LOG_CLAMP)
-        return torch.log_softmax(self.x, dim=1)[:, self.first :].clamp_min(LOG_CLAMP)
+        return F.logsigmoid(self.x) if self.activation == "sigmoid" else self.x[:, self.first :] - self.lse
 
     @cached_property
     def p(self) -> Tensor:
-        if self.activation == "sigmoid":
-            return torch.sigmoid(self.x)
-        return torch.softmax(self.x, dim=1)[:, self.first :]
+        return torch.sigmoid(self.x) if self.activation == "sigmoid" else torch.exp(self.logp)
+
+    @cached_property
+    def p2(self) -> Tensor:
+        return self.p * self.p
+
+    @cached_property
+    def nlog1mp(self) -> Tensor:
+        """``-log(1 - p)`` (``softplus(x)`` for sigmoid)."""
+        return F.softplus(self.x) if self.activation == "sigmoid" else -log1m_softmax(self.x)[:, self.first :]
 
     @cached_property
     def log1mp(self) -> Tensor:
-        if self.activation == "sigmoid":
-            return F.logsigmoid(-self.x).clamp_min(LOG_CLAMP)
-        return log1m_softmax(self.x)[:, self.first :].clamp_min(LOG_CLAMP)
+        return -self.nlog1mp
 
 
 class _Gathered:
-    """The same three quantities at the instance voxels (linear indices into ``(B, C, N)``)."""
+    """The same quantities at the instance voxels only (``lin``: linear indices into ``(B, C, N)``)."""
 
-    def __init__(self, full: ProbView, lin: Tensor) -> None:
-        self.full, self.lin = full, lin
+    def __init__(self, full: ProbView, lin: Tensor, n_voxels: int, x_sel: Tensor | None) -> None:
+        self.full, self.lin, self.n_voxels, self._x_sel = full, lin, n_voxels, x_sel
 
     @cached_property
-    def p(self) -> Tensor:
-        return self.full.p.reshape(-1)[self.lin]
+    def x(self) -> Tensor:
+        if self._x_sel is not None:
+            return self._x_sel
+        if self.full.activation == "sigmoid":
+            return self.full.x.reshape(-1)[self.lin]
+        _, k, n = self.full.x.shape
+        c = k - self.full.first
+        sample, rest = self.lin // (c * n), self.lin % (c * n)
+        return self.full.x.reshape(-1)[(sample * k + self.full.first + rest // n) * n + rest % n]
 
     @cached_property
     def logp(self) -> Tensor:
-        return self.full.logp.reshape(-1)[self.lin]
+        if self.full.activation == "sigmoid":
+            return F.logsigmoid(self.x)
+        c = self.full.x.shape[1] - self.full.first
+        return (
+            self.x
+            - self.full.lse.reshape(-1)[(self.lin // (c * self.n_voxels)) * self.n_voxels + self.lin % self.n_voxels]
+        )
+
+    @cached_property
+    def p(self) -> Tensor:
+        return torch.sigmoid(self.x) if self.full.activation == "sigmoid" else torch.exp(self.logp)
+
+    @cached_property
+    def p2(self) -> Tensor:
+        return self.p * self.p
 
     @cached_property
     def log1mp(self) -> Tensor:
+        if self.full.activation == "sigmoid":
+            return F.logsigmoid(-self.x)
         return self.full.log1mp.reshape(-1)[self.lin]
+
+    @cached_property
+    def nlog1mp(self) -> Tensor:
+        return -self.log1mp
+
+
+def _value(view: ProbView | _Gathered, q: Quantity) -> Tensor:
+    return getattr(view, q) if isinstance(q, str) else q(view)
 
 
 def log1m_softmax(x: Tensor) -> Tensor:
@@ -95,6 +140,9 @@ class InstanceStats:
     """Instances of one batch and the sums blob loss needs (see the module docstring).
 
     ``size`` (M,), ``inst_group`` (M,) = ``b * C + c``; ``counts`` (B*C,) instances per (sample, channel).
+    A quantity is a name (``"p"``, ``"p2"``, ``"logp"``, ``"log1mp"``, ``"nlog1mp"``) or a function of a view.
+    With sigmoid and ``fused=True`` the background sums of ``p``, ``p2`` and ``nlog1mp`` come from one fused
+    pass (:class:`~focusseg.losses._fused.SigmoidSums`).
     """
 
     view: ProbView
@@ -106,21 +154,35 @@ class InstanceStats:
     counts: np.ndarray  # (B*C,)
     n_voxels: int
     n_instances: int
+    fused: bool = True
+
+    @cached_property
+    def _fused_sums(self) -> tuple[Tensor, Tensor] | None:
+        if not (self.fused and self.view.activation == "sigmoid"):
+            return None
+        x = self.view.x
+        return SigmoidSums.apply(x.reshape(-1, x.shape[-1]), self.lin)
 
     @cached_property
     def _gathered(self) -> _Gathered:
-        return _Gathered(self.view, self.lin)
+        fused = self._fused_sums
+        return _Gathered(self.view, self.lin, self.n_voxels, None if fused is None else fused[1])
 
-    def inst_sum(self, fn: Callable[[object], Tensor]) -> Tensor:
-        vals = fn(self._gathered)
+    def inst_sum(self, q: Quantity) -> Tensor:
+        """``sum_{v in u} q(p(v))`` for every instance u, shape (M,)."""
+        vals = _value(self._gathered, q)
         return vals.new_zeros(self.n_instances).index_add_(0, self.voxel_inst, vals)
 
-    def bg_sum(self, fn: Callable[[object], Tensor]) -> Tensor:
-        vals = fn(self.view)  # (B, C, N)
-        total = vals.sum(-1, dtype=torch.float64).reshape(-1)
-        inst = vals.reshape(-1)[self.lin].to(torch.float64)
+    def bg_sum(self, q: Quantity) -> Tensor:
+        """``sum_{v : g_c(v) = 0} q(p_c(v))`` over the background of every instance's class, shape (M,)."""
+        fused = self._fused_sums
+        if fused is not None and isinstance(q, str) and q in FUSED:
+            total = fused[0][:, FUSED[q]]
+        else:
+            total = _value(self.view, q).sum(-1).reshape(-1).to(torch.float64)
+        inst = _value(self._gathered, q).to(torch.float64)
         total = total.index_add(0, self.voxel_group, inst, alpha=-1.0)
-        return total[self.inst_group].to(vals.dtype)
+        return total[self.inst_group].to(self.view.x.dtype)
 
 
 def label_instances(chan: np.ndarray, connectivity: int) -> list[tuple[np.ndarray, int]]:
@@ -132,14 +194,16 @@ def label_instances(chan: np.ndarray, connectivity: int) -> list[tuple[np.ndarra
 
 
 def instance_stats(
-    x: Tensor, labels: Tensor, spatial: tuple[int, ...], activation: str, connectivity: int
+    x: Tensor, labels: Tensor, spatial: tuple[int, ...], activation: str, connectivity: int, fused: bool = True
 ) -> InstanceStats:
     """Label the instances of ``labels`` ((B, N) int) and index them into the logits ``x`` ((B, K, N))."""
     b, k, n = x.shape
     first = 1 if activation == "softmax" else 0
     n_ch = k - first
-    chan = channel_index(labels, k, activation) - first  # -1: no instance channel
-    code = (chan + 1).to(torch.uint8 if n_ch < 255 else torch.int32).cpu().numpy().reshape(b, *spatial)
+    # code = channel + 1 of the voxel's instance channel, 0 = none: the label itself, except for one sigmoid
+    # channel, where every non-zero label is foreground
+    code = (labels > 0) if activation == "sigmoid" and k == 1 else labels
+    code = code.to(torch.uint8 if n_ch < 255 else torch.int32).cpu().numpy().reshape(b, *spatial)
     lin, vinst, vgroup, inst_group = [], [], [], []
     offset = 0
     for i, (cc, count) in enumerate(label_instances(code, connectivity)):
@@ -171,4 +235,5 @@ def instance_stats(
         counts=np.bincount(inst_group_np, minlength=b * n_ch),
         n_voxels=n,
         n_instances=offset,
+        fused=fused,
     )

@@ -59,6 +59,8 @@ class BlobLoss(nn.Module):
         activation: ``"sigmoid"`` (reference; channel c = label c + 1, or label > 0 for one channel) or
             ``"softmax"`` (instances of classes 1..K-1).
         reduction: ``"mean"`` | ``"none"``.
+        fused: sigmoid background sums in one fused pass (``_fused.py``); False uses plain autograd ops
+            (same values; kept for testing).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class BlobLoss(nn.Module):
         connectivity: int | None = None,
         activation: str = "sigmoid",
         reduction: str = "mean",
+        fused: bool = True,
     ) -> None:
         super().__init__()
         if alpha < 0 or beta < 0:
@@ -80,6 +83,7 @@ class BlobLoss(nn.Module):
         if connectivity is not None and connectivity not in CONNECTIVITY[2] + CONNECTIVITY[3]:
             raise ValueError(f"connectivity must be one of 4, 8 (2D) or 6, 18, 26 (3D), got {connectivity}")
         self.connectivity = connectivity
+        self.fused = fused
         if main is None:
             second = "bce" if activation == "sigmoid" else "ce"
             main = {"dice": {"weight": 1.0, "activation": activation}, second: 1.0}
@@ -105,9 +109,9 @@ class BlobLoss(nn.Module):
         k = x.shape[1]
         check_labels(labels, k, self.activation)
         w = check_class_weights(class_weights, k, x)
-        main = self.main(logits, target, class_weights)
+        main = self.main(logits, target, class_weights) if self.alpha > 0 else 0.0
         spatial = tuple(x.shape[2:])
-        stats = instance_stats(flat(x), labels, spatial, self.activation, self._connectivity(len(spatial)))
+        stats = instance_stats(flat(x), labels, spatial, self.activation, self._connectivity(len(spatial)), self.fused)
         per_sample, has = self.blob_per_sample(stats, x, w)
         if self.reduction == "none":
             return self.alpha * main + self.beta * per_sample

@@ -12,6 +12,8 @@
   sigmoid ``l_{c,v} = -a_t w_c (1 - p_t)^gamma log p_t`` averaged over channels and voxels (identical to MONAI
   ``FocalLoss``). MONAI's softmax focal also averages over the channel axis, so ours = (channels used) x MONAI's.
   ``alpha``: scalar -> ``a = alpha`` on foreground, ``1 - alpha`` on background (MONAI); sequence -> per class.
+  ``include_background=False`` (softmax) keeps the softmax over all classes and drops the background voxels'
+  terms; MONAI instead removes channel 0 before its softmax (a different loss).
 """
 
 from __future__ import annotations
@@ -87,8 +89,9 @@ class CELoss(_VoxelLoss):
         per_sample = loss.sum(1) / wv.sum(1).clamp_min(1e-12)
         return finish(per_sample, loss.sum() / wv.sum().clamp_min(1e-12), self.reduction)
 
-    def voxel_terms(self, v) -> tuple[Tensor, Tensor]:
-        return -v.logp, -v.log1mp
+    def instance_loss(self, stats: InstanceStats) -> Tensor:
+        """Binary cross-entropy of every blob instance (one-vs-rest): ``-(sum_u log p + sum_bg log(1-p)) / N``."""
+        return (stats.bg_sum("nlog1mp") - stats.inst_sum("logp")) / stats.n_voxels
 
 
 @LOSSES.register("bce")
@@ -106,8 +109,9 @@ class BCELoss(_VoxelLoss):
             loss = loss * w[:, None]
         return finish(loss.mean((1, 2)), None, self.reduction)
 
-    def voxel_terms(self, v) -> tuple[Tensor, Tensor]:
-        return -v.logp, -v.log1mp
+    def instance_loss(self, stats: InstanceStats) -> Tensor:
+        """Binary cross-entropy of every blob instance (one-vs-rest): ``-(sum_u log p + sum_bg log(1-p)) / N``."""
+        return (stats.bg_sum("nlog1mp") - stats.inst_sum("logp")) / stats.n_voxels
 
 
 @LOSSES.register("topk_ce")

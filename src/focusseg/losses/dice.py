@@ -94,12 +94,9 @@ class RegionLoss(nn.Module):
 
     def instance_loss(self, stats: InstanceStats) -> Tensor:
         """Loss of every blob-loss instance (one-vs-rest, other instances masked to p = 0); shape (M,)."""
-        if self.power == 1:
-            tp = stats.inst_sum(lambda v: v.p)
-            sum_p = tp + stats.bg_sum(lambda v: v.p)
-        else:
-            tp = stats.inst_sum(lambda v: v.p)
-            sum_p = stats.inst_sum(lambda v: v.p * v.p) + stats.bg_sum(lambda v: v.p * v.p)
+        tp = stats.inst_sum("p")
+        q = "p" if self.power == 1 else "p2"
+        sum_p = (tp if q == "p" else stats.inst_sum(q)) + stats.bg_sum(q)
         return self.class_loss(tp, sum_p, stats.size)
 
 
