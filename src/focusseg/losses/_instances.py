@@ -9,8 +9,10 @@ region or voxel loss of ``m_u`` against ``y_u = [inst == u]`` is a function of t
 
 (the masked voxels have p = 0, y = 0 and add f(0) = 0 for the voxel losses and nothing to the overlap sums).
 ``inst_sum`` is one ``index_add`` over the instance voxels; ``bg_sum`` is the channel total minus the class's
-instance voxels (the difference taken in float64). Cost: O(B K N) elementwise work, independent of the instance count,
-instead of one full-volume pass per instance.
+instance voxels (the difference taken in float64). With sigmoid the channel totals of ``p``, ``p^2`` and
+``-log(1 - p)`` come from one fused, chunked pass with a hand-written backward (``_fused.py``).
+Cost: O(B K N) elementwise work, independent of the instance count, instead of one full-volume pass per
+instance.
 
 Components are labelled on the CPU with cc3d from the target alone (no gradient needed).
 """
