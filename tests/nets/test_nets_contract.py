@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
+from nets_helpers import TINY
 from torch.nn import functional as F
 
 from focusseg.nets import build_network, network_divisors, network_names, supports_deep_supervision
