@@ -136,6 +136,10 @@ def main() -> None:
         f"cc3d labelling of both samples alone: {t_cc:.3f} s. Target: blob <= 1.5 x Dice + BCE -> "
         f"{'met' if med_blob <= 1.5 * med_ref else 'NOT met'} ({med_blob / med_ref:.2f} x).",
         "",
+        "Timed with one torch thread by default: the machine is shared, and with two threads every parallel op "
+        "waits for a core that another process holds, which makes the ratio noise. The two losses alternate "
+        "within each round; round 0 is a warm-up.",
+        "",
     ]
     text = "\n".join(lines)
     print(text)
