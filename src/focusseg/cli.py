@@ -164,7 +164,7 @@ def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated
 
     size = tuple(int(x) for x in patch.split(","))
     chosen = names.split(",") if names else network_names()
-    rows = describe_networks(chosen, size, in_channels, out_channels, resolve_device(device), time_steps=time_steps)
+    rows = describe_networks(chosen, size, in_channels, out_channels, resolve_device(device), measure_time=time_steps)
     table = Table(title=f"networks at patch {size}")
     for col in rows[0].keys() if rows else []:
         table.add_column(str(col))

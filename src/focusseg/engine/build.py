@@ -29,16 +29,16 @@ def build_network_from_plan(plan: dict) -> nn.Module:
 
     name, kwargs = split_spec(plan["network"])
     return build_network(name, in_channels=len(plan["channel_names"]), out_channels=int(plan["n_classes"]),
-                         spatial_dims=spatial_dims(plan), **kwargs)
+                         spatial_dims=spatial_dims(plan), patch_size=tuple(plan["patch_size"]), **kwargs)
 
 
-def build_loss_from_plan(plan: dict) -> nn.Module:
-    """The training loss with ``reduction="none"`` (per-sample losses, for strategies), wrapped for deep
+def build_loss_from_plan(plan: dict, reduction: str = "mean") -> nn.Module:
+    """The training loss (``reduction="none"``: per-sample losses, for strategies), wrapped for deep
     supervision when the plan asks for it."""
     from focusseg.losses import DeepSupervisionLoss, build_loss
 
     tr = plan["training"]
-    loss = build_loss(tr["loss"], reduction="none")
+    loss = build_loss(tr["loss"], reduction=reduction)
     ds = tr.get("deep_supervision")
     if ds:
         loss = DeepSupervisionLoss(loss, **ds)

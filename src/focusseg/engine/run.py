@@ -35,6 +35,32 @@ def plan_dataset(data_dir: Path, device: str = "cpu", overrides: dict | None = N
     return make_plan(fp, device=device, overrides=overrides)
 
 
+def apply_normalization_scheme(plan: dict) -> dict:
+    """``"normalization_scheme": "quantile"`` (a recipe does not know how many channels a dataset has) sets that
+    scheme on every channel."""
+    scheme = plan.pop("normalization_scheme", None)
+    if scheme:
+        plan["normalization"] = [{"scheme": scheme} for _ in plan["normalization"]]
+    return plan
+
+
+def fit_patch_to_network(plan: dict) -> dict:
+    """Round the patch up so the plan's network accepts it: each size a multiple of the network's divisor and at
+    least twice it (a bottleneck of >= 2 voxels per axis, which instance norm needs). A recipe can name any
+    network without knowing the dataset's patch."""
+    from focusseg.nets import network_divisors
+    from focusseg.registry import split_spec
+
+    name, kwargs = split_spec(plan["network"])
+    kwargs.pop("deep_supervision", None)
+    divs = network_divisors(name, len(plan["patch_size"]), **kwargs)
+    patch = [max(2 * d, -(-int(p) // d) * d) for p, d in zip(plan["patch_size"], divs)]
+    if patch != list(plan["patch_size"]):
+        plan["patch_size_planned"] = list(plan["patch_size"])
+        plan["patch_size"] = patch
+    return plan
+
+
 def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0, recipe: dict | None = None,
                  overrides: dict | None = None, time_budget_min: float | None = None, device: str | None = None,
                  resume: bool = False, preprocessed_dir: str | Path | None = None, plan_path: str | Path | None = None,
@@ -57,6 +83,8 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
             plan = plan_dataset(data_dir, dev.type, None, run_dir / "fingerprint.json", progress)
         plan = deep_merge(plan, (recipe or {}).get("plan", {}))
         plan = deep_merge(plan, overrides or {})
+        plan = apply_normalization_scheme(plan)
+        plan = fit_patch_to_network(plan)
         plan["recipe"] = (recipe or {}).get("name", "default")
         save_json(plan, plan_file)
     spec = load_dataset_spec(data_dir)

@@ -1,7 +1,9 @@
 """Tasks own the network(s) and the step (ARCHITECTURE.md: "Task — owns the network(s) and the step").
 
-- ``SupervisedTask``: one network; forward under autocast, per-sample loss with class weights, backward with
-  gradient clipping (and a GradScaler for fp16 on CUDA).
+- ``SupervisedTask``: one network; forward under autocast, the loss with class weights and its batch definition
+  (``reduction="mean"``: batch Dice and TopK over all B*X*Y*Z voxels are not means of per-sample losses), plus
+  the detached per-sample losses strategies rank samples by; backward with gradient clipping (and a GradScaler
+  for fp16 on CUDA).
 - ``CycleTrainingTask``: three networks trained together (paper 004, :mod:`focusseg.strategies.cycle`); each
   learns from the samples its two peers select; it predicts as the mean of the three networks' logits.
 
@@ -44,8 +46,9 @@ def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[to
 
 class SupervisedTask:
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module, n_classes: int,
-                 amp: torch.dtype | None, grad_clip: float = 12.0) -> None:
+                 amp: torch.dtype | None, grad_clip: float = 12.0, per_sample_loss: nn.Module | None = None) -> None:
         self.network, self.optimizer, self.loss = network, optimizer, loss
+        self.per_sample_loss = per_sample_loss
         self.optimizers = [optimizer]
         self.k, self.amp, self.grad_clip = n_classes, amp, grad_clip
         device_type = next(network.parameters()).device.type
@@ -63,11 +66,16 @@ class SupervisedTask:
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             out = self.network(images)
         outputs = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-        per_sample = self.loss(outputs, labels, class_weights=class_weights)
-        loss = per_sample.mean()
+        loss = self.loss(outputs, labels, class_weights=class_weights)
+        with torch.no_grad():
+            if self.per_sample_loss is not None:
+                detached = [o.detach() for o in outputs] if isinstance(outputs, list) else outputs.detach()
+                per_sample = self.per_sample_loss(detached, labels, class_weights=class_weights)
+            else:
+                per_sample = loss.detach().expand(labels.shape[0])
         main = outputs[0] if isinstance(outputs, list) else outputs
         tp, fp, fn = class_counts(main.detach(), labels, self.k)
-        step = StepOutput(requests, float(loss.detach()), per_sample.detach().cpu(), tp, fp, fn)
+        step = StepOutput(requests, float(loss.detach()), per_sample.cpu(), tp, fp, fn)
         if callbacks_after_loss is not None:
             callbacks_after_loss(step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -161,17 +169,18 @@ def build_task(plan: dict, device: torch.device, total_iterations: int, amp: tor
 
     tr = plan["training"]
     name, kwargs = split_spec(tr.get("task") or "supervised")
-    loss = build_loss_from_plan(plan)
+    per_sample = build_loss_from_plan(plan, reduction="none")
     k, clip = int(plan["n_classes"]), float(tr.get("grad_clip", 12.0))
     if name == "supervised":
         net = build_network_from_plan(plan).to(device)
         opt = build_optimizer(plan, net, total_iterations)
-        return SupervisedTask(net, opt, loss, k, amp, clip), build_lr_controller(plan, opt, total_iterations)
+        task = SupervisedTask(net, opt, build_loss_from_plan(plan), k, amp, clip, per_sample_loss=per_sample)
+        return task, build_lr_controller(plan, opt, total_iterations)
     if name == "cycle":
         nets = [build_network_from_plan(plan).to(device) for _ in range(3)]
         opts = [build_optimizer(plan, n, total_iterations) for n in nets]
         lrs = [build_lr_controller(plan, o, total_iterations) for o in opts]
-        return CycleTrainingTask(nets, opts, loss, k, amp, clip, **kwargs), LRGroup(lrs)
+        return CycleTrainingTask(nets, opts, per_sample, k, amp, clip, **kwargs), LRGroup(lrs)
     raise KeyError(f"unknown training task {name!r}; known: supervised, cycle")
 
 
