@@ -7,13 +7,13 @@ space) are transposed to (x, y, z) and given the equivalent RAS affine, so both 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from focusseg.io.atomic import atomic_path
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -138,21 +138,13 @@ def read_case(
     return image, label, geometry
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_segmentation(path: str | Path, seg: np.ndarray, geometry: Geometry) -> Path:
     """Write a label map with exactly the reference geometry, atomically (temp file + rename)."""
     path = Path(path)
     if tuple(seg.shape) != tuple(geometry.shape):
         raise ValueError(f"{path}: segmentation shape {seg.shape} != reference shape {geometry.shape}")
     dtype = np.uint8 if seg.max(initial=0) < 256 and seg.min(initial=0) >= 0 else np.int16
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         if _is_nifti(path):
             img = nib.Nifti1Image(seg.astype(dtype), geometry.affine)
             img.set_qform(geometry.affine, code=1)
@@ -160,10 +152,6 @@ def write_segmentation(path: str | Path, seg: np.ndarray, geometry: Geometry) ->
             nib.save(img, str(tmp))
         else:
             _write_sitk(tmp, seg.astype(dtype), geometry)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -106,14 +106,9 @@ def compute_fingerprint(data_dir: str | Path, workers: int = 2, progress: bool =
 
 def save_json(obj: dict, path: str | Path) -> Path:
     """Write JSON atomically (human-readable, 2-space indent)."""
-    import os
-    import tempfile
+    from focusseg.io.atomic import atomic_path
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
     return path

@@ -1,0 +1,33 @@
+"""Assemble BENCHMARKS.md from the per-part reports in benchmarks/results/*.md (each written by its script).
+
+    .venv/bin/python benchmarks/make_benchmarks_md.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ORDER = ["train_hippocampus", "metrics", "losses", "nets", "inference", "augment", "strategies"]
+
+HEADER = """# focusseg benchmarks
+
+Every figure below was measured by the script named beside it (under `benchmarks/`), which anyone can rerun;
+each section gives its command, machine and date. Speed is a ratio against a peer measured in the same run;
+memory is peak RSS. The development machines have 2 CPU cores and no GPU, shared with other work while some of
+these ran: absolute times are upper bounds, ratios are what to compare.
+"""
+
+
+def main() -> None:
+    parts = [HEADER]
+    files = {p.stem: p for p in sorted((HERE / "results").glob("*.md"))}
+    for name in ORDER + sorted(set(files) - set(ORDER)):
+        if name in files:
+            parts.append(files[name].read_text().strip() + "\n")
+    (HERE.parent / "BENCHMARKS.md").write_text("\n".join(parts))
+    print(f"BENCHMARKS.md: {len(parts) - 1} sections")
+
+
+if __name__ == "__main__":
+    main()
