@@ -149,10 +149,20 @@ def test_batching_list_output_and_mode_restored():
     x = torch.randn(2, 20, 12, 12)
     out = sliding_window_predict(net, x, (12, 12, 12), mirror_axes=(1,), batch_size=3, progress=True)
     n_windows = len(compute_steps((20, 12, 12), (12, 12, 12))[0])  # 3 along x, 1 elsewhere
-    assert net.samples == n_windows * 2 and net.calls == 2  # 6 (window, mirror) items in batches of 3
+    assert net.samples == n_windows * 2 and net.calls == 3  # 6 (window, mirror) items: both mirrors of 1 window
+    net.calls = net.samples = 0
+    sliding_window_predict(net, x, (12, 12, 12), mirror_axes=(1, 2), batch_size=2)
+    assert net.samples == n_windows * 4 and net.calls == 8  # 2 windows x 1 mirror, then 1 window x 1 mirror
     assert net.training  # previous mode restored
     ref = sliding_window_predict(inner, x, (12, 12, 12), mirror_axes=(1,), batch_size=1)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_identity_network_with_mirrors_returns_input():
+    x = torch.randn(2, 20, 13, 9)
+    for bs in (1, 3, 8, 16):
+        out = sliding_window_predict(torch.nn.Identity(), x, (8, 8, 8), mirror_axes=(0, 1, 2), batch_size=bs)
+        torch.testing.assert_close(out, x, atol=1e-6, rtol=1e-6)
 
 
 def test_mask_skips_windows_and_fills_background():

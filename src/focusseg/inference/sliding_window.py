@@ -6,8 +6,9 @@ For windows ``w`` with Gaussian weight ``g`` (see :mod:`focusseg.inference.windo
     z(x) = sum_w g(x - o_w) * (1/|M|) sum_{m in M} m^-1(f(m(I_w)))(x)  /  sum_w g(x - o_w)
 
 i.e. mirrors are averaged on logits (nnU-Net ``_internal_maybe_mirror_and_predict``) and windows are
-Gaussian-averaged in a float32 accumulator on the compute device. Every (window, mirror) pair is one item;
-items are batched ``batch_size`` at a time, so mirroring is batched together with the windows.
+Gaussian-averaged in a float32 accumulator on the compute device. Every (window, mirror) pair is one item
+and a forward pass holds at most ``batch_size`` items: with ``batch_size >= |M|`` a pass holds all mirrors
+of ``batch_size // |M|`` windows; otherwise ``batch_size`` windows under one mirror per pass (as nnU-Net).
 
 Speed options:
 
@@ -90,7 +91,7 @@ def sliding_window_predict(
         batch_size: (window, mirror) items per forward pass, ``>= 1``.
         device: compute device; ``None`` -> the network's parameter device (else the image's).
         amp_dtype: ``torch.bfloat16`` / ``torch.float16`` to run under ``torch.autocast``; ``None`` = fp32.
-        progress: show a rich progress bar over batches.
+        progress: show a rich progress bar over window groups.
         out_device: device of the returned logits.
         mask: optional spatial bool tensor; windows without any ``True`` voxel are skipped (module doc).
         sigma_scale: Gaussian ``sigma = patch * sigma_scale`` (nnU-Net: 1/8).
@@ -130,34 +131,42 @@ def sliding_window_predict(
     if mask is not None:
         windows = [w for w in windows if bool(mask[w].any())]
     flips = mirror_combinations(mirror_axes)
-    items = [(w, f) for w in windows for f in flips]
     gauss = gaussian_importance_map(patch, sigma_scale, dev, torch.float32)
-
-    acc: torch.Tensor | None = None
     weight = torch.zeros((1, *size), dtype=torch.float32, device=dev)
     for w in windows:
         weight[(slice(None), *w)] += gauss
-    scale = 1.0 / len(flips)
-    batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    # Windows are taken in groups; a forward pass holds `per_pass` flips of every window of a group, so each
+    # window is cut out and copied once, each batch is flipped in one call, and the mirrored predictions of a
+    # window are summed before a single Gaussian-weighted add into the accumulator.
+    n_flips = len(flips)
+    group_size = max(1, batch_size // n_flips) if batch_size >= n_flips else batch_size
+    per_pass = n_flips if batch_size >= n_flips else 1
+    groups = [windows[i : i + group_size] for i in range(0, len(windows), group_size)]
     if progress:
         from rich.progress import track
 
-        batches = track(batches, description="sliding window")
+        groups = track(groups, description="sliding window")
     autocast = torch.autocast(device_type=dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    acc: torch.Tensor | None = None
     try:
         with torch.inference_mode(), autocast:
-            for batch in batches:
-                x = torch.stack(
-                    [_flip(padded[(slice(None), *w)].to(dev, in_dtype, non_blocking=True), f) for w, f in batch]
-                )
+            for group in groups:
+                x = torch.stack([padded[(slice(None), *w)] for w in group]).to(dev, in_dtype, non_blocking=True)
                 if channels_last_3d and spatial_dims == 3:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
-                out = _run(model, x).float()
+                summed: torch.Tensor | None = None
+                for i in range(0, n_flips, per_pass):
+                    chunk = flips[i : i + per_pass]
+                    batch = torch.cat([_flip(x, f) for f in chunk]) if len(chunk) > 1 else _flip(x, chunk[0])
+                    out = _run(model, batch).float()
+                    for j, f in enumerate(chunk):
+                        o = _flip(out[j * len(group) : (j + 1) * len(group)], f)
+                        summed = o.to(torch.float32, copy=True) if summed is None else summed.add_(o)
                 if acc is None:
                     with torch.inference_mode(False):  # a normal tensor: callers may modify the result
-                        acc = torch.zeros((out.shape[1], *size), dtype=torch.float32, device=dev)
-                for (w, f), o in zip(batch, out):
-                    acc[(slice(None), *w)].addcmul_(_flip(o, f), gauss, value=scale)
+                        acc = torch.zeros((summed.shape[1], *size), dtype=torch.float32, device=dev)
+                for w, o in zip(group, summed):
+                    acc[(slice(None), *w)].addcmul_(o, gauss, value=1.0 / n_flips)
             if acc is None:  # the mask skipped every window: ask the network for K on one empty window
                 k = _run(model, torch.zeros((1, image.shape[0], *patch), device=dev, dtype=in_dtype)).shape[1]
                 with torch.inference_mode(False):
@@ -176,5 +185,5 @@ def sliding_window_predict(
 
 
 def _flip(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-    """Flip spatial ``axes`` of a (C, *spatial) tensor (a flip is its own inverse)."""
-    return torch.flip(x, dims=[a + 1 for a in axes]) if axes else x
+    """Flip spatial ``axes`` of a (B, C, *spatial) batch (a flip is its own inverse)."""
+    return torch.flip(x, dims=[a + 2 for a in axes]) if axes else x
