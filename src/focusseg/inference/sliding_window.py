@@ -173,14 +173,13 @@ def sliding_window_predict(
                     acc = torch.zeros((k, *size), dtype=torch.float32, device=dev)
     finally:
         network.train(was_training)
-    covered = weight > 0
-    if mask is None:  # without a mask every voxel lies in some window: divide in place
+    if mask is not None:  # voxels that no run window covers: weight 0 -> background logits
+        uncovered = weight[0] == 0
+        weight[0].masked_fill_(uncovered, 1.0)
         acc.div_(weight)
-    else:
-        acc = torch.where(covered, acc / torch.where(covered, weight, torch.ones_like(weight)), acc)
-        background = torch.zeros((acc.shape[0],) + (1,) * spatial_dims, device=dev)
-        background[0] = BACKGROUND_LOGIT if acc.shape[0] > 1 else -BACKGROUND_LOGIT
-        acc = torch.where(covered, acc, background)
+        acc[0].masked_fill_(uncovered, BACKGROUND_LOGIT if acc.shape[0] > 1 else -BACKGROUND_LOGIT)
+    else:  # every voxel lies in some window
+        acc.div_(weight)
     return acc[region].to(out_device)
 
 
