@@ -180,7 +180,8 @@ def write_report(comp: Comparison, args: argparse.Namespace, data: Path, root: P
               "validations (preprocessed grid, no TTA).", ""]
     lesion = comp.name == "blob"
     head = ["arm", "seeds", "final mean Dice", *[f"Dice {lab} ({names.get(lab, '?')})" for lab in labels],
-            "best val Dice", *(["lesion F1", "lesion Dice"] if lesion else []), "iterations", "train s"]
+            "best val Dice", *(["lesion F1", "lesion Dice"] if lesion else []),
+            *(["epochs with class weights ≠ 1"] if comp.name == "class_weights" else []), "iterations", "train s"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" + " ---: |" * (len(head) - 1)]
     for a in arms:
         rs = out[a]
@@ -188,6 +189,7 @@ def write_report(comp: Comparison, args: argparse.Namespace, data: Path, root: P
                  *[fmt([r["dice"].get(lab, float("nan")) for r in rs]) for lab in labels],
                  fmt([r["best_val"] for r in rs]),
                  *([fmt([r["lesion_f1"] for r in rs]), fmt([r["lesion_dice"] for r in rs])] if lesion else []),
+                 *([" / ".join(str(r["weighted_epochs"]) for r in rs)] if comp.name == "class_weights" else []),
                  f"{mean_sd([r['iterations'] for r in rs])[0]:.0f}", f"{mean_sd([r['train_s'] for r in rs])[0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     curves = {a: curve_mean([r["curve"] for r in out[a]]) for a in arms}

@@ -187,7 +187,8 @@ def _symlink(src: Path, link: Path) -> None:
 # ---------------------------------------------------------------------------------------------- reading runs
 def read_run(run_dir: Path, lesion_labels: list[int]) -> dict:
     """One finished run: final-validation mean Dice and per-label Dice, best in-training validation Dice,
-    iterations, training seconds, the validation curve ``[(iteration, val_mean_dice)]`` and the lesion-wise F1
+    iterations, training seconds, the validation curve ``[(iteration, val_mean_dice)]``, the number of epochs
+    whose class weights were not all 1 (``weighted_epochs``) and the lesion-wise F1
     and Dice (mean over validation cases of ``lesion_labels``' rows in ``validation/metrics.csv``; cases where
     a value is undefined are left out)."""
     s = json.loads((run_dir / "summary.json").read_text())
@@ -196,7 +197,8 @@ def read_run(run_dir: Path, lesion_labels: list[int]) -> dict:
     out = {"mean_dice": _num(fv.get("mean_dice")), "best_val": _num(s.get("best_val_mean_dice")),
            "iterations": s.get("iterations"), "train_s": s.get("train_seconds"),
            "dice": {str(k): _num(v) for k, v in (fv.get("dice_per_label") or {}).items()},
-           "curve": [(r["iteration"], r["val_mean_dice"]) for r in log if "val_mean_dice" in r]}
+           "curve": [(r["iteration"], r["val_mean_dice"]) for r in log if "val_mean_dice" in r],
+           "weighted_epochs": sum(1 for r in log if any(w != 1.0 for w in r.get("class_weights", [])))}
     metrics = run_dir / "validation" / "metrics.csv"
     if metrics.is_file():
         with open(metrics) as fh:
