@@ -28,12 +28,16 @@ def main() -> None:
     ap.add_argument("--from-run", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "hippo_fold0")
     ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--note", default="", help="a line about the conditions of the run")
+    ap.add_argument("--time-log", type=Path, default=None,
+                    help="output of `/usr/bin/time -v focusseg train ...` for wall time and peak RSS")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     from machine import machine_line
 
     run = args.from_run
-    cmd = f"focusseg train {DATA} --out {args.out} --fold 0 --time-budget {args.minutes:g}"
+    cmd = (f"focusseg train ../shared/data/Dataset004_Hippocampus --out runs/hippo_fold0 --fold 0 "
+           f"--time-budget {args.minutes:g}")
     if run is None:
         if not DATA.is_dir():
             sys.exit(f"skipped: {DATA} is absent (needs ../shared/data)")
@@ -59,6 +63,8 @@ def main() -> None:
         f"- Trained {summary['iterations']} iterations in {summary['epochs']} epochs, "
         f"{summary['train_seconds']:.0f} s of training; whole command {summary['total_seconds']:.0f} s "
         "(fingerprint, preprocessing, training, final validation).",
+        *_time_lines(args.time_log),
+        *([f"- Note: {args.note}"] if args.note else []),
         f"- Validation during training (preprocessed grid, no TTA): best mean Dice {best['val_mean_dice']:.4f} "
         f"at iteration {best['iteration']}.",
         "",
@@ -74,6 +80,19 @@ def main() -> None:
               "![training curve](benchmarks/results/hippocampus_curve.png)", ""]
     (HERE / "results" / "train_hippocampus.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _time_lines(path: Path | None) -> list[str]:
+    """Wall clock and peak RSS from a `/usr/bin/time -v` log."""
+    if path is None or not path.is_file():
+        return []
+    wall = rss = None
+    for line in path.read_text().splitlines():
+        if "Elapsed (wall clock)" in line:
+            wall = line.rsplit(" ", 1)[-1]
+        if "Maximum resident set size" in line:
+            rss = int(line.rsplit(" ", 1)[-1]) / 1024
+    return [f"- `/usr/bin/time -v`: wall clock {wall} (m:ss) for the whole command, peak RSS {rss:.0f} MiB."]
 
 
 if __name__ == "__main__":
