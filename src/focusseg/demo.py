@@ -13,7 +13,8 @@ from pathlib import Path
 from rich.console import Console
 
 DEMO_OVERRIDES = {
-    "training": {"iterations_per_epoch": 40, "val_every": 2, "augmentation": "light", "max_epochs": 40},
+    "training": {"iterations_per_epoch": 40, "val_every": 2, "augmentation": "light", "max_epochs": 100,
+                 "foreground_oversampling": 0.5},
     "inference": {"mirror_axes": [0]},
 }
 
