@@ -83,3 +83,16 @@ def test_train_predict_evaluate_keeps_geometry(tmp_path: Path):
     assert res.exit_code == 0, res.output
     header = (tmp_path / "eval" / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("case,label,dice")
+
+
+def test_time_budget_stops_inside_an_epoch_and_keeps_best(tmp_path: Path):
+    from focusseg.engine.run import run_training
+
+    data = write_tiny_dataset(tmp_path / "D", n_cases=4)
+    over = {**TINY, "training": {**TINY["training"], "max_epochs": 50, "iterations_per_epoch": 10_000}}
+    summary = run_training(data, tmp_path / "run", fold=0, overrides=over, time_budget_min=1e-4, progress=False,
+                           final_validation=False)
+    assert 1 <= summary["iterations"] < 10_000 and summary["epochs"] == 1
+    assert (tmp_path / "run" / "checkpoint_best.pt").is_file()
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert "val_mean_dice" in log[-1]

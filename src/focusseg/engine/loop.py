@@ -13,7 +13,8 @@ resumed on CPU ends with the same weights as an uninterrupted one.
 
 With a time budget the loop measures the first epoch and fixes the total number of iterations that fit the
 budget (stored in the checkpoint), so the poly schedule decays to zero at the budget; training also stops
-when the budget is spent, keeping the best checkpoint.
+when the budget is spent (checked after every iteration, then one last validation), keeping the best
+checkpoint.
 """
 
 from __future__ import annotations
@@ -106,6 +107,8 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
             losses.append(step.loss)
             t.iteration += 1
             bar.advance(step.loss)
+            if time_budget_s and t.elapsed + time.perf_counter() - t0 >= time_budget_s:
+                break  # the budget ends inside this epoch: validate, checkpoint and stop
         bar.close()
         train_time = time.perf_counter() - t0
         record: dict[str, Any] = {"epoch": t.epoch, "iteration": t.iteration, "train_loss": float(np.mean(losses)),
