@@ -28,9 +28,13 @@ same MONAI UNet); focusseg and MONAI run in the interpreter that runs this scrip
 
 Per run: torch threads ``--threads`` (2 = this machine's default), one warm-up forward with the run's batch
 before timing, wall seconds of the predict call alone, peak RSS = ``ru_maxrss`` of the subprocess after the run
-(and after the warm-up = baseline: the venvs import different libraries). Mirror rows cost 8x: they run after
-the plain rows, in priority order, only while the projected total stays under ``--budget-s``; skipped ones are
-listed (a plain row is skipped once the budget is spent; a run is killed past 1.25x the budget).
+(and after the warm-up = baseline: the venvs import different libraries), and the 1-minute load average before
+and after each run. On a shared 2-core machine two OpenMP threads stall whenever another process takes a core
+(measured: a 32^3 forward of this UNet took 0.87 s with 2 threads and 0.017 s with 1 thread while another
+training ran): compare rows only if the load column stays near the thread count, else rerun with
+``--threads 1``. Mirror rows cost 8x: they run after the plain rows, in priority order, only while the
+projected total stays under ``--budget-s``; skipped ones are listed (a plain row is skipped once the budget is
+spent; a run is killed past 1.25x the budget).
 
 Agreement: max |logit difference| and argmax agreement against nnU-Net's output and MONAI's with the same
 mirroring; bf16 and mask rows also get the Dice of the foreground argmax against focusseg fp32. One extra row
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -165,6 +170,7 @@ def _dist_version(name: str) -> str:
 
 def run_config(spec: dict, timeout: float) -> dict:
     py = str(NNUNET_PY) if spec["impl"] == "nnunet" else sys.executable
+    load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     res = subprocess.run([py, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
                          timeout=timeout)
@@ -172,6 +178,7 @@ def run_config(spec: dict, timeout: float) -> dict:
         raise SystemExit(f"{spec['name']} failed:\n{res.stderr[-3000:]}")
     out = json.loads(res.stdout.strip().splitlines()[-1])
     out["wall_s"] = time.perf_counter() - t0
+    out["load"] = (load0, os.getloadavg()[0])
     return out
 
 
@@ -236,8 +243,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
     torch.manual_seed(0)
     torch.save(build_net(channels).state_dict(), tmp / "weights.pt")
     B = args.batch
-    plain = [("nnunet", 1, {}), ("focusseg", B, {}), ("focusseg", 1, {}), ("monai", B, {}), ("monai", 1, {}),
-             ("nnunet", 1, {"fp32": True}), ("focusseg", B, {"amp": "bf16"}), ("focusseg", B, {"mask": True})]
+    plain = [("nnunet", 1, {}), ("focusseg", B, {}), ("focusseg", 1, {}), ("nnunet", 1, {"fp32": True}),
+             ("monai", B, {}), ("monai", 1, {}), ("focusseg", B, {"amp": "bf16"}), ("focusseg", B, {"mask": True})]
     mirrored = [("nnunet", 1, {}), ("focusseg", B, {}), ("monai", B, {}), ("focusseg", 1, {}), ("monai", 1, {})]
     rows: list[dict] = []
     skipped: list[str] = []
@@ -275,6 +282,9 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
             rows.append({**r, **spec})
             print(nm, json.dumps(r), flush=True)
 
+    if not rows:
+        raise SystemExit("no configuration ran within --budget-s")
+
     def first(impl: str, mirror: bool, **opt: object) -> dict | None:
         return next((r for r in rows if r["impl"] == impl and r["mirror"] == mirror
                      and all(r.get(k) == v for k, v in opt.items())
@@ -300,9 +310,10 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
         " predictor with its float16 Gaussian and accumulators patched to float32 (agreement check only), and"
         " against MONAI's (batch 1 if run, else batch B), each with the same mirroring.",
         "",
-        "| configuration | time (s) | speed-up vs nnU-Net | peak RSS (MB) | above baseline (MB) |"
-        " vs nnU-Net: max abs / argmax % | vs nnU-Net fp32-patched | vs MONAI: max abs / argmax % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| configuration | time (s) | speed-up vs nnU-Net | load avg before/after | peak RSS (MB) |"
+        " above baseline (MB) | vs nnU-Net: max abs / argmax % | vs nnU-Net fp32-patched |"
+        " vs MONAI: max abs / argmax % |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     cache: dict[str, np.ndarray] = {}
 
@@ -328,7 +339,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
                 continue
             mx, ag = compare(pred, arr(ref))
             cells.append(f"{mx:.2e} / {ag:.3f}")
-        lines.append(f"| {r['name']} | {r['seconds']:.2f} | {speed} | {r['peak_rss_mb']:.0f} |"
+        lines.append(f"| {r['name']} | {r['seconds']:.2f} | {speed} | {r['load'][0]:.1f}/{r['load'][1]:.1f} |"
+                     f" {r['peak_rss_mb']:.0f} |"
                      f" {r['peak_rss_mb'] - r['base_rss_mb']:.0f} | {' | '.join(cells)} |")
         fp32 = refs[r["mirror"]]["fp32"]
         if (r.get("amp") or r.get("mask")) and fp32 is not None:
