@@ -50,6 +50,7 @@ Run:  .venv/bin/python benchmarks/bench_inference_peers.py [--batch 4] [--thread
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
@@ -234,6 +235,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
 
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench_peers_"))
+    atexit.register(shutil.rmtree, tmp, True)  # also on SystemExit (~60 MB of logits per run)
     img = load_case()
     patch, channels = PATCH, CHANNELS
     if args.smoke:
@@ -364,7 +366,6 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
         )
     lines += ["", *notes, "", *goal_lines(rows, arr, B), ""]
     lines.append(f"- Total benchmark wall time: {time.perf_counter() - t_start:.0f} s.")
-    shutil.rmtree(tmp, ignore_errors=True)
     lines.append("")
     text = "\n".join(lines)
     print(text)
