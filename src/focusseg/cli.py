@@ -92,15 +92,25 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder written by `f
             overlap: float = typer.Option(0.5, help="Sliding-window overlap in [0, 1)."),
             tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirror test-time augmentation."),
             checkpoint: str = typer.Option("best", help="best, final or latest."),
+            ensemble: list[Path] = typer.Option([], "--ensemble", help="Another run to ensemble with (repeat)."),
+            weights: str | None = typer.Option(None, help="Comma-separated ensemble weights, RUN_DIR first."),
+            uncertainty: str | None = typer.Option(
+                None, help="Also write <case>_uncertainty.nii.gz: entropy, variance or inverse_confidence."),
             device: str = typer.Option("auto", help="cpu, cuda or auto.")) -> None:
-    """Segment every case of a folder.
+    """Segment every case of a folder (one run, or a weighted ensemble of runs of any architectures).
 
     Example: `focusseg predict runs/hippo imagesTs/ predictions/ --overlap 0.5 --no-tta`
+
+    Ensemble: `focusseg predict runs/stunet imagesTs/ preds/ --ensemble runs/swin --ensemble runs/vnet
+    --weights 0.5,0.3,0.2 --uncertainty entropy`
     """
     from focusseg.engine.run import resolve_device
-    from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.inference.predictor import EnsemblePredictor, Predictor, predict_folder
 
-    predictor = Predictor.from_run(run_dir, checkpoint, resolve_device(device))
+    dev = resolve_device(device)
+    members = [Predictor.from_run(r, checkpoint, dev) for r in [run_dir, *ensemble]]
+    w = [float(x) for x in weights.split(",")] if weights else None
+    predictor = EnsemblePredictor(members, w, uncertainty)
     written = predict_folder(predictor, in_dir, out_dir, overlap=overlap, tta=tta)
     console.print(f"{len(written)} segmentation(s) written to {out_dir}")
 

@@ -96,3 +96,36 @@ def test_time_budget_stops_inside_an_epoch_and_keeps_best(tmp_path: Path):
     assert (tmp_path / "run" / "checkpoint_best.pt").is_file()
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert "val_mean_dice" in log[-1]
+
+
+def test_weighted_ensemble_cli_with_uncertainty(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from focusseg.cli import app
+    from focusseg.engine.run import run_training
+
+    data = write_tiny_dataset(tmp_path / "D", n_cases=4, with_test=True)
+    other = {**TINY, "network": {"name": "unet", "channels": [8, 16], "strides": [2], "num_res_units": 0}}
+    for name, over in [("a", TINY), ("b", other)]:
+        run_training(data, tmp_path / name, fold=0, overrides=over, progress=False, final_validation=False)
+    runner = CliRunner()
+    args = ["predict", str(tmp_path / "a"), str(data / "imagesTs")]
+    res = runner.invoke(app, [*args, str(tmp_path / "ens"), "--ensemble", str(tmp_path / "b"), "--weights",
+                              "0.7,0.3", "--uncertainty", "entropy", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    for p in sorted((data / "imagesTs").glob("*_0000.nii.gz")):
+        case = p.name.replace("_0000.nii.gz", "")
+        ref = nib.load(p)
+        seg = nib.load(tmp_path / "ens" / f"{case}.nii.gz")
+        unc = nib.load(tmp_path / "ens" / f"{case}_uncertainty.nii.gz")
+        assert seg.shape == unc.shape == ref.shape
+        np.testing.assert_allclose(unc.affine, ref.affine)
+        u = np.asarray(unc.dataobj)
+        assert u.min() >= 0 and u.max() <= 1 + 1e-6 and u.max() > 0
+    # an ensemble of a run with itself predicts exactly what the run predicts alone
+    assert runner.invoke(app, [*args, str(tmp_path / "single"), "--device", "cpu"]).exit_code == 0
+    assert runner.invoke(app, [*args, str(tmp_path / "twice"), "--ensemble", str(tmp_path / "a"),
+                               "--device", "cpu"]).exit_code == 0
+    for p in sorted((tmp_path / "single").glob("*.nii.gz")):
+        np.testing.assert_array_equal(np.asarray(nib.load(p).dataobj),
+                                      np.asarray(nib.load(tmp_path / "twice" / p.name).dataobj))

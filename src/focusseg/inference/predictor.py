@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from focusseg.io import Geometry, discover_images, read_case, write_segmentation
+from focusseg.io import Geometry, discover_images, read_case, write_image, write_segmentation
 from focusseg.preprocessing.preprocess import preprocess_array
 
 
@@ -87,8 +87,71 @@ class Predictor:
         return seg
 
 
+UNCERTAINTY = ("entropy", "variance", "inverse_confidence")
+
+
+class EnsemblePredictor:
+    """Weighted ensemble of trained runs (any architectures, each with its own plan, patch and preprocessing).
+
+    Each member's class probabilities are resampled to the cropped original grid and added, with its weight,
+    to ONE running sum (:class:`~focusseg.inference.uncertainty.StreamingMoments`), so memory does not grow with
+    the number of members. ``uncertainty``: ``"entropy"`` (normalised entropy of the mean probabilities),
+    ``"variance"`` (between-member variance, mean over classes) or ``"inverse_confidence"`` (the VALDO paper's
+    map, in the reading documented in :mod:`focusseg.inference.uncertainty`); ``None`` for none.
+    """
+
+    def __init__(
+        self, members: list[Predictor], weights: list[float] | None = None, uncertainty: str | None = None
+    ) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one run")
+        weights = list(weights) if weights is not None else [1.0] * len(members)
+        if len(weights) != len(members) or min(weights) <= 0:
+            raise ValueError(f"need one positive weight per run: {len(members)} runs, weights {weights}")
+        if uncertainty is not None and uncertainty not in UNCERTAINTY:
+            raise ValueError(f"uncertainty must be one of {UNCERTAINTY}, got {uncertainty!r}")
+        channels = {len(m.plan["channel_names"]) for m in members}
+        classes = {int(m.plan["n_classes"]) for m in members}
+        if len(channels) > 1 or len(classes) > 1:
+            raise ValueError(f"ensemble members disagree on input channels {channels} or classes {classes}")
+        self.members, self.weights, self.uncertainty = members, weights, uncertainty
+        self.plan = members[0].plan
+
+    def predict(
+        self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(segmentation, uncertainty map or None)``, both with the original ``geometry.shape``."""
+        from focusseg.inference.uncertainty import StreamingMoments, entropy, inverse_confidence
+
+        moments = StreamingMoments(track_variance=self.uncertainty == "variance")
+        props: dict = {}
+        for member, weight in zip(self.members, self.weights):
+            probs, props = member.probabilities(image, geometry, overlap, tta)
+            moments.add(probs, weight)
+        mean = moments.mean()
+        box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
+        seg = np.zeros(geometry.shape, dtype=np.uint8 if mean.shape[0] < 256 else np.int16)
+        seg[box] = mean.argmax(0).numpy()
+        if self.uncertainty is None:
+            return seg, None
+        if self.uncertainty == "entropy":
+            u = entropy(mean, normalize=True)
+        elif self.uncertainty == "variance":
+            u = moments.variance().mean(0)
+        else:
+            u = inverse_confidence(mean)
+        unc = np.zeros(geometry.shape, dtype=np.float32)
+        unc[box] = u.numpy()
+        return seg, unc
+
+    def segment(
+        self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
+    ) -> np.ndarray:
+        return self.predict(image, geometry, overlap, tta)[0]
+
+
 def predict_folder(
-    predictor: Predictor,
+    predictor: Predictor | EnsemblePredictor,
     in_dir: str | Path,
     out_dir: str | Path,
     overlap: float | None = None,
@@ -96,7 +159,10 @@ def predict_folder(
     progress: bool = True,
     file_ending: str = ".nii.gz",
 ) -> list[Path]:
-    """Predict every ``<case>_<CCCC>`` set of files in ``in_dir`` into ``out_dir/<case>.nii.gz``."""
+    """Predict every ``<case>_<CCCC>`` set of files in ``in_dir`` into ``out_dir/<case>.nii.gz`` (and
+    ``<case>_uncertainty.nii.gz`` when the ensemble computes an uncertainty map)."""
+    if not isinstance(predictor, EnsemblePredictor):
+        predictor = EnsemblePredictor([predictor])
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     cases = discover_images(in_dir, file_ending)
     n_ch = len(predictor.plan["channel_names"])
@@ -117,9 +183,11 @@ def predict_folder(
         task = bar.add_task("predicting", total=len(cases))
         pending_write = None
         for case, (image, geo) in _read_ahead(pool, cases, n_ch):
-            seg = predictor.segment(image, geo, overlap, tta)
+            seg, unc = predictor.predict(image, geo, overlap, tta)
             if pending_write is not None:
                 written.append(pending_write.result())
+            if unc is not None:
+                write_image(out_dir / f"{case}_uncertainty{file_ending}", unc, geo)
             pending_write = pool.submit(write_segmentation, out_dir / f"{case}{file_ending}", seg, geo)
             bar.advance(task)
         if pending_write is not None:

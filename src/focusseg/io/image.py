@@ -155,6 +155,22 @@ def write_segmentation(path: str | Path, seg: np.ndarray, geometry: Geometry) ->
     return path
 
 
+def write_image(path: str | Path, image: np.ndarray, geometry: Geometry) -> Path:
+    """Write a float32 map (probability, uncertainty) with exactly the reference geometry, atomically."""
+    path = Path(path)
+    if tuple(image.shape) != tuple(geometry.shape):
+        raise ValueError(f"{path}: image shape {image.shape} != reference shape {geometry.shape}")
+    with atomic_path(path) as tmp:
+        if _is_nifti(path):
+            img = nib.Nifti1Image(image.astype(np.float32), geometry.affine)
+            img.set_qform(geometry.affine, code=1)
+            img.set_sform(geometry.affine, code=1)
+            nib.save(img, str(tmp))
+        else:
+            _write_sitk(tmp, image.astype(np.float32), geometry)
+    return path
+
+
 def _write_sitk(path: Path, seg: np.ndarray, geometry: Geometry) -> None:
     import SimpleITK as sitk
 
