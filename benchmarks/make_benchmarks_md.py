@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["train_hippocampus", "metrics", "losses", "nets", "inference_peers", "inference", "augment", "strategies"]
+ORDER = ["train_hippocampus", "metrics", "losses", "nets", "inference_peers", "inference", "augment", "strategies",
+         "recipes_realdata", "evidence_topk", "evidence_class_weights"]
 
 HEADER = """# focusseg benchmarks
 
