@@ -35,6 +35,11 @@ class MeanEnsemble(nn.Module):
         return torch.stack(outs).mean(0)
 
 
+def as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor | list[torch.Tensor]:
+    """Network output(s) in float32 for the loss (autocast may give bf16/fp16; deep supervision gives a list)."""
+    return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+
+
 def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     """Per-class TP, FP, FN voxel counts of the argmax prediction over a batch (for running scores)."""
     pred = logits.argmax(1).flatten()
@@ -65,7 +70,7 @@ class SupervisedTask:
              class_weights: torch.Tensor | None, callbacks_after_loss=None) -> StepOutput:
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             out = self.network(images)
-        outputs = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
+        outputs = as_float(out)
         loss = self.loss(outputs, labels, class_weights=class_weights)
         with torch.no_grad():
             if self.per_sample_loss is not None:
@@ -113,12 +118,9 @@ class CycleTrainingTask:
         self.ensemble = MeanEnsemble(networks)
         self._cycle = CycleTask(networks, optimizers, self._loss_fn(loss), grad_clip=grad_clip, **cycle)
 
-    def _loss_fn(self, loss: nn.Module):
-        def fn(out, labels, **kw):
-            outputs = [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
-            return loss(outputs, labels, **kw)
-
-        return fn
+    @staticmethod
+    def _loss_fn(loss: nn.Module):
+        return lambda out, labels, **kw: loss(as_float(out), labels, **kw)
 
     def train(self) -> None:
         for n in self.networks:

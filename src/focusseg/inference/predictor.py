@@ -80,11 +80,7 @@ class Predictor:
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
     ) -> np.ndarray:
         """Label map with the original ``geometry.shape`` (background outside the non-zero crop)."""
-        probs, props = self.probabilities(image, geometry, overlap, tta)
-        seg = np.zeros(geometry.shape, dtype=np.uint8 if probs.shape[0] < 256 else np.int16)
-        box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
-        seg[box] = probs.argmax(0).numpy()
-        return seg
+        return EnsemblePredictor([self]).segment(image, geometry, overlap, tta)
 
 
 UNCERTAINTY = ("entropy", "variance", "inverse_confidence")
