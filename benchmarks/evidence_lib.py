@@ -72,7 +72,10 @@ def _comparisons() -> dict[str, Comparison]:
                    "`foreground` (nnU-Net's 1/3 foreground oversampling, which FP also uses) is the controlled "
                    "baseline; `uniform` (no oversampling) is the issue's literal baseline.",
                    {"foreground": sampler("foreground"), "focused_practice": sampler("focused_practice"),
-                    "uniform": sampler("uniform")}, {}, "foreground"),
+                    "uniform": sampler("uniform")},
+                   # At the planned 40x56x40 patch a hippocampus volume (~36x50x35) is ONE grid patch and FP would
+                   # degenerate to case mining; at 24x32x24 with 0.5 overlap a case holds ~8 grid patches.
+                   {"patch_size": [24, 32, 24]}, "foreground"),
         Comparison("cycle_noisy", "Dataset004_Hippocampus",
                    "Cycle training (paper 004) is robust to noisy labels: with 30 % of the training labels "
                    "corrupted it beats a single network (validated on clean labels). Cycle arms train three "

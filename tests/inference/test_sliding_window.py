@@ -80,6 +80,47 @@ def test_linear_network_equals_whole_image(size, sigma_scale):
     torch.testing.assert_close(out, whole, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("patch, sigma_scale", [((64, 64, 64), 1 / 8), ((40, 56, 40), 1 / 8), ((9, 12), 1 / 8),
+                                                 ((16, 16, 16), 0.5)])
+def test_gaussian_is_outer_product_of_axis_factors(patch, sigma_scale):
+    import numpy as np
+
+    from focusseg.inference.windows import gaussian_axis_factors, summed_axis_weights
+
+    # a narrow Gaussian is truncated to zeros that nnU-Net replaces by the minimum: not separable -> None
+    assert gaussian_axis_factors((16, 16, 16), 0.05) is None
+    factors = gaussian_axis_factors(patch, sigma_scale)
+    assert factors is not None and [f.shape for f in factors] == [(p,) for p in patch]
+    outer = factors[0]
+    for f in factors[1:]:
+        outer = np.multiply.outer(outer, f)
+    g = gaussian_importance_map(patch, sigma_scale, "cpu", torch.float64).numpy()
+    np.testing.assert_allclose(outer, g, rtol=1e-12)
+    # the per-axis sums over a window grid multiply to the whole-volume weight map
+    size = tuple(p + 13 for p in patch)
+    steps = compute_steps(size, patch, 0.5)
+    full = np.zeros(size)
+    import itertools
+
+    for st in itertools.product(*steps):
+        full[tuple(slice(s, s + p) for s, p in zip(st, patch))] += g
+    w = summed_axis_weights(size, patch, steps, factors)
+    prod = w[0]
+    for v in w[1:]:
+        prod = np.multiply.outer(prod, v)
+    np.testing.assert_allclose(prod, full, rtol=1e-10)
+
+
+def test_separable_normalisation_equals_whole_weight_map():
+    """No mask -> per-axis weights; an all-True mask -> the whole-volume map path: same logits."""
+    net = TinyConvNet()
+    x = torch.randn(2, 29, 23, 19)
+    fast = sliding_window_predict(net, x, (12, 10, 8), overlap=0.5, batch_size=3)
+    full = sliding_window_predict(net, x, (12, 10, 8), overlap=0.5, batch_size=3,
+                                  mask=torch.ones(x.shape[1:], dtype=torch.bool))
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("overlap", [0.5, 0.7])
 def test_matches_explicit_loop_reference(overlap):
     net = TinyConvNet()

@@ -30,7 +30,13 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from focusseg.inference.windows import compute_steps, gaussian_importance_map, pad_to_patch
+from focusseg.inference.windows import (
+    compute_steps,
+    gaussian_axis_factors,
+    gaussian_importance_map,
+    pad_to_patch,
+    summed_axis_weights,
+)
 
 BACKGROUND_LOGIT = 20.0
 
@@ -126,15 +132,26 @@ def sliding_window_predict(
         mask, _ = pad_to_patch(mask[None].to(torch.uint8), patch)
         mask = mask[0].bool()
     size = tuple(padded.shape[1:])
-    starts = list(itertools.product(*compute_steps(size, patch, overlap)))
-    windows = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for st in starts]
+    steps = compute_steps(size, patch, overlap)
+    windows = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for st in itertools.product(*steps)]
     if mask is not None:
         windows = [w for w in windows if bool(mask[w].any())]
     flips = mirror_combinations(mirror_axes)
     gauss = gaussian_importance_map(patch, sigma_scale, dev, torch.float32)
-    weight = torch.zeros((1, *size), dtype=torch.float32, device=dev)
-    for w in windows:
-        weight[(slice(None), *w)] += gauss
+    # The summed Gaussian weight of a full window grid is separable (``windows.gaussian_axis_factors``): one 1-D
+    # vector per axis instead of a whole-volume float32 map. A mask (windows skipped) needs the whole map.
+    factors = gaussian_axis_factors(patch, sigma_scale) if mask is None else None
+    weight: torch.Tensor | None = None
+    axis_weights: list[torch.Tensor] = []
+    if factors is not None:
+        for a, w1 in enumerate(summed_axis_weights(size, patch, steps, factors)):
+            shape = [1] * (spatial_dims + 1)
+            shape[a + 1] = -1
+            axis_weights.append(torch.as_tensor(w1, dtype=torch.float32, device=dev).view(shape))
+    else:
+        weight = torch.zeros((1, *size), dtype=torch.float32, device=dev)
+        for w in windows:
+            weight[(slice(None), *w)] += gauss
     # Windows are taken in groups; a forward pass holds `per_pass` flips of every window of a group, so each
     # window is cut out and copied once, each batch is flipped in one call, and the mirrored predictions of a
     # window are summed before a single Gaussian-weighted add into the accumulator.
@@ -161,7 +178,10 @@ def sliding_window_predict(
                     out = _run(model, batch).float()
                     for j, f in enumerate(chunk):
                         o = _flip(out[j * len(group) : (j + 1) * len(group)], f)
-                        summed = o.to(torch.float32, copy=True) if summed is None else summed.add_(o)
+                        if summed is None:  # the network's fresh output is owned here: copy only to add into it
+                            summed = o if n_flips == 1 else o.to(torch.float32, copy=True)
+                        else:
+                            summed.add_(o)
                 if acc is None:
                     with torch.inference_mode(False):  # a normal tensor: callers may modify the result
                         acc = torch.zeros((summed.shape[1], *size), dtype=torch.float32, device=dev)
@@ -173,7 +193,10 @@ def sliding_window_predict(
                     acc = torch.zeros((k, *size), dtype=torch.float32, device=dev)
     finally:
         network.train(was_training)
-    if mask is not None:  # voxels that no run window covers: weight 0 -> background logits
+    if weight is None:  # full grid: every voxel lies in some window; divide by the separable weight
+        for w1 in axis_weights:
+            acc.div_(w1)
+    elif mask is not None:  # voxels that no run window covers: weight 0 -> background logits
         uncovered = weight[0] == 0
         weight[0].masked_fill_(uncovered, 1.0)
         acc.div_(weight)

@@ -65,6 +65,50 @@ def _gaussian_numpy(patch_size: tuple[int, ...], sigma_scale: float) -> np.ndarr
 
 
 @lru_cache(maxsize=16)
+def gaussian_axis_factors(patch_size: tuple[int, ...], sigma_scale: float = 1.0 / 8) -> list[np.ndarray] | None:
+    """1-D factors ``f_a`` (float64, peak 1) with ``outer(f_0, f_1, ...) == gaussian map`` (to float64 rounding),
+    or ``None`` when the map is not separable (it had zeros that were replaced by the smallest value).
+
+    ``scipy.ndimage.gaussian_filter`` filters an impulse axis by axis, so the map is the outer product of the 1-D
+    kernels; the division by the maximum is the product of the per-axis maxima. Because windows are placed on a
+    Cartesian grid of per-axis offsets ``S_a``, the summed weight of every voxel is separable too::
+
+        sum_{o in S_0 x S_1 x ...} prod_a f_a(x_a - o_a) = prod_a sum_{o_a in S_a} f_a(x_a - o_a)
+
+    which lets the sliding window normalise without a whole-volume weight map.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    g = _gaussian_numpy(tuple(int(p) for p in patch_size), float(sigma_scale))
+    factors = []
+    for p in patch_size:
+        impulse = np.zeros(int(p), dtype=np.float64)
+        impulse[int(p) // 2] = 1.0
+        f = gaussian_filter1d(impulse, int(p) * sigma_scale, order=0, mode="constant", cval=0.0)
+        factors.append(f / f.max())
+    outer = factors[0]
+    for f in factors[1:]:
+        outer = np.multiply.outer(outer, f)
+    if not np.allclose(outer, g, rtol=1e-9, atol=0.0):
+        return None
+    return factors
+
+
+def summed_axis_weights(
+    size: Sequence[int], patch_size: Sequence[int], steps: Sequence[Sequence[int]], factors: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """Per-axis summed window weights ``W_a(x) = sum_{o in steps[a]} f_a(x - o)`` (see :func:`gaussian_axis_factors`);
+    the whole-volume weight map is their outer product."""
+    out = []
+    for n, p, st, f in zip(size, patch_size, steps, factors):
+        w = np.zeros(int(n), dtype=np.float64)
+        for o in st:
+            w[o : o + int(p)] += f
+        out.append(w)
+    return out
+
+
+@lru_cache(maxsize=16)
 def gaussian_importance_map(
     patch_size: tuple[int, ...],
     sigma_scale: float = 1.0 / 8,
