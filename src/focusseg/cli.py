@@ -96,6 +96,9 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder written by `f
             weights: str | None = typer.Option(None, help="Comma-separated ensemble weights, RUN_DIR first."),
             uncertainty: str | None = typer.Option(
                 None, help="Also write <case>_uncertainty.nii.gz: entropy, variance or inverse_confidence."),
+            postprocess: bool = typer.Option(
+                True, "--postprocess/--no-postprocess",
+                help="Apply the run's post-processing (chosen on its validation; single runs only)."),
             device: str = typer.Option("auto", help="cpu, cuda or auto.")) -> None:
     """Segment every case of a folder (one run, or a weighted ensemble of runs of any architectures).
 
@@ -110,9 +113,39 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder written by `f
     dev = resolve_device(device)
     members = [Predictor.from_run(r, checkpoint, dev) for r in [run_dir, *ensemble]]
     w = [float(x) for x in weights.split(",")] if weights else None
-    predictor = EnsemblePredictor(members, w, uncertainty)
+    predictor = EnsemblePredictor(members, w, uncertainty, postprocessing=None if postprocess else [])
+    if predictor.postprocessing:
+        console.print(f"post-processing: {predictor.postprocessing}")
     written = predict_folder(predictor, in_dir, out_dir, overlap=overlap, tta=tta)
     console.print(f"{len(written)} segmentation(s) written to {out_dir}")
+
+
+@app.command()
+def postprocess(run_dir: Path = typer.Argument(..., help="A run folder with validation/predictions (after train)."),
+                min_gain: float = typer.Option(0.0, help="Keep a step only if it raises a class's Dice by more."),
+                candidates: str | None = typer.Option(
+                    None, help='JSON list of candidate steps, e.g. \'[{"name": "keep_largest_component"}]\'.')
+                ) -> None:
+    """(Re)choose post-processing on a run's validation predictions; writes RUN_DIR/postprocessing.json.
+
+    Each candidate (largest component, small-component removal, erosion, dilation) is tried per class and kept
+    only where it raises that class's mean validation Dice. Example: `focusseg postprocess runs/hippo`
+    """
+    import json
+
+    from rich.table import Table
+
+    from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
+
+    plan = json.loads((run_dir / "plan.json").read_text())
+    labels = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
+    res = choose_postprocessing_for_run(run_dir, labels, json.loads(candidates) if candidates else None, min_gain)
+    table = Table("class", "step", "Dice before", "Dice after", "kept")
+    for t in res["trials"]:
+        table.add_row(str(t["label"]), json.dumps(t["step"]), f"{t['dice_before']:.4f}", f"{t['dice_after']:.4f}",
+                      "yes" if t["accepted"] else "")
+    console.print(table)
+    console.print(f"chosen: {res['steps'] or 'none'} -> {run_dir / 'postprocessing.json'}")
 
 
 @app.command()

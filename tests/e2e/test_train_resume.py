@@ -70,6 +70,12 @@ def test_train_predict_evaluate_keeps_geometry(tmp_path: Path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["iterations"] == 12 and summary["final_validation"]["mean_dice"] is not None
+    # post-processing was chosen on the validation predictions (every trial recorded) and is reported
+    pp = json.loads((tmp_path / "run" / "postprocessing.json").read_text())
+    assert summary["postprocessing"]["steps"] == pp["steps"] and len(pp["trials"]) == 2 * 5
+    assert all(pp["dice_after"][k] >= pp["dice_before"][k] for k in pp["dice_before"])
+    res = runner.invoke(app, ["postprocess", str(tmp_path / "run")])
+    assert res.exit_code == 0 and "chosen:" in res.output, res.output
     res = runner.invoke(app, ["predict", str(tmp_path / "run"), str(data / "imagesTs"), str(tmp_path / "pred")])
     assert res.exit_code == 0, res.output
     for p in sorted((data / "imagesTs").glob("*_0000.nii.gz")):
@@ -78,6 +84,21 @@ def test_train_predict_evaluate_keeps_geometry(tmp_path: Path):
         assert out.shape == ref.shape
         np.testing.assert_allclose(out.affine, ref.affine)
         assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2}
+    # a run's post-processing is applied by predict (and skipped with --no-postprocess)
+    steps = [{"name": "erode", "labels": [1], "iterations": 1}]
+    (tmp_path / "run" / "postprocessing.json").write_text(json.dumps({**pp, "steps": steps}))
+    for flag, out_dir in (("--postprocess", "pred_pp"), ("--no-postprocess", "pred_raw")):
+        res = runner.invoke(app, ["predict", str(tmp_path / "run"), str(data / "imagesTs"), str(tmp_path / out_dir),
+                                  flag])
+        assert res.exit_code == 0, res.output
+    from focusseg.inference.postprocess import apply_postprocessing
+
+    for f in sorted((tmp_path / "pred_raw").glob("*.nii.gz")):
+        raw = np.asarray(nib.load(f).dataobj)
+        np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "pred" / f.name).dataobj),
+                                      apply_postprocessing(raw, pp["steps"]))  # the steps chosen in training
+        np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "pred_pp" / f.name).dataobj),
+                                      apply_postprocessing(raw, steps))
     res = runner.invoke(app, ["evaluate", str(tmp_path / "pred"), str(data / "labelsTs"), "--out",
                               str(tmp_path / "eval"), "--workers", "1"])
     assert res.exit_code == 0, res.output

@@ -104,6 +104,8 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
                                "train_seconds": round(trainer.elapsed, 1)}
     if final_validation and val_ids:
         summary["final_validation"] = validate_raw(run_dir, data_dir, val_ids, dev, progress)
+        if plan.get("inference", {}).get("postprocessing", "auto") == "auto":
+            summary["postprocessing"] = choose_run_postprocessing(run_dir, spec.foreground_labels)
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
     save_json(summary, run_dir / "summary.json")
     return summary
@@ -111,8 +113,9 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
 
 def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torch.device, progress: bool = True
                  ) -> dict:
-    """Predict the raw held-out cases with the best checkpoint (with the plan's TTA) into
-    ``run_dir/validation`` and evaluate them against the raw labels (original geometry)."""
+    """Predict the raw held-out cases with the best checkpoint (with the plan's TTA, without post-processing:
+    these predictions are what post-processing is chosen on) into ``run_dir/validation`` and evaluate them
+    against the raw labels (original geometry)."""
     from focusseg.inference.predictor import Predictor
     from focusseg.io import read_case, write_segmentation
     from focusseg.metrics import evaluate_folders
@@ -124,7 +127,7 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
     pred_dir, gt_dir = out / "predictions", out / "reference"
     for cid in val_ids:
         image, label, geo = read_case(list(cases[cid].images), cases[cid].label)
-        write_segmentation(pred_dir / f"{cid}{spec.file_ending}", predictor.segment(image, geo), geo)
+        write_segmentation(pred_dir / f"{cid}{spec.file_ending}", predictor.segment(image, geo, postprocess=False), geo)
         link = gt_dir / f"{cid}{spec.file_ending}"
         if not link.exists():
             gt_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,14 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
     return {"metrics_csv": str(out / "metrics.csv"), "summary_json": str(out / "summary.json"),
             "mean_dice": _mean_dice(summary),
             "dice_per_label": {k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()}}
+
+
+def choose_run_postprocessing(run_dir: Path, labels: list[int]) -> dict:
+    """Choose post-processing on the raw validation predictions (``postprocessing.json``) and summarise it."""
+    from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
+
+    res = choose_postprocessing_for_run(run_dir, labels)
+    return {"steps": res["steps"], "dice_before": res["dice_before"], "dice_after": res["dice_after"]}
 
 
 def _mean_dice(summary: dict) -> float | None:

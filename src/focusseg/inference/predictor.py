@@ -31,11 +31,13 @@ def _select_checkpoint(run_dir: Path, which: str) -> Path:
 class Predictor:
     """One trained network and its plan. ``Predictor.from_run(RUN_DIR)`` loads ``checkpoint_best.pt``."""
 
-    def __init__(self, plan: dict, state_dict: dict, device: str | torch.device | None = None) -> None:
+    def __init__(self, plan: dict, state_dict: dict, device: str | torch.device | None = None,
+                 postprocessing: list[dict] | None = None) -> None:
         from focusseg.engine.build import amp_dtype
         from focusseg.engine.task import build_inference_module
 
         self.plan = plan
+        self.postprocessing = list(postprocessing or [])  # steps for apply_postprocessing (chosen on validation)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.network = build_inference_module(plan)
         self.network.load_state_dict(state_dict)
@@ -46,9 +48,13 @@ class Predictor:
     def from_run(
         cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device | None = None
     ) -> Predictor:
+        """Load a run; its post-processing is the plan's fixed list or the steps chosen on validation
+        (``postprocessing.json``, see :mod:`focusseg.inference.postprocess_selection`)."""
+        from focusseg.inference.postprocess_selection import load_run_postprocessing
+
         path = _select_checkpoint(Path(run_dir), checkpoint)
         state = torch.load(path, map_location="cpu", weights_only=False)
-        return cls(state["plan"], state["network"], device)
+        return cls(state["plan"], state["network"], device, load_run_postprocessing(run_dir, state["plan"]))
 
     def probabilities(
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
@@ -77,10 +83,13 @@ class Predictor:
         return probs, props
 
     def segment(
-        self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
+        self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True,
+        postprocess: bool = True,
     ) -> np.ndarray:
-        """Label map with the original ``geometry.shape`` (background outside the non-zero crop)."""
-        return EnsemblePredictor([self]).segment(image, geometry, overlap, tta)
+        """Label map with the original ``geometry.shape`` (background outside the non-zero crop), with this run's
+        post-processing unless ``postprocess=False``."""
+        steps = self.postprocessing if postprocess else []
+        return EnsemblePredictor([self], postprocessing=steps).segment(image, geometry, overlap, tta)
 
 
 UNCERTAINTY = ("entropy", "variance", "inverse_confidence")
@@ -94,10 +103,15 @@ class EnsemblePredictor:
     the number of members. ``uncertainty``: ``"entropy"`` (normalised entropy of the mean probabilities),
     ``"variance"`` (between-member variance, mean over classes) or ``"inverse_confidence"`` (the VALDO paper's
     map, in the reading documented in :mod:`focusseg.inference.uncertainty`); ``None`` for none.
+
+    ``postprocessing``: steps applied to the label map (:func:`~focusseg.inference.postprocess.apply_postprocessing`).
+    Default ``None``: a single run's own steps (chosen on its validation); an ensemble of several runs gets none,
+    because each run's choice was measured on that run's predictions, not on the ensemble's.
     """
 
     def __init__(
-        self, members: list[Predictor], weights: list[float] | None = None, uncertainty: str | None = None
+        self, members: list[Predictor], weights: list[float] | None = None, uncertainty: str | None = None,
+        postprocessing: list[dict] | None = None,
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one run")
@@ -112,6 +126,9 @@ class EnsemblePredictor:
             raise ValueError(f"ensemble members disagree on input channels {channels} or classes {classes}")
         self.members, self.weights, self.uncertainty = members, weights, uncertainty
         self.plan = members[0].plan
+        if postprocessing is None:
+            postprocessing = members[0].postprocessing if len(members) == 1 else []
+        self.postprocessing = list(postprocessing)
 
     def predict(
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
@@ -128,6 +145,10 @@ class EnsemblePredictor:
         box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
         seg = np.zeros(geometry.shape, dtype=np.uint8 if mean.shape[0] < 256 else np.int16)
         seg[box] = mean.argmax(0).numpy()
+        if self.postprocessing:
+            from focusseg.inference.postprocess import apply_postprocessing
+
+            seg = apply_postprocessing(seg, self.postprocessing, geometry.spacing).astype(seg.dtype, copy=False)
         if self.uncertainty is None:
             return seg, None
         if self.uncertainty == "entropy":
