@@ -56,10 +56,11 @@ class Predictor:
         state = torch.load(path, map_location="cpu", weights_only=False)
         return cls(state["plan"], state["network"], device, load_run_postprocessing(run_dir, state["plan"]))
 
-    def probabilities(
+    def softmax_on_network_grid(
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
     ) -> tuple[torch.Tensor, dict]:
-        """Class probabilities ``(K, *shape_after_crop)`` on the cropped original grid, and the properties."""
+        """Class probabilities ``(K, *preprocessed grid)`` (softmax computed in place on the sliding window's
+        float32 logits: no second K-channel volume) and the preprocessing properties."""
         from focusseg.inference import sliding_window_predict
 
         data, _, props = preprocess_array(image, geometry, self.plan)
@@ -75,7 +76,14 @@ class Predictor:
             device=self.device,
             amp_dtype=self.amp,
         )
-        probs = torch.softmax(logits, 0)
+        del data
+        return softmax_(logits), props
+
+    def probabilities(
+        self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
+    ) -> tuple[torch.Tensor, dict]:
+        """Class probabilities ``(K, *shape_after_crop)`` on the cropped original grid, and the properties."""
+        probs, props = self.softmax_on_network_grid(image, geometry, overlap, tta)
         target = tuple(props["shape_after_crop"])
         if tuple(probs.shape[1:]) != target:
             mode = "trilinear" if probs.ndim == 4 else "bilinear"
@@ -93,6 +101,37 @@ class Predictor:
 
 
 UNCERTAINTY = ("entropy", "variance", "inverse_confidence")
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over axis 0 in place (``exp(z - max) / sum``); returns ``logits``, now probabilities."""
+    logits.sub_(logits.amax(0, keepdim=True)).exp_()
+    return logits.div_(logits.sum(0, keepdim=True))
+
+
+def resample_argmax(probs: torch.Tensor, target: tuple[int, ...], chunk: int = 4) -> torch.Tensor:
+    """``argmax_k interpolate(probs)[k]`` on the ``target`` grid without a K-channel volume on that grid.
+
+    Linear interpolation acts on each class separately, so classes are resampled ``chunk`` at a time and folded
+    into a running maximum and arg-maximum (first maximal class wins, as ``torch.argmax``): peak memory
+    ``(chunk + 2) x target`` instead of ``K x target`` -- what keeps a 512x512x300 CT with many classes in RAM.
+    """
+    if tuple(probs.shape[1:]) == tuple(target):
+        return probs.argmax(0)
+    mode = "trilinear" if probs.ndim == 4 else "bilinear"
+    best = arg = None
+    for k0 in range(0, probs.shape[0], chunk):
+        part = F.interpolate(probs[None, k0 : k0 + chunk], size=target, mode=mode, align_corners=False)[0]
+        m, a = part.max(0)
+        a = a.to(torch.int16).add_(k0)
+        if best is None:
+            best, arg = m, a
+        else:
+            better = m > best
+            best = torch.where(better, m, best)
+            arg = torch.where(better, a, arg)
+        del part
+    return arg
 
 
 class EnsemblePredictor:
@@ -136,15 +175,23 @@ class EnsemblePredictor:
         """``(segmentation, uncertainty map or None)``, both with the original ``geometry.shape``."""
         from focusseg.inference.uncertainty import StreamingMoments, entropy, inverse_confidence
 
-        moments = StreamingMoments(track_variance=self.uncertainty == "variance")
-        props: dict = {}
-        for member, weight in zip(self.members, self.weights):
-            probs, props = member.probabilities(image, geometry, overlap, tta)
-            moments.add(probs, weight)
-        mean = moments.mean()
+        if len(self.members) == 1 and self.uncertainty is None:  # streaming path: no K-channel original grid
+            probs, props = self.members[0].softmax_on_network_grid(image, geometry, overlap, tta)
+            labels = resample_argmax(probs, tuple(props["shape_after_crop"]))
+            n_classes = probs.shape[0]
+            del probs
+        else:
+            moments = StreamingMoments(track_variance=self.uncertainty == "variance")
+            props = {}
+            for member, weight in zip(self.members, self.weights):
+                probs, props = member.probabilities(image, geometry, overlap, tta)
+                moments.add(probs, weight)
+                del probs
+            mean = moments.mean()
+            labels, n_classes = mean.argmax(0), mean.shape[0]
         box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
-        seg = np.zeros(geometry.shape, dtype=np.uint8 if mean.shape[0] < 256 else np.int16)
-        seg[box] = mean.argmax(0).numpy()
+        seg = np.zeros(geometry.shape, dtype=np.uint8 if n_classes < 256 else np.int16)
+        seg[box] = labels.numpy()
         if self.postprocessing:
             from focusseg.inference.postprocess import apply_postprocessing
 
