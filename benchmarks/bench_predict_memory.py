@@ -122,23 +122,23 @@ def main() -> None:
     agree = float((rows["focusseg"]["seg"] == rows["monai-style"]["seg"]).mean())
     f, m = rows["focusseg"], rows["monai-style"]
     grid = [round(s * sp / t) for s, sp, t in zip(args.shape, (0.8, 0.8, 2.5), (1.5, 1.5, 2.5))]
+    gib_orig, gib_net = (args.classes * float(np.prod(g)) * 4 / 2**30 for g in (args.shape, grid))
+    ratio = (f["peak_rss_mb"] - f["base_rss_mb"]) / max(1.0, m["peak_rss_mb"] - m["base_rss_mb"])
     lines = ["## Whole-case prediction memory: a large CT with many classes (issue 8)", "",
              f"- Command: `python benchmarks/bench_predict_memory.py {' '.join(sys.argv[1:])}`",
              f"- Machine: {machine_line()}; torch threads {args.threads}",
              f"- Case: synthetic CT {tuple(args.shape)} at 0.8 x 0.8 x 2.5 mm, resampled to ~{tuple(grid)} at "
              f"1.5 x 1.5 x 2.5 mm for the network; {args.classes} classes; MONAI UNet (8, 16, 32), random weights; "
              f"{args.patch}^3 windows, overlap 0.5, batch 4, no TTA, fp32, CPU.",
-             f"- One K-channel float32 volume on the original grid is {args.classes * np.prod(args.shape) * 4 / 2**30:.2f}"
-             " GiB; on the network grid "
-             f"{args.classes * np.prod(grid) * 4 / 2**30:.2f} GiB.", "",
+             f"- One K-channel float32 volume on the original grid is {gib_orig:.2f} GiB; on the network grid "
+             f"{gib_net:.2f} GiB.", "",
              "| pipeline | time (s) | time ratio | peak RSS (MB) | above baseline (MB) |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['seconds'] / m['seconds']:.2f}x | {r['peak_rss_mb']:.0f} | "
                      f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f} |")
     lines += ["", f"- Label maps agree on {100 * agree:.4f} % of voxels.",
-              f"- focusseg's peak above baseline is {(f['peak_rss_mb'] - f['base_rss_mb']) / max(1.0, m['peak_rss_mb'] - m['base_rss_mb']):.2f}x"
-              " the MONAI-style pipeline's: the softmax is computed in place on the network grid and classes are "
+              f"- focusseg's peak above baseline is {ratio:.2f}x the MONAI-style pipeline's: the softmax is computed in place on the network grid and classes are "
               "resampled 4 at a time into a running argmax, so no K-channel volume on the original grid exists.", ""]
     text = "\n".join(lines)
     print(text)
