@@ -138,7 +138,8 @@ def main() -> None:
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['seconds'] / m['seconds']:.2f}x | {r['peak_rss_mb']:.0f} | "
                      f"{r['peak_rss_mb'] - r['base_rss_mb']:.0f} |")
     lines += ["", f"- Label maps agree on {100 * agree:.4f} % of voxels.",
-              f"- focusseg's peak above baseline is {ratio:.2f}x the MONAI-style pipeline's: the softmax is computed in place on the network grid and classes are "
+              f"- focusseg's peak above baseline is {ratio:.2f}x the MONAI-style pipeline's: the softmax is computed "
+              "in place on the network grid and classes are "
               "resampled 4 at a time into a running argmax, so no K-channel volume on the original grid exists.", ""]
     text = "\n".join(lines)
     print(text)
