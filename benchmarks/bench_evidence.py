@@ -2,6 +2,7 @@
 same fold-0 split, same schedule, every arm with every seed; mean ± sd over seeds).
 
     .venv/bin/python benchmarks/bench_evidence.py class_weights --seeds 0 1 2     # plain Dice vs TCF / PCF / CBS
+    .venv/bin/python benchmarks/bench_evidence.py class_weights_long --iterations 1200   # PCF / CBS, plateaus
     .venv/bin/python benchmarks/bench_evidence.py topk                            # Dice+CE vs Dice+TopK-CE
     .venv/bin/python benchmarks/bench_evidence.py blob                            # Dice+CE vs blob loss (MS lesions)
     .venv/bin/python benchmarks/bench_evidence.py focused_practice                # samplers, Dice per iteration
@@ -181,7 +182,8 @@ def write_report(comp: Comparison, args: argparse.Namespace, data: Path, root: P
     lesion = comp.name == "blob"
     head = ["arm", "seeds", "final mean Dice", *[f"Dice {lab} ({names.get(lab, '?')})" for lab in labels],
             "best val Dice", *(["lesion F1", "lesion Dice"] if lesion else []),
-            *(["epochs with class weights ≠ 1"] if comp.name == "class_weights" else []), "iterations", "train s"]
+            *(["epochs with class weights ≠ 1"] if comp.name.startswith("class_weights") else []),
+            "iterations", "train s"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" + " ---: |" * (len(head) - 1)]
     for a in arms:
         rs = out[a]
@@ -189,7 +191,8 @@ def write_report(comp: Comparison, args: argparse.Namespace, data: Path, root: P
                  *[fmt([r["dice"].get(lab, float("nan")) for r in rs]) for lab in labels],
                  fmt([r["best_val"] for r in rs]),
                  *([fmt([r["lesion_f1"] for r in rs]), fmt([r["lesion_dice"] for r in rs])] if lesion else []),
-                 *([" / ".join(str(r["weighted_epochs"]) for r in rs)] if comp.name == "class_weights" else []),
+                 *([" / ".join(str(r["weighted_epochs"]) for r in rs)] if comp.name.startswith("class_weights")
+                   else []),
                  f"{mean_sd([r['iterations'] for r in rs])[0]:.0f}", f"{mean_sd([r['train_s'] for r in rs])[0]:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     curves = {a: curve_mean([r["curve"] for r in out[a]]) for a in arms}
@@ -239,7 +242,7 @@ def verdicts(comp: Comparison, base: str, out: dict, labels: list[str], names: d
                                    [dict(r["curve"])[i] for r in out[a]]))
         else:
             res.append(verdict("final mean Dice", base, get("mean_dice", base), a, get("mean_dice", a)))
-        if comp.name in ("class_weights", "topk", "cycle_noisy") and worst is not None:
+        if comp.name in ("class_weights", "class_weights_long", "topk", "cycle_noisy") and worst is not None:
             res.append(verdict(f"worst class ({worst}, {names.get(worst, '?')})", base,
                                [r["dice"].get(worst) for r in out[base]], a, [r["dice"].get(worst) for r in out[a]]))
     return res

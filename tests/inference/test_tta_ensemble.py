@@ -149,3 +149,37 @@ def test_streaming_single_run_path_equals_probability_path(tmp_path):
     general[tuple(slice(lo, hi) for lo, hi in props["bbox"])] = probs.argmax(0).numpy()
     assert len(np.unique(general)) >= 2
     assert (streamed == general).mean() > 0.9999
+
+
+def test_predictor_noise_tta_from_the_plan(tmp_path):
+    """``inference.noise_passes`` adds seeded noisy passes: the result equals tta_predict's, differs from the clean
+    prediction, and is reproducible."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from focusseg_testdata import write_tiny_dataset
+
+    from focusseg.engine.run import plan_dataset
+    from focusseg.engine.task import build_inference_module
+    from focusseg.inference.predictor import Predictor
+    from focusseg.inference.tta import tta_predict
+    from focusseg.io import read_case
+    from focusseg.preprocessing.preprocess import preprocess_array
+
+    data = write_tiny_dataset(tmp_path / "D", n_cases=3)
+    plan = plan_dataset(data, "cpu", None, tmp_path / "fp.json", progress=False)
+    plan["inference"].update(mirror_axes=[0], noise_passes=2, noise_sigma=0.5, noise_seed=3)
+    torch.manual_seed(0)
+    pred = Predictor(plan, build_inference_module(plan).state_dict(), "cpu")
+    image, _, geo = read_case(sorted((data / "imagesTr").glob("case000_*.nii.gz")))
+    noisy, _ = pred.softmax_on_network_grid(image, geo)
+    again, _ = pred.softmax_on_network_grid(image, geo)
+    clean, _ = pred.softmax_on_network_grid(image, geo, tta=False)
+    x = torch.from_numpy(preprocess_array(image, geo, plan)[0])
+    ref = tta_predict(pred.network, x, plan["patch_size"], mirror_axes=(0,), noise_passes=2, noise_sigma=0.5,
+                      generator=torch.Generator().manual_seed(3), overlap=0.5, batch_size=2,
+                      amp_dtype=pred.amp).probabilities
+    torch.testing.assert_close(noisy, ref)
+    torch.testing.assert_close(noisy, again)
+    assert (noisy - clean).abs().max() > 1e-4

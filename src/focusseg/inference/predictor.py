@@ -60,22 +60,30 @@ class Predictor:
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
     ) -> tuple[torch.Tensor, dict]:
         """Class probabilities ``(K, *preprocessed grid)`` (softmax computed in place on the sliding window's
-        float32 logits: no second K-channel volume) and the preprocessing properties."""
+        float32 logits: no second K-channel volume) and the preprocessing properties.
+
+        TTA (``tta=True``): the plan's ``inference.mirror_axes`` (averaged on logits), and, when
+        ``inference.noise_passes`` > 0, that many extra passes with Gaussian input noise of
+        ``inference.noise_sigma`` (default 0.1, seeded by ``inference.noise_seed``) averaged on probabilities with
+        the clean pass (:func:`~focusseg.inference.tta.tta_predict`; the VALDO system's "flips and slight Gaussian
+        noise")."""
         from focusseg.inference import sliding_window_predict
+        from focusseg.inference.tta import tta_predict
 
         data, _, props = preprocess_array(image, geometry, self.plan)
         inf = self.plan["inference"]
         mirror = tuple(inf.get("mirror_axes", ())) if tta else ()
-        logits = sliding_window_predict(
-            self.network,
-            torch.from_numpy(data),
-            self.plan["patch_size"],
-            overlap=inf["overlap"] if overlap is None else overlap,
-            mirror_axes=mirror,
-            batch_size=int(inf.get("batch_size", 2)),
-            device=self.device,
-            amp_dtype=self.amp,
-        )
+        window = {"overlap": inf["overlap"] if overlap is None else overlap,
+                  "batch_size": int(inf.get("batch_size", 2)), "device": self.device, "amp_dtype": self.amp}
+        noise_passes = int(inf.get("noise_passes", 0)) if tta else 0
+        if noise_passes > 0:
+            gen = torch.Generator().manual_seed(int(inf.get("noise_seed", 0)))
+            probs = tta_predict(self.network, torch.from_numpy(data), self.plan["patch_size"], mirror_axes=mirror,
+                                noise_passes=noise_passes, noise_sigma=float(inf.get("noise_sigma", 0.1)),
+                                generator=gen, **window).probabilities
+            return probs, props
+        logits = sliding_window_predict(self.network, torch.from_numpy(data), self.plan["patch_size"],
+                                        mirror_axes=mirror, **window)
         del data
         return softmax_(logits), props
 
