@@ -183,3 +183,17 @@ def test_predictor_noise_tta_from_the_plan(tmp_path):
     torch.testing.assert_close(noisy, ref)
     torch.testing.assert_close(noisy, again)
     assert (noisy - clean).abs().max() > 1e-4
+
+
+def test_resample_add_equals_weighted_interpolation():
+    import torch.nn.functional as F
+
+    from focusseg.inference.predictor import resample_add_
+
+    torch.manual_seed(1)
+    a, b = torch.rand(5, 6, 7, 8), torch.rand(5, 9, 9, 9)
+    acc = torch.zeros(5, 9, 9, 9)
+    resample_add_(acc, a, 0.7, chunk=2)
+    resample_add_(acc, b, 0.3)
+    ref = 0.7 * F.interpolate(a[None], size=(9, 9, 9), mode="trilinear", align_corners=False)[0] + 0.3 * b
+    torch.testing.assert_close(acc, ref)

@@ -117,6 +117,19 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits.div_(logits.sum(0, keepdim=True))
 
 
+def resample_add_(acc: torch.Tensor, probs: torch.Tensor, weight: float = 1.0, chunk: int = 4) -> torch.Tensor:
+    """``acc += weight * interpolate(probs, acc's grid)``, ``chunk`` classes at a time (no K-channel temporary on
+    the target grid); returns ``acc``."""
+    target = tuple(acc.shape[1:])
+    if tuple(probs.shape[1:]) == target:
+        return acc.add_(probs.to(acc.device, acc.dtype), alpha=weight)
+    mode = "trilinear" if probs.ndim == 4 else "bilinear"
+    for k0 in range(0, probs.shape[0], chunk):
+        part = F.interpolate(probs[None, k0 : k0 + chunk], size=target, mode=mode, align_corners=False)[0]
+        acc[k0 : k0 + chunk].add_(part.to(acc.device, acc.dtype), alpha=weight)
+    return acc
+
+
 def resample_argmax(probs: torch.Tensor, target: tuple[int, ...], chunk: int = 4) -> torch.Tensor:
     """``argmax_k interpolate(probs)[k]`` on the ``target`` grid without a K-channel volume on that grid.
 
@@ -188,14 +201,24 @@ class EnsemblePredictor:
             labels = resample_argmax(probs, tuple(props["shape_after_crop"]))
             n_classes = probs.shape[0]
             del probs
-        else:
-            moments = StreamingMoments(track_variance=self.uncertainty == "variance")
+        elif self.uncertainty == "variance":  # needs the sum of squares too
+            moments = StreamingMoments(track_variance=True)
             props = {}
             for member, weight in zip(self.members, self.weights):
                 probs, props = member.probabilities(image, geometry, overlap, tta)
                 moments.add(probs, weight)
                 del probs
             mean = moments.mean()
+            labels, n_classes = mean.argmax(0), mean.shape[0]
+        else:  # one weighted sum on the original grid; members resampled into it class-chunk by class-chunk
+            mean, props = None, {}
+            for member, weight in zip(self.members, self.weights):
+                probs, props = member.softmax_on_network_grid(image, geometry, overlap, tta)
+                if mean is None:
+                    mean = torch.zeros((probs.shape[0], *props["shape_after_crop"]), dtype=torch.float32)
+                resample_add_(mean, probs, weight)
+                del probs
+            mean.div_(sum(self.weights))
             labels, n_classes = mean.argmax(0), mean.shape[0]
         box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
         seg = np.zeros(geometry.shape, dtype=np.uint8 if n_classes < 256 else np.int16)
