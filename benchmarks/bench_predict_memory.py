@@ -8,7 +8,7 @@ plan resamples it to 1.5 x 1.5 x 2.5 mm for the network (a 17-class plan, as WOR
 small MONAI UNet (random weights, seed 0). Compared, each in its own subprocess, same network, same windows:
 
 * ``focusseg``: ``Predictor.segment`` (read array -> crop/normalise/resample -> Gaussian sliding window -> in-place
-  softmax -> class-chunked resampling with a running argmax -> label map on the original grid).
+  softmax -> class-by-class resampling with a running argmax -> label map on the original grid).
 * ``monai-style``: the same preprocessing, then MONAI ``sliding_window_inference`` (Gaussian, same overlap and
   batch) -> ``torch.softmax`` -> ``F.interpolate`` of all K channels to the original grid -> argmax, the usual
   inferer + invert pipeline of a MONAI script.
@@ -100,6 +100,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--note", default=None, help="a line appended to the report (e.g. what else ran)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -140,7 +141,9 @@ def main() -> None:
     lines += ["", f"- Label maps agree on {100 * agree:.4f} % of voxels.",
               f"- focusseg's peak above baseline is {ratio:.2f}x the MONAI-style pipeline's: the softmax is computed "
               "in place on the network grid and classes are "
-              "resampled 4 at a time into a running argmax, so no K-channel volume on the original grid exists.", ""]
+              "resampled one at a time into a running argmax, so no K-channel volume on the original grid exists.", ""]
+    if args.note:
+        lines += [f"- Note: {args.note}", ""]
     text = "\n".join(lines)
     print(text)
     if args.write:

@@ -112,9 +112,8 @@ def test_resample_argmax_equals_interpolating_every_class():
     probs = softmax_(z.clone())
     torch.testing.assert_close(probs, torch.softmax(z, 0))
     full = F.interpolate(probs[None], size=(13, 17, 10), mode="trilinear", align_corners=False)[0].argmax(0)
-    for chunk in (1, 3, 7, 16):
-        assert torch.equal(resample_argmax(probs, (13, 17, 10), chunk).long(), full)
-    assert torch.equal(resample_argmax(probs, (9, 11, 6)), probs.argmax(0))
+    assert torch.equal(resample_argmax(probs, (13, 17, 10)).long(), full)
+    assert torch.equal(resample_argmax(probs, (9, 11, 6)).long(), probs.argmax(0))
 
 
 def test_streaming_single_run_path_equals_probability_path(tmp_path):

@@ -130,28 +130,25 @@ def resample_add_(acc: torch.Tensor, probs: torch.Tensor, weight: float = 1.0, c
     return acc
 
 
-def resample_argmax(probs: torch.Tensor, target: tuple[int, ...], chunk: int = 4) -> torch.Tensor:
-    """``argmax_k interpolate(probs)[k]`` on the ``target`` grid without a K-channel volume on that grid.
+def resample_argmax(probs: torch.Tensor, target: tuple[int, ...]) -> torch.Tensor:
+    """``argmax_k interpolate(probs)[k]`` (int16) on the ``target`` grid without a K-channel volume on that grid.
 
-    Linear interpolation acts on each class separately, so classes are resampled ``chunk`` at a time and folded
-    into a running maximum and arg-maximum (first maximal class wins, as ``torch.argmax``): peak memory
-    ``(chunk + 2) x target`` instead of ``K x target`` -- what keeps a 512x512x300 CT with many classes in RAM.
+    Linear interpolation acts on each class separately, so classes are resampled one at a time and folded into a
+    running maximum (in place) and arg-maximum (first maximal class wins, as ``torch.argmax``): peak memory about
+    ``2.8 x`` one float32 volume on the target grid instead of ``K x`` -- what keeps a 512x512x300 CT with many
+    classes in RAM.
     """
     if tuple(probs.shape[1:]) == tuple(target):
-        return probs.argmax(0)
+        return probs.argmax(0).to(torch.int16)
     mode = "trilinear" if probs.ndim == 4 else "bilinear"
-    best = arg = None
-    for k0 in range(0, probs.shape[0], chunk):
-        part = F.interpolate(probs[None, k0 : k0 + chunk], size=target, mode=mode, align_corners=False)[0]
-        m, a = part.max(0)
-        a = a.to(torch.int16).add_(k0)
-        if best is None:
-            best, arg = m, a
-        else:
-            better = m > best
-            best = torch.where(better, m, best)
-            arg = torch.where(better, a, arg)
-        del part
+    best = F.interpolate(probs[None, :1], size=target, mode=mode, align_corners=False)[0, 0]
+    arg = torch.zeros(target, dtype=torch.int16)
+    for k in range(1, probs.shape[0]):
+        part = F.interpolate(probs[None, k : k + 1], size=target, mode=mode, align_corners=False)[0, 0]
+        better = part > best
+        arg.masked_fill_(better, k)
+        torch.maximum(best, part, out=best)
+        del part, better
     return arg
 
 
