@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap.add_argument("--results", type=Path, default=None,
                     help="report folder (default benchmarks/results; smoke: <runs>/results)")
     ap.add_argument("--smoke", action="store_true", help="tiny phantom data, 1 seed, 2 iterations per arm")
+    ap.add_argument("--tag", default="", help="suffix of the report's name (e.g. _long: evidence_blob_long.md); "
+                    "pair it with --runs so that the runs of another schedule stay apart")
     args = ap.parse_args(argv)
     import torch
 
@@ -158,7 +160,8 @@ def write_report(comp: Comparison, args: argparse.Namespace, data: Path, root: P
     sched = (f"{args.minutes:g}-minute budget per arm" if args.minutes is not None else
              f"{tr['max_epochs'] * tr['iterations_per_epoch']} iterations per arm ({tr['max_epochs']} epoch(s) x "
              f"{tr['iterations_per_epoch']}, validation after each)")
-    lines = [f"## Evidence: {comp.name} (issue 7){' [SMOKE: tiny phantom data, numbers meaningless]' * args.smoke}",
+    smoke = " [SMOKE: tiny phantom data, numbers meaningless]" * args.smoke
+    lines = [f"## Evidence: {comp.name}{args.tag} (issue 7){smoke}",
              "", f"- Claim tested: {comp.claim}", f"- Command: `{cmd}`", f"- Machine: {machine_line()}",
              f"- Data: `{data.name}`, fold {args.fold}: {len(split['train'])} training / {len(split['val'])} "
              f"validation cases; seeds {args.seeds}; {sched}.",
@@ -201,11 +204,11 @@ def write_report(comp: Comparison, args: argparse.Namespace, data: Path, root: P
     lines += ["", "Verdict (automatic; a difference counts as resolved only when it exceeds the larger of the two "
               "arms' seed sd):", ""]
     lines += [f"- {v}" for v in verdicts(comp, base, out, labels, names)]
-    png = results / f"evidence_{comp.name}.png"
+    png = results / f"evidence_{comp.name}{args.tag}.png"
     plot(comp, out, curves, labels, names, png)
     lines += ["", f"![{comp.name}](benchmarks/results/{png.name})", ""]
     results.mkdir(parents=True, exist_ok=True)
-    md = results / f"evidence_{comp.name}.md"
+    md = results / f"evidence_{comp.name}{args.tag}.md"
     md.write_text("\n".join(lines))
     print("\n".join(lines), flush=True)
     return md
