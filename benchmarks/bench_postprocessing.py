@@ -19,26 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 RESULTS = HERE / "results" / "postprocessing.md"
 SPLEEN = ROOT / ".." / "shared" / "data" / "LabelsOnly_SpleenPredictionPair"
-
-
-def load_pairs(pred_dir: Path, ref_dir: Path) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple]]:
-    from focusseg.io import read_image
-
-    preds, refs, spacings = [], [], []
-    for f in sorted(pred_dir.glob("*.nii.gz")):
-        p, geo = read_image(f)
-        r, _ = read_image(ref_dir / f.name)
-        preds.append(np.rint(p).astype(np.int16))
-        refs.append(np.rint(r).astype(np.int16))
-        spacings.append(geo.spacing)
-    return preds, refs, spacings
 
 
 def table(name: str, res: dict, n: int, seconds: float) -> list[str]:
@@ -60,7 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     from machine import machine_line
 
-    from focusseg.inference.postprocess_selection import choose_postprocessing
+    from focusseg.inference.postprocess_selection import choose_postprocessing, read_prediction_pairs
 
     runs = args.runs or [p for p in (ROOT / "runs" / "hippo_fold0", ROOT / "runs" / "ms_fold0") if p.is_dir()]
     cmd = "python benchmarks/bench_postprocessing.py " + " ".join(str(a) for a in sys.argv[1:])
@@ -81,7 +66,7 @@ def main() -> None:
         sources.append(("LabelsOnly_SpleenPredictionPair (a real automatic spleen prediction vs its ground truth)",
                         SPLEEN / "pred", SPLEEN / "gt", [1]))
     for name, pred_dir, ref_dir, labels in sources:
-        preds, refs, spacings = load_pairs(pred_dir, ref_dir)
+        _, preds, refs, spacings = read_prediction_pairs(pred_dir, ref_dir)
         if not preds:
             print(f"skip {name}: no predictions in {pred_dir}")
             continue

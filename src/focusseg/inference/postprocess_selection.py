@@ -32,7 +32,8 @@ DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"name": "dilate", "iterations": 1},
 ]
 
-__all__ = ["DEFAULT_CANDIDATES", "choose_postprocessing", "choose_postprocessing_for_run", "load_run_postprocessing"]
+__all__ = ["DEFAULT_CANDIDATES", "choose_postprocessing", "choose_postprocessing_for_run", "load_run_postprocessing",
+           "read_prediction_pairs"]
 
 
 def _mean_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], label: int) -> float:
@@ -91,11 +92,12 @@ def choose_postprocessing(
             trials.append(trial)
             if np.isfinite(d) and (best is None or d > best[0]):
                 best = (d, step, out, trial)
+        after[label] = base
         if best is not None and np.isfinite(base) and best[0] > base + min_gain:
             steps.append(best[1])
             current = best[2]
             best[3]["accepted"] = True
-        after[label] = _mean_dice(current, refs, label)
+            after[label] = best[0]
     return {"steps": steps, "trials": trials, "dice_before": before, "dice_after": after, "min_gain": min_gain}
 
 
@@ -107,28 +109,38 @@ def choose_postprocessing_for_run(
 ) -> dict[str, Any]:
     """Choose on ``run_dir/validation/{predictions,reference}`` (written by the trainer's final validation) and
     write ``run_dir/postprocessing.json`` atomically; returns its content."""
-    from focusseg.io import read_image
     from focusseg.planning.fingerprint import save_json
 
     run_dir = Path(run_dir)
-    pred_dir, ref_dir = run_dir / "validation" / "predictions", run_dir / "validation" / "reference"
-    files = sorted(pred_dir.glob("*.nii.gz"))
-    if not files:
+    pred_dir = run_dir / "validation" / "predictions"
+    names, preds, refs, spacings = read_prediction_pairs(pred_dir, run_dir / "validation" / "reference")
+    if not names:
         raise FileNotFoundError(f"{pred_dir}: no validation predictions (train with a validation fold first)")
-    preds, refs, spacings = [], [], []
-    for f in files:
-        ref_file = ref_dir / f.name
+    result = choose_postprocessing(preds, refs, labels, candidates, min_gain, spacings)
+    result["cases"] = names
+    save_json(result, run_dir / "postprocessing.json")
+    return result
+
+
+def read_prediction_pairs(
+    pred_dir: Path, ref_dir: Path
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[tuple[float, ...]]]:
+    """Every ``pred_dir/*.nii.gz`` with its same-named reference in ``ref_dir`` as int16 label maps: ``(file names,
+    predictions, references, prediction spacings)``; a missing reference is an error naming the file."""
+    from focusseg.io import read_image
+
+    names, preds, refs, spacings = [], [], [], []
+    for f in sorted(Path(pred_dir).glob("*.nii.gz")):
+        ref_file = Path(ref_dir) / f.name
         if not ref_file.exists():
-            raise FileNotFoundError(f"{ref_file}: reference of validation prediction {f.name} is missing")
+            raise FileNotFoundError(f"{ref_file}: reference of prediction {f.name} is missing")
         p, geo = read_image(f)
         r, _ = read_image(ref_file)
+        names.append(f.name)
         preds.append(np.rint(p).astype(np.int16))
         refs.append(np.rint(r).astype(np.int16))
         spacings.append(tuple(geo.spacing))
-    result = choose_postprocessing(preds, refs, labels, candidates, min_gain, spacings)
-    result["cases"] = [f.name for f in files]
-    save_json(result, run_dir / "postprocessing.json")
-    return result
+    return names, preds, refs, spacings
 
 
 def load_run_postprocessing(run_dir: str | Path, plan: Mapping[str, Any]) -> list[dict[str, Any]]:

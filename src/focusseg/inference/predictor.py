@@ -94,8 +94,7 @@ class Predictor:
         probs, props = self.softmax_on_network_grid(image, geometry, overlap, tta)
         target = tuple(props["shape_after_crop"])
         if tuple(probs.shape[1:]) != target:
-            mode = "trilinear" if probs.ndim == 4 else "bilinear"
-            probs = F.interpolate(probs[None], size=target, mode=mode, align_corners=False)[0]
+            probs = _resize(probs, target)
         return probs, props
 
     def segment(
@@ -117,16 +116,20 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits.div_(logits.sum(0, keepdim=True))
 
 
+def _resize(channels: torch.Tensor, target: tuple[int, ...]) -> torch.Tensor:
+    """``(C, *spatial)`` probabilities linearly resampled to ``target`` (trilinear in 3D, bilinear in 2D)."""
+    mode = "trilinear" if channels.ndim == 4 else "bilinear"
+    return F.interpolate(channels[None], size=target, mode=mode, align_corners=False)[0]
+
+
 def resample_add_(acc: torch.Tensor, probs: torch.Tensor, weight: float = 1.0, chunk: int = 4) -> torch.Tensor:
     """``acc += weight * interpolate(probs, acc's grid)``, ``chunk`` classes at a time (no K-channel temporary on
     the target grid); returns ``acc``."""
     target = tuple(acc.shape[1:])
     if tuple(probs.shape[1:]) == target:
         return acc.add_(probs.to(acc.device, acc.dtype), alpha=weight)
-    mode = "trilinear" if probs.ndim == 4 else "bilinear"
     for k0 in range(0, probs.shape[0], chunk):
-        part = F.interpolate(probs[None, k0 : k0 + chunk], size=target, mode=mode, align_corners=False)[0]
-        acc[k0 : k0 + chunk].add_(part.to(acc.device, acc.dtype), alpha=weight)
+        acc[k0 : k0 + chunk].add_(_resize(probs[k0 : k0 + chunk], target).to(acc.device, acc.dtype), alpha=weight)
     return acc
 
 
@@ -140,11 +143,10 @@ def resample_argmax(probs: torch.Tensor, target: tuple[int, ...]) -> torch.Tenso
     """
     if tuple(probs.shape[1:]) == tuple(target):
         return probs.argmax(0).to(torch.int16)
-    mode = "trilinear" if probs.ndim == 4 else "bilinear"
-    best = F.interpolate(probs[None, :1], size=target, mode=mode, align_corners=False)[0, 0]
+    best = _resize(probs[:1], target)[0]
     arg = torch.zeros(target, dtype=torch.int16)
     for k in range(1, probs.shape[0]):
-        part = F.interpolate(probs[None, k : k + 1], size=target, mode=mode, align_corners=False)[0, 0]
+        part = _resize(probs[k : k + 1], target)[0]
         better = part > best
         arg.masked_fill_(better, k)
         torch.maximum(best, part, out=best)
