@@ -37,19 +37,26 @@ def check(data: Path = DATA, workers: int = typer.Option(2, help="Parallel proce
 def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to write plan.json (default: print)."),
          device: str = typer.Option("auto", help="Plan for cpu or cuda (auto: this machine)."),
          set_: list[str] = typer.Option([], "--set", help="Override a field: --set training.batch_size=4"),
-         recipe: str | None = typer.Option(None, help="Apply a recipe's plan overrides.")) -> None:
+         recipe: str | None = typer.Option(None, help="Apply a recipe's plan overrides."),
+         no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check (`focusseg check`).")
+         ) -> None:
     """Fingerprint a dataset and write a human-readable plan (every field can be overridden).
 
-    Example: `focusseg plan DATA --out plan.json --set patch_size=[48,64,48]`
+    The dataset is checked first (as `focusseg check`); any problem stops here. Example:
+    `focusseg plan DATA --out plan.json --set patch_size=[48,64,48]`
     """
     from focusseg.engine.run import plan_dataset, resolve_device
-    from focusseg.planning.planner import deep_merge, parse_set
+    from focusseg.planning.planner import deep_merge
     from focusseg.recipes import load_recipe
 
+    overrides = _parse_set(set_)
+    recipe_plan = load_recipe(recipe)["plan"] if recipe else None
+    if not no_check:
+        _check_or_fail(data)
     p = plan_dataset(data, resolve_device(device).type)
-    if recipe:
-        p = deep_merge(p, load_recipe(recipe)["plan"])
-    p = deep_merge(p, parse_set(set_))
+    if recipe_plan:
+        p = deep_merge(p, recipe_plan)
+    p = deep_merge(p, overrides)
     text = json.dumps(p, indent=2)
     if out:
         from focusseg.planning.fingerprint import save_json
@@ -70,18 +77,28 @@ def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder 
           plan_file: Path | None = typer.Option(None, "--plan", help="Use this plan.json instead of planning."),
           preprocessed: Path | None = typer.Option(None, help="Preprocessed store to (re)use."),
           set_: list[str] = typer.Option([], "--set", help="Override a plan field: --set training.max_epochs=50"),
-          no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars.")) -> None:
-    """Plan, preprocess and train one fold; then predict and score the held-out cases.
+          no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+          no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check before training."),
+          overwrite: bool = typer.Option(
+              False, "--overwrite", help="Delete this run folder's earlier focusseg results and start clean.")) -> None:
+    """Check the dataset, plan, preprocess and train one fold; then predict and score the held-out cases.
 
+    A run folder belongs to one fold and one plan: training into it again needs `--resume` (continue; only
+    schedule/inference changes such as `--set training.max_epochs=...` are accepted) or `--overwrite`.
     Example: `focusseg train ../shared/data/Dataset004_Hippocampus --out runs/hippo --fold 0 --time-budget 30`
     """
     from focusseg.engine.run import run_training
-    from focusseg.planning.planner import parse_set
+    from focusseg.errors import UsageError
     from focusseg.recipes import load_recipe
 
-    summary = run_training(data, out, fold=fold, recipe=load_recipe(recipe), overrides=parse_set(set_),
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other (continue the run, or start it again)")
+    if time_budget is not None and not time_budget > 0:
+        raise UsageError(f"--time-budget must be a positive number of minutes, got {time_budget}")
+    summary = run_training(data, out, fold=fold, recipe=load_recipe(recipe), overrides=_parse_set(set_),
                            time_budget_min=time_budget, device=device, resume=resume, plan_path=plan_file,
-                           preprocessed_dir=preprocessed, progress=not no_progress)
+                           preprocessed_dir=preprocessed, progress=not no_progress, check=not no_check,
+                           overwrite=overwrite)
     console.print_json(data=summary)
 
 
@@ -108,11 +125,19 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder written by `f
     --weights 0.5,0.3,0.2 --uncertainty entropy`
     """
     from focusseg.engine.run import resolve_device
+    from focusseg.errors import UsageError
     from focusseg.inference.predictor import EnsemblePredictor, Predictor, predict_folder
 
+    if not 0 <= overlap < 1:
+        raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
+    if checkpoint not in ("best", "final", "latest"):
+        raise UsageError(f"--checkpoint must be best, final or latest, got {checkpoint!r}")
     dev = resolve_device(device)
+    try:
+        w = [float(x) for x in weights.split(",")] if weights else None
+    except ValueError as exc:
+        raise UsageError(f"--weights must be comma-separated numbers, got {weights!r}") from exc
     members = [Predictor.from_run(r, checkpoint, dev) for r in [run_dir, *ensemble]]
-    w = [float(x) for x in weights.split(",")] if weights else None
     predictor = EnsemblePredictor(members, w, uncertainty, postprocessing=None if postprocess else [])
     if predictor.postprocessing:
         console.print(f"post-processing: {predictor.postprocessing}")
@@ -135,11 +160,16 @@ def postprocess(run_dir: Path = typer.Argument(..., help="A run folder with vali
 
     from rich.table import Table
 
+    from focusseg.errors import UsageError
     from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
 
-    plan = json.loads((run_dir / "plan.json").read_text())
+    plan = _read_run_plan(run_dir)
     labels = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
-    res = choose_postprocessing_for_run(run_dir, labels, json.loads(candidates) if candidates else None, min_gain)
+    try:
+        steps = json.loads(candidates) if candidates else None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--candidates is not valid JSON ({exc})") from exc
+    res = choose_postprocessing_for_run(run_dir, labels, steps, min_gain)
     table = Table("class", "step", "Dice before", "Dice after", "kept")
     for t in res["trials"]:
         table.add_row(str(t["label"]), json.dumps(t["step"]), f"{t['dice_before']:.4f}", f"{t['dice_after']:.4f}",
@@ -160,11 +190,17 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
 
     Example: `focusseg evaluate predictions/ labelsTs/ --out eval/ --nsd-tolerance 2`
     """
+    from focusseg.errors import UsageError
     from focusseg.metrics import evaluate_folders
 
     if connectivity not in (6, 18, 26):
-        raise typer.BadParameter("connectivity must be 6, 18 or 26")
-    lab = [int(x) for x in labels.split(",")] if labels else None
+        raise UsageError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
+    if not nsd_tolerance > 0:
+        raise UsageError(f"--nsd-tolerance must be a positive distance in mm, got {nsd_tolerance}")
+    try:
+        lab = [int(x) for x in labels.split(",")] if labels else None
+    except ValueError as exc:
+        raise UsageError(f"--labels must be comma-separated integers, got {labels!r}") from exc
     summary = evaluate_folders(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
                                connectivity=connectivity, workers=workers)
     console.print_json(data=summary.get("overall", summary))
@@ -216,9 +252,118 @@ def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated
     console.print(table)
 
 
-def main() -> None:
-    app()
+def _parse_set(assignments: list[str]) -> dict:
+    from focusseg.errors import UsageError
+    from focusseg.planning.planner import parse_set
+
+    try:
+        return parse_set(assignments)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _check_or_fail(data: Path) -> None:
+    """Run the dataset check; raise :class:`CheckFailed` with every problem."""
+    from focusseg.errors import CheckFailed
+    from focusseg.io.check import check_dataset
+
+    problems = check_dataset(data, progress=False)
+    if problems:
+        raise CheckFailed(problems)
+
+
+def _read_run_plan(run_dir: Path) -> dict:
+    from focusseg.errors import CheckpointError, MissingFileError
+
+    path = run_dir / "plan.json"
+    if not path.is_file():
+        raise MissingFileError("no plan.json: not a focusseg run folder", run_dir, hint="train a run first")
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"unreadable plan ({' '.join(str(exc).split())})", path) from exc
+    if not isinstance(plan, dict) or not isinstance(plan.get("labels"), dict):
+        raise CheckpointError("not a focusseg plan (no 'labels')", path)
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The one handler of the CLI: an expected error (:class:`~focusseg.errors.FocussegError`) prints
+    ``error: <file>: <problem>`` (and a hint) on stderr; anything else prints one short line, and its traceback
+    only with ``--debug`` (anywhere on the command line). Returns the exit code (0 on success)."""
+    import sys
+
+    import click
+
+    from focusseg.errors import FocussegError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=args, prog_name="focusseg", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.ClickException as exc:  # bad options: click's own usage message
+        exc.show()
+        return int(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _print_error("interrupted")
+        return 130
+    except FocussegError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        for line in _detail_lines(exc):
+            _print_error(line)
+        _print_error(exc.one_line(), exc.hint)
+        return int(exc.exit_code)
+    except Exception as exc:  # a bug, or a library failure we did not foresee: never a wall of traceback
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        where = _innermost_frame(exc)
+        message = " ".join(str(exc).split()) or "(no message)"
+        _print_error(f"unexpected {type(exc).__name__}: {message}{where}",
+                     None if debug else "run again with --debug for the traceback, and please report it")
+        return 3
+
+
+def _detail_lines(exc: BaseException, limit: int = 50) -> list[str]:
+    """One line per problem of a :class:`CheckFailed` or per failed case of a :class:`PartialFailure`."""
+    from focusseg.errors import CheckFailed, FocussegError, PartialFailure
+
+    if isinstance(exc, CheckFailed) and len(exc.problems) > 1:
+        items = [" ".join(str(p).split()) for p in exc.problems]
+    elif isinstance(exc, PartialFailure):
+        items = [f.one_line() if isinstance(f, FocussegError) else " ".join(str(f).split()) for f in exc.failures]
+    else:
+        return []
+    if len(items) > limit:
+        items = items[:limit] + [f"... {len(items) - limit} more"]
+    return items
+
+
+def _print_error(message: str, hint: str | None = None) -> None:
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+def _innermost_frame(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return ""
+    return f" (at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno})"
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

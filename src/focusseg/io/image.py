@@ -13,13 +13,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from focusseg.errors import ImageError
 from focusseg.io.atomic import atomic_path
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
 
-class ImageReadError(ValueError):
-    """A file that cannot be read, or whose content is not a usable image. The message names the file."""
+class ImageReadError(ImageError):
+    """A file that cannot be read, or whose content is not a usable image. ``str(e)`` is ``"<file>: <problem>"``
+    (constructed either as ``ImageReadError(problem, path)`` or, as before, with one ``"<file>: <problem>"``
+    string)."""
 
 
 @dataclass(frozen=True)

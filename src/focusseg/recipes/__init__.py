@@ -19,10 +19,17 @@ def load_recipe(name_or_path: str | Path) -> dict:
     p = Path(name_or_path)
     if not p.suffix == ".json":
         p = RECIPE_DIR / f"{name_or_path}.json"
+    from focusseg.errors import UsageError
+
     if not p.is_file():
-        raise FileNotFoundError(f"unknown recipe {name_or_path!r}; known: {', '.join(recipe_names())} "
-                                "(or give a path to a recipe .json)")
-    recipe = json.loads(p.read_text())
+        raise UsageError(f"unknown recipe {str(name_or_path)!r}; known: {', '.join(recipe_names())} "
+                         "(or give a path to a recipe .json)")
+    try:
+        recipe = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"not a readable recipe JSON ({' '.join(str(exc).split())})", p) from exc
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("plan", {}), dict):
+        raise UsageError("a recipe is a JSON object whose 'plan' is an object of plan overrides", p)
     recipe.setdefault("name", p.stem)
     recipe.setdefault("plan", {})
     return recipe
