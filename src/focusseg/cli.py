@@ -22,14 +22,7 @@ def check(data: Path = DATA, workers: int = typer.Option(2, help="Parallel proce
 
     Example: `focusseg check ../shared/data/Dataset004_Hippocampus`
     """
-    from focusseg.io.check import check_dataset
-
-    problems = check_dataset(data, workers=workers, progress=True)
-    for p in problems:
-        console.print(str(p), highlight=False, soft_wrap=True)
-    if problems:
-        err.print(f"[red]{len(problems)} problem(s) found in {data}[/red]")
-        raise typer.Exit(1)
+    _check_or_fail(data, workers=workers, progress=True)
     console.print(f"[green]{data}: no problems found[/green]")
 
 
@@ -262,12 +255,12 @@ def _parse_set(assignments: list[str]) -> dict:
         raise UsageError(str(exc)) from exc
 
 
-def _check_or_fail(data: Path) -> None:
-    """Run the dataset check; raise :class:`CheckFailed` with every problem."""
+def _check_or_fail(data: Path, workers: int = 2, progress: bool = False) -> None:
+    """Run the dataset check; raise :class:`CheckFailed` with every problem (one ``error:`` line each)."""
     from focusseg.errors import CheckFailed
     from focusseg.io.check import check_dataset
 
-    problems = check_dataset(data, progress=False)
+    problems = check_dataset(data, workers=workers, progress=progress)
     if problems:
         raise CheckFailed(problems)
 
@@ -293,23 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     only with ``--debug`` (anywhere on the command line). Returns the exit code (0 on success)."""
     import sys
 
-    import click
+    from focusseg.errors import CheckFailed, FocussegError
 
-    from focusseg.errors import FocussegError
-
+    click_error, abort = _click_exception_types()
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="focusseg", standalone_mode=False)
-        return 0
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.ClickException as exc:  # bad options: click's own usage message
+        rv = command.main(args=args, prog_name="focusseg", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click_error as exc:  # bad options: click's own usage message
         exc.show()
         return int(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (*abort, KeyboardInterrupt):
         _print_error("interrupted")
         return 130
     except FocussegError as exc:
@@ -317,9 +307,13 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        for line in _detail_lines(exc):
+        details = _detail_lines(exc)
+        for line in details:
             _print_error(line)
-        _print_error(exc.one_line(), exc.hint)
+        summary = exc.one_line()
+        if details and isinstance(exc, CheckFailed):
+            summary = f"{len(exc.problems)} problems found (each named above)"
+        _print_error(summary, exc.hint)
         return int(exc.exit_code)
     except Exception as exc:  # a bug, or a library failure we did not foresee: never a wall of traceback
         if debug:
@@ -331,6 +325,19 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(f"unexpected {type(exc).__name__}: {message}{where}",
                      None if debug else "run again with --debug for the traceback, and please report it")
         return 3
+
+
+def _click_exception_types() -> tuple[type, tuple[type, ...]]:
+    """click's ``ClickException`` and the ``Abort`` types (typer >= 0.2x vendors click; older typer uses it)."""
+    try:
+        from click.exceptions import Abort, ClickException
+
+        aborts: tuple[type, ...] = (Abort, typer.Abort)
+    except ImportError:  # typer's vendored click (its Abort is typer.Abort)
+        from typer._click.exceptions import ClickException
+
+        aborts = (typer.Abort,)
+    return ClickException, aborts
 
 
 def _detail_lines(exc: BaseException, limit: int = 50) -> list[str]:

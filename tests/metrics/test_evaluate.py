@@ -6,6 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from focusseg.errors import DatasetError, MissingFileError
 from focusseg.metrics import COLUMNS, evaluate_case, evaluate_folders, surface_metrics
 from focusseg.metrics.plots import violin_plot
 
@@ -122,9 +123,9 @@ def test_clear_errors(folders, tmp_path):
     with pytest.raises(ValueError, match="c.nii.gz"):
         evaluate_folders(pred_dir, gt_dir, out, progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no .nii.gz"):
+    with pytest.raises(DatasetError, match="empty: no ground-truth label maps"):
         evaluate_folders(pred_dir, tmp_path / "empty", out, progress=False)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(MissingFileError, match="nowhere: prediction folder not found"):
         evaluate_folders(tmp_path / "nowhere", gt_dir, out, progress=False)
 
 

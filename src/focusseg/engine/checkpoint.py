@@ -1,24 +1,90 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, fsync, then rename over the target, so a
-kill at any moment leaves either the old or the new checkpoint, never a torn one."""
+"""Checkpoints: written atomically (a temporary file in the same folder, fsync, rename over the target), loaded
+without executing code (``weights_only=True``) onto the CPU.
+
+``checkpoint_latest.pt`` keeps one predecessor: before a new latest is written, the existing one is renamed to
+``checkpoint_previous.pt``, so a latest that is later found truncated or corrupt (a disk fault, a copy cut
+short) still leaves a good checkpoint to resume from (:func:`load_resume_state`).
+
+Everything saved is made plain first (:func:`plain`): tensors, dicts, lists, tuples, str, int, float, bool and
+None only -- numpy arrays become tensors and numpy scalars Python numbers -- so that ``weights_only`` loading
+always works and nothing in a checkpoint can name a Python class.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from focusseg.io.atomic import atomic_path
+from focusseg.errors import CheckpointError, MissingFileError, RunFolderError
+from focusseg.io.atomic import atomic_path, fsync_dir
+
+LATEST, PREVIOUS = "checkpoint_latest.pt", "checkpoint_previous.pt"
+#: The keys a resumable checkpoint holds (what :func:`load_resume_state` checks before training uses it).
+RESUME_KEYS = ("task", "lr", "sampler", "weighter", "rng", "epoch", "iteration", "max_iterations", "best", "elapsed",
+               "history")
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint whose pickle names Python objects beyond tensors and plain data (it could run code)."""
+
+
+def plain(obj: Any, where: str = "state") -> Any:
+    """``obj`` with numpy arrays turned into tensors, numpy scalars into Python numbers and ``Path`` into str;
+    containers rebuilt only where something changed (a module's state dict keeps its ``_metadata``). Anything
+    else that ``weights_only`` loading would refuse raises ``TypeError`` naming where it sits."""
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.device,
+                                       torch.Size)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.array(obj, copy=True))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        items = [(plain(k, where), plain(v, f"{where}[{k!r}]")) for k, v in obj.items()]
+        if isinstance(obj, dict) and all(k2 is k and v2 is v for (k2, v2), (k, v) in zip(items, obj.items())):
+            return obj
+        out: dict = OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
+        meta = getattr(obj, "_metadata", None)
+        if meta is not None and isinstance(out, OrderedDict):
+            out._metadata = meta  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        if all(a is b for a, b in zip(items, obj)):
+            return obj
+        return type(obj)(items) if type(obj) in (list, tuple) else list(items)
+    raise TypeError(f"{where}: a {type(obj).__name__} cannot go into a checkpoint (tensors and plain data only)")
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
+    """Save ``plain(obj)`` to ``path`` atomically and durably."""
     path = Path(path)
+    data = plain(obj)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
+        torch.save(data, f)
         f.flush()
         os.fsync(f.fileno())
     return path
+
+
+def save_latest(obj: Any, run_dir: str | Path) -> Path:
+    """Write ``run_dir/checkpoint_latest.pt``, first renaming the existing one to ``checkpoint_previous.pt``.
+    A kill between the two leaves ``previous`` only, which :func:`load_resume_state` resumes from."""
+    run_dir = Path(run_dir)
+    latest = run_dir / LATEST
+    if latest.is_file():
+        os.replace(latest, run_dir / PREVIOUS)
+        fsync_dir(run_dir)
+    return save_atomic(obj, latest)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -27,11 +93,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Callers move what they need to the device themselves (RNG states, sampler and weighter state stay on the
     CPU). ``map_location`` is accepted for compatibility but only ``"cpu"`` is used. Any failure (missing,
     truncated, corrupt, or a pickle that needs arbitrary Python objects) raises :class:`CheckpointError`
-    naming the file."""
+    naming the file (:class:`UnsafeCheckpointError` for the last)."""
     import pickle
     import zipfile
-
-    from focusseg.errors import CheckpointError, MissingFileError
 
     path = Path(path)
     if not path.is_file():
@@ -43,12 +107,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except pickle.UnpicklingError as exc:
         reason = " ".join(str(exc).split())
         if "weights_only" in reason or "Unsupported global" in reason or "GLOBAL" in reason:
-            raise CheckpointError(
+            raise UnsafeCheckpointError(
                 "refusing to load: it holds Python objects beyond tensors and plain data, which could run code "
                 f"when unpickled ({reason[:160]})", path,
                 hint="only load checkpoints written by focusseg; a file from elsewhere may be malicious") from exc
         raise CheckpointError(f"corrupt checkpoint ({reason[:160]})", path) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
         reason = " ".join(str(exc).split())
         raise CheckpointError(f"truncated or corrupt checkpoint ({type(exc).__name__}: {reason[:160]})", path) from exc
     if not isinstance(state, dict):
@@ -56,16 +120,73 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def _load_resumable(path: Path) -> dict[str, Any]:
+    state = load_checkpoint(path)
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"not a resumable focusseg checkpoint (no {', '.join(missing)})", path)
+    return state
+
+
+def load_resume_state(run_dir: str | Path) -> tuple[dict[str, Any], Path]:
+    """The state to resume ``run_dir`` from and the file it came from: ``checkpoint_latest.pt``, or, when that
+    is missing, truncated or corrupt, ``checkpoint_previous.pt`` (with one warning line on stderr).
+
+    Raises :class:`RunFolderError` when neither exists (nothing to resume), :class:`UnsafeCheckpointError` at
+    once for a file that could run code (no fall-back: someone replaced it), and :class:`CheckpointError` when
+    neither can be loaded."""
+    run_dir = Path(run_dir)
+    latest, previous = run_dir / LATEST, run_dir / PREVIOUS
+    if not latest.is_file() and not previous.is_file():
+        raise RunFolderError(f"nothing to resume: no {LATEST} in the run folder", run_dir,
+                             hint="train without --resume to start")
+    first_error: CheckpointError | None = None
+    if latest.is_file():
+        try:
+            return _load_resumable(latest), latest
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as exc:
+            first_error = exc
+    if previous.is_file():
+        try:
+            state = _load_resumable(previous)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"cannot resume: {LATEST} and {PREVIOUS} are both unusable ({exc.problem})", run_dir,
+                hint="restore a good checkpoint_latest.pt from a backup, or start again with --overwrite") from exc
+        why = first_error.problem if first_error is not None else "missing"
+        print(f"warning: {latest}: {why}; resuming from {PREVIOUS} (epoch {state['epoch']})", file=sys.stderr)
+        return state, previous
+    assert first_error is not None
+    raise CheckpointError(
+        f"cannot resume: {first_error.problem}, and there is no {PREVIOUS} to fall back to", latest,
+        hint="restore the file from a backup, or start again with --overwrite") from first_error
+
+
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """The RNG states (CPU byte tensors) of torch, the given generators and CUDA."""
     state: dict[str, Any] = {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in generators.items()}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _byte_state(t: Any) -> torch.Tensor:
+    return torch.as_tensor(t).to("cpu", torch.uint8)
+
+
 def load_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore :func:`rng_state`'s output (the states are set from CPU byte tensors)."""
+    torch.set_rng_state(_byte_state(state["torch"]))
     for k, g in generators.items():
-        g.set_state(state[k])
+        g.set_state(_byte_state(state[k]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        states = [_byte_state(s) for s in state["cuda"]]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+        else:  # another number of GPUs than the run was started on: seed what matches
+            for i, s in enumerate(states[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)

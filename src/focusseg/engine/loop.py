@@ -8,13 +8,19 @@
         checkpoint `latest` (+ `best`), JSONL log, curve                                 -> on_epoch_end
 
 Everything stateful is checkpointed at every epoch end (network, optimiser, LR, sampler, class weighter,
-scaler, RNGs, counters), so ``resume`` continues exactly where the last checkpoint stopped: a run killed and
-resumed on CPU ends with the same weights as an uninterrupted one.
+scaler, RNGs, counters; the previous checkpoint is kept as ``checkpoint_previous.pt``), so ``resume``
+continues exactly where the last checkpoint stopped: a run killed and resumed on CPU ends with the same
+weights as an uninterrupted one.
 
 With a time budget the loop measures the first epoch and fixes the total number of iterations that fit the
 budget (stored in the checkpoint), so the poly schedule decays to zero at the budget; training also stops
 when the budget is spent (checked after every iteration, then one last validation), keeping the best
 checkpoint.
+
+Numerical guard: a step with a NaN/inf loss or gradient is skipped (:mod:`focusseg.engine.task`) and counted
+(``nonfinite_steps`` in each epoch's log line); ``training.max_nonfinite_steps`` (25) such steps in a row stop
+training with a :class:`~focusseg.errors.TrainingError`. A network with a non-finite weight is never saved as
+``checkpoint_best.pt``, and a NaN validation Dice never counts as best.
 """
 
 from __future__ import annotations
@@ -54,11 +60,17 @@ class Trainer:
     best: float = -math.inf
     elapsed: float = 0.0
     history: list[dict] = field(default_factory=list)
+    nonfinite_run: int = 0  # consecutive skipped (non-finite) steps, across epochs
 
 
 def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[str], val_ids: list[str],
           device: torch.device, time_budget_s: float | None = None, resume: bool = False,
-          callbacks: list[Any] | None = None, progress: bool = True) -> Trainer:
+          callbacks: list[Any] | None = None, progress: bool = True, resume_state: dict | None = None,
+          replan: bool = False) -> Trainer:
+    """Train (or, with ``resume``, continue from ``resume_state`` or the run's latest good checkpoint).
+
+    ``replan``: the schedule length changed on resume (more epochs, another time budget): the total number of
+    iterations is recomputed instead of taken from the checkpoint."""
     tr = plan["training"]
     callbacks = list(callbacks or [])
     torch.manual_seed(int(tr.get("seed", 0)))
@@ -66,6 +78,7 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
             "augment": torch.Generator().manual_seed(int(tr.get("seed", 0)) + 2)}
     ipe = int(tr["iterations_per_epoch"])
     total = int(tr["max_epochs"]) * ipe
+    max_nonfinite = int(tr.get("max_nonfinite_steps", 25))
     parts = build_parts(plan, total, device)
     sampler = build_sampler(plan, {c: store.shape(c) for c in train_ids}, {c: store.locations(c) for c in train_ids})
     loader = PatchLoader(store, tuple(plan["patch_size"]), in_memory=bool(tr.get("in_memory", False)))
@@ -73,18 +86,26 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
     task = parts.task
     t = Trainer(plan, run_dir, parts, sampler, device, train_ids, val_ids, max_iterations=total)
     log = EpochLog(run_dir)
-    if resume and (run_dir / "checkpoint_latest.pt").is_file():
-        state = ckpt.load_checkpoint(run_dir / "checkpoint_latest.pt", map_location=device)
-        task.load_state_dict(state["task"])
+    if resume:
+        state = resume_state if resume_state is not None else ckpt.load_resume_state(run_dir)[0]
+        task.load_state_dict(state["task"])  # tensors land on the parameters' device
         parts.lr.load_state_dict(state["lr"])
-        sampler.load_state_dict(state["sampler"])
+        sampler.load_state_dict(state["sampler"])  # stays on the CPU
         if parts.weighter is not None:
             parts.weighter.load_state_dict(state["weighter"])
         ckpt.load_rng_state(state["rng"], gens)
-        t.epoch, t.iteration, t.max_iterations = state["epoch"], state["iteration"], state["max_iterations"]
-        t.best, t.elapsed, t.history = state["best"], state["elapsed"], state["history"]
+        t.epoch, t.iteration, t.max_iterations = int(state["epoch"]), int(state["iteration"]), int(
+            state["max_iterations"])
+        t.best, t.elapsed, t.history = float(state["best"]), float(state["elapsed"]), list(state["history"])
+        t.nonfinite_run = int(state.get("nonfinite_run", 0))
+        if replan:
+            t.max_iterations = total
+            if time_budget_s and t.epoch > 0:
+                per_epoch = t.elapsed / t.epoch
+                t.max_iterations = min(total, max(t.iteration, int(time_budget_s / per_epoch) * ipe))
         if hasattr(parts.lr, "max_iterations"):
             parts.lr.max_iterations = t.max_iterations
+        log.restore(t.history)  # the log says exactly what the checkpoint holds
     call(callbacks, "on_train_start", t)
     budget_fixed = t.epoch > 0
     while t.iteration < t.max_iterations:
@@ -92,6 +113,7 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
         task.train()
         task.set_epoch(t.epoch)
         losses = []
+        skipped = 0
         batches = (sampler.next_batch(int(plan["batch_size"]), gens["sample"]) for _ in range(ipe))
         bar = log.progress(ipe, f"epoch {t.epoch}", enabled=progress)
         for requests, images, labels in loader.prefetch(batches):
@@ -104,14 +126,24 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
             step = task.step(images, labels, requests, weights, lambda s: call(callbacks, "after_loss", t, s))
             sampler.update(step)
             call(callbacks, "after_batch", t, step)
-            losses.append(step.loss)
+            if step.finite:
+                losses.append(step.loss)
+                t.nonfinite_run = 0
+            else:
+                skipped += 1
+                t.nonfinite_run += 1
+                if t.nonfinite_run >= max_nonfinite:
+                    bar.close()
+                    _diverged(t, log, skipped)
             t.iteration += 1
             bar.advance(step.loss)
             if time_budget_s and t.elapsed + time.perf_counter() - t0 >= time_budget_s:
                 break  # the budget ends inside this epoch: validate, checkpoint and stop
         bar.close()
         train_time = time.perf_counter() - t0
-        record: dict[str, Any] = {"epoch": t.epoch, "iteration": t.iteration, "train_loss": float(np.mean(losses)),
+        record: dict[str, Any] = {"epoch": t.epoch, "iteration": t.iteration,
+                                  "train_loss": float(np.mean(losses)) if losses else math.nan,
+                                  "nonfinite_steps": skipped,
                                   "lr": task.optimizers[0].param_groups[0]["lr"], "train_time_s": round(train_time, 2)}
         record["sampler"] = sampler.epoch_end(t.epoch)
         projected = t.elapsed + (time.perf_counter() - t0)
@@ -129,7 +161,7 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
                 record["class_weights"] = parts.weighter.weights().tolist()
             parts.lr.step(t.iteration, metric=mean)
             call(callbacks, "after_validation", t, scores)
-            if mean > t.best:
+            if math.isfinite(mean) and mean > t.best and network_is_finite(task.inference_module()):
                 t.best = mean
                 record["best"] = True
                 ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
@@ -144,17 +176,36 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
             budget_fixed = True
             record["planned_iterations"] = t.max_iterations
         t.history.append(record)
-        ckpt.save_atomic(_state(t, gens), run_dir / "checkpoint_latest.pt")
+        ckpt.save_latest(_state(t, gens), run_dir)
         log.write(record)
         call(callbacks, "on_epoch_end", t, record)
         if time_budget_s and t.elapsed >= time_budget_s:
             break
-    if not val_ids:  # no validation: the final weights are the best we know
+    if not val_ids and network_is_finite(task.inference_module()):  # no validation: the final weights are the best
         ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
     ckpt.save_atomic(_export(t), run_dir / "checkpoint_final.pt")
     log.plot(t.history)
     call(callbacks, "on_train_end", t, {"best": t.best})
     return t
+
+
+def network_is_finite(module: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer is finite (one host sync)."""
+    flags = [torch.isfinite(v).all() for v in module.state_dict().values() if torch.is_floating_point(v)]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _diverged(t: Trainer, log: EpochLog, skipped: int) -> None:
+    """Stop: too many non-finite steps in a row (the last checkpoint is from before them)."""
+    from focusseg.errors import TrainingError
+
+    lr = float(t.plan["training"].get("optimizer", {}).get("lr", 0.01))
+    log.event("diverged", epoch=t.epoch, iteration=t.iteration, nonfinite_steps_in_a_row=t.nonfinite_run)
+    raise TrainingError(
+        f"training stopped: the loss or its gradient was NaN/inf in {t.nonfinite_run} steps in a row (epoch "
+        f"{t.epoch}, iteration {t.iteration}); checkpoint_latest.pt holds the last good epoch", t.run_dir,
+        hint=f"lower the learning rate and start again, e.g. --overwrite --set training.optimizer.lr={lr / 10:g} "
+             "(training.max_nonfinite_steps sets how many such steps are tolerated)")
 
 
 def _export(t: Trainer) -> dict:
@@ -168,4 +219,4 @@ def _state(t: Trainer, gens: dict[str, torch.Generator]) -> dict:
     return {**_export(t), "task": p.task.state_dict(), "lr": p.lr.state_dict(),
             "sampler": t.sampler.state_dict(), "weighter": p.weighter.state_dict() if p.weighter else None,
             "rng": ckpt.rng_state(gens), "max_iterations": t.max_iterations,
-            "elapsed": t.elapsed, "history": t.history}
+            "elapsed": t.elapsed, "history": t.history, "nonfinite_run": t.nonfinite_run}

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from focusseg.io.atomic import append_line, atomic_write_text
+
 
 class _Bar:
     def __init__(self, total: int, description: str, enabled: bool) -> None:
@@ -32,7 +34,9 @@ class _Bar:
 
 
 class EpochLog:
-    """Appends one JSON line per epoch to ``log.jsonl``; plots ``training_curve.png``."""
+    """``log.jsonl``: one JSON line per epoch (``{"epoch": ...}``) and one per run event (``{"event": "resume",
+    ...}``), each written whole (:func:`~focusseg.io.atomic.append_line`) and valid JSON (NaN/inf become
+    ``null``). Readers take the epoch lines with :func:`read_log`. Also plots ``training_curve.png``."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -42,19 +46,50 @@ class EpochLog:
         return _Bar(total, description, enabled)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append an epoch record and print its one-line summary on stderr."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=_jsonable) + "\n")
+        append_line(self.path, dumps_line(record))
         try:
             from rich.console import Console
 
-            dice = record.get("val_mean_dice")
-            msg = f"epoch {record['epoch']:>4}  it {record['iteration']:>6}  loss {record['train_loss']:.4f}"
+            dice = _finite(record.get("val_mean_dice"))
+            msg = f"epoch {record['epoch']:>4}  it {record['iteration']:>6}  loss {_fmt(record.get('train_loss'))}"
             msg += f"  lr {record['lr']:.2e}" + (f"  val dice {dice:.4f}" if dice is not None else "")
+            if record.get("nonfinite_steps"):
+                msg += f"  non-finite steps {record['nonfinite_steps']}"
             msg += f"  {record['elapsed_s']:.0f}s" + ("  *best*" if record.get("best") else "")
             Console(stderr=True).print(msg, highlight=False)
         except Exception:  # logging must never stop training
             pass
+
+    def event(self, event: str, **fields: Any) -> None:
+        """Append a run event line ``{"event": event, **fields}`` (not an epoch: :func:`read_log` skips it)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        append_line(self.path, dumps_line({"event": event, **fields}))
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """Make the log agree with a checkpoint being resumed: its epoch lines become exactly ``history`` (lines
+        of epochs the checkpoint does not hold -- work lost to a crash -- go; a line lost between checkpoint and
+        log write comes back), event lines stay after the epoch they followed. Rewritten atomically."""
+        events_after: dict[int | None, list[str]] = {}
+        last: int | None = None
+        for line in _lines(self.path):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn line from an old focusseg: drop it
+            if isinstance(rec, dict) and "event" in rec and "epoch" not in rec:
+                events_after.setdefault(last, []).append(line)
+            elif isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
+                last = rec["epoch"]
+        out = list(events_after.pop(None, []))
+        for rec in history:
+            out.append(dumps_line(rec))
+            out.extend(events_after.pop(rec["epoch"], []))
+        for rest in events_after.values():
+            out.extend(rest)
+        if out or self.path.exists():
+            atomic_write_text(self.path, "".join(x + "\n" for x in out))
 
     def plot(self, history: list[dict[str, Any]]) -> Path | None:
         if not history:
@@ -62,10 +97,59 @@ class EpochLog:
         return plot_history(history, self.run_dir / "training_curve.png")
 
 
-def _jsonable(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
+def _lines(path: Path) -> list[str]:
+    try:
+        return [x for x in path.read_text().splitlines() if x.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The epoch records of ``run_dir/log.jsonl`` (event lines such as ``{"event": "resume"}`` skipped)."""
+    out = []
+    for line in _lines(Path(run_dir) / "log.jsonl"):
+        rec = json.loads(line)
+        if isinstance(rec, dict) and "epoch" in rec and "event" not in rec:
+            out.append(rec)
+    return out
+
+
+def sanitize(o: Any) -> Any:
+    """``o`` as strict JSON data: NaN/inf -> None, numpy and tensors -> Python numbers and lists."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, (bool, int, str)) or o is None:
+        return o
+    if isinstance(o, dict):
+        return {str(k): sanitize(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [sanitize(v) for v in o]
+    if hasattr(o, "tolist"):  # numpy arrays and scalars, tensors
+        return sanitize(o.tolist())
     return str(o)
+
+
+def dumps_line(record: dict[str, Any]) -> str:
+    """One strict-JSON line (no NaN literals)."""
+    return json.dumps(sanitize(record), allow_nan=False)
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _num(v: Any) -> float:
+    f = _finite(v)
+    return math.nan if f is None else f
+
+
+def _fmt(v: Any) -> str:
+    f = _finite(v)
+    return "nan" if f is None else f"{f:.4f}"
 
 
 def plot_history(history: list[dict[str, Any]], out: Path) -> Path:
@@ -77,16 +161,16 @@ def plot_history(history: list[dict[str, Any]], out: Path) -> Path:
 
     its = [h["iteration"] for h in history]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    a1.plot(its, [h["train_loss"] for h in history], label="train loss")
+    a1.plot(its, [_num(h.get("train_loss")) for h in history], label="train loss")
     a1.set_xlabel("iteration")
     a1.set_ylabel("loss")
     a1.legend()
     val = [h for h in history if "val_mean_dice" in h]
     if val:
         vi = [h["iteration"] for h in val]
-        a2.plot(vi, [h["val_mean_dice"] for h in val], "k-", lw=2, label="mean")
+        a2.plot(vi, [_num(h["val_mean_dice"]) for h in val], "k-", lw=2, label="mean")
         for c in val[0]["val_dice"]:
-            ys = [h["val_dice"].get(c, math.nan) for h in val]
+            ys = [_num(h["val_dice"].get(c)) for h in val]
             a2.plot(vi, ys, lw=1, label=f"class {c}")
         a2.set_ylim(0, 1)
         a2.legend(fontsize=8)

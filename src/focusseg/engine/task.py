@@ -9,10 +9,16 @@
 
 A task exposes ``inference_module()`` (what validation and export use), ``optimizers`` (the LR controller
 drives all of them), ``step(...) -> StepOutput`` and ``state_dict``/``load_state_dict``.
+
+Numerical guard: a step whose loss or (clipped) gradient norm is NaN/inf does not update the weights (its
+gradients are dropped) and reports ``StepOutput.finite = False``; the loop counts such steps. The check costs
+one host sync per step (the gradient norm that clipping computes anyway). With fp16 and a GradScaler, inf
+gradients are the scaler's business (it skips that step and lowers the scale): only a non-finite loss counts.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -80,15 +86,25 @@ class SupervisedTask:
                 per_sample = loss.detach().expand(labels.shape[0])
         main = outputs[0] if isinstance(outputs, list) else outputs
         tp, fp, fn = class_counts(main.detach(), labels, self.k)
-        step = StepOutput(requests, float(loss.detach()), per_sample.cpu(), tp, fp, fn)
+        loss_value = float(loss.detach())
+        step = StepOutput(requests, loss_value, per_sample.cpu(), tp, fp, fn)
         if callbacks_after_loss is not None:
             callbacks_after_loss(step)
         self.optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss_value):  # nothing to learn from; no backward through NaN
+            step.finite = False
+            return step
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        if self.scaler.is_enabled():  # fp16: the scaler skips inf/NaN gradients itself and lowers its scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif bool(torch.isfinite(norm)):  # the step's one extra host sync
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            step.finite = False
         return step
 
     def set_epoch(self, epoch: int) -> None:
@@ -104,6 +120,30 @@ class SupervisedTask:
         self.scaler.load_state_dict(state["scaler"])
 
 
+class FiniteStepOptimizer:
+    """An optimiser whose ``step`` first clips its parameters' gradient norm and skips the update (dropping the
+    gradients, ``skipped = True``) when that norm is NaN/inf. Everything else is the wrapped optimiser's."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params, grad_clip: float | None) -> None:
+        self.optimizer = optimizer
+        self.params = list(params)
+        self.grad_clip = float("inf") if grad_clip is None else float(grad_clip)
+        self.skipped = False
+
+    def step(self, closure=None):
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        if bool(torch.isfinite(norm)):
+            return self.optimizer.step(closure)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped = True
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "optimizer":  # not yet set (copy/unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+
 class CycleTrainingTask:
     """Three networks, co-taught by committee selection (``keep``, ``criterion``, ``ramp_epochs`` as in
     :class:`focusseg.strategies.cycle.CycleTask`). Runs in fp32 or bf16 autocast (no fp16 scaler)."""
@@ -116,7 +156,9 @@ class CycleTrainingTask:
         self.amp = amp if amp != torch.float16 else torch.bfloat16
         self.device_type = next(networks[0].parameters()).device.type
         self.ensemble = MeanEnsemble(networks)
-        self._cycle = CycleTask(networks, optimizers, self._loss_fn(loss), grad_clip=grad_clip, **cycle)
+        self._guards = [FiniteStepOptimizer(o, n.parameters(), grad_clip) for o, n in zip(optimizers, networks)]
+        # clipping moves into the guards (same order: clip, then step, per network)
+        self._cycle = CycleTask(networks, self._guards, self._loss_fn(loss), grad_clip=None, **cycle)
 
     @staticmethod
     def _loss_fn(loss: nn.Module):
@@ -131,8 +173,11 @@ class CycleTrainingTask:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, requests: list[PatchRequest],
              class_weights: torch.Tensor | None, callbacks_after_loss=None) -> StepOutput:
+        for g in self._guards:
+            g.skipped = False
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             step = self._cycle.step(images, labels, requests, class_weights)
+        step.finite = math.isfinite(step.loss) and not any(g.skipped for g in self._guards)
         with torch.no_grad():
             logits = self.ensemble(images)
         step.per_class_tp, step.per_class_fp, step.per_class_fn = class_counts(logits.float(), labels, self.k)

@@ -31,6 +31,8 @@ class StepOutput:
 
     ``per_sample_loss`` is detached, shape (B,), aligned with ``requests``; ``per_class_tp/fp/fn`` are (K,) voxel
     counts of the argmax prediction over the batch (background included) for cheap running scores.
+    ``finite`` is False when the step was skipped because the loss or the gradient was NaN/inf (the optimiser
+    did not step; the loop counts such steps and stops training after too many in a row).
     """
 
     requests: list[PatchRequest]
@@ -40,6 +42,7 @@ class StepOutput:
     per_class_fp: torch.Tensor | None = None
     per_class_fn: torch.Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    finite: bool = True
 
 
 @runtime_checkable

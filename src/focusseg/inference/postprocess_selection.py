@@ -72,7 +72,7 @@ def choose_postprocessing(
     for i, (p, r) in enumerate(zip(predictions, references)):
         if p.shape != r.shape:
             raise ValueError(f"case {i}: prediction {p.shape} and reference {r.shape} differ in shape")
-    cands = [dict(c) for c in (DEFAULT_CANDIDATES if candidates is None else candidates)]
+    cands = _candidates(DEFAULT_CANDIDATES if candidates is None else candidates)
     current = [np.asarray(p) for p in predictions]
     refs = [np.asarray(r) for r in references]
     sp = list(spacings) if spacings is not None else [None] * len(current)
@@ -86,7 +86,12 @@ def choose_postprocessing(
         best: tuple[float, dict[str, Any], list[np.ndarray], dict[str, Any]] | None = None
         for cand in cands:
             step = {**cand, "labels": [label]}
-            out = [apply_postprocessing(p, [step], s) for p, s in zip(current, sp)]
+            try:
+                out = [apply_postprocessing(p, [step], s) for p, s in zip(current, sp)]
+            except (TypeError, ValueError) as exc:
+                from focusseg.errors import UsageError
+
+                raise UsageError(f"candidate step {cand} cannot be applied ({' '.join(str(exc).split())})") from exc
             d = _mean_dice(out, refs, label)
             trial = {"label": label, "step": cand, "dice_before": base, "dice_after": d, "accepted": False}
             trials.append(trial)
@@ -101,6 +106,25 @@ def choose_postprocessing(
     return {"steps": steps, "trials": trials, "dice_before": before, "dice_after": after, "min_gain": min_gain}
 
 
+def _candidates(candidates: object) -> list[dict[str, Any]]:
+    """Candidate steps as dicts; anything that is not a list of ``{"name": <post-processor>, ...}`` is a
+    :class:`~focusseg.errors.UsageError`."""
+    from focusseg.errors import UsageError
+    from focusseg.inference.postprocess import POSTPROCESSORS
+
+    if not isinstance(candidates, (list, tuple)):
+        raise UsageError(f"candidates must be a list of steps such as {{\"name\": \"erode\"}}, got {candidates!r}")
+    out = []
+    for c in candidates:
+        if isinstance(c, str):
+            c = {"name": c}
+        if not isinstance(c, Mapping) or c.get("name") not in POSTPROCESSORS:
+            raise UsageError(f"candidate step {c!r} is not a known post-processor "
+                             f"({', '.join(POSTPROCESSORS.names())})")
+        out.append(dict(c))
+    return out
+
+
 def choose_postprocessing_for_run(
     run_dir: str | Path,
     labels: Sequence[int],
@@ -108,49 +132,108 @@ def choose_postprocessing_for_run(
     min_gain: float = 0.0,
 ) -> dict[str, Any]:
     """Choose on ``run_dir/validation/{predictions,reference}`` (written by the trainer's final validation) and
-    write ``run_dir/postprocessing.json`` atomically; returns its content."""
+    write ``run_dir/postprocessing.json`` atomically; returns its content.
+
+    Only predictions that have a reference are used (``cases`` lists them, ``skipped_without_reference`` the
+    others); temporaries, dot files and side outputs are ignored."""
+    from focusseg.errors import MissingFileError
     from focusseg.planning.fingerprint import save_json
 
     run_dir = Path(run_dir)
     pred_dir = run_dir / "validation" / "predictions"
-    names, preds, refs, spacings = read_prediction_pairs(pred_dir, run_dir / "validation" / "reference")
+    hint = "train with a validation fold first (focusseg train ... --fold 0)"
+    if not pred_dir.is_dir():
+        raise MissingFileError("no validation predictions (folder not found)", pred_dir, hint=hint)
+    skipped: list[str] = []
+    names, preds, refs, spacings = read_prediction_pairs(pred_dir, run_dir / "validation" / "reference",
+                                                         skipped=skipped)
     if not names:
-        raise FileNotFoundError(f"{pred_dir}: no validation predictions (train with a validation fold first)")
+        raise MissingFileError("no validation predictions with a reference", pred_dir, hint=hint)
     result = choose_postprocessing(preds, refs, labels, candidates, min_gain, spacings)
     result["cases"] = names
+    result["skipped_without_reference"] = skipped
     save_json(result, run_dir / "postprocessing.json")
     return result
 
 
 def read_prediction_pairs(
-    pred_dir: Path, ref_dir: Path
+    pred_dir: Path, ref_dir: Path, skipped: list[str] | None = None
 ) -> tuple[list[str], list[np.ndarray], list[np.ndarray], list[tuple[float, ...]]]:
-    """Every ``pred_dir/*.nii.gz`` with its same-named reference in ``ref_dir`` as int16 label maps: ``(file names,
-    predictions, references, prediction spacings)``; a missing reference is an error naming the file."""
-    from focusseg.io import read_image
+    """Every label map of ``pred_dir`` (any known ending; temporaries, dot files and side outputs ignored) with
+    the reference of the same case in ``ref_dir`` (any known ending), as integer label maps: ``(prediction file
+    names, predictions, references, prediction spacings)``.
 
+    A prediction without a reference is a :class:`~focusseg.errors.DatasetError` naming it, unless ``skipped``
+    is a list: its name is then appended there and the prediction left out. Unreadable files, non-integer
+    values and shape mismatches are :class:`~focusseg.errors.ImageError` naming the file."""
+    from focusseg.errors import DatasetError, ImageError
+    from focusseg.metrics.files import check_folder, label_files, read_label_map
+
+    pred_dir = check_folder(pred_dir, "prediction")
+    ref_files = label_files(ref_dir) if Path(ref_dir).is_dir() else {}
     names, preds, refs, spacings = [], [], [], []
-    for f in sorted(Path(pred_dir).glob("*.nii.gz")):
-        ref_file = Path(ref_dir) / f.name
-        if not ref_file.exists():
-            raise FileNotFoundError(f"{ref_file}: reference of prediction {f.name} is missing")
-        p, geo = read_image(f)
-        r, _ = read_image(ref_file)
+    for case, f in label_files(pred_dir).items():
+        ref_file = ref_files.get(case)
+        if ref_file is None:
+            if skipped is not None:
+                skipped.append(f.name)
+                continue
+            raise DatasetError(f"prediction has no reference {Path(ref_dir) / f.name}", f,
+                               hint="remove predictions of other cases, or add their references")
+        p, _, spacing = read_label_map(f)
+        r, _, _ = read_label_map(ref_file)
+        if p.shape != r.shape:
+            raise ImageError(f"shape {p.shape} differs from its reference {ref_file} {r.shape}", f)
         names.append(f.name)
-        preds.append(np.rint(p).astype(np.int16))
-        refs.append(np.rint(r).astype(np.int16))
-        spacings.append(tuple(geo.spacing))
+        preds.append(_compact(p))
+        refs.append(_compact(r))
+        spacings.append(spacing)
     return names, preds, refs, spacings
+
+
+def _compact(labelmap: np.ndarray) -> np.ndarray:
+    """int16 when the values fit (what post-processing and Dice expect), int64 otherwise."""
+    return labelmap.astype(np.int16 if labelmap.max(initial=0) <= np.iinfo(np.int16).max else np.int64)
 
 
 def load_run_postprocessing(run_dir: str | Path, plan: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The steps a run's predictions get: ``plan["inference"]["postprocessing"]`` when it is a list (fixed by a
-    recipe), the steps chosen on validation (``postprocessing.json``) when it is ``"auto"`` (default), else none."""
-    spec = plan.get("inference", {}).get("postprocessing", "auto")
+    recipe), the steps chosen on validation (``postprocessing.json``) when it is ``"auto"`` (default), else none.
+
+    An unreadable ``postprocessing.json``, or one whose steps are not known post-processors, is a
+    :class:`~focusseg.errors.CheckpointError` naming it (never applied half-understood)."""
+    from focusseg.errors import CheckpointError
+
+    inference = plan.get("inference", {}) if isinstance(plan, Mapping) else {}
+    spec = inference.get("postprocessing", "auto") if isinstance(inference, Mapping) else "auto"
     if isinstance(spec, list):
-        return [dict(s) if isinstance(s, Mapping) else {"name": s} for s in spec]
+        steps = [dict(s) if isinstance(s, Mapping) else {"name": s} for s in spec]
+        _check_steps(steps, Path(run_dir) / "plan.json", "the plan's inference.postprocessing")
+        return steps
     if spec == "auto":
         f = Path(run_dir) / "postprocessing.json"
         if f.is_file():
-            return list(json.loads(f.read_text())["steps"])
+            try:
+                saved = json.loads(f.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise CheckpointError(f"unreadable post-processing choice ({' '.join(str(exc).split())})", f,
+                                      hint="re-choose it with `focusseg postprocess RUN_DIR`") from exc
+            steps = saved.get("steps") if isinstance(saved, dict) else None
+            if not isinstance(steps, list) or not all(isinstance(s, Mapping) for s in steps):
+                raise CheckpointError("not a post-processing choice (no list of 'steps')", f,
+                                      hint="re-choose it with `focusseg postprocess RUN_DIR`")
+            steps = [dict(s) for s in steps]
+            _check_steps(steps, f, "postprocessing.json")
+            return steps
     return []
+
+
+def _check_steps(steps: list[dict[str, Any]], source: str | Path, what: str) -> None:
+    from focusseg.errors import CheckpointError
+    from focusseg.inference.postprocess import POSTPROCESSORS
+
+    known = set(POSTPROCESSORS.names())
+    for s in steps:
+        if s.get("name") not in known:
+            raise CheckpointError(f"{what} names an unknown post-processing step {s.get('name')!r} "
+                                  f"(known: {', '.join(sorted(known))})", source)

@@ -1,14 +1,19 @@
 """Whole-case prediction from a run folder: read -> preprocess (crop, normalise, resample) -> Gaussian sliding
 window (+ mirror TTA) -> softmax -> resample back to the cropped original grid -> argmax -> paste into the
-original shape -> NIfTI with exactly the input's shape and affine.
+original shape -> an image with exactly the input's shape and affine.
 
 Reading/preprocessing the next case and writing the previous one run on worker threads while the current
 case is being predicted.
+
+Trust: a run's checkpoint is loaded with ``weights_only=True`` onto the CPU (no code can run), checked (a plan,
+finite weights that fit the network), then moved to the device. ``predict_folder`` never writes into the input
+folder, never reads its own outputs back as cases, writes every output atomically, and reports a case it cannot
+predict without stopping the others (:class:`~focusseg.errors.PartialFailure` at the end).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,45 +21,131 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from focusseg.io import Geometry, discover_images, read_case, write_image, write_segmentation
+from focusseg.errors import (
+    CheckpointError,
+    DatasetError,
+    FocussegError,
+    ImageError,
+    MissingFileError,
+    PartialFailure,
+    UsageError,
+)
+from focusseg.io import Geometry, read_case, write_image, write_segmentation
 from focusseg.preprocessing.preprocess import preprocess_array
+
+CHECKPOINTS = ("best", "final", "latest")
+#: Plan fields inference needs; a checkpoint whose plan lacks one is refused when loaded, not mid-prediction.
+REQUIRED_PLAN_KEYS = ("channel_names", "labels", "n_classes", "patch_size", "network", "training", "inference",
+                      "normalization", "target_spacing")
+TRAIN_HINT = "train first: focusseg train DATA --out RUN_DIR"
 
 
 def _select_checkpoint(run_dir: Path, which: str) -> Path:
-    for name in [which] if which != "best" else ["best", "final", "latest"]:
+    """``run_dir/checkpoint_<which>.pt`` (``best`` falls back to ``final``, then ``latest``)."""
+    if which not in CHECKPOINTS:
+        raise UsageError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+    if not run_dir.exists():
+        raise MissingFileError("run folder not found", run_dir, hint=TRAIN_HINT)
+    if not run_dir.is_dir():
+        raise UsageError("not a run folder (a file)", run_dir)
+    names = [which] if which != "best" else list(CHECKPOINTS)
+    for name in names:
         p = run_dir / f"checkpoint_{name}.pt"
         if p.is_file():
             return p
-    raise FileNotFoundError(f"{run_dir}: no checkpoint_{which}.pt (train a run first)")
+    wanted = " or ".join(f"checkpoint_{n}.pt" for n in names)
+    others = sorted(p.name for p in run_dir.glob("checkpoint_*.pt") if p.is_file())
+    hint = f"this run folder has {', '.join(others)}: pass --checkpoint" if others else TRAIN_HINT
+    raise MissingFileError(f"no {wanted} in this run folder", run_dir, hint=hint)
+
+
+def checkpoint_parts(state: Mapping, path: str | Path | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(plan, network weights)`` of a loaded checkpoint, checked: the plan is a dict with
+    :data:`REQUIRED_PLAN_KEYS`, the weights a dict of tensors. A :class:`CheckpointError` naming ``path``
+    otherwise."""
+    plan = state.get("plan") if isinstance(state, Mapping) else None
+    if not isinstance(plan, dict):
+        raise CheckpointError(f"holds no plan (a {type(plan).__name__}): not a focusseg checkpoint", path)
+    missing = [k for k in REQUIRED_PLAN_KEYS if k not in plan]
+    if missing:
+        raise CheckpointError(f"its plan lacks {', '.join(missing)}: not a focusseg checkpoint, or a damaged one",
+                              path)
+    if not isinstance(plan["inference"], dict) or not isinstance(plan["training"], dict):
+        raise CheckpointError("its plan's 'inference' and 'training' must be objects", path)
+    if not isinstance(plan["channel_names"], (dict, list)) or not plan["channel_names"]:
+        raise CheckpointError(f"its plan's channel_names {plan['channel_names']!r} is not a non-empty mapping", path)
+    weights = state.get("network")
+    if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError("holds no network weights (a dict of tensors under 'network')", path)
+    return plan, weights
+
+
+def _build_network(plan: dict, state_dict: Mapping[str, torch.Tensor], source: str | Path | None) -> torch.nn.Module:
+    """The plan's inference module with ``state_dict`` loaded, on the CPU; weights that are not finite or do not
+    fit the network are a :class:`CheckpointError` naming ``source``."""
+    from focusseg.engine.task import build_inference_module
+
+    for name, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"network weight {name!r} holds NaN/inf (a diverged training?)", source,
+                                  hint="use another checkpoint (--checkpoint) or retrain with a lower learning rate")
+    try:
+        network = build_inference_module(plan)
+    except FocussegError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"its plan does not build a network ({type(exc).__name__}: "
+                              f"{' '.join(str(exc).split())[:200]})", source) from exc
+    try:
+        network.load_state_dict(state_dict)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = " ".join(str(exc).split())[:240]
+        raise CheckpointError(f"network weights do not fit the network its plan describes ({first})", source) from exc
+    return network
 
 
 class Predictor:
-    """One trained network and its plan. ``Predictor.from_run(RUN_DIR)`` loads ``checkpoint_best.pt``."""
+    """One trained network and its plan. ``Predictor.from_run(RUN_DIR)`` loads ``checkpoint_best.pt``.
+
+    ``run_dir`` is the run folder it came from (None when built from a plan and weights directly)."""
 
     def __init__(self, plan: dict, state_dict: dict, device: str | torch.device | None = None,
-                 postprocessing: list[dict] | None = None) -> None:
+                 postprocessing: list[dict] | None = None, source: str | Path | None = None) -> None:
         from focusseg.engine.build import amp_dtype
-        from focusseg.engine.task import build_inference_module
 
         self.plan = plan
         self.postprocessing = list(postprocessing or [])  # steps for apply_postprocessing (chosen on validation)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.network = build_inference_module(plan)
-        self.network.load_state_dict(state_dict)
+        self.network = _build_network(plan, state_dict, source)  # on the CPU first
         self.network.to(self.device).eval()
         self.amp = amp_dtype(plan, self.device)
+        self.run_dir: Path | None = None
 
     @classmethod
     def from_run(
         cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device | None = None
     ) -> Predictor:
-        """Load a run; its post-processing is the plan's fixed list or the steps chosen on validation
-        (``postprocessing.json``, see :mod:`focusseg.inference.postprocess_selection`)."""
+        """Load a run without executing code from it (:func:`focusseg.engine.checkpoint.load_checkpoint`); its
+        post-processing is the plan's fixed list or the steps chosen on validation (``postprocessing.json``, see
+        :mod:`focusseg.inference.postprocess_selection`).
+
+        Raises:
+            MissingFileError: no run folder, or no checkpoint in it (hint: train first).
+            CheckpointError: a checkpoint that is truncated, corrupt, carries Python objects, holds no plan /
+                a plan without the fields inference needs / non-finite weights / weights that do not fit; an
+                unreadable ``postprocessing.json``. Each names the file.
+            UsageError: ``checkpoint`` not one of best, final, latest.
+        """
+        from focusseg.engine.checkpoint import load_checkpoint
         from focusseg.inference.postprocess_selection import load_run_postprocessing
 
-        path = _select_checkpoint(Path(run_dir), checkpoint)
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        return cls(state["plan"], state["network"], device, load_run_postprocessing(run_dir, state["plan"]))
+        run_dir = Path(run_dir)
+        path = _select_checkpoint(run_dir, checkpoint)
+        plan, weights = checkpoint_parts(load_checkpoint(path), path)
+        steps = load_run_postprocessing(run_dir, plan)
+        predictor = cls(plan, weights, device, steps, source=path)
+        predictor.run_dir = run_dir
+        return predictor
 
     def softmax_on_network_grid(
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True

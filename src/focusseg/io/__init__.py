@@ -1,9 +1,20 @@
 """Reading and writing images with their geometry, and finding cases in a dataset folder."""
 
 from focusseg.io.dataset import CaseFiles, DatasetSpec, discover_cases, discover_images, load_dataset_spec
-from focusseg.io.image import Geometry, ImageReadError, read_case, read_image, write_image, write_segmentation
+from focusseg.io.image import (
+    DEFAULT_MAX_VOXELS,
+    Geometry,
+    ImageReadError,
+    read_case,
+    read_image,
+    read_label,
+    voxel_limit,
+    write_image,
+    write_segmentation,
+)
 
 __all__ = [
+    "DEFAULT_MAX_VOXELS",
     "CaseFiles",
     "DatasetSpec",
     "Geometry",
@@ -13,6 +24,8 @@ __all__ = [
     "load_dataset_spec",
     "read_case",
     "read_image",
+    "read_label",
+    "voxel_limit",
     "write_image",
     "write_segmentation",
 ]

@@ -4,6 +4,10 @@ nnU-Net v2: ``dataset.json`` with ``channel_names``, ``labels`` (name -> int), `
 ``imagesTr/<case>_<CCCC><ending>`` one file per channel, ``labelsTr/<case><ending>``.
 MSD: ``dataset.json`` with ``modality`` and ``training: [{"image": ..., "label": ...}]``; 4D images whose
 4th axis holds the channels. Both give a list of :class:`CaseFiles`.
+
+``dataset.json`` is validated field by field (a :class:`~focusseg.errors.DatasetError` naming the file and the
+field); case ids and the file ending are checked before they are ever joined to a path
+(:mod:`focusseg.io.paths`), and MSD image paths must stay inside the dataset folder.
 """
 
 from __future__ import annotations
@@ -12,6 +16,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from focusseg.errors import DatasetError, MissingFileError
+from focusseg.io.atomic import is_temp_name
+from focusseg.io.paths import is_inside, validate_case_id, validate_file_ending
+
+#: Labels are stored as int16 in the preprocessed store: larger values cannot be trained.
+MAX_LABEL_VALUE = 32767
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,11 @@ class DatasetSpec:
         return max(self.label_values) + 1
 
     @property
+    def labels_contiguous(self) -> bool:
+        """Whether the label values are exactly ``0..n_classes-1`` (every class index is a declared label)."""
+        return self.label_values == list(range(self.n_classes))
+
+    @property
     def foreground_labels(self) -> list[int]:
         return [v for v in self.label_values if v != 0]
 
@@ -56,55 +72,152 @@ class CaseFiles:
 
 
 def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
+    """Read and validate ``data_dir/dataset.json``.
+
+    Raises :class:`MissingFileError` when there is none and :class:`DatasetError` naming ``dataset.json`` and
+    the field for anything malformed: not JSON, not an object, missing or mistyped ``channel_names`` /
+    ``modality``, ``labels``, ``file_ending``, ``numTraining``; region-based labels.
+    """
     data_dir = Path(data_dir)
     path = data_dir / "dataset.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no dataset.json (focusseg reads nnU-Net v2 or MSD dataset folders)")
+        if not data_dir.exists():
+            raise MissingFileError("dataset folder not found", data_dir)
+        raise MissingFileError("no dataset.json (focusseg reads nnU-Net v2 or MSD dataset folders)", path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})", path) from exc
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise DatasetError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", path) from exc
+    except OSError as exc:
+        raise DatasetError(f"cannot be read ({exc.strerror or exc})", path) from exc
+    if not isinstance(raw, dict):
+        raise DatasetError(f"must hold a JSON object, not {_json_type(raw)}", path)
     if "channel_names" in raw:
-        channels = {int(k): str(v) for k, v in raw["channel_names"].items()}
-        labels = {str(k): _label_value(path, k, v) for k, v in raw["labels"].items()}
+        channels = _channels(path, "channel_names", raw["channel_names"])
+        labels = _nnunet_labels(path, raw.get("labels"))
         layout = "nnunetv2"
+        if "file_ending" not in raw:
+            raise DatasetError("field 'file_ending' is missing", path, hint='add e.g. "file_ending": ".nii.gz"')
+        file_ending = validate_file_ending(raw["file_ending"], path)
     elif "modality" in raw:
-        channels = {int(k): str(v) for k, v in raw["modality"].items()}
-        labels = {str(v): int(k) for k, v in raw["labels"].items()}  # MSD: "0": "background"
+        channels = _channels(path, "modality", raw["modality"])
+        labels = _msd_labels(path, raw.get("labels"))
         layout = "msd"
+        file_ending = validate_file_ending(raw.get("file_ending", ".nii.gz"), path)
+        for key in ("training", "test"):
+            if key in raw and not isinstance(raw[key], list):
+                raise DatasetError(f"field {key!r} must be a list, not {_json_type(raw[key])}", path)
     else:
-        raise ValueError(f"{path}: needs 'channel_names' (nnU-Net v2) or 'modality' (MSD)")
+        raise DatasetError("needs 'channel_names' (nnU-Net v2) or 'modality' (MSD)", path)
+    if "numTraining" in raw and (not isinstance(raw["numTraining"], int) or isinstance(raw["numTraining"], bool)
+                                 or raw["numTraining"] < 0):
+        raise DatasetError(f"field 'numTraining' must be a non-negative integer, not {raw['numTraining']!r}", path)
     if 0 not in labels.values():
-        raise ValueError(f"{path}: labels must declare background as 0")
+        raise DatasetError("field 'labels' must declare background as 0", path)
+    name = raw.get("name", data_dir.name)
     return DatasetSpec(
-        name=str(raw.get("name", data_dir.name)),
+        name=str(name) if isinstance(name, (str, int, float)) else data_dir.name,
         channel_names=dict(sorted(channels.items())),
         labels=labels,
-        file_ending=str(raw.get("file_ending", ".nii.gz")),
+        file_ending=file_ending,
         layout=layout,
         raw=raw,
     )
 
 
+def _json_type(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _channels(path: Path, key: str, value: object) -> dict[int, str]:
+    if not isinstance(value, dict) or not value:
+        raise DatasetError(f"field {key!r} must be a non-empty object such as {{\"0\": \"CT\"}}, "
+                           f"not {_json_type(value)}", path)
+    out: dict[int, str] = {}
+    for k, v in value.items():
+        if not (isinstance(k, str) and k.strip().isdigit()):
+            raise DatasetError(f"field {key!r}: key {k!r} is not a channel number", path)
+        if not isinstance(v, str):
+            raise DatasetError(f"field {key!r}: channel {k} must be named by a string, not {_json_type(v)}", path)
+        out[int(k)] = v
+    if sorted(out) != list(range(len(out))):
+        raise DatasetError(f"field {key!r}: channels must be numbered 0..{len(out) - 1}, got {sorted(out)}", path)
+    return out
+
+
 def _label_value(path: Path, name: str, value: object) -> int:
     if isinstance(value, (list, tuple)):
-        raise ValueError(f"{path}: region-based label {name!r} = {value} is not supported yet")
-    return int(value)  # type: ignore[arg-type]
+        raise DatasetError(f"field 'labels': region-based label {name!r} = {value} is not supported "
+                           "(focusseg trains one class per label value)", path)
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+        raise DatasetError(f"field 'labels': label {name!r} must have an integer value, not {value!r}", path)
+    v = int(value)
+    if not 0 <= v <= MAX_LABEL_VALUE:
+        raise DatasetError(f"field 'labels': label {name!r} = {v} is outside 0..{MAX_LABEL_VALUE} "
+                           "(labels are stored as int16)", path)
+    return v
+
+
+def _check_unique(path: Path, labels: dict[str, int]) -> dict[str, int]:
+    seen: dict[int, str] = {}
+    for name, v in labels.items():
+        if v in seen:
+            raise DatasetError(f"field 'labels': {seen[v]!r} and {name!r} both have value {v}", path)
+        seen[v] = name
+    return labels
+
+
+def _nnunet_labels(path: Path, value: object) -> dict[str, int]:
+    if not isinstance(value, dict) or not value:
+        raise DatasetError(f"field 'labels' must be a non-empty object of name -> integer value, "
+                           f"not {_json_type(value)}", path)
+    return _check_unique(path, {str(k): _label_value(path, str(k), v) for k, v in value.items()})
+
+
+def _msd_labels(path: Path, value: object) -> dict[str, int]:
+    if not isinstance(value, dict) or not value:
+        raise DatasetError(f"field 'labels' must be a non-empty object of value -> name, not {_json_type(value)}",
+                           path)
+    out = {}
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise DatasetError(f"field 'labels': label {k!r} must be named by a string, not {_json_type(v)}", path)
+        out[v] = _label_value(path, v, k)
+    return _check_unique(path, out)
 
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
 def discover_images(folder: str | Path, file_ending: str = ".nii.gz") -> dict[str, dict[int, Path]]:
-    """``<case>_<CCCC><ending>`` files in a folder -> {case: {channel: path}}, sorted by case id."""
+    """``<case>_<CCCC><ending>`` files in a folder -> {case: {channel: path}}, sorted by case id.
+
+    Dot files and temporaries (:func:`~focusseg.io.atomic.is_temp_name`) are skipped; focusseg's side outputs
+    (``<case>_uncertainty<ending>``, ``<case><ending>`` predictions) have no ``_CCCC`` suffix and never match.
+    A case id that cannot safely name a file raises :class:`DatasetError` naming the file.
+    """
+    folder = Path(folder)
+    file_ending = validate_file_ending(file_ending, folder)
+    if not folder.is_dir():
+        raise MissingFileError("folder not found", folder)
     found: dict[str, dict[int, Path]] = {}
-    for p in sorted(Path(folder).iterdir()):
-        if not p.name.endswith(file_ending) or p.name.startswith("."):
+    for p in sorted(folder.iterdir()):
+        if not p.name.endswith(file_ending) or is_temp_name(p.name) or p.is_dir():
             continue
         m = _CHANNEL_RE.match(p.name[: -len(file_ending)])
         if m:
-            found.setdefault(m["case"], {})[int(m["ch"])] = p
+            found.setdefault(validate_case_id(m["case"], p), {})[int(m["ch"])] = p
     return dict(sorted(found.items()))
+
+
+def channel_of(path: Path, case_id: str, file_ending: str) -> int | None:
+    """The channel number of ``<case>_<CCCC><ending>``, or None when the name has another form."""
+    stem = path.name[: -len(file_ending)] if path.name.endswith(file_ending) else path.name
+    m = _CHANNEL_RE.match(stem)
+    return int(m["ch"]) if m and m["case"] == case_id else None
 
 
 def discover_cases(data_dir: str | Path, spec: DatasetSpec | None = None, split: str = "Tr") -> list[CaseFiles]:
@@ -119,20 +232,47 @@ def discover_cases(data_dir: str | Path, spec: DatasetSpec | None = None, split:
         return _discover_msd(data_dir, spec, split)
     image_dir, label_dir = data_dir / f"images{split}", data_dir / f"labels{split}"
     if not image_dir.is_dir():
-        raise FileNotFoundError(f"{image_dir}: folder not found")
+        raise MissingFileError("folder not found", image_dir)
     cases = []
     for case_id, chans in discover_images(image_dir, spec.file_ending).items():
         label = label_dir / f"{case_id}{spec.file_ending}"
-        cases.append(CaseFiles(case_id, tuple(chans[c] for c in sorted(chans)), label if label.exists() else None))
+        cases.append(CaseFiles(case_id, tuple(chans[c] for c in sorted(chans)), label if label.is_file() else None))
     return cases
 
 
+def _msd_path(data_dir: Path, source: Path, key: str, i: int, value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise DatasetError(f"{key} entry {i}: path must be a non-empty string, not {value!r}", source)
+    rel = Path(value)
+    if rel.is_absolute() or "\x00" in value:
+        raise DatasetError(f"{key} entry {i}: path {value!r} must be relative to the dataset folder", source)
+    path = data_dir / rel
+    if ".." in rel.parts or not is_inside(path, data_dir):
+        raise DatasetError(f"{key} entry {i}: path {value!r} leaves the dataset folder", source)
+    return path
+
+
 def _discover_msd(data_dir: Path, spec: DatasetSpec, split: str) -> list[CaseFiles]:
-    entries = spec.raw.get("training" if split == "Tr" else "test", [])
-    cases = []
-    for e in entries:
-        img = data_dir / (e["image"] if isinstance(e, dict) else e)
-        lab = data_dir / e["label"] if isinstance(e, dict) and "label" in e else None
+    source = data_dir / "dataset.json"
+    key = "training" if split == "Tr" else "test"
+    entries = spec.raw.get(key, [])
+    if not isinstance(entries, list):
+        raise DatasetError(f"field {key!r} must be a list", source)
+    cases, seen = [], set()
+    for i, e in enumerate(entries):
+        if isinstance(e, dict):
+            if "image" not in e:
+                raise DatasetError(f"{key} entry {i} has no 'image'", source)
+            img = _msd_path(data_dir, source, key, i, e["image"])
+            lab = _msd_path(data_dir, source, key, i, e["label"]) if e.get("label") is not None else None
+        elif isinstance(e, str):
+            img, lab = _msd_path(data_dir, source, key, i, e), None
+        else:
+            raise DatasetError(f"{key} entry {i} must be an object with 'image'/'label' or a path string", source)
         case_id = img.name[: -len(spec.file_ending)] if img.name.endswith(spec.file_ending) else img.stem
-        cases.append(CaseFiles(case_id, (img,), lab if lab is not None and lab.exists() else None))
+        validate_case_id(case_id, img)
+        if case_id in seen:
+            raise DatasetError(f"{key} entry {i}: case {case_id!r} is listed twice", source)
+        seen.add(case_id)
+        cases.append(CaseFiles(case_id, (img,), lab if lab is not None and lab.is_file() else None))
     return cases

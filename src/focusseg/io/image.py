@@ -3,26 +3,109 @@
 Arrays keep the file's voxel axis order (nibabel's i, j, k): no transposition, so the affine of the input
 file maps prediction voxels exactly as it maps image voxels. SimpleITK images (z, y, x arrays, LPS physical
 space) are transposed to (x, y, z) and given the equivalent RAS affine, so both paths return the same thing.
+
+Reading is bounded: the header is read first and checked before any voxel is allocated: the declared voxel
+count (every axis, channels included) against a limit (:data:`DEFAULT_MAX_VOXELS`, ``max_voxels=`` or the
+``FOCUSSEG_MAX_VOXELS`` environment variable), the declared data size against the file size (uncompressed
+NIfTI) or against what a gzip stream of that size can possibly hold (``.nii.gz``, deflate cannot exceed
+1032:1), zero/negative/NaN spacing, and the number of axes (2D files are read as 3D with a singleton axis;
+trailing singleton axes are dropped; 4D keeps its 4th axis; 5D and more is refused).
 """
 
 from __future__ import annotations
 
+import gzip
+import io
+import math
+import os
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from focusseg.errors import ImageError
+from focusseg.errors import ImageError, UsageError
 from focusseg.io.atomic import atomic_path
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+#: Default limit on the voxels a header may declare (all axes): 2**29 = 536,870,912 (2 GiB as float32).
+DEFAULT_MAX_VOXELS = 1024**3 // 2
+#: Environment variable that raises (or lowers) the limit, e.g. ``FOCUSSEG_MAX_VOXELS=2000000000``.
+MAX_VOXELS_ENV = "FOCUSSEG_MAX_VOXELS"
+#: Deflate's largest possible compression ratio: a gzip file of S bytes decompresses to at most ~1032 * S.
+_GZIP_MAX_RATIO = 1032
+#: Labels are stored as int16 (the preprocessed store).
+MAX_LABEL_VALUE = 32767
 
 
 class ImageReadError(ImageError):
     """A file that cannot be read, or whose content is not a usable image. ``str(e)`` is ``"<file>: <problem>"``
     (constructed either as ``ImageReadError(problem, path)`` or, as before, with one ``"<file>: <problem>"``
     string)."""
+
+
+def voxel_limit(max_voxels: int | None = None) -> int:
+    """The voxel limit in force: ``max_voxels`` if given, else ``$FOCUSSEG_MAX_VOXELS``, else the default."""
+    if max_voxels is not None:
+        if int(max_voxels) <= 0:
+            raise UsageError(f"max_voxels must be positive, got {max_voxels}")
+        return int(max_voxels)
+    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    try:
+        value = float(raw.replace("_", ""))
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 1 or value != int(value):
+        raise UsageError(f"{MAX_VOXELS_ENV}={raw!r} is not a positive whole number of voxels",
+                         hint=f"unset it for the default ({DEFAULT_MAX_VOXELS}) or give e.g. 2000000000")
+    return int(value)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+def _check_declared_shape(path: Path, shape: Sequence[int], limit: int) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if not shape:
+        raise ImageReadError("header declares no axes", path)
+    if any(s <= 0 for s in shape):
+        raise ImageReadError(f"header declares an empty axis (shape {_shape_text(shape)})", path)
+    n = math.prod(shape)
+    if n > limit:
+        raise ImageReadError(f"header declares {_shape_text(shape)} = {n} voxels, above the limit of {limit} "
+                             f"(set {MAX_VOXELS_ENV} to raise it)", path)
+    return shape
+
+
+def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Trailing singleton axes beyond the third dropped, 1D/2D padded to 3D; 5D+ refused."""
+    out = list(shape)
+    while len(out) > 3 and out[-1] == 1:
+        out.pop()
+    if len(out) > 4:
+        raise ImageReadError(f"{len(out)}D image (shape {_shape_text(shape)}): focusseg reads 3D images "
+                             "(4D only as channels in the MSD layout)", path)
+    return tuple(out) + (1,) * (3 - len(out))
+
+
+def _check_affine(path: Path, affine: np.ndarray) -> None:
+    if not np.isfinite(affine).all():
+        raise ImageReadError("affine holds NaN/inf values", path)
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if (norms <= 0).any():
+        raise ImageReadError(f"zero voxel spacing {tuple(round(float(s), 6) for s in norms)} "
+                             "(the affine has a zero column)", path)
 
 
 @dataclass(frozen=True)
@@ -52,36 +135,114 @@ def _is_nifti(path: Path) -> bool:
     return path.name.endswith(NIFTI_ENDINGS)
 
 
-def read_image(path: str | Path, dtype: type = np.float32) -> tuple[np.ndarray, Geometry]:
-    """Read one image file. Returns ``(array, geometry)``; a 4D file keeps its 4th axis last.
+def _nifti_header(path: Path) -> nib.Nifti1Header:
+    """The NIfTI-1/2 header alone (no extensions, no data), read without trusting anything in it."""
+    gz = path.name.endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            head = f.read(540)
+    except (OSError, EOFError, zlib.error) as exc:
+        what = "corrupt or truncated gzip" if gz else "cannot be read"
+        raise ImageReadError(f"unreadable ({what}: {_one_line(exc)})", path) from exc
+    if len(head) < 348:
+        raise ImageReadError(f"truncated: {len(head)} bytes, shorter than a NIfTI header", path)
+    sizes = {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")}
+    klass, n = (nib.Nifti2Header, 540) if 540 in sizes else (nib.Nifti1Header, 348)
+    if n not in sizes:
+        raise ImageReadError("not a NIfTI file (bad header size field)", path)
+    if len(head) < n:
+        raise ImageReadError(f"truncated: {len(head)} bytes, shorter than a NIfTI-2 header", path)
+    try:
+        return klass.from_fileobj(io.BytesIO(head[:n] + b"\0\0\0\0"), check=False)
+    except Exception as exc:  # nibabel raises several types for a garbled header
+        raise ImageReadError(f"unreadable NIfTI header ({_one_line(exc)})", path) from exc
 
-    Raises ``ImageReadError`` naming the file when it is missing, empty, truncated or corrupt.
+
+def _check_nifti_header(path: Path, hdr: nib.Nifti1Header, limit: int) -> tuple[int, ...]:
+    """Every check that needs only the header; returns the declared shape."""
+    dim = [int(d) for d in hdr["dim"]]
+    if not 1 <= dim[0] <= 7:
+        raise ImageReadError(f"header declares {dim[0]} dimensions (NIfTI allows 1 to 7)", path)
+    shape = _check_declared_shape(path, dim[1 : dim[0] + 1], limit)
+    try:
+        dtype = hdr.get_data_dtype()
+    except Exception as exc:
+        raise ImageReadError(f"unsupported voxel type code {int(hdr['datatype'])} ({_one_line(exc)})", path) from exc
+    if dtype.kind == "c" or dtype.fields is not None or dtype.itemsize == 0:
+        raise ImageReadError(f"voxel type {dtype} is not a real-valued scalar type", path)
+    pixdim = np.asarray(hdr["pixdim"][1 : 1 + min(dim[0], 3)], dtype=np.float64)
+    if not np.isfinite(pixdim).all() or (pixdim <= 0).any():
+        raise ImageReadError(f"zero, negative or NaN voxel spacing (pixdim {pixdim.tolist()})", path)
+    offset = float(hdr["vox_offset"])
+    if not math.isfinite(offset) or offset < 0:
+        raise ImageReadError(f"header declares data offset {offset}", path)
+    need = int(offset) + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if path.name.endswith(".gz"):
+        if need > _GZIP_MAX_RATIO * size + 65536:
+            raise ImageReadError(f"header declares {need} bytes ({_shape_text(shape)} x {dtype.itemsize}-byte "
+                                 f"voxels) but a gzip file of {size} bytes cannot hold more than "
+                                 f"{_GZIP_MAX_RATIO * size} (truncated file or wrong header)", path)
+    elif need > size:
+        raise ImageReadError(f"truncated: header declares {need} bytes ({_shape_text(shape)} x "
+                             f"{dtype.itemsize}-byte voxels from offset {int(offset)}), the file holds {size}", path)
+    return shape
+
+
+def read_image(path: str | Path, dtype: type = np.float32, max_voxels: int | None = None
+               ) -> tuple[np.ndarray, Geometry]:
+    """Read one image file. Returns ``(array, geometry)``: a 3D array, or 4D with the 4th axis last (the
+    channels of an MSD image); 1D/2D files get singleton axes, trailing singleton axes are dropped.
+
+    The header is checked before the voxels are read (see the module docstring; ``max_voxels`` overrides the
+    limit). Raises ``ImageReadError`` naming the file when it is missing, empty, truncated, corrupt, too large
+    for the limit, 5D, or has zero/negative/NaN spacing.
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
+        raise ImageReadError("file not found", path)
     if path.stat().st_size == 0:
-        raise ImageReadError(f"{path}: empty file")
-    try:
-        if _is_nifti(path):
+        raise ImageReadError("empty file", path)
+    limit = voxel_limit(max_voxels)
+    if _is_nifti(path):
+        shape = _check_nifti_header(path, _nifti_header(path), limit)
+        spatial = _spatial_shape(path, shape)
+        try:
             img = nib.load(str(path))
-            data = np.asarray(img.dataobj, dtype=dtype)
             affine = np.asarray(img.affine, dtype=np.float64)
-        else:
-            data, affine = _read_sitk(path, dtype)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # nibabel/gzip/zlib/SimpleITK raise many types for broken files
-        raise ImageReadError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from exc
-    if data.ndim < 3:
-        data = data.reshape(data.shape + (1,) * (3 - data.ndim))
+            _check_affine(path, affine)
+            data = np.asarray(img.dataobj, dtype=dtype)
+        except ImageReadError:
+            raise
+        except Exception as exc:  # nibabel/gzip/zlib raise many types for broken files
+            raise ImageReadError(f"unreadable ({type(exc).__name__}: {_one_line(exc)})", path) from exc
+        if math.prod(data.shape) != math.prod(spatial):
+            raise ImageReadError(f"read shape {data.shape} does not match the header's {shape}", path)
+        data = data.reshape(spatial, order="A")
+    else:
+        data, affine = _read_sitk(path, dtype, limit)
     return data, Geometry(affine, tuple(int(s) for s in data.shape[:3]))
 
 
-def _read_sitk(path: Path, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+def _read_sitk(path: Path, dtype: type, limit: int) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(path))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        size = tuple(int(s) for s in reader.GetSize())
+        comps = int(reader.GetNumberOfComponents())
+        spacing = np.asarray(reader.GetSpacing(), dtype=np.float64)
+    except Exception as exc:
+        raise ImageReadError(f"unreadable header ({_one_line(exc)})", path) from exc
+    _check_declared_shape(path, size + ((comps,) if comps > 1 else ()), limit)
+    if not np.isfinite(spacing).all() or (spacing[:3] <= 0).any():
+        raise ImageReadError(f"zero, negative or NaN voxel spacing {spacing.tolist()}", path)
+    try:
+        img = reader.Execute()
+    except Exception as exc:
+        raise ImageReadError(f"unreadable ({_one_line(exc)})", path) from exc
     arr = sitk.GetArrayFromImage(img)  # (z, y, x) or (z, y, x, c)
     if img.GetNumberOfComponentsPerPixel() > 1:
         arr = np.moveaxis(arr, -1, 0)
@@ -89,27 +250,37 @@ def _read_sitk(path: Path, dtype: type) -> tuple[np.ndarray, np.ndarray]:
     else:
         arr = np.transpose(arr, tuple(range(arr.ndim))[::-1])
     dim = img.GetDimension()
-    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
-    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
-    origin = np.asarray(img.GetOrigin(), dtype=np.float64)
+    sdim = min(dim, 3)
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)[:sdim, :sdim]
+    origin = np.asarray(img.GetOrigin(), dtype=np.float64)[:sdim]
     affine = np.eye(4)
-    affine[:dim, :dim] = direction * spacing[None, :]
-    affine[:dim, 3] = origin
+    affine[:sdim, :sdim] = direction * spacing[None, :sdim]
+    affine[:sdim, 3] = origin
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS
+    _check_affine(path, affine)
+    arr = arr.reshape(_spatial_shape(path, arr.shape))
     return arr.astype(dtype, copy=False), affine
 
 
 def read_case(
-    image_paths: list[Path], label_path: Path | None = None
+    image_paths: list[Path], label_path: Path | None = None, *, n_channels: int | None = None,
+    layout: str | None = None, label_values: Sequence[int] | None = None, max_voxels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
     """Read and stack a case's channels as ``(C, X, Y, Z)`` float32, and its label as ``(X, Y, Z)`` int16.
 
-    Every channel and the label must share shape and affine; NaN/inf voxels are refused. Errors name the file.
+    Every channel and the label must share shape and affine; NaN/inf voxels are refused; a 4D file's volumes
+    are channels (MSD layout) -- with ``layout="nnunetv2"`` a 4D file with more than one volume is refused.
+    ``n_channels``: the number of channels the dataset declares (a different count is refused).
+    ``label_values``: the declared label values (any other value in the label is refused). Label values must be
+    integers in 0..32767 (int16). Errors name the file.
     """
     channels, geometry = [], None
     for p in image_paths:
-        arr, geo = read_image(p)
+        arr, geo = read_image(p, max_voxels=max_voxels)
         if arr.ndim == 4:  # MSD layout: channels in the 4th axis
+            if layout == "nnunetv2" and arr.shape[3] > 1:
+                raise ImageReadError(f"4D image with {arr.shape[3]} volumes; nnU-Net layout needs one 3D file "
+                                     "per channel", p)
             chans = [arr[..., i] for i in range(arr.shape[3])]
         else:
             chans = [arr]
@@ -117,28 +288,52 @@ def read_case(
             geometry = geo
         elif not geometry.matches(geo):
             raise ImageReadError(
-                f"{p}: geometry differs from {image_paths[0]} (shape {geo.shape} vs {geometry.shape}, "
-                f"affine max diff {np.abs(geo.affine - geometry.affine).max():.3g})"
-            )
+                f"geometry differs from {image_paths[0]} (shape {geo.shape} vs {geometry.shape}, "
+                f"affine max diff {np.abs(geo.affine - geometry.affine).max():.3g})", p)
         for c in chans:
             if not np.isfinite(c).all():
-                raise ImageReadError(f"{p}: {int((~np.isfinite(c)).sum())} NaN/inf voxels")
+                raise ImageReadError(f"{int((~np.isfinite(c)).sum())} NaN/inf voxels", p)
         channels.extend(chans)
-    assert geometry is not None, "read_case needs at least one image path"
+    if geometry is None:
+        raise ImageReadError("a case needs at least one image file", label_path)
+    if n_channels is not None and len(channels) != n_channels:
+        raise ImageReadError(f"{len(channels)} channel(s) in {len(image_paths)} file(s), dataset.json declares "
+                             f"{n_channels}", image_paths[0])
     image = np.stack(channels, 0).astype(np.float32, copy=False)
     label = None
     if label_path is not None:
-        lab, lgeo = read_image(label_path, dtype=np.float32)
-        if not geometry.matches(lgeo):
-            raise ImageReadError(
-                f"{label_path}: label geometry differs from the image (shape {lgeo.shape} vs {geometry.shape}, "
-                f"affine max diff {np.abs(lgeo.affine - geometry.affine).max():.3g})"
-            )
-        if not np.isfinite(lab).all() or not np.array_equal(lab, np.round(lab)):
-            raise ImageReadError(f"{label_path}: label holds non-integer or NaN/inf values")
-        label = lab[..., 0] if lab.ndim == 4 else lab
-        label = label.astype(np.int16)
+        label = read_label(label_path, geometry, label_values, max_voxels=max_voxels)
     return image, label, geometry
+
+
+def read_label(path: Path, geometry: Geometry | None = None, label_values: Sequence[int] | None = None,
+               max_voxels: int | None = None) -> np.ndarray:
+    """A label map as int16 ``(X, Y, Z)``: 3D, integer, finite, 0..32767, matching ``geometry`` when given,
+    holding only ``label_values`` when given. Errors name the file."""
+    lab, lgeo = read_image(path, dtype=np.float32, max_voxels=max_voxels)
+    if lab.ndim == 4:
+        raise ImageReadError(f"label is 4D ({lab.shape[3]} volumes); a label map must be 3D", path)
+    if geometry is not None and not geometry.matches(lgeo):
+        raise ImageReadError(
+            f"label geometry differs from the image (shape {lgeo.shape} vs {geometry.shape}, "
+            f"affine max diff {np.abs(lgeo.affine - geometry.affine).max():.3g})", path)
+    if not np.isfinite(lab).all():
+        raise ImageReadError(f"label holds {int((~np.isfinite(lab)).sum())} NaN/inf values", path)
+    if not np.array_equal(lab, np.round(lab)):
+        raise ImageReadError("label holds non-integer values", path)
+    lo, hi = (float(lab.min()), float(lab.max())) if lab.size else (0.0, 0.0)
+    if lo < 0 or hi > MAX_LABEL_VALUE:
+        bad = hi if hi > MAX_LABEL_VALUE else lo
+        raise ImageReadError(f"label value {int(bad)} outside 0..{MAX_LABEL_VALUE} (labels are stored as int16)",
+                             path)
+    label = lab.astype(np.int16)
+    if label_values is not None:
+        present = np.flatnonzero(np.bincount(label.ravel(), minlength=1))
+        undeclared = sorted(set(present.tolist()) - {int(v) for v in label_values})
+        if undeclared:
+            more = f" (and {len(undeclared) - 10} more)" if len(undeclared) > 10 else ""
+            raise ImageReadError(f"label values {undeclared[:10]}{more} not declared in dataset.json", path)
+    return label
 
 
 def write_segmentation(path: str | Path, seg: np.ndarray, geometry: Geometry) -> Path:

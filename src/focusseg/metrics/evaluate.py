@@ -18,11 +18,13 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
+from focusseg.errors import DatasetError, FocussegError, ImageError, PartialFailure, UsageError
+from focusseg.io.atomic import atomic_path, atomic_write_text
 from focusseg.metrics.autopet import false_negative_volume, false_positive_volume, fp_pet_score
 from focusseg.metrics.conventions import Convention, get_convention
+from focusseg.metrics.files import check_folder, label_files, output_ending, read_label_map
 from focusseg.metrics.lesion import lesion_metrics
 from focusseg.metrics.overlap import confusion_counts, label_boxes, merge_boxes, overlap_metrics
 from focusseg.metrics.surface import surface_metrics
@@ -100,55 +102,62 @@ def present_labels(*labelmaps: np.ndarray) -> list[int]:
 
 
 def _case_files(folder: Path) -> dict[str, Path]:
-    files = {}
-    for f in sorted(folder.iterdir()):
-        for ext in (".nii.gz", ".nii"):
-            if f.is_file() and f.name.endswith(ext):
-                files[f.name[: -len(ext)]] = f
-                break
-    return files
+    """``{case: file}`` of the label maps of a folder (rules in :mod:`focusseg.metrics.files`)."""
+    return label_files(folder)
 
 
 def _load_labels(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D label map, got shape {data.shape}")
-    if not np.issubdtype(data.dtype, np.integer):
-        rounded = np.rint(data)
-        if not np.array_equal(rounded, data):
-            raise ValueError(f"{path}: label map holds non-integer values")
-        data = rounded.astype(np.int32)
-    if data.min(initial=0) < 0:
-        raise ValueError(f"{path}: label map holds negative values")
-    return data, img.affine, tuple(float(z) for z in img.header.get_zooms()[:3])
+    return read_label_map(path)
 
 
-def _evaluate_pair(job: tuple) -> tuple[str, list[dict], list[int]]:
+def _error_record(exc: FocussegError) -> tuple:
+    """A picklable stand-in for an expected error raised in a worker process (exceptions whose ``__init__``
+    takes several arguments do not survive pickling with their path and hint)."""
+    return (type(exc), exc.problem, None if exc.path is None else str(exc.path), exc.hint)
+
+
+def _rebuild_error(record: tuple) -> FocussegError:
+    cls, problem, path, hint = record
+    try:
+        return cls(problem, path, hint)
+    except TypeError:  # a subclass with another signature
+        return DatasetError(problem, path, hint)
+
+
+def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | tuple, list[int]]:
+    """``(case, rows, labels present)``, or ``(case, error record, [])`` for a file that cannot be scored."""
     case, pred_path, gt_path, labels, tol, connectivity, convention = job
-    pred, pred_affine, _ = _load_labels(pred_path)
-    gt, gt_affine, spacing = _load_labels(gt_path)
-    if pred.shape != gt.shape:
-        raise ValueError(f"{pred_path}: shape {pred.shape} differs from ground truth {gt_path} {gt.shape}")
-    if not np.allclose(pred_affine, gt_affine, rtol=0, atol=AFFINE_ATOL):
-        raise ValueError(f"{pred_path}: affine differs from ground truth {gt_path}:\n{pred_affine}\nvs\n{gt_affine}")
-    present = present_labels(pred, gt)
-    rows = evaluate_case(pred, gt, spacing, present if labels is None else labels, tol, connectivity, convention)
+    try:
+        pred, pred_affine, _ = _load_labels(pred_path)
+        gt, gt_affine, spacing = _load_labels(gt_path)
+        if pred.shape != gt.shape:
+            raise ImageError(f"shape {pred.shape} differs from the reference {gt_path} {gt.shape}", pred_path)
+        if not np.allclose(pred_affine, gt_affine, rtol=0, atol=AFFINE_ATOL):
+            diff = float(np.abs(pred_affine - gt_affine).max())
+            raise ImageError(f"affine differs from the reference {gt_path} (max difference {diff:.3g}, "
+                             f"tolerance {AFFINE_ATOL})", pred_path)
+        present = present_labels(pred, gt)
+        rows = evaluate_case(pred, gt, spacing, present if labels is None else labels, tol, connectivity, convention)
+    except FocussegError as exc:
+        return case, _error_record(exc), []
     return case, rows, present
 
 
 def _stats(values: Sequence[float]) -> dict[str, float | int | None]:
+    """mean, sd (ddof 1), median and n of the finite values; ``n_undefined`` counts the others (NaN/None: an
+    empty mask under the convention), which never enter the statistics."""
     x = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    undefined = len(values) - int(x.size)
     if x.size == 0:
-        return {"mean": None, "sd": None, "median": None, "n": 0}
+        return {"mean": None, "sd": None, "median": None, "n": 0, "n_undefined": undefined}
     sd = float(x.std(ddof=1)) if x.size > 1 else None
-    return {"mean": float(x.mean()), "sd": sd, "median": float(np.median(x)), "n": int(x.size)}
+    return {"mean": float(x.mean()), "sd": sd, "median": float(np.median(x)), "n": int(x.size),
+            "n_undefined": undefined}
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], labels: Sequence[int]) -> dict[str, Any]:
-    """Per label and overall (all case-label rows pooled): mean, sd (ddof 1), median, n of finite values.
+    """Per label and overall (all case-label rows pooled): mean, sd (ddof 1), median, n of finite values and
+    ``n_undefined``, the number of undefined (NaN) values left out.
 
     Also the FP-PET score per label, ``mean dice - 0.1 mean FPV - 0.1 mean FNV`` (None if undefined).
     """
@@ -170,6 +179,24 @@ def _cell(value: Any) -> str:
     return "" if not math.isfinite(value) else repr(value)
 
 
+def _listing(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN) and numpy scalars made plain."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def evaluate_folders(
     pred_dir: str | Path,
     gt_dir: str | Path,
@@ -181,46 +208,70 @@ def evaluate_folders(
     convention: str = "default",
     progress: bool = True,
 ) -> dict:
-    """Evaluate every ``<case>.nii.gz`` of ``gt_dir`` against the same name in ``pred_dir``.
+    """Evaluate every label map of ``gt_dir`` against the prediction of the same case in ``pred_dir``.
 
-    Writes ``out_dir/metrics.csv`` (:data:`COLUMNS`, one row per case and label, empty cell where
-    undefined), ``out_dir/summary.json`` (see :func:`summarize`, plus the settings) and the violin plots
-    ``dice_violin.png`` and ``nsd_violin.png``; returns the summary dict.  Spacing comes from the GT
-    header; prediction and GT must share shape and affine (within 1e-4).  ``labels=None`` evaluates every
-    non-zero label found in any GT or prediction.  ``workers > 1`` evaluates cases in a process pool.
+    Cases are the files of any known image ending (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``...; a prediction and
+    its reference may differ in format); temporaries, dot files and side outputs (``<case>_uncertainty...``) are
+    ignored (:mod:`focusseg.metrics.files`). Writes ``out_dir/metrics.csv`` (:data:`COLUMNS`, one row per case and
+    label, empty cell where undefined), ``out_dir/summary.json`` (see :func:`summarize`, plus the settings) and
+    the violin plots ``dice_violin.png`` and ``nsd_violin.png``, each atomically; returns the summary dict.
+    Spacing comes from the reference header; prediction and reference must share shape and affine (within
+    1e-4). ``labels=None`` evaluates every non-zero label found in any reference or prediction (present values
+    only: memory does not depend on how large label values are). ``workers > 1`` evaluates cases in a process
+    pool.
 
     Raises:
-        ValueError: naming the file, for a case without a prediction (or a prediction without a GT),
-            mismatched shape/affine, non-integer labels, or an empty ``gt_dir``.
+        MissingFileError: a folder that does not exist.
+        UsageError: bad ``connectivity``/``nsd_tolerance``/``labels``, or a file where a folder was expected.
+        DatasetError: an empty ``gt_dir``, references without a prediction or predictions without a reference
+            (all named), two files for one case.
+        ImageError: one file that cannot be scored (unreadable, not 3D, NaN or non-integer values, shape or
+            affine differing from its reference), naming it; with several such files a :class:`PartialFailure`
+            holding one error per file. Nothing is written then.
     """
     from rich.progress import Progress
 
-    pred_dir, gt_dir, out_dir = Path(pred_dir), Path(gt_dir), Path(out_dir)
     conv = get_convention(convention)
     if connectivity not in (6, 18, 26):
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    for kind, folder in (("ground-truth", gt_dir), ("prediction", pred_dir)):
-        if not folder.is_dir():
-            raise ValueError(f"{kind} folder {folder} does not exist")
+        raise UsageError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    if not (isinstance(nsd_tolerance, (int, float)) and math.isfinite(nsd_tolerance) and nsd_tolerance >= 0):
+        raise UsageError(f"nsd_tolerance must be a distance >= 0 in mm, got {nsd_tolerance}")
+    gt_dir = check_folder(gt_dir, "ground-truth")
+    pred_dir = check_folder(pred_dir, "prediction")
+    out_dir = Path(out_dir)
+    req = None if labels is None else [int(v) for v in labels]
+    if req is not None and (not req or min(req) <= 0):
+        raise UsageError(f"labels must be positive integers, got {labels}")
     gts, preds = _case_files(gt_dir), _case_files(pred_dir)
     if not gts:
-        raise ValueError(f"no .nii.gz ground-truth files in {gt_dir}")
+        raise DatasetError("no ground-truth label maps (.nii.gz, .nii, .mha, .nrrd ...) in this folder", gt_dir)
     missing = sorted(set(gts) - set(preds))
     if missing:
         first = gts[missing[0]]
-        raise ValueError(f"no prediction for ground truth {first} (expected {pred_dir / first.name})")
+        expected = pred_dir / f"{missing[0]}{output_ending(first.name[len(missing[0]):])}"
+        more = f" (and {len(missing) - 1} more: {_listing(missing[1:])})" if len(missing) > 1 else ""
+        raise DatasetError(f"no prediction for ground truth {first}{more}", expected,
+                           hint="predict every reference case, or evaluate against a folder of only those cases")
     extra = sorted(set(preds) - set(gts))
     if extra:
-        raise ValueError(f"prediction {preds[extra[0]]} has no ground truth in {gt_dir}")
-    req = None if labels is None else [int(v) for v in labels]
+        more = f" (and {len(extra) - 1} more: {_listing(extra[1:])})" if len(extra) > 1 else ""
+        raise DatasetError(f"prediction has no ground truth in {gt_dir}{more}", preds[extra[0]],
+                           hint="remove predictions of other cases, or add their references")
     jobs = [(c, preds[c], gts[c], req, float(nsd_tolerance), connectivity, conv) for c in sorted(gts)]
     results: dict[str, tuple[list[dict], list[int]]] = {}
+    failures: list[FocussegError] = []
+
+    def collect(case: str, rows: list[dict] | tuple, present: list[int]) -> None:
+        if isinstance(rows, tuple):
+            failures.append(_rebuild_error(rows))
+        else:
+            results[case] = (rows, present)
+
     with Progress(disable=not progress, transient=False) as bar:
         task = bar.add_task("evaluating", total=len(jobs))
         if workers <= 1 or len(jobs) == 1:
             for job in jobs:
-                case, rows, present = _evaluate_pair(job)
-                results[case] = (rows, present)
+                collect(*_evaluate_pair(job))
                 bar.advance(task)
         else:
             # fork: workers inherit the imported modules (as torch's DataLoader workers do); they use no
@@ -228,9 +279,15 @@ def evaluate_folders(
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             ctx = multiprocessing.get_context(method)
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-                for case, rows, present in pool.map(_evaluate_pair, jobs):
-                    results[case] = (rows, present)
+                for item in pool.map(_evaluate_pair, jobs):
+                    collect(*item)
                     bar.advance(task)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        exc = PartialFailure(failures, 0, what="file(s)")
+        exc.hint = "nothing was written: fix or remove the files named above"
+        raise exc
     final_labels = req if req is not None else sorted({v for _, p in results.values() for v in p})
     all_rows = []
     for case in sorted(results):
@@ -240,12 +297,6 @@ def evaluate_folders(
                 empty = np.zeros((1, 1, 1), np.uint8)
                 by_label[v] = evaluate_case(empty, empty, (1.0, 1.0, 1.0), [v], nsd_tolerance, connectivity, conv)[0]
             all_rows.append({"case": case, **by_label[v]})
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "metrics.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
-        for r in all_rows:
-            writer.writerow([r["case"]] + [_cell(r[c]) for c in COLUMNS[1:]])
     summary = {
         "convention": conv.name,
         "nsd_tolerance": float(nsd_tolerance),
@@ -254,11 +305,21 @@ def evaluate_folders(
         "n_cases": len(results),
         **summarize(all_rows, final_labels),
     }
-    with open(out_dir / "summary.json", "w") as fh:
-        json.dump(summary, fh, indent=2)
-    from focusseg.metrics.plots import violin_plot
+    summary = _json_safe(summary)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(COLUMNS)
+            for r in all_rows:
+                writer.writerow([r["case"]] + [_cell(r[c]) for c in COLUMNS[1:]])
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        from focusseg.metrics.plots import violin_plot
 
-    for metric in ("dice", "nsd"):
-        values = {str(v): [float(r[metric]) for r in all_rows if r["label"] == v] for v in final_labels}
-        violin_plot(values, metric.upper(), out_dir / f"{metric}_violin.png")
+        for metric in ("dice", "nsd"):
+            values = {str(v): [float(r[metric]) for r in all_rows if r["label"] == v] for v in final_labels}
+            violin_plot(values, metric.upper(), out_dir / f"{metric}_violin.png")
+    except OSError as exc:
+        where = Path(exc.filename) if getattr(exc, "filename", None) else out_dir
+        raise FocussegError(f"cannot write the evaluation ({exc.strerror or type(exc).__name__})", where) from exc
     return summary

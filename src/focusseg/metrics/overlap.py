@@ -20,6 +20,9 @@ from scipy import ndimage
 
 from focusseg.metrics.conventions import Convention, get_convention
 
+#: Largest label value boxed with one direct ``find_objects`` table; larger values are relabelled compactly first.
+DIRECT_MAX_LABEL = 1 << 16
+
 
 def label_boxes(labelmap: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
     """Bounding box of each positive integer ``label`` in ``labelmap`` (one pass); None where absent."""
@@ -31,8 +34,17 @@ def label_boxes(labelmap: np.ndarray, labels: Sequence[int]) -> dict[int, tuple[
     if not np.issubdtype(labelmap.dtype, np.integer):
         labelmap = labelmap.astype(np.int64)
     top = max(labels, default=0)
-    found = ndimage.find_objects(labelmap, max_label=top) if top else []
-    return {v: found[v - 1] for v in labels}
+    if not top:
+        return {}
+    if top <= DIRECT_MAX_LABEL:
+        found = ndimage.find_objects(labelmap, max_label=top)
+        return {v: found[v - 1] for v in labels}
+    # find_objects keeps a table of max_label entries: with a label value of 10^8 that is gigabytes. Relabel the
+    # values present to 1..n (memory proportional to the volume, whatever the values) and box those.
+    values, compact = np.unique(labelmap, return_inverse=True)
+    found = ndimage.find_objects(compact.reshape(labelmap.shape).astype(np.int64, copy=False) + 1)
+    index = {int(u): i for i, u in enumerate(values)}
+    return {v: found[index[v]] if v in index else None for v in labels}
 
 
 def merge_boxes(*boxes: tuple[slice, ...] | None) -> tuple[slice, ...] | None:

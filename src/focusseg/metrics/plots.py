@@ -9,9 +9,11 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from focusseg.io.atomic import atomic_path
+
 
 def violin_plot(values: Mapping[str, Sequence[float]], metric: str, path: str | Path) -> Path:
-    """Write a PNG with one violin per class of the finite ``values[class]``; returns the path.
+    """Write a PNG (atomically) with one violin per class of the finite ``values[class]``; returns the path.
 
     Classes without any finite value are shown as an empty slot so the x axis keeps every label.
     """
@@ -34,5 +36,6 @@ def violin_plot(values: Mapping[str, Sequence[float]], metric: str, path: str | 
     ax.set_title(f"per-class {metric}")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
