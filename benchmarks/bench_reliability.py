@@ -1,0 +1,150 @@
+"""Run the malformed-input corpus (tests/reliability/corpus.py) outside pytest and count what the trust rules
+promise: inputs tried, refused cleanly (non-zero exit, one error line naming the file, no traceback), coped with
+(exit 0 where focusseg must work), tracebacks, unexpected errors, inputs modified, files written outside the
+output folder. Then run the crash-consistency tests (SIGKILL + rerun/resume) and report their outcome.
+
+    .venv/bin/python benchmarks/bench_reliability.py --write     # -> benchmarks/results/reliability.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def run_corpus() -> tuple[list[dict], float]:
+    import torch
+    from focusseg_testdata import write_tiny_dataset
+    from reliability.conftest import TINY_PLAN, Sandbox, snapshot
+    from reliability.corpus import CORPUS
+
+    from focusseg.cli import main
+    from focusseg.engine.run import run_training
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "templates"
+        data = write_tiny_dataset(base / "DataTs", n_cases=5, with_test=True)
+        run_training(data, base / "run", fold=0, overrides=TINY_PLAN, progress=False, device="cpu")
+        templates = {"_base": base, "_data_ts": data, "_run": base / "run"}
+        for i, name in enumerate(sorted(CORPUS)):
+            command, build = CORPUS[name]
+            root = Path(tmp) / f"case{i:03d}"
+            (root / "in").mkdir(parents=True)
+            (root / "cwd").mkdir()
+            sb = Sandbox(root, dict(templates))
+            entry = build(sb)
+            allowed = [sb.out, *entry.outputs]
+            before = snapshot(root, allowed)
+            out, err = io.StringIO(), io.StringIO()
+            cwd = os.getcwd()
+            os.chdir(root / "cwd")
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    code = main([str(a) for a in entry.argv])
+            finally:
+                os.chdir(cwd)
+            after = snapshot(root, allowed)
+            inputs = {k for k in before if not k.startswith("cwd")}
+            modified = sorted(k for k in inputs if before.get(k) != after.get(k))
+            outside = sorted(k for k in set(after) - set(before))
+            text = out.getvalue() + err.getvalue()
+            lines = [x for x in err.getvalue().splitlines() if x.startswith("error:")]
+            named = entry.culprit is None or any(entry.culprit in x for x in lines)
+            extra_ok = True
+            if entry.after is not None:
+                try:
+                    entry.after()
+                except AssertionError:
+                    extra_ok = False
+            if entry.refuse:
+                clean = code not in (0, 3) and 1 <= len(lines) <= entry.max_error_lines and named
+            else:
+                clean = code == 0
+            rows.append({"name": name, "command": command, "refuse": entry.refuse, "code": code,
+                         "clean": clean and extra_ok and "Traceback" not in text and not modified and not outside,
+                         "traceback": "Traceback" in text, "unexpected": code == 3, "modified": modified,
+                         "outside": outside, "first_line": (lines or [""])[0].replace(str(root), "…")[:160]})
+    return rows, time.perf_counter() - t0
+
+
+def run_kill_tests() -> str:
+    tests = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests" / "reliability").glob("test_crash_*.py"))
+    if not tests:
+        return "no crash-consistency tests found"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow", *tests]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    tail = [x for x in res.stdout.splitlines() if " passed" in x or " failed" in x]
+    return f"`{' '.join(['pytest', '-m', 'slow or not slow', *tests])}`: {tail[-1] if tail else res.stdout[-300:]} " \
+           f"({time.perf_counter() - t0:.0f} s)"
+
+
+def report(rows: list[dict], seconds: float, kills: str | None) -> str:
+    from machine import machine_line
+
+    by_cmd = Counter(r["command"] for r in rows)
+    refuse = [r for r in rows if r["refuse"]]
+    cope = [r for r in rows if not r["refuse"]]
+    lines = [
+        "## Trust: malformed-input corpus and crash consistency (issue 12)",
+        "",
+        "- Command: `.venv/bin/python benchmarks/bench_reliability.py --write` (the same corpus runs in `make test` as "
+        "`tests/reliability/test_corpus.py`; the kill tests in `make test-slow`)",
+        f"- Machine: {machine_line()}; corpus run took {seconds:.0f} s",
+        f"- Entries per command: {', '.join(f'{k} {v}' for k, v in sorted(by_cmd.items()))}",
+        "",
+        "| inputs tried | refused cleanly | coped with (exit 0) | tracebacks | unexpected errors | inputs modified "
+        "| files outside the output folder |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {len(rows)} | {sum(r['clean'] for r in refuse)} of {len(refuse)} | {sum(r['clean'] for r in cope)} of "
+        f"{len(cope)} | {sum(r['traceback'] for r in rows)} | {sum(r['unexpected'] for r in rows)} | "
+        f"{sum(bool(r['modified']) for r in rows)} | {sum(bool(r['outside']) for r in rows)} |",
+        "",
+    ]
+    bad = [r for r in rows if not r["clean"]]
+    if bad:
+        lines += ["Entries that did not pass:", ""] + [f"- `{r['name']}` ({r['command']}): exit {r['code']}, "
+                                                       f"{r['first_line']!r}" for r in bad] + [""]
+    lines += ["<details><summary>every entry and its one line</summary>", "", "| entry | command | exit | first line |",
+              "| --- | --- | ---: | --- |"]
+    for r in rows:
+        first = r["first_line"].replace("|", "\\|")
+        lines.append(f"| {r['name']} | {r['command']} | {r['code']} | {first} |")
+    lines += ["", "</details>", ""]
+    if kills:
+        lines += [f"- Crash consistency (SIGKILL at random points, then rerun/resume; result equal to an "
+                  f"uninterrupted run): {kills}", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--write", action="store_true", help="write benchmarks/results/reliability.md")
+    ap.add_argument("--no-kills", action="store_true", help="skip the crash-consistency tests")
+    args = ap.parse_args()
+    sys.path.insert(0, str(HERE))
+    rows, seconds = run_corpus()
+    kills = None if args.no_kills else run_kill_tests()
+    text = report(rows, seconds, kills)
+    print(text)
+    if args.write:
+        (HERE / "results" / "reliability.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
