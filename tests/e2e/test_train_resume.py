@@ -45,16 +45,17 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path: Path):
     assert _run(data, tmp_path / "straight") == 0
     rc = _run(data, tmp_path / "killed", kill_at=7)  # inside epoch 2: its partial work is lost, as in a real crash
     assert rc == -9, f"the run was expected to die by SIGKILL, exit code {rc}"
-    state = torch.load(tmp_path / "killed" / "checkpoint_latest.pt", weights_only=False)
+    state = torch.load(tmp_path / "killed" / "checkpoint_latest.pt", weights_only=True)
     assert state["epoch"] == 2 and state["iteration"] == 6
     assert _run(data, tmp_path / "killed", resume=True) == 0
-    a = torch.load(tmp_path / "straight" / "checkpoint_final.pt", weights_only=False)["network"]
-    b = torch.load(tmp_path / "killed" / "checkpoint_final.pt", weights_only=False)["network"]
+    a = torch.load(tmp_path / "straight" / "checkpoint_final.pt", weights_only=True)["network"]
+    b = torch.load(tmp_path / "killed" / "checkpoint_final.pt", weights_only=True)["network"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
-    log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [0, 1, 2, 3]
+    from focusseg.engine.report import read_log
+
+    assert [r["epoch"] for r in read_log(tmp_path / "killed")] == [0, 1, 2, 3]
 
 
 def test_train_predict_evaluate_keeps_geometry(tmp_path: Path):
@@ -115,8 +116,9 @@ def test_time_budget_stops_inside_an_epoch_and_keeps_best(tmp_path: Path):
                            final_validation=False)
     assert 1 <= summary["iterations"] < 10_000 and summary["epochs"] == 1
     assert (tmp_path / "run" / "checkpoint_best.pt").is_file()
-    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert "val_mean_dice" in log[-1]
+    from focusseg.engine.report import read_log
+
+    assert "val_mean_dice" in read_log(tmp_path / "run")[-1]
 
 
 def test_weighted_ensemble_cli_with_uncertainty(tmp_path: Path):

@@ -134,7 +134,7 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
                 t.nonfinite_run += 1
                 if t.nonfinite_run >= max_nonfinite:
                     bar.close()
-                    _diverged(t, log, skipped)
+                    _diverged(t, log)
             t.iteration += 1
             bar.advance(step.loss)
             if time_budget_s and t.elapsed + time.perf_counter() - t0 >= time_budget_s:
@@ -195,15 +195,19 @@ def network_is_finite(module: torch.nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def _diverged(t: Trainer, log: EpochLog, skipped: int) -> None:
-    """Stop: too many non-finite steps in a row (the last checkpoint is from before them)."""
+def _diverged(t: Trainer, log: EpochLog) -> None:
+    """Stop: too many non-finite steps in a row (logged as a ``diverged`` event line)."""
     from focusseg.errors import TrainingError
+    from focusseg.registry import split_spec
 
-    lr = float(t.plan["training"].get("optimizer", {}).get("lr", 0.01))
+    try:
+        lr = float(split_spec(t.plan["training"].get("optimizer") or {"name": "sgd"})[1].get("lr", 0.01))
+    except (TypeError, ValueError):
+        lr = 0.01
     log.event("diverged", epoch=t.epoch, iteration=t.iteration, nonfinite_steps_in_a_row=t.nonfinite_run)
     raise TrainingError(
         f"training stopped: the loss or its gradient was NaN/inf in {t.nonfinite_run} steps in a row (epoch "
-        f"{t.epoch}, iteration {t.iteration}); checkpoint_latest.pt holds the last good epoch", t.run_dir,
+        f"{t.epoch}, iteration {t.iteration})", t.run_dir,
         hint=f"lower the learning rate and start again, e.g. --overwrite --set training.optimizer.lr={lr / 10:g} "
              "(training.max_nonfinite_steps sets how many such steps are tolerated)")
 

@@ -1,38 +1,83 @@
-"""One training run from a raw dataset: fingerprint -> plan -> preprocess -> split -> train -> final validation
-(predict the held-out raw cases with the best checkpoint and evaluate them in their original geometry)."""
+"""One training run from a raw dataset: check -> fingerprint -> plan -> preprocess -> split -> train -> final
+validation (predict the held-out raw cases with the best checkpoint and evaluate them in their original
+geometry).
+
+A run folder belongs to one fold and one plan (``run.json`` records the fold, a hash of ``plan.json``, the data
+folder and the focusseg version). Training into it again needs ``resume=True`` (continue; only changes listed
+in :data:`SAFE_ON_RESUME` are accepted, applied and logged) or ``overwrite=True`` (focusseg's own products are
+removed first, nothing else). While a run trains, ``run_dir/.lock`` (``flock``) keeps a second process out.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shutil
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from focusseg.engine.checkpoint import LATEST, PREVIOUS
+from focusseg.errors import (
+    CheckFailed,
+    DatasetError,
+    MissingFileError,
+    PlanError,
+    RunFolderError,
+    UsageError,
+)
 from focusseg.io import discover_cases, load_dataset_spec
 from focusseg.planning.fingerprint import compute_fingerprint, save_json
 from focusseg.planning.planner import deep_merge, make_plan
+
+#: Plan keys that ``resume`` may change (more epochs, validation settings, loading, anything of inference);
+#: any other difference between the stored and the requested plan is refused. The time budget is safe too.
+SAFE_ON_RESUME = ("training.max_epochs", "training.val_every", "training.val_max_cases", "training.in_memory")
+SAFE_PREFIXES_ON_RESUME = ("inference.",)
+#: What ``overwrite`` removes from a run folder: focusseg's own products (and their temporaries), nothing else.
+PRODUCT_FILES = (LATEST, PREVIOUS, "checkpoint_best.pt", "checkpoint_final.pt", "log.jsonl", "run.json",
+                 "plan.json", "summary.json", "postprocessing.json", "training_curve.png", "fingerprint.json",
+                 "splits_final.json")
+PRODUCT_DIRS = ("validation", "preprocessed")
+RUN_JSON = "run.json"
+LOCK = ".lock"
 
 
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(device)
+        raise UsageError("--device cuda asked for, but torch sees no CUDA device", hint="use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r} is not a device torch knows (cpu, cuda, cuda:N, auto)") from exc
+
+
+def _fingerprint(data_dir: Path, fingerprint_path: Path | None, progress: bool) -> dict:
+    """The dataset's fingerprint; cached at ``fingerprint_path`` only under a key made of the source files
+    (``planning.fingerprint.load_or_compute_fingerprint``). Without that keyed cache, never reuse one."""
+    if fingerprint_path is None:
+        return compute_fingerprint(data_dir, progress=progress)
+    try:
+        from focusseg.planning.fingerprint import load_or_compute_fingerprint  # type: ignore[attr-defined]
+    except ImportError:  # no content key available: a cached fingerprint could be of other data
+        fp = compute_fingerprint(data_dir, progress=progress)
+        save_json(fp, fingerprint_path)
+        return fp
+    return load_or_compute_fingerprint(data_dir, fingerprint_path, progress)
 
 
 def plan_dataset(data_dir: Path, device: str = "cpu", overrides: dict | None = None,
                  fingerprint_path: Path | None = None, progress: bool = True) -> dict:
-    """Fingerprint (cached at ``fingerprint_path`` when given) and plan a dataset."""
-    if fingerprint_path is not None and fingerprint_path.is_file():
-        fp = json.loads(fingerprint_path.read_text())
-    else:
-        fp = compute_fingerprint(data_dir, progress=progress)
-        if fingerprint_path is not None:
-            save_json(fp, fingerprint_path)
-    return make_plan(fp, device=device, overrides=overrides)
+    """Fingerprint (cached at ``fingerprint_path`` when given, keyed by the source files) and plan a dataset."""
+    return make_plan(_fingerprint(Path(data_dir), fingerprint_path, progress), device=device, overrides=overrides)
 
 
 def apply_normalization_scheme(plan: dict) -> dict:
@@ -61,45 +106,305 @@ def fit_patch_to_network(plan: dict) -> dict:
     return plan
 
 
+def plan_hash(plan: dict) -> str:
+    """sha256 of the plan's content (canonical JSON: key order and formatting do not matter)."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` exclusively (``flock``, released when the process dies, and on any exception);
+    the holder's PID and host are written in it. A second holder gets :class:`RunFolderError` naming them."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no lock
+        yield
+        return
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            who = f"PID {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
+            raise RunFolderError(f"run folder in use by {who} (another focusseg train is writing into it)", run_dir,
+                                 hint="wait for it to finish, or use another --out") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def read_run_info(run_dir: Path) -> dict | None:
+    """``run_dir/run.json`` (None when absent); unreadable -> :class:`RunFolderError`."""
+    path = run_dir / RUN_JSON
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"unreadable run record ({type(exc).__name__}: {' '.join(str(exc).split())})", path,
+                             hint="start the run again with --overwrite, or use another --out") from exc
+    if not isinstance(info, dict):
+        raise RunFolderError("not a focusseg run record (expected a JSON object)", path,
+                             hint="start the run again with --overwrite, or use another --out")
+    return info
+
+
+def write_run_info(run_dir: Path, data_dir: Path, fold: str, plan: dict, time_budget_min: float | None) -> None:
+    from focusseg import __version__
+
+    save_json({"fold": fold, "plan_sha256": plan_hash(plan), "data_dir": str(data_dir.resolve()),
+               "time_budget_min": time_budget_min, "focusseg_version": __version__}, run_dir / RUN_JSON)
+
+
+def clean_run_folder(run_dir: Path, preprocessed_dir: Path | None = None) -> list[Path]:
+    """Remove focusseg's own products from a run folder (:data:`PRODUCT_FILES`, their temporaries,
+    :data:`PRODUCT_DIRS`, and ``preprocessed_dir`` when it lies inside the run folder); nothing else."""
+    from focusseg.io.paths import is_inside
+
+    removed: list[Path] = []
+    for entry in sorted(run_dir.iterdir()):
+        name = entry.name
+        own = name in PRODUCT_FILES or any(name.startswith(f".{p}.") and ".tmp" in name for p in PRODUCT_FILES)
+        if own and (entry.is_file() or entry.is_symlink()):
+            entry.unlink()
+            removed.append(entry)
+    dirs = [run_dir / d for d in PRODUCT_DIRS]
+    if preprocessed_dir is not None and is_inside(preprocessed_dir, run_dir) and \
+            Path(preprocessed_dir).resolve() != run_dir.resolve():
+        dirs.append(Path(preprocessed_dir))
+    for d in dirs:
+        if d.is_symlink():
+            d.unlink()
+        elif d.is_dir():
+            shutil.rmtree(d)
+        else:
+            continue
+        removed.append(d)
+    return removed
+
+
+def _fold(fold: str | int) -> str:
+    text = str(fold).strip()
+    if text == "all" or (text.isdigit() and not text.startswith("-")):
+        return text if text == "all" else str(int(text))
+    raise UsageError(f"fold {fold!r} is neither a fold number (0, 1, ...) nor 'all'")
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict) or not d:
+        return {prefix: d} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+_ABSENT = "(absent)"
+
+
+def plan_changes(stored: dict, requested: dict) -> dict[str, dict[str, Any]]:
+    """``{dotted key: {"from": stored, "to": requested}}`` for every leaf that differs."""
+    a, b = _flatten(stored), _flatten(requested)
+    return {k: {"from": a.get(k, _ABSENT), "to": b.get(k, _ABSENT)}
+            for k in sorted(set(a) | set(b)) if a.get(k, _ABSENT) != b.get(k, _ABSENT)}
+
+
+def safe_on_resume(key: str) -> bool:
+    return key in SAFE_ON_RESUME or key.startswith(SAFE_PREFIXES_ON_RESUME) or any(
+        key.startswith(s + ".") for s in SAFE_ON_RESUME)
+
+
+def _read_plan(path: Path) -> dict:
+    try:
+        plan = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise MissingFileError("no such plan file", path) from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlanError(f"unreadable plan ({type(exc).__name__}: {' '.join(str(exc).split())})", path) from exc
+    if not isinstance(plan, dict):
+        raise PlanError("not a plan (expected a JSON object)", path)
+    return plan
+
+
+def _finish_plan(plan: dict, recipe: dict | None, overrides: dict | None) -> dict:
+    plan = deep_merge(plan, (recipe or {}).get("plan", {}))
+    plan = deep_merge(plan, overrides or {})
+    plan = apply_normalization_scheme(plan)
+    return fit_patch_to_network(plan)
+
+
+def _splits(data_dir: Path, run_dir: Path, case_ids: list[str], fold: str) -> tuple[list[str], list[str]]:
+    """(train, val) ids of ``fold`` from the data folder's ``splits_final.json`` (else the run folder's, made on
+    first use); a malformed file, a fold it lacks or a case it names that the dataset lacks are refused."""
+    from focusseg.data.splits import fold_cases, load_or_create_splits
+
+    own = data_dir / "splits_final.json"
+    path = own if own.is_file() else run_dir / "splits_final.json"
+    try:
+        splits = load_or_create_splits(path, case_ids)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"unreadable splits file ({type(exc).__name__}: {' '.join(str(exc).split())})",
+                           path) from exc
+    if not isinstance(splits, list) or not splits or not all(
+            isinstance(s, dict) and isinstance(s.get("train"), list) and isinstance(s.get("val"), list)
+            and all(isinstance(c, str) for c in s["train"] + s["val"]) for s in splits):
+        raise DatasetError('not a splits file: expected a list of {"train": [case ids], "val": [case ids]}', path)
+    if fold != "all" and not int(fold) < len(splits):
+        raise UsageError(f"fold {fold} does not exist: {path.name} has {len(splits)} fold(s) "
+                         f"(0..{len(splits) - 1}, or 'all')", path)
+    train_ids, val_ids = fold_cases(splits, fold)
+    known = set(case_ids)
+    missing = sorted({c for c in train_ids + val_ids if c not in known})
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DatasetError(f"fold {fold} names {len(missing)} case(s) that the dataset does not have "
+                           f"(labelled cases in {data_dir}): {shown}", path,
+                           hint="the split file is stale: fix it, or delete it to have a new one made")
+    if not train_ids:
+        raise DatasetError(f"fold {fold} has no training cases", path)
+    return train_ids, val_ids
+
+
 def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0, recipe: dict | None = None,
                  overrides: dict | None = None, time_budget_min: float | None = None, device: str | None = None,
                  resume: bool = False, preprocessed_dir: str | Path | None = None, plan_path: str | Path | None = None,
-                 final_validation: bool = True, progress: bool = True, callbacks: list[Any] | None = None) -> dict:
-    from focusseg.data.splits import fold_cases, load_or_create_splits
-    from focusseg.engine.loop import train
-    from focusseg.preprocessing import preprocess_dataset
+                 final_validation: bool = True, progress: bool = True, callbacks: list[Any] | None = None,
+                 check: bool = True, overwrite: bool = False) -> dict:
+    """Train one fold of ``data_dir`` into ``run_dir`` and return the run's summary (also ``summary.json``).
 
+    ``check``: run the dataset check first (:class:`CheckFailed` with every problem). ``resume``: continue from
+    the latest good checkpoint (``RunFolderError`` when there is none); a requested plan that differs from the
+    stored one only in :data:`SAFE_ON_RESUME` keys (or the time budget) is applied and logged, any other
+    difference is a :class:`UsageError`. ``overwrite``: remove the folder's earlier focusseg products first.
+    Without either, a folder holding a trained run, or made for another fold or plan, is refused."""
     t_start = time.perf_counter()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other (continue the run, or start it again)")
+    fold = _fold(fold)
+    if not data_dir.is_dir():
+        raise MissingFileError("no such dataset folder", data_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError("the run folder exists and is not a folder", run_dir)
+    from focusseg.io.paths import is_inside
+
+    if is_inside(data_dir, run_dir):
+        raise UsageError(f"the run folder contains the dataset {data_dir}: training would write into the input",
+                         run_dir, hint="use another --out, outside the dataset folder")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _run_locked(data_dir, run_dir, fold, recipe, overrides, time_budget_min, device, resume,
+                           None if preprocessed_dir is None else Path(preprocessed_dir),
+                           None if plan_path is None else Path(plan_path), final_validation, progress, callbacks,
+                           check, overwrite, t_start)
+
+
+def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, overrides: dict | None,
+                time_budget_min: float | None, device: str | None, resume: bool, preprocessed_dir: Path | None,
+                plan_path: Path | None, final_validation: bool, progress: bool, callbacks: list[Any] | None,
+                check: bool, overwrite: bool, t_start: float) -> dict:
+    from focusseg.engine import checkpoint as ckpt
+    from focusseg.engine.loop import train
+    from focusseg.engine.report import EpochLog, sanitize
+    from focusseg.preprocessing import preprocess_dataset
+
     dev = resolve_device(device)
     plan_file = run_dir / "plan.json"
-    if resume and plan_file.is_file():
-        plan = json.loads(plan_file.read_text())
+    info = None if overwrite else read_run_info(run_dir)
+    fresh_hint = "use another --out, or --overwrite to start this one again"
+    resume_state = None
+    if resume:
+        resume_state, _ = ckpt.load_resume_state(run_dir)  # RunFolderError when there is nothing to resume
+        if not plan_file.is_file():
+            raise RunFolderError("cannot resume: the run folder has checkpoints but no plan.json", run_dir,
+                                 hint=fresh_hint)
+        if info is not None and str(info.get("fold")) != fold:
+            raise RunFolderError(f"run folder was made for fold {info.get('fold')}, not fold {fold}", run_dir,
+                                 hint=f"resume with --fold {info.get('fold')}, or {fresh_hint}")
+    elif not overwrite:
+        if info is not None and str(info.get("fold")) != fold:
+            raise RunFolderError(f"run folder was made for fold {info.get('fold')}, not fold {fold}", run_dir,
+                                 hint=fresh_hint)
+        if (run_dir / LATEST).is_file() or (run_dir / PREVIOUS).is_file():
+            raise RunFolderError(f"run folder already holds a trained run ({LATEST})", run_dir,
+                                 hint="continue it with --resume, start it again with --overwrite, or use another "
+                                      "--out")
+    if check:
+        from focusseg.io.check import check_dataset
+
+        problems = check_dataset(data_dir)
+        if problems:
+            raise CheckFailed(problems)
+    if overwrite:
+        clean_run_folder(run_dir, preprocessed_dir)
+    replan = False
+    changes: dict[str, dict[str, Any]] = {}
+    if resume:
+        stored = _read_plan(plan_file)
+        if recipe is not None and not recipe.get("plan"):
+            recipe = None  # the default recipe (an empty plan) asks for nothing: keep the stored recipe
+        requested = _finish_plan(_read_plan(plan_path) if plan_path is not None else stored, recipe, overrides)
+        requested["recipe"] = recipe.get("name", "default") if recipe is not None else stored.get("recipe")
+        changes = plan_changes(stored, requested)
+        stored_budget = (info or {}).get("time_budget_min")
+        if time_budget_min is None:
+            time_budget_min = stored_budget
+        elif time_budget_min != stored_budget:
+            changes["time_budget_min"] = {"from": stored_budget, "to": time_budget_min}
+        unsafe = {k: v for k, v in changes.items() if k != "time_budget_min" and not safe_on_resume(k)}
+        if unsafe:
+            key, v = next(iter(unsafe.items()))
+            more = f" (and {len(unsafe) - 1} more change(s))" if len(unsafe) > 1 else ""
+            raise UsageError(f"--resume cannot change {key}: stored {json.dumps(v['from'])}, requested "
+                             f"{json.dumps(v['to'])}{more}", plan_file,
+                             hint="resume without that change, or train a new run (another --out, or --overwrite); "
+                                  f"safe on resume: {', '.join(SAFE_ON_RESUME)}, inference.*, --time-budget")
+        plan = requested if changes else stored
+        replan = "training.max_epochs" in changes or "time_budget_min" in changes
+        if changes:
+            save_json(plan, plan_file)
+            EpochLog(run_dir).event("resume", changes=changes)
+            best = run_dir / "checkpoint_best.pt"
+            if any(k.startswith("inference.") for k in changes) and best.is_file():
+                exported = ckpt.load_checkpoint(best)  # the artefact predict reads carries the plan
+                exported["plan"] = plan
+                ckpt.save_atomic(exported, best)
     else:
         if plan_path is not None:
-            plan = json.loads(Path(plan_path).read_text())
+            plan = _read_plan(plan_path)
         else:
             plan = plan_dataset(data_dir, dev.type, None, run_dir / "fingerprint.json", progress)
-        plan = deep_merge(plan, (recipe or {}).get("plan", {}))
-        plan = deep_merge(plan, overrides or {})
-        plan = apply_normalization_scheme(plan)
-        plan = fit_patch_to_network(plan)
+        plan = _finish_plan(plan, recipe, overrides)
         plan["recipe"] = (recipe or {}).get("name", "default")
+        if info is not None and info.get("plan_sha256") != plan_hash(plan):
+            diff = plan_changes(_read_plan(plan_file), plan) if plan_file.is_file() else {}
+            what = ""
+            if diff:
+                key, v = next(iter(diff.items()))
+                what = f": {key} was {json.dumps(v['from'])}, now {json.dumps(v['to'])}"
+            raise RunFolderError(f"run folder was made for another plan{what}", run_dir, hint=fresh_hint)
         save_json(plan, plan_file)
+    write_run_info(run_dir, data_dir, fold, plan, time_budget_min)
     spec = load_dataset_spec(data_dir)
     case_ids = [c.case_id for c in discover_cases(data_dir, spec) if c.label is not None]
-    split_file = data_dir / "splits_final.json"
-    splits = load_or_create_splits(split_file if split_file.is_file() else run_dir / "splits_final.json", case_ids)
-    train_ids, val_ids = fold_cases(splits, fold)
+    train_ids, val_ids = _splits(data_dir, run_dir, case_ids, fold)
     store = preprocess_dataset(data_dir, plan, preprocessed_dir or run_dir / "preprocessed", progress=progress,
                                case_ids=train_ids + val_ids)
     budget = None
     if time_budget_min:
         budget = max(1.0, time_budget_min * 60 - (time.perf_counter() - t_start))
     trainer = train(store, plan, run_dir, train_ids, val_ids, dev, time_budget_s=budget, resume=resume,
-                    callbacks=callbacks, progress=progress)
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "fold": str(fold), "best_val_mean_dice": trainer.best,
+                    callbacks=callbacks, progress=progress, resume_state=resume_state, replan=replan)
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "fold": fold, "best_val_mean_dice": trainer.best,
                                "epochs": trainer.epoch, "iterations": trainer.iteration,
                                "train_seconds": round(trainer.elapsed, 1)}
     if final_validation and val_ids:
@@ -107,17 +412,39 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
         if plan.get("inference", {}).get("postprocessing", "auto") == "auto":
             summary["postprocessing"] = choose_run_postprocessing(run_dir, spec.foreground_labels)
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    summary = sanitize(summary)  # strict JSON: a run that never validated has best None, not -Infinity
     save_json(summary, run_dir / "summary.json")
     return summary
+
+
+def _clear_stale(folder: Path, keep: set[str]) -> None:
+    """Remove every file in ``folder`` that is not named in ``keep`` (cases of another fold or run)."""
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.name not in keep and (p.is_file() or p.is_symlink()):
+            p.unlink()
+
+
+def _link(target: Path, link: Path) -> None:
+    """``link`` -> ``target``, replaced atomically."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.parent / f".{link.name}.{os.getpid()}.tmplink"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
 
 
 def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torch.device, progress: bool = True
                  ) -> dict:
     """Predict the raw held-out cases with the best checkpoint (with the plan's TTA, without post-processing:
     these predictions are what post-processing is chosen on) into ``run_dir/validation`` and evaluate them
-    against the raw labels (original geometry)."""
+    against the raw labels (original geometry). ``validation/`` holds only these cases: predictions and
+    references of any other case (another fold, an earlier run) are removed first."""
     from focusseg.inference.predictor import Predictor
     from focusseg.io import read_case, write_segmentation
+    from focusseg.io.paths import safe_child
     from focusseg.metrics import evaluate_folders
 
     spec = load_dataset_spec(data_dir)
@@ -125,13 +452,14 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
     predictor = Predictor.from_run(run_dir, "best", device)
     out = run_dir / "validation"
     pred_dir, gt_dir = out / "predictions", out / "reference"
+    names = {f"{cid}{spec.file_ending}" for cid in val_ids}
+    _clear_stale(pred_dir, names)
+    _clear_stale(gt_dir, names)
     for cid in val_ids:
         image, label, geo = read_case(list(cases[cid].images), cases[cid].label)
-        write_segmentation(pred_dir / f"{cid}{spec.file_ending}", predictor.segment(image, geo, postprocess=False), geo)
-        link = gt_dir / f"{cid}{spec.file_ending}"
-        if not link.exists():
-            gt_dir.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(Path(cases[cid].label).resolve())
+        name = f"{cid}{spec.file_ending}"
+        write_segmentation(safe_child(pred_dir, name), predictor.segment(image, geo, postprocess=False), geo)
+        _link(Path(cases[cid].label).resolve(), gt_dir / name)
     summary = evaluate_folders(pred_dir, gt_dir, out, labels=spec.foreground_labels, progress=progress)
     return {"metrics_csv": str(out / "metrics.csv"), "summary_json": str(out / "summary.json"),
             "mean_dice": _mean_dice(summary),

@@ -217,7 +217,8 @@ def build_task(plan: dict, device: torch.device, total_iterations: int, amp: tor
     tr = plan["training"]
     name, kwargs = split_spec(tr.get("task") or "supervised")
     per_sample = build_loss_from_plan(plan, reduction="none")
-    k, clip = int(plan["n_classes"]), float(tr.get("grad_clip", 12.0))
+    clip = tr.get("grad_clip", 12.0)
+    k, clip = int(plan["n_classes"]), float("inf") if clip is None else float(clip)  # None: no clipping
     if name == "supervised":
         net = build_network_from_plan(plan).to(device)
         opt = build_optimizer(plan, net, total_iterations)

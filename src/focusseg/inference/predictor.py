@@ -264,16 +264,16 @@ class EnsemblePredictor:
         postprocessing: list[dict] | None = None,
     ) -> None:
         if not members:
-            raise ValueError("an ensemble needs at least one run")
+            raise UsageError("an ensemble needs at least one run")
         weights = list(weights) if weights is not None else [1.0] * len(members)
-        if len(weights) != len(members) or min(weights) <= 0:
-            raise ValueError(f"need one positive weight per run: {len(members)} runs, weights {weights}")
+        if len(weights) != len(members) or not all(np.isfinite(w) and w > 0 for w in weights):
+            raise UsageError(f"need one positive weight per run: {len(members)} runs, weights {weights}")
         if uncertainty is not None and uncertainty not in UNCERTAINTY:
-            raise ValueError(f"uncertainty must be one of {UNCERTAINTY}, got {uncertainty!r}")
+            raise UsageError(f"uncertainty must be one of {UNCERTAINTY}, got {uncertainty!r}")
         channels = {len(m.plan["channel_names"]) for m in members}
         classes = {int(m.plan["n_classes"]) for m in members}
         if len(channels) > 1 or len(classes) > 1:
-            raise ValueError(f"ensemble members disagree on input channels {channels} or classes {classes}")
+            raise UsageError(f"ensemble members disagree on input channels {channels} or classes {classes}")
         self.members, self.weights, self.uncertainty = members, weights, uncertainty
         self.plan = members[0].plan
         if postprocessing is None:
@@ -335,6 +335,83 @@ class EnsemblePredictor:
         return self.predict(image, geometry, overlap, tta)[0]
 
 
+def _input_cases(
+    in_dir: Path, endings: tuple[str, ...] | None, n_ch: int
+) -> tuple[dict[str, tuple[list[Path], str]], dict[str, FocussegError]]:
+    """``({case: (channel files, output ending)}, {case: error})``: the cases of ``in_dir`` that can be read,
+    and one error per case that cannot (bad case id, missing or surplus channel files, two files for one
+    channel). Temporaries, dot files, side outputs and names without ``_<CCCC>`` are not cases."""
+    from focusseg.io.paths import validate_case_id
+    from focusseg.metrics.files import channel_files, output_ending, split_ending
+
+    found, duplicates = channel_files(in_dir, endings)
+    cases: dict[str, tuple[list[Path], str]] = {}
+    failures: dict[str, FocussegError] = {}
+    dup_cases = {}
+    for p in duplicates:
+        stem = split_ending(p.name, endings)[0]  # type: ignore[index]
+        dup_cases.setdefault(stem.rsplit("_", 1)[0], p)
+    for case, chans in found.items():
+        first = chans[min(chans)]
+        ending = split_ending(first.name, endings)[1]  # type: ignore[index]
+        try:
+            validate_case_id(case, first)
+        except DatasetError as exc:
+            failures[case] = exc
+            continue
+        if case in dup_cases:
+            failures[case] = DatasetError("a second file for the same case and channel (another format?)",
+                                          dup_cases[case], hint="keep one file per channel")
+            continue
+        missing = sorted(set(range(n_ch)) - set(chans))
+        extra = sorted(set(chans) - set(range(n_ch)))
+        if missing and not (n_ch > 1 and list(chans) == [0]):  # one file may hold every channel (MSD, 4D)
+            failures[case] = _missing_channels(first, sorted(chans), n_ch)
+            continue
+        if extra:
+            failures[case] = DatasetError(f"case {case} has channel file(s) beyond the {n_ch} the run was "
+                                          "trained on", chans[extra[0]],
+                                          hint="predict with a run trained on these channels")
+            continue
+        cases[case] = ([chans[c] for c in sorted(chans)], output_ending(ending))
+    return cases, failures
+
+
+def _missing_channels(first: Path, present: list[int], n_ch: int) -> MissingFileError:
+    """The error for a case whose channel files (beside ``first``, ``<case>_<CCCC><ending>``) are incomplete."""
+    from focusseg.metrics.files import split_ending
+
+    stem, ending = split_ending(first.name)  # type: ignore[misc]
+    case = stem[:-5]
+    missing = [c for c in range(n_ch) if c not in present]
+    names = ", ".join(f"{case}_{c:04d}{ending}" for c in missing)
+    return MissingFileError(f"case {case} lacks channel file(s) {names} (the run expects {n_ch} channel(s))",
+                            first.parent / f"{case}_{missing[0]:04d}{ending}")
+
+
+def _read_input(files: list[Path], n_ch: int) -> tuple[np.ndarray, Geometry]:
+    """A case's channels ``(C, X, Y, Z)`` and geometry, checked against what the run expects."""
+    image, _, geo = read_case(files)
+    if image.ndim != 4:
+        raise ImageError(f"expected a 3D image per channel, got an array of shape {tuple(image.shape[1:])}", files[0])
+    if image.shape[0] == 1 and len(files) == 1 and n_ch > 1:  # not a 4D file holding every channel
+        raise _missing_channels(files[0], [0], n_ch)
+    if image.shape[0] != n_ch:
+        layout = f" (one file per channel, _0000 to _{n_ch - 1:04d})" if image.shape[0] < n_ch else ""
+        raise ImageError(f"holds {image.shape[0]} channel(s), the run expects {n_ch}{layout}", files[0])
+    spacing = geo.spacing
+    if not np.isfinite(geo.affine).all() or not all(np.isfinite(v) and v > 0 for v in spacing):
+        raise ImageError(f"voxel spacing {tuple(round(v, 6) for v in spacing)} is not positive and finite", files[0])
+    return image, geo
+
+
+def _write(fn, path: Path, array: np.ndarray, geo: Geometry) -> Path:
+    try:
+        return fn(path, array, geo)
+    except OSError as exc:
+        raise FocussegError(f"cannot write the prediction ({exc.strerror or type(exc).__name__})", path) from exc
+
+
 def predict_folder(
     predictor: Predictor | EnsemblePredictor,
     in_dir: str | Path,
@@ -342,52 +419,109 @@ def predict_folder(
     overlap: float | None = None,
     tta: bool = True,
     progress: bool = True,
-    file_ending: str = ".nii.gz",
+    file_ending: str | None = None,
 ) -> list[Path]:
-    """Predict every ``<case>_<CCCC>`` set of files in ``in_dir`` into ``out_dir/<case>.nii.gz`` (and
-    ``<case>_uncertainty.nii.gz`` when the ensemble computes an uncertainty map)."""
+    """Predict every ``<case>_<CCCC><ending>`` set of files in ``in_dir`` into ``out_dir/<case><ending>`` (and
+    ``<case>_uncertainty<ending>`` when the ensemble computes an uncertainty map); returns the files written.
+
+    Inputs of every known ending are read (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``...; the output keeps the
+    input's format, ``.mhd``/``.nhdr`` become one-file ``.mha``/``.nrrd``); ``file_ending`` restricts the cases to
+    one ending. Temporaries, dot files, side outputs and names without ``_<CCCC>`` are ignored. Inputs are only
+    read; each output is written atomically under ``out_dir``. A rerun after an interruption writes the same
+    files again.
+
+    Raises:
+        MissingFileError: ``in_dir`` does not exist. DatasetError: ``in_dir`` holds no case.
+        UsageError: ``out_dir`` is, or lies inside, ``in_dir`` (outputs would sit among the inputs and be read
+            back as cases), or is a run folder of the predictor.
+        PartialFailure: after every other case was written, one error per case that could not be predicted
+            (missing/surplus channel, unreadable file, NaN voxels, geometry mismatch, bad case id...).
+        FocussegError: an output that cannot be written (disk full, permissions), naming it.
+    """
+    from focusseg.io.paths import is_inside, safe_child, validate_file_ending
+    from focusseg.metrics.files import check_folder
+
     if not isinstance(predictor, EnsemblePredictor):
         predictor = EnsemblePredictor([predictor])
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
-    cases = discover_images(in_dir, file_ending)
+    in_dir, out_dir = check_folder(in_dir, "input"), Path(out_dir)
+    if file_ending is not None:
+        try:
+            endings: tuple[str, ...] | None = (validate_file_ending(file_ending, "file_ending"),)
+        except DatasetError as exc:
+            raise UsageError(exc.problem) from exc
+    else:
+        endings = None
     n_ch = len(predictor.plan["channel_names"])
-    for case, chans in cases.items():
-        missing = sorted(set(range(n_ch)) - set(chans))
-        if missing:
-            raise FileNotFoundError(
-                f"{in_dir}: case {case} lacks channel(s) {missing} "
-                f"(expected {case}_0000..{case}_{n_ch - 1:04d}{file_ending})"
-            )
-    if not cases:
-        raise FileNotFoundError(f"{in_dir}: no <case>_<CCCC>{file_ending} images found")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cases, failed = _input_cases(in_dir, endings, n_ch)
+    if (cases or failed) and is_inside(out_dir, in_dir):
+        raise UsageError(f"the output folder {out_dir} is the input folder or lies inside it: predictions would "
+                         "be written among the input images (and read back as cases)", in_dir,
+                         hint="choose an output folder outside the input folder")
+    for member in predictor.members:
+        run_dir = getattr(member, "run_dir", None)
+        if run_dir is not None and (out_dir.resolve() == Path(run_dir).resolve()
+                                    or is_inside(out_dir, Path(run_dir) / "validation")):
+            raise UsageError(f"the output folder {out_dir} is the run folder (or its validation folder): "
+                             "predictions would mix with the run's own files", run_dir,
+                             hint="choose another output folder")
+    if not cases and not failed:
+        wanted = file_ending or ".nii.gz, .nii, .mha, .nrrd ..."
+        raise DatasetError(f"no input images <case>_<CCCC>{file_ending or ''} ({wanted}) in this folder", in_dir,
+                           hint="images are named like case001_0000.nii.gz, one file per channel")
+    failures: list[FocussegError] = list(failed.values())
     written: list[Path] = []
+    outputs = {c: (files, safe_child(out_dir, f"{c}{end}"), end) for c, (files, end) in cases.items()}
+    if outputs:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FocussegError(f"cannot create the output folder ({exc.strerror or type(exc).__name__})",
+                                out_dir) from exc
     from rich.progress import Progress
 
     with ThreadPoolExecutor(2) as pool, Progress(transient=True, disable=not progress) as bar:
-        task = bar.add_task("predicting", total=len(cases))
+        task = bar.add_task("predicting", total=len(outputs))
         pending_write = None
-        for case, (image, geo) in _read_ahead(pool, cases, n_ch):
-            seg, unc = predictor.predict(image, geo, overlap, tta)
+        for case, result in _read_ahead(pool, {c: o[0] for c, o in outputs.items()}, n_ch):
+            try:
+                if isinstance(result, FocussegError):
+                    raise result
+                image, geo = result
+                seg, unc = predictor.predict(image, geo, overlap, tta)
+                del image
+            except FocussegError as exc:
+                failures.append(exc)
+                bar.advance(task)
+                continue
+            _, target, end = outputs[case]
             if pending_write is not None:
                 written.append(pending_write.result())
             if unc is not None:
-                write_image(out_dir / f"{case}_uncertainty{file_ending}", unc, geo)
-            pending_write = pool.submit(write_segmentation, out_dir / f"{case}{file_ending}", seg, geo)
+                _write(write_image, safe_child(out_dir, f"{case}_uncertainty{end}"), unc, geo)
+            pending_write = pool.submit(_write, write_segmentation, target, seg, geo)
             bar.advance(task)
         if pending_write is not None:
             written.append(pending_write.result())
+    if failures:
+        exc = PartialFailure(failures, len(written))
+        exc.written = written  # type: ignore[attr-defined]
+        exc.hint = f"{len(written)} segmentation(s) written to {out_dir}; fix the cases named above and rerun"
+        raise exc
     return written
 
 
 def _read_ahead(
-    pool: ThreadPoolExecutor, cases: dict[str, dict[int, Path]], n_ch: int
-) -> Iterator[tuple[str, tuple[np.ndarray, Geometry]]]:
+    pool: ThreadPoolExecutor, cases: dict[str, list[Path]], n_ch: int
+) -> Iterator[tuple[str, tuple[np.ndarray, Geometry] | FocussegError]]:
+    """``(case, (image, geometry))`` in order, the next case read on ``pool`` meanwhile; a case that cannot be
+    read yields its error instead."""
     items = list(cases.items())
 
-    def read(chans: dict[int, Path]) -> tuple[np.ndarray, Geometry]:
-        image, _, geo = read_case([chans[c] for c in range(n_ch)])
-        return image, geo
+    def read(files: list[Path]) -> tuple[np.ndarray, Geometry] | FocussegError:
+        try:
+            return _read_input(files, n_ch)
+        except FocussegError as exc:
+            return exc
 
     fut = pool.submit(read, items[0][1]) if items else None
     for i, (case, _) in enumerate(items):

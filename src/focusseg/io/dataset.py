@@ -240,6 +240,26 @@ def discover_cases(data_dir: str | Path, spec: DatasetSpec | None = None, split:
     return cases
 
 
+def case_sources(case: CaseFiles, root: str | Path) -> list[list]:
+    """The signature of a case's source files: ``[name, size, mtime_ns]`` per image and label file, ``name``
+    relative to ``root`` (the dataset folder). Caches built from a case record it; any edit changes it."""
+    root = Path(root)
+    out = []
+    for p in (*case.images, *((case.label,) if case.label is not None else ())):
+        try:
+            st = Path(p).stat()
+        except FileNotFoundError:
+            raise MissingFileError("file not found", p) from None
+        except OSError as exc:
+            raise DatasetError(f"cannot be read ({exc.strerror or exc})", p) from exc
+        try:
+            name = Path(p).relative_to(root).as_posix()
+        except ValueError:
+            name = str(p)
+        out.append([name, int(st.st_size), int(st.st_mtime_ns)])
+    return out
+
+
 def _msd_path(data_dir: Path, source: Path, key: str, i: int, value: object) -> Path:
     if not isinstance(value, str) or not value:
         raise DatasetError(f"{key} entry {i}: path must be a non-empty string, not {value!r}", source)

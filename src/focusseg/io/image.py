@@ -28,6 +28,7 @@ import numpy as np
 
 from focusseg.errors import ImageError, UsageError
 from focusseg.io.atomic import atomic_path
+from focusseg.io.dataset import MAX_LABEL_VALUE
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
@@ -37,8 +38,6 @@ DEFAULT_MAX_VOXELS = 1024**3 // 2
 MAX_VOXELS_ENV = "FOCUSSEG_MAX_VOXELS"
 #: Deflate's largest possible compression ratio: a gzip file of S bytes decompresses to at most ~1032 * S.
 _GZIP_MAX_RATIO = 1032
-#: Labels are stored as int16 (the preprocessed store).
-MAX_LABEL_VALUE = 32767
 
 
 class ImageReadError(ImageError):
@@ -224,6 +223,35 @@ def read_image(path: str | Path, dtype: type = np.float32, max_voxels: int | Non
     return data, Geometry(affine, tuple(int(s) for s in data.shape[:3]))
 
 
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+
+
+def _check_mha_size(path: Path, n_values: int) -> None:
+    """An uncompressed MetaImage with its data in the same file (``ElementDataFile = LOCAL``) must hold the
+    declared number of bytes after its text header."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    fields, end = {}, None
+    pos = 0
+    for line in head.split(b"\n"):
+        pos += len(line) + 1
+        key, _, value = line.decode("latin-1").partition("=")
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            end = pos
+            break
+    if (end is None or fields.get("ElementDataFile", "").upper() != "LOCAL"
+            or fields.get("CompressedData", "False").lower() == "true" or fields.get("ElementType") not in _MET_BYTES):
+        return
+    need = n_values * _MET_BYTES[fields["ElementType"]]
+    have = path.stat().st_size - end
+    if have < need:
+        raise ImageReadError(f"truncated: header declares {need} bytes of voxel data, the file holds {max(have, 0)}",
+                             path)
+
+
 def _read_sitk(path: Path, dtype: type, limit: int) -> tuple[np.ndarray, np.ndarray]:
     import SimpleITK as sitk
 
@@ -237,6 +265,8 @@ def _read_sitk(path: Path, dtype: type, limit: int) -> tuple[np.ndarray, np.ndar
     except Exception as exc:
         raise ImageReadError(f"unreadable header ({_one_line(exc)})", path) from exc
     _check_declared_shape(path, size + ((comps,) if comps > 1 else ()), limit)
+    if path.name.lower().endswith(".mha"):
+        _check_mha_size(path, math.prod(size) * comps)
     if not np.isfinite(spacing).all() or (spacing[:3] <= 0).any():
         raise ImageReadError(f"zero, negative or NaN voxel spacing {spacing.tolist()}", path)
     try:
@@ -244,9 +274,12 @@ def _read_sitk(path: Path, dtype: type, limit: int) -> tuple[np.ndarray, np.ndar
     except Exception as exc:
         raise ImageReadError(f"unreadable ({_one_line(exc)})", path) from exc
     arr = sitk.GetArrayFromImage(img)  # (z, y, x) or (z, y, x, c)
-    if img.GetNumberOfComponentsPerPixel() > 1:
+    if img.GetNumberOfComponentsPerPixel() > 1:  # vector pixels: the components become the 4th axis
         arr = np.moveaxis(arr, -1, 0)
-        arr = np.transpose(arr, (3, 2, 1, 0))
+        arr = np.transpose(arr, (*range(arr.ndim - 1, 0, -1), 0))
+        spatial = arr.shape[:-1]
+        if len(spatial) < 3:
+            arr = arr.reshape(spatial + (1,) * (3 - len(spatial)) + arr.shape[-1:])
     else:
         arr = np.transpose(arr, tuple(range(arr.ndim))[::-1])
     dim = img.GetDimension()

@@ -112,6 +112,44 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
+def _load_nifti_checked(path: Path):
+    """A NIfTI image (nibabel) whose voxels can be read without surprises: the header's voxel count is within
+    :func:`focusseg.io.image.voxel_limit`, the file holds the declared data, and a ``.nii.gz`` stream is read to
+    its end so that its CRC-32 and length are verified (a gzip stream damaged in the middle can otherwise decode
+    to plausible garbage without any error)."""
+    import gzip
+    import math
+    import zlib
+
+    import nibabel as nib
+
+    from focusseg.io.image import MAX_VOXELS_ENV, voxel_limit
+
+    img = nib.load(str(path))  # the header only
+    shape = tuple(int(s) for s in img.shape)
+    n, limit = math.prod(shape), voxel_limit()
+    if n > limit:
+        raise ImageError(f"header declares {shape} = {n} voxels, above the limit of {limit} (set {MAX_VOXELS_ENV} "
+                         "to raise it)", path)
+    hdr = img.header
+    need = int(hdr["vox_offset"]) + n * hdr.get_data_dtype().itemsize
+    if not path.name.endswith(".gz"):
+        if need > path.stat().st_size:
+            raise ImageError(f"truncated: the header declares {need} bytes, the file holds {path.stat().st_size}",
+                             path)
+        return img
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read(need)
+            if len(raw) < need:
+                raise ImageError(f"truncated: the image data ends after {len(raw)} of {need} bytes", path)
+            while f.read(1 << 22):  # to the end of the stream: gzip checks its CRC-32 and length there
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageError(f"corrupt or truncated gzip ({type(exc).__name__}: {_one_line(exc)})", path) from exc
+    return type(img).from_bytes(raw)
+
+
 def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """A 3D integer label map, its 4x4 affine and voxel spacing (mm) from any known format (NIfTI through
     nibabel, keeping the stored integer type; the others through :func:`focusseg.io.read_image`).
@@ -122,11 +160,11 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[floa
     path = Path(path)
     if not path.exists():
         raise MissingFileError("file not found (a broken link?)", path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ImageError("empty file (an interrupted write?)", path)
     try:
         if path.name.endswith((".nii.gz", ".nii")):
-            import nibabel as nib
-
-            img = nib.load(str(path))
+            img = _load_nifti_checked(path)
             data = np.asanyarray(img.dataobj)
             affine = np.asarray(img.affine, dtype=np.float64)
             spacing = tuple(float(z) for z in img.header.get_zooms()[:3])

@@ -3,24 +3,34 @@
 Per case: spacing, shape before/after crop to non-zero, per-class voxel counts, and a random sample of
 foreground intensities per channel (nnU-Net samples 10,000 foreground voxels per case). Aggregated: median
 spacing/shape, per-channel foreground mean/std/percentiles (0.5, 99.5), per-class voxel fractions.
+
+Keyed by content: a fingerprint carries its format version, the sha256 of ``dataset.json`` and each case's
+source signature (file names, sizes, mtime_ns); :func:`load_or_compute_fingerprint` reuses a cached one only
+when all of them still match, and recomputes it (saying so in one line) otherwise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from focusseg.errors import DatasetError
 from focusseg.io import CaseFiles, DatasetSpec, discover_cases, load_dataset_spec, read_case
+from focusseg.io.dataset import case_sources
 from focusseg.preprocessing.transforms import crop, nonzero_bbox
 
 SAMPLES_PER_CASE = 10_000
+#: Bumped whenever what a fingerprint holds or how it is computed changes.
+FINGERPRINT_VERSION = 2
 
 
-def case_fingerprint(case: CaseFiles, n_classes: int, seed: int = 0) -> dict:
-    image, label, geo = read_case(list(case.images), case.label)
+def case_fingerprint(case: CaseFiles, n_classes: int, seed: int = 0, reading: dict | None = None) -> dict:
+    image, label, geo = read_case(list(case.images), case.label, **(reading or {}))
     bbox = nonzero_bbox(image)
     cropped = crop(image, bbox)
     lab = crop(label, bbox) if label is not None else None
@@ -48,14 +58,31 @@ def _job(args):
     return case_fingerprint(*args)
 
 
-def compute_fingerprint(data_dir: str | Path, workers: int = 2, progress: bool = True) -> dict:
-    """Fingerprint of a dataset folder (JSON-serialisable)."""
-    data_dir = Path(data_dir)
-    spec: DatasetSpec = load_dataset_spec(data_dir)
+def dataset_json_sha256(data_dir: str | Path) -> str:
+    return hashlib.sha256((Path(data_dir) / "dataset.json").read_bytes()).hexdigest()
+
+
+def _labelled(data_dir: Path, spec: DatasetSpec) -> list[CaseFiles]:
     cases = [c for c in discover_cases(data_dir, spec) if c.label is not None]
     if not cases:
-        raise ValueError(f"{data_dir}: no labelled cases found")
-    jobs = [(c, spec.n_classes, i) for i, c in enumerate(cases)]
+        raise DatasetError("no labelled cases found (labelsTr holds no label of any case)", data_dir)
+    return cases
+
+
+def _key(data_dir: Path, cases: list[CaseFiles]) -> dict:
+    return {"version": FINGERPRINT_VERSION, "dataset_json_sha256": dataset_json_sha256(data_dir),
+            "sources": {c.case_id: case_sources(c, data_dir) for c in cases}}
+
+
+def compute_fingerprint(data_dir: str | Path, workers: int = 2, progress: bool = True) -> dict:
+    """Fingerprint of a dataset folder (JSON-serialisable), with its key (version, dataset.json hash, sources:
+    taken before any file is read, so an edit during the computation makes the next call recompute)."""
+    data_dir = Path(data_dir)
+    spec: DatasetSpec = load_dataset_spec(data_dir)
+    cases = _labelled(data_dir, spec)
+    key = _key(data_dir, cases)
+    reading = {"n_channels": spec.n_channels, "layout": spec.layout, "label_values": spec.label_values}
+    jobs = [(c, spec.n_classes, i, reading) for i, c in enumerate(cases)]
     from rich.progress import Progress
 
     results = []
@@ -88,6 +115,7 @@ def compute_fingerprint(data_dir: str | Path, workers: int = 2, progress: bool =
     spacings = np.array([r["spacing"] for r in results])
     shapes = np.array([r["shape_after_crop"] for r in results])
     return {
+        **key,
         "dataset": spec.name,
         "data_dir": str(data_dir.resolve()),
         "n_cases": len(results),
@@ -102,6 +130,46 @@ def compute_fingerprint(data_dir: str | Path, workers: int = 2, progress: bool =
         "intensity": intensity,
         "cases": results,
     }
+
+
+def _stale_reason(cached: object, current: dict) -> str | None:
+    """Why a cached fingerprint no longer describes the dataset (None: it does)."""
+    if not isinstance(cached, dict):
+        return "not a fingerprint"
+    if cached.get("version") != current["version"]:
+        return f"format version {cached.get('version')!r}, this focusseg writes {current['version']}"
+    if cached.get("dataset_json_sha256") != current["dataset_json_sha256"]:
+        return "dataset.json changed"
+    old, new = cached.get("sources"), current["sources"]
+    if not isinstance(old, dict):
+        return "no source signature"
+    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    changed = sorted(c for c in set(new) & set(old) if old[c] != new[c])
+    parts = [f"{len(x)} case(s) {what}" for x, what in ((changed, "changed"), (added, "added"), (removed, "removed"))
+             if x]
+    return ", ".join(parts) or None
+
+
+def load_or_compute_fingerprint(data_dir: str | Path, path: str | Path, progress: bool = True, workers: int = 2
+                                ) -> dict:
+    """The fingerprint cached at ``path`` if its key (version, dataset.json hash, every case's source files)
+    matches the dataset now; otherwise computed, saved to ``path`` (atomically) and returned, with one line on
+    stderr when a cached one was stale."""
+    data_dir, path = Path(data_dir), Path(path)
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            cached, reason = None, "unreadable"
+        else:
+            spec = load_dataset_spec(data_dir)
+            reason = _stale_reason(cached, _key(data_dir, _labelled(data_dir, spec)))
+        if reason is None:
+            return cached  # type: ignore[return-value]
+        print(f"fingerprint {path}: stale ({reason}) — recomputing", file=sys.stderr)
+    fp = compute_fingerprint(data_dir, workers=workers, progress=progress)
+    save_json(fp, path)
+    return fp
 
 
 def save_json(obj: dict, path: str | Path) -> Path:

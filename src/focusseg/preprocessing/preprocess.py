@@ -1,5 +1,7 @@
 """Preprocess cases with a plan: crop to non-zero -> normalise -> resample (image: spline order 3 by default,
 label: nearest), then store each case as ``.npy`` arrays plus an index of foreground voxel locations per class.
+The store is keyed by what produced it (plan fields, source files; see :mod:`focusseg.preprocessing.store`), so a
+changed plan or an edited case is preprocessed again, never silently reused.
 
 Runs in a process pool; each worker handles one case and writes it, so memory does not grow with the number
 of cases. The same :func:`preprocess_array` is used at inference time.
@@ -7,13 +9,16 @@ of cases. The same :func:`preprocess_array` is used at inference time.
 
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from focusseg.errors import DatasetError
 from focusseg.io import CaseFiles, Geometry, discover_cases, load_dataset_spec, read_case
-from focusseg.preprocessing.store import PreprocessedStore
+from focusseg.io.dataset import case_sources
+from focusseg.preprocessing.store import PreprocessedStore, store_fields, store_key
 from focusseg.preprocessing.transforms import (
     crop,
     nonzero_bbox,
@@ -65,29 +70,93 @@ def class_locations(label: np.ndarray, classes: list[int], seed: int = 0) -> dic
     return out
 
 
-def _preprocess_one(args: tuple[CaseFiles, dict, str]) -> str:
-    case, plan, out_dir = args
-    image, label, geo = read_case(list(case.images), case.label)
+def _preprocess_one(args: tuple[CaseFiles, dict, str, dict, dict]) -> str:
+    case, plan, out_dir, reading, extra_props = args
+    image, label, geo = read_case(list(case.images), case.label, **reading)
     img, lab, props = preprocess_array(image, geo, plan, label)
     fg = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
     locs = class_locations(lab, fg) if lab is not None else {}
-    PreprocessedStore(out_dir).write_case(case.case_id, img, lab, props, locs)
+    PreprocessedStore(out_dir).write_case(case.case_id, img, lab, {**props, **extra_props}, locs)
     return case.case_id
+
+
+def _changed_fields(old: dict | None, new: dict) -> str:
+    if old is None:
+        return "no store key: written by an older focusseg or unreadable"
+    old_fields = old.get("fields") if isinstance(old.get("fields"), dict) else {}
+    changed = sorted(k for k in set(old_fields) | set(new) if old_fields.get(k) != new.get(k))
+    return (", ".join(changed) + " changed") if changed else "store key changed"
+
+
+def _check_ids(case_ids: list[str], source: Path) -> None:
+    """Case ids whose store files would collide with another case's or with ``store.json``."""
+    ids = set(case_ids)
+    for cid in case_ids:
+        if cid == "store":
+            raise DatasetError("case id 'store' collides with the preprocessed store's store.json; rename the case",
+                               source)
+        for suffix in ("_seg", "_locs"):
+            if cid.endswith(suffix) and cid[: -len(suffix)] in ids:
+                raise DatasetError(f"case ids {cid[: -len(suffix)]!r} and {cid!r} collide in the preprocessed "
+                                   f"store ({cid}.npy); rename one", source)
 
 
 def preprocess_dataset(
     data_dir: str | Path, plan: dict, out_dir: str | Path, workers: int = 2, progress: bool = True,
     case_ids: list[str] | None = None,
 ) -> PreprocessedStore:
-    """Preprocess every labelled case (or ``case_ids``) not yet in ``out_dir``; returns the store."""
+    """Preprocess every labelled case (or ``case_ids``) that is not already in ``out_dir`` with the same key.
+
+    A case is redone when the store's key (the preprocessing fields of ``plan``, see
+    :func:`~focusseg.preprocessing.store.store_fields`) or its source files (name, size, mtime_ns) differ from
+    what it was made from; one line on stderr says how many and why. Returns the store.
+    """
+    data_dir = Path(data_dir)
     spec = load_dataset_spec(data_dir)
     store = PreprocessedStore(out_dir)
-    done = set(store.case_ids())
     cases = [c for c in discover_cases(data_dir, spec) if c.label is not None]
     if case_ids is not None:
+        known = {c.case_id for c in cases}
+        unknown = sorted(set(case_ids) - known)
+        if unknown:
+            raise DatasetError(f"case {unknown[0]!r} is not a labelled case of the dataset"
+                               + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""), data_dir)
         wanted = set(case_ids)
         cases = [c for c in cases if c.case_id in wanted]
-    todo = [(c, plan, str(out_dir)) for c in cases if c.case_id not in done]
+    _check_ids([c.case_id for c in cases], data_dir / ("imagesTr" if spec.layout != "msd" else "dataset.json"))
+    fields = store_fields(plan)
+    key = store_key(fields)
+    old_key = store.read_key()
+    existing = set(store.case_ids())
+    store_reason = None
+    if old_key is None or old_key.get("key") != key:
+        if existing:
+            store_reason = _changed_fields(old_key, fields)
+        store.write_key(fields)  # before any case: each case's own key decides what is fresh
+    reading = {"n_channels": spec.n_channels, "layout": spec.layout, "label_values": spec.label_values}
+    todo, reasons = [], []
+    for c in cases:
+        sources = case_sources(c, data_dir)
+        job = (c, plan, str(out_dir), reading, {"store_key": key, "source": sources})
+        if c.case_id not in existing:
+            todo.append(job)
+            continue
+        props = store.try_properties(c.case_id)
+        if props is None:
+            reason = "unreadable case file"
+        elif props.get("store_key") != key:
+            reason = store_reason or "made with other preprocessing fields"
+        elif props.get("source") != sources:
+            reason = "source files changed"
+        else:
+            continue
+        todo.append(job)
+        reasons.append(reason)
+    if reasons:
+        why = "; ".join(f"{r}" + (f": {reasons.count(r)}" if len(set(reasons)) > 1 else "")
+                        for r in dict.fromkeys(reasons))
+        print(f"preprocessed store {store.root}: {len(reasons)} case(s) stale ({why}) — re-preprocessing",
+              file=sys.stderr)
     from rich.progress import Progress
 
     with Progress(transient=True, disable=not progress or not todo) as bar:

@@ -1,33 +1,99 @@
 """The preprocessed store: one folder, per case ``<id>.npy`` (image, float32 ``(C, *spatial)``),
 ``<id>_seg.npy`` (label, int16), ``<id>.json`` (properties) and ``<id>_locs.npz`` (foreground voxel
-locations per class). Arrays are opened memory-mapped, so a loader reads only the patch it crops.
-Each file is written to a temporary name and renamed, and the ``.json`` last, so a killed run never leaves a
-case that looks complete but is not.
+locations per class), plus ``store.json``: the store's key. Arrays are opened memory-mapped, so a loader reads
+only the patch it crops.
+
+Keyed by content: ``store.json`` holds the format version and the sha256 of the plan fields that change what
+preprocessing produces (:data:`PREPROCESSING_FIELDS`); every case's ``.json`` repeats that key and records each
+source file's (name, size, mtime_ns). :func:`~focusseg.preprocessing.preprocess.preprocess_dataset` redoes a
+case whose key or sources differ.
+
+Every file is written through :func:`~focusseg.io.atomic.atomic_path` (unique temporary name, fsync, rename,
+folder fsync), and the case ``.json`` last, so a killed run never leaves a case that looks complete but is not,
+and concurrent writers never share a temporary file. Nothing is unpickled: arrays load with
+``allow_pickle=False``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from focusseg.errors import DatasetError, MissingFileError
+from focusseg.io.atomic import atomic_path, atomic_write_text, is_temp_name
+
+#: Bumped whenever the store's layout or the preprocessing code changes what a case's arrays hold.
+STORE_FORMAT = 2
+#: The plan fields whose values change the preprocessed arrays (plus the store format, see :func:`store_fields`).
+PREPROCESSING_FIELDS = ("target_spacing", "normalization", "resample_order_image", "labels", "channel_names")
+KEY_FILE = "store.json"
+_HINT = "delete the preprocessed folder to rebuild it"
+
+
+def store_fields(plan: dict) -> dict:
+    """The values that determine what preprocessing writes (defaults made explicit, so an absent field and
+    its default give the same key)."""
+    from focusseg.preprocessing.preprocess import MAX_LOCATIONS_PER_CLASS
+
+    fields = {k: plan.get(k) for k in PREPROCESSING_FIELDS}
+    fields["resample_order_image"] = int(plan.get("resample_order_image", 3))
+    fields["labels"] = {str(k): int(v) for k, v in (plan.get("labels") or {}).items()}
+    fields["format"] = STORE_FORMAT
+    fields["max_locations_per_class"] = MAX_LOCATIONS_PER_CLASS
+    fields["crop"] = "nonzero"
+    return fields
+
+
+def store_key(fields: dict) -> str:
+    """sha256 of the fields' canonical JSON."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
 
 class PreprocessedStore:
+    """A preprocessed store folder (see the module docstring)."""
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def case_ids(self) -> list[str]:
+        """Every case with a ``.json`` (written last, so its arrays are complete), whatever its key."""
         if not self.root.is_dir():
             return []
-        return sorted(p.stem for p in self.root.glob("*.json") if not p.name.startswith("."))
+        return sorted(p.stem for p in self.root.glob("*.json") if not is_temp_name(p.name) and p.name != KEY_FILE)
+
+    def fresh_case_ids(self) -> list[str]:
+        """The cases whose key is the store's current key (``store.json``)."""
+        key = (self.read_key() or {}).get("key")
+        out = []
+        for cid in self.case_ids():
+            props = self.try_properties(cid)
+            if key is not None and props is not None and props.get("store_key") == key:
+                out.append(cid)
+        return out
+
+    def read_key(self) -> dict | None:
+        """``store.json`` as a dict, or None when absent or unreadable."""
+        try:
+            data = json.loads((self.root / KEY_FILE).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_key(self, fields: dict) -> str:
+        """Write ``store.json`` for ``fields`` (atomically); returns the key."""
+        key = store_key(fields)
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.root / KEY_FILE, json.dumps({"format": STORE_FORMAT, "key": key, "fields": fields},
+                                                           indent=1) + "\n")
+        return key
 
     def _atomic_save(self, path: Path, save) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             save(f)
-        os.replace(tmp, path)
 
     def write_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None, props: dict,
                    locations: dict[int, np.ndarray]) -> None:
@@ -40,18 +106,48 @@ class PreprocessedStore:
         props = {**props, "classes_present": [int(k) for k, v in locations.items() if len(v)]}
         self._atomic_save(self.root / f"{case_id}.json", lambda f: f.write(json.dumps(props, indent=1).encode()))
 
+    def _load(self, path: Path, mmap: bool) -> np.ndarray:
+        if not path.is_file():
+            raise MissingFileError("preprocessed array missing", path, hint=_HINT)
+        try:
+            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise DatasetError(f"unreadable preprocessed array ({' '.join(str(exc).split())})", path,
+                               hint=_HINT) from exc
+
     def image(self, case_id: str, mmap: bool = True) -> np.ndarray:
-        return np.load(self.root / f"{case_id}.npy", mmap_mode="r" if mmap else None)
+        return self._load(self.root / f"{case_id}.npy", mmap)
 
     def label(self, case_id: str, mmap: bool = True) -> np.ndarray:
-        return np.load(self.root / f"{case_id}_seg.npy", mmap_mode="r" if mmap else None)
+        return self._load(self.root / f"{case_id}_seg.npy", mmap)
+
+    def try_properties(self, case_id: str) -> dict | None:
+        """A case's properties, or None when its ``.json`` is absent or unreadable."""
+        try:
+            props = json.loads((self.root / f"{case_id}.json").read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        return props if isinstance(props, dict) else None
 
     def properties(self, case_id: str) -> dict:
-        return json.loads((self.root / f"{case_id}.json").read_text())
+        path = self.root / f"{case_id}.json"
+        props = self.try_properties(case_id)
+        if props is None:
+            if not path.is_file():
+                raise MissingFileError("preprocessed case missing", path, hint=_HINT)
+            raise DatasetError("unreadable preprocessed case properties", path, hint=_HINT)
+        return props
 
     def locations(self, case_id: str) -> dict[int, np.ndarray]:
-        with np.load(self.root / f"{case_id}_locs.npz") as z:
-            return {int(k): z[k] for k in z.files}
+        path = self.root / f"{case_id}_locs.npz"
+        if not path.is_file():
+            raise MissingFileError("preprocessed foreground locations missing", path, hint=_HINT)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {int(k): z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"unreadable foreground locations ({' '.join(str(exc).split())})", path,
+                               hint=_HINT) from exc
 
     def shape(self, case_id: str) -> tuple[int, ...]:
         return tuple(self.properties(case_id)["shape_preprocessed"])
