@@ -44,6 +44,16 @@ class FocussegError(Exception):
         """The message with any embedded newlines folded, as the CLI prints it."""
         return " ".join(str(self).split())
 
+    def __reduce__(self):  # survive process pools with path, hint and extra fields (problems, failures)
+        return (_rebuild, (type(self), self.args, self.__dict__.copy()))
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> FocussegError:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
 
 class DatasetError(FocussegError, ValueError):
     """dataset.json, the folder layout, case ids, splits or label declarations."""
@@ -73,6 +83,9 @@ class MissingFileError(FocussegError, FileNotFoundError):
 
     def __str__(self) -> str:  # OSError has its own __str__
         return FocussegError.__str__(self)
+
+    def __reduce__(self):
+        return FocussegError.__reduce__(self)
 
 
 class PlanError(FocussegError, ValueError):

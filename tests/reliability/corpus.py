@@ -602,9 +602,9 @@ def predict_empty_folder(sb: Sandbox) -> Entry:
 def predict_ignores_temp_and_side_files(sb: Sandbox) -> Entry:
     run, imgs = sb.run(), sb.test_images()
     first = sorted(imgs.glob("*_0000.nii.gz"))[0]
+    n = len(list(imgs.glob("*_0000.nii.gz")))
     (imgs / f".{first.name}.abc123.tmp.nii.gz").write_bytes(b"half a file")
     (imgs / ".hidden_0000.nii.gz").write_bytes(b"junk")
-    n = len(list(imgs.glob("*_0000.nii.gz")))
 
     def only_cases() -> None:
         written = sorted(p.name for p in sb.out.iterdir())

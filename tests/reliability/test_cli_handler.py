@@ -91,3 +91,15 @@ def test_console_script_prints_one_line(tmp_path: Path):
     assert res.returncode == 1, res.stderr
     errors = [x for x in res.stderr.splitlines() if x.startswith("error:")]
     assert len(errors) == 1 and "no_such_dataset" in errors[0] and "Traceback" not in res.stderr
+
+
+def test_errors_survive_pickling_across_process_pools():
+    import pickle
+
+    from focusseg.errors import MissingFileError
+
+    for exc in [DatasetError("bad", "/d/x.nii.gz", hint="fix it"), MissingFileError("gone", "/d/y"),
+                CheckFailed(["/d/a: one", "/d/b: two"]), PartialFailure([UsageError("u")], done=2)]:
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc) and back.hint == exc.hint
+    assert pickle.loads(pickle.dumps(PartialFailure([UsageError("u")], done=2))).done == 2

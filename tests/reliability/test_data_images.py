@@ -95,7 +95,7 @@ def test_truncated_nii_gz(tmp_path: Path, cut: int):
 def test_gzip_with_less_data_than_declared(tmp_path: Path):
     p = tmp_path / "short.nii.gz"
     p.write_bytes(gzip.compress(nifti_bytes((10, 10, 10), data=b"\1" * 3000)))
-    _bounded(p, "unreadable")
+    _bounded(p, "truncated: header declares 4000 bytes of voxel data, the gzip stream holds 3000")
 
 
 def test_corrupt_gzip(tmp_path: Path):
@@ -105,6 +105,13 @@ def test_corrupt_gzip(tmp_path: Path):
     p = tmp_path / "corrupt.nii.gz"
     p.write_bytes(bytes(raw))
     _bounded(p, "unreadable")
+    for fill in (b"\0", b"\xff"):  # a stream that still inflates to enough bytes: only the CRC can tell
+        for where in (0.3, 0.5, 0.7):
+            raw = bytearray(gzip.compress(nifti_bytes((10, 10, 10), data=data)))
+            at = int(len(raw) * where)
+            raw[at : at + 64] = fill * 64
+            p.write_bytes(bytes(raw))
+            _bounded(p, "gzip")
     q = tmp_path / "plain.nii.gz"  # not gzip at all
     q.write_bytes(nifti_bytes((4, 4, 4)))
     _bounded(q, "gzip")
@@ -222,10 +229,13 @@ def test_valid_images_read_as_before(tmp_path: Path):
     """The bounded reader returns exactly what nibabel returns (dtypes, scaling, big-endian, NIfTI-2)."""
     rng = np.random.default_rng(0)
     aff = np.array([[0, -1.2, 0, 10], [0.9, 0, 0, -5], [0, 0, 3.0, 2], [0, 0, 0, 1]], dtype=float)
-    for i, (arr, klass) in enumerate([(rng.integers(-1000, 3000, (7, 9, 5)).astype(np.int16), nib.Nifti1Image),
-                                      (rng.normal(size=(7, 9, 5)).astype(">f4"), nib.Nifti1Image),
-                                      (rng.integers(0, 255, (7, 9, 5)).astype(np.uint8), nib.Nifti2Image)]):
-        img = klass(arr, aff)
+    for i, (arr, klass, endian) in enumerate([
+            (rng.integers(-1000, 3000, (7, 9, 5)).astype(np.int16), nib.Nifti1Image, "<"),
+            (rng.integers(-1000, 3000, (7, 9, 5)).astype(np.int16), nib.Nifti1Image, ">"),
+            (rng.normal(size=(7, 9, 5)).astype(">f4"), nib.Nifti1Image, ">"),
+            (rng.normal(size=(7, 9, 5, 2)).astype(np.float64), nib.Nifti1Image, "<"),
+            (rng.integers(0, 255, (7, 9, 5)).astype(np.uint8), nib.Nifti2Image, "<")]):
+        img = klass(arr, aff, klass.header_class(endianness=endian))
         if arr.dtype == np.int16:
             img.header.set_slope_inter(0.5, -1024)
         for ending in (".nii", ".nii.gz"):

@@ -64,8 +64,19 @@ def _cli(args: list[str], capsys) -> tuple[int, str]:
 PEAK_SCRIPT = textwrap.dedent("""
     import resource, sys
     from focusseg.metrics import evaluate_folders
+
+    def peak_mb():
+        # VmHWM: this process's own peak (ru_maxrss survives exec and may report the parent's size)
+        try:
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
     evaluate_folders(sys.argv[1], sys.argv[2], sys.argv[3], workers=1, progress=False)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    print(peak_mb())
 """)
 
 

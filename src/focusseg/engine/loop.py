@@ -106,6 +106,8 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
         if hasattr(parts.lr, "max_iterations"):
             parts.lr.max_iterations = t.max_iterations
         log.restore(t.history)  # the log says exactly what the checkpoint holds
+    else:  # a fresh start: lines of an earlier attempt that never checkpointed an epoch do not belong to it
+        log.path.unlink(missing_ok=True)
     call(callbacks, "on_train_start", t)
     budget_fixed = t.epoch > 0
     while t.iteration < t.max_iterations:

@@ -242,6 +242,15 @@ def _finish_plan(plan: dict, recipe: dict | None, overrides: dict | None) -> dic
     return fit_patch_to_network(plan)
 
 
+def _validate_plan(plan: dict, spec: Any) -> None:
+    """The planner's check that ``plan`` can work on this dataset (:class:`PlanError` before any work)."""
+    try:
+        from focusseg.planning.planner import validate_plan
+    except ImportError:  # an older planner without the check
+        return
+    validate_plan(plan, spec)
+
+
 def _splits(data_dir: Path, run_dir: Path, case_ids: list[str], fold: str) -> tuple[list[str], list[str]]:
     """(train, val) ids of ``fold`` from the data folder's ``splits_final.json`` (else the run folder's, made on
     first use); a malformed file, a fold it lacks or a case it names that the dataset lacks are refused."""
@@ -346,6 +355,7 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
             raise CheckFailed(problems)
     if overwrite:
         clean_run_folder(run_dir, preprocessed_dir)
+    spec = load_dataset_spec(data_dir)
     replan = False
     changes: dict[str, dict[str, Any]] = {}
     if resume:
@@ -355,6 +365,7 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
         requested = _finish_plan(_read_plan(plan_path) if plan_path is not None else stored, recipe, overrides)
         requested["recipe"] = recipe.get("name", "default") if recipe is not None else stored.get("recipe")
         changes = plan_changes(stored, requested)
+        _validate_plan(requested, spec)
         stored_budget = (info or {}).get("time_budget_min")
         if time_budget_min is None:
             time_budget_min = stored_budget
@@ -385,6 +396,7 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
             plan = plan_dataset(data_dir, dev.type, None, run_dir / "fingerprint.json", progress)
         plan = _finish_plan(plan, recipe, overrides)
         plan["recipe"] = (recipe or {}).get("name", "default")
+        _validate_plan(plan, spec)
         if info is not None and info.get("plan_sha256") != plan_hash(plan):
             diff = plan_changes(_read_plan(plan_file), plan) if plan_file.is_file() else {}
             what = ""
@@ -394,7 +406,6 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
             raise RunFolderError(f"run folder was made for another plan{what}", run_dir, hint=fresh_hint)
         save_json(plan, plan_file)
     write_run_info(run_dir, data_dir, fold, plan, time_budget_min)
-    spec = load_dataset_spec(data_dir)
     case_ids = [c.case_id for c in discover_cases(data_dir, spec) if c.label is not None]
     train_ids, val_ids = _splits(data_dir, run_dir, case_ids, fold)
     store = preprocess_dataset(data_dir, plan, preprocessed_dir or run_dir / "preprocessed", progress=progress,

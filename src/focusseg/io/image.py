@@ -188,6 +188,50 @@ def _check_nifti_header(path: Path, hdr: nib.Nifti1Header, limit: int) -> tuple[
     return shape
 
 
+def _read_nifti_gz(path: Path, hdr: nib.Nifti1Header, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """The voxels of a ``.nii.gz``, read in one pass that decompresses exactly the declared bytes into one
+    buffer (bounded: :func:`_check_nifti_header` has checked the declared size) and then the rest of the stream,
+    so that gzip's CRC and length check run: a corrupt stream that still inflates to enough bytes is refused,
+    not read as garbage. Scaling (``scl_slope``/``scl_inter``) is applied exactly as nibabel's ``dataobj``."""
+    from nibabel.volumeutils import apply_read_scaling
+
+    in_dtype = hdr.get_data_dtype()
+    offset = int(hdr.get_data_offset())
+    nbytes = math.prod(shape) * in_dtype.itemsize
+    buf = bytearray(nbytes)
+    view = memoryview(buf)
+    got = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            f.seek(offset)
+            while got < nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            if got == nbytes:
+                while f.read(1 << 20):  # to the end of the stream: gzip verifies CRC-32 and length there
+                    pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ImageReadError(f"unreadable (corrupt or truncated gzip: {_one_line(exc)})", path) from exc
+    finally:
+        view.release()
+    if got < nbytes:
+        raise ImageReadError(f"truncated: header declares {nbytes} bytes of voxel data, the gzip stream holds "
+                             f"{got}", path)
+    raw = np.ndarray(shape, in_dtype, buffer=buf, order="F")
+    slope, inter = hdr.get_slope_inter()
+    scl_slope = np.asanyarray(1.0 if slope is None else slope)
+    scl_inter = np.asanyarray(0.0 if inter is None else inter)
+    if np.can_cast(scl_slope, dtype):  # as nibabel's ArrayProxy._get_scaled
+        scl_slope = scl_slope.astype(dtype)
+    if np.can_cast(scl_inter, dtype):
+        scl_inter = scl_inter.astype(dtype)
+    scaled = apply_read_scaling(raw, scl_slope, scl_inter)
+    scaled = scaled.astype(np.promote_types(scaled.dtype, dtype), copy=False)
+    return scaled.astype(dtype, copy=False)
+
+
 def read_image(path: str | Path, dtype: type = np.float32, max_voxels: int | None = None
                ) -> tuple[np.ndarray, Geometry]:
     """Read one image file. Returns ``(array, geometry)``: a 3D array, or 4D with the 4th axis last (the
@@ -204,13 +248,17 @@ def read_image(path: str | Path, dtype: type = np.float32, max_voxels: int | Non
         raise ImageReadError("empty file", path)
     limit = voxel_limit(max_voxels)
     if _is_nifti(path):
-        shape = _check_nifti_header(path, _nifti_header(path), limit)
+        hdr = _nifti_header(path)
+        shape = _check_nifti_header(path, hdr, limit)
         spatial = _spatial_shape(path, shape)
         try:
             img = nib.load(str(path))
             affine = np.asarray(img.affine, dtype=np.float64)
             _check_affine(path, affine)
-            data = np.asarray(img.dataobj, dtype=dtype)
+            if path.name.endswith(".gz"):
+                data = _read_nifti_gz(path, hdr, shape, dtype)
+            else:
+                data = np.asarray(img.dataobj, dtype=dtype)
         except ImageReadError:
             raise
         except Exception as exc:  # nibabel/gzip/zlib raise many types for broken files

@@ -131,8 +131,8 @@ def _load_nifti_checked(path: Path):
     if n > limit:
         raise ImageError(f"header declares {shape} = {n} voxels, above the limit of {limit} (set {MAX_VOXELS_ENV} "
                          "to raise it)", path)
-    hdr = img.header
-    need = int(hdr["vox_offset"]) + n * hdr.get_data_dtype().itemsize
+    proxy = img.dataobj  # where the voxels start in the file, and their stored type
+    need = int(proxy.offset) + n * np.dtype(proxy.dtype).itemsize
     if not path.name.endswith(".gz"):
         if need > path.stat().st_size:
             raise ImageError(f"truncated: the header declares {need} bytes, the file holds {path.stat().st_size}",
