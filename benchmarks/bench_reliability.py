@@ -46,7 +46,7 @@ def run_corpus() -> tuple[list[dict], float]:
             root = Path(tmp) / f"case{i:03d}"
             (root / "in").mkdir(parents=True)
             (root / "cwd").mkdir()
-            sb = Sandbox(root, dict(templates))
+            sb = Sandbox(root, templates)
             entry = build(sb)
             allowed = [sb.out, *entry.outputs]
             before = snapshot(root, allowed)

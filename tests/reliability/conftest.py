@@ -63,10 +63,11 @@ class Sandbox:
     def dataset(self, name: str = "D", **kwargs) -> Path:
         """A fresh copy of a tiny valid dataset (``n_channels=2`` etc. build another template)."""
         key = json.dumps(kwargs, sort_keys=True)
-        if key not in self.templates:
-            self.templates[key] = write_tiny_dataset(self.templates["_base"] / f"T{len(self.templates)}", **kwargs)
+        folder = self.templates["_base"] / f"T{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        if not (folder / "dataset.json").is_file():
+            write_tiny_dataset(folder, **kwargs)
         dst = self.root / "in" / name
-        shutil.copytree(self.templates[key], dst)
+        shutil.copytree(folder, dst)
         return dst
 
     def run(self, name: str = "run") -> Path:
@@ -109,7 +110,7 @@ def corpus_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 def sandbox(tmp_path: Path, corpus_templates: dict[str, Path]) -> Sandbox:
     (tmp_path / "in").mkdir()
     (tmp_path / "cwd").mkdir()  # the working directory of the command: must stay empty
-    return Sandbox(tmp_path, dict(corpus_templates))
+    return Sandbox(tmp_path, corpus_templates)
 
 
 @pytest.fixture

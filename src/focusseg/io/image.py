@@ -9,7 +9,10 @@ count (every axis, channels included) against a limit (:data:`DEFAULT_MAX_VOXELS
 ``FOCUSSEG_MAX_VOXELS`` environment variable), the declared data size against the file size (uncompressed
 NIfTI) or against what a gzip stream of that size can possibly hold (``.nii.gz``, deflate cannot exceed
 1032:1), zero/negative/NaN spacing, and the number of axes (2D files are read as 3D with a singleton axis;
-trailing singleton axes are dropped; 4D keeps its 4th axis; 5D and more is refused).
+trailing singleton axes are dropped; 4D keeps its 4th axis; 5D and more is refused). A ``.nii.gz`` is
+decompressed once, exactly the declared bytes, and then to the end of the stream so that gzip's CRC check runs
+(a corrupt stream that still inflates is refused, not read as garbage); an uncompressed ``.mha`` must hold the
+bytes its header declares.
 """
 
 from __future__ import annotations
