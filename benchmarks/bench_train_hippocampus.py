@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from focusseg.engine.report import read_log
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DATA = (REPO / ".." / "shared" / "data" / "Dataset004_Hippocampus").resolve()
@@ -48,7 +50,7 @@ def main() -> None:
         run = args.out
     summary = json.loads((run / "summary.json").read_text())
     plan = json.loads((run / "plan.json").read_text())
-    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    log = read_log(run)
     fv = summary["final_validation"]
     shutil.copy(run / "training_curve.png", HERE / "results" / "hippocampus_curve.png")
     best = max((r for r in log if "val_mean_dice" in r), key=lambda r: r["val_mean_dice"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from focusseg.engine.report import read_log
 from focusseg.recipes import load_recipe
 
 HERE = Path(__file__).resolve().parent
@@ -206,7 +207,7 @@ def read_run(run_dir: Path, lesion_labels: list[int]) -> dict:
     and Dice (mean over validation cases of ``lesion_labels``' rows in ``validation/metrics.csv``; cases where
     a value is undefined are left out)."""
     s = json.loads((run_dir / "summary.json").read_text())
-    log = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines() if x.strip()]
+    log = read_log(run_dir)
     fv = s.get("final_validation") or {}
     out = {"mean_dice": _num(fv.get("mean_dice")), "best_val": _num(s.get("best_val_mean_dice")),
            "iterations": s.get("iterations"), "train_s": s.get("train_seconds"),
