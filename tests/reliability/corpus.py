@@ -413,6 +413,25 @@ def train_noncontiguous_labels_with_class_weighter(sb: Sandbox) -> Entry:
 
 
 @case("train")
+def train_noncontiguous_labels_work_without_weighter(sb: Sandbox) -> Entry:
+    """{0, 1, 3}: the network has 4 outputs (index == label value, index 2 never trained), so predictions and
+    scores keep the dataset's values."""
+    d = sb.dataset()
+    edit_json(d / "dataset.json", lambda j: {**j, "labels": {"background": 0, "sphere": 1, "cube": 3}})
+    for p in (d / "labelsTr").glob("*.nii.gz"):
+        rewrite(p, lambda x, a: (np.where(x == 2, 3, x).astype(np.uint8), a))
+
+    def scored_with_dataset_values() -> None:
+        summary = json.loads((sb.out / "summary.json").read_text())
+        assert set(summary["final_validation"]["dice_per_label"]) == {"1", "3"}, summary
+        for p in (sb.out / "validation" / "predictions").glob("*.nii.gz"):
+            assert set(np.unique(np.asarray(nib.load(p).dataobj)).tolist()) <= {0, 1, 3}
+
+    return Entry(["train", d, "--out", sb.out, "--recipe", _tiny_recipe(sb), "--no-progress"], None, refuse=False,
+                 after=scored_with_dataset_values)
+
+
+@case("train")
 def train_single_case_numbered_fold(sb: Sandbox) -> Entry:
     d = sb.dataset(n_cases=1)
     return Entry(["train", d, "--out", sb.out, "--fold", "0", "--recipe", _tiny_recipe(sb), "--no-progress"], None)
