@@ -132,8 +132,8 @@ def report(rows: list[dict], seconds: float, kills: str | None) -> str:
                   "result must equal an uninterrupted run.", "",
                   "| command | kills in `make test` | kills in `make test-slow` | equal to uninterrupted |",
                   "| --- | ---: | ---: | --- |",
-                  "| preprocess | 2 | 12 stores (+6 second kills while resuming) | every array, location and property |",
-                  "| train (CPU) | 2 | 12 random + 1 after checkpoint and log line | identical weights and log records |",
+                  "| preprocess | 2 | 12 stores (+6 second kills while resuming) | every array, location, property |",
+                  "| train (CPU) | 2 | 12 random + 1 after checkpoint and log line | identical weights, log records |",
                   "| predict | 2 | 12 random + before/after every rename | byte-identical output files |",
                   "| evaluate (2 workers, process group killed) | 2 | 12 random | identical metrics.csv |",
                   "", f"Measured: {kills}", ""]

@@ -4,9 +4,11 @@ elsewhere), and the CLI run in-process through its one handler."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,34 @@ TINY_PLAN = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 
              "patch_size": [16, 16, 16], "batch_size": 2,
              "training": {"max_epochs": 2, "iterations_per_epoch": 2, "augmentation": "light", "amp": "none"},
              "inference": {"mirror_axes": []}}
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread (two busy threads on the 2-core CI machine slow everything), then restore."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    with one_torch_thread():
+        yield
+
+
+def train_tiny(data: Path, run: Path, overrides: dict | None = None, **kwargs) -> dict:
+    """``run_training`` on one thread with the tiny plan (or ``overrides``), no progress bars."""
+    from focusseg.engine.run import run_training
+
+    with one_torch_thread():
+        return run_training(data, run, fold=kwargs.pop("fold", 0), overrides=overrides or TINY_PLAN,
+                            progress=False, **kwargs)
 
 
 def snapshot(root: Path, exclude: list[Path]) -> dict[str, str]:
@@ -91,18 +121,9 @@ class Sandbox:
 @pytest.fixture(scope="session")
 def corpus_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Built once per session: a tiny dataset with test cases and a tiny run trained on it."""
-    import torch
-
-    from focusseg.engine.run import run_training
-
     base = tmp_path_factory.mktemp("corpus_templates")
     data = write_tiny_dataset(base / "DataTs", n_cases=5, with_test=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_training(data, base / "run", fold=0, overrides=TINY_PLAN, progress=False, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
+    train_tiny(data, base / "run", device="cpu")
     return {"_base": base, "_data_ts": data, "_run": base / "run"}
 
 

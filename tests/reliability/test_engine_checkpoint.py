@@ -16,18 +16,12 @@ from focusseg.engine import checkpoint as ckpt
 from focusseg.engine.run import run_training
 from focusseg.errors import CheckpointError, MissingFileError, RunFolderError
 
+from .conftest import one_torch_thread
+
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,
         "training": {"max_epochs": 2, "iterations_per_epoch": 2, "augmentation": "light", "amp": "none"},
         "inference": {"mirror_axes": []}}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +29,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny dataset and a run trained on it for 2 epochs (so it has a latest and a previous checkpoint)."""
     root = tmp_path_factory.mktemp("engine_ckpt")
     data = write_tiny_dataset(root / "D", n_cases=4)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         run_training(data, root / "run", fold=0, overrides=TINY, progress=False, final_validation=False)
-    finally:
-        torch.set_num_threads(n)
     return data, root / "run"
 
 

@@ -33,14 +33,6 @@ def _strict(text: str) -> list:
     return [json.loads(line, parse_constant=refuse) for line in text.splitlines() if line.strip()]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("engine_num") / "D", n_cases=4)

@@ -17,13 +17,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from focusseg_testdata import write_tiny_dataset
 
 from focusseg.engine import checkpoint as ckpt
 from focusseg.engine.report import read_log
 from focusseg.engine.run import plan_hash, run_lock, run_training
 from focusseg.errors import CheckFailed, DatasetError, RunFolderError, UsageError
+
+from .conftest import one_torch_thread
 
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,
@@ -35,25 +36,13 @@ def _with(**training) -> dict:
     return {**TINY, "training": {**TINY["training"], **training}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A tiny dataset (5 cases) and a fold-0 run on it, with its final validation."""
     root = tmp_path_factory.mktemp("engine_runfolder")
     data = write_tiny_dataset(root / "D", n_cases=5)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         run_training(data, root / "run", fold=0, overrides=TINY, progress=False)
-    finally:
-        torch.set_num_threads(n)
     return data, root / "run"
 
 

@@ -98,10 +98,19 @@ def build_parts(plan: dict, total_iterations: int, device: torch.device) -> Part
 
 
 def amp_dtype(plan: dict, device: torch.device) -> torch.dtype | None:
-    """``training.amp``: "bf16" | "fp16" | "none". fp16 needs CUDA; on CPU it falls back to bf16."""
+    """``training.amp``: "auto" | "bf16" | "fp16" | "none".
+
+    - "auto": on CUDA, bf16 autocast on Ampere or newer (compute capability >= 8: bf16 has fp32's range, no
+      scaler needed), else fp16 with a GradScaler (nnU-Net's choice on older cards); on the CPU, fp32.
+    - "fp16" needs CUDA; on the CPU it falls back to bf16. "bf16" is taken as given (on any device).
+    Explicit values are kept as they are."""
     amp = str(plan["training"].get("amp", "none")).lower()
     if amp in ("none", "off", "false", "fp32"):
         return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     if amp == "fp16" and device.type == "cuda":
         return torch.float16
     return torch.bfloat16

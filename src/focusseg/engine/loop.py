@@ -17,6 +17,16 @@ budget (stored in the checkpoint), so the poly schedule decays to zero at the bu
 when the budget is spent (checked after every iteration, then one last validation), keeping the best
 checkpoint.
 
+Devices: checkpoints load onto the CPU and each part moves itself (network and optimiser state to the
+parameters' device, RNG states set from CPU tensors, sampler and class-weighter state stay on the CPU), so a run
+resumes on another device than it started on (CPU <-> CUDA); the checkpoint records the device and autocast
+dtype it was written with, and a switch is logged as a ``device_switch`` event line (with what happened to the
+fp16 GradScaler state: started fresh, or ignored). On CUDA, training runs with ``cudnn.benchmark`` and TF32
+matmuls/convolutions (nnU-Net's settings; restored afterwards).
+
+Host syncs: at most one per iteration in the default path (the step's read of its loss and gradient norm,
+:mod:`focusseg.engine.task`); class weights live on the device and are copied again only when they change.
+
 Numerical guard: a step with a NaN/inf loss or gradient is skipped (:mod:`focusseg.engine.task`) and counted
 (``nonfinite_steps`` in each epoch's log line); ``training.max_nonfinite_steps`` (25) such steps in a row stop
 training with a :class:`~focusseg.errors.TrainingError`. A network with a non-finite weight is never saved as
@@ -25,8 +35,10 @@ training with a :class:`~focusseg.errors.TrainingError`. A network with a non-fi
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +75,46 @@ class Trainer:
     nonfinite_run: int = 0  # consecutive skipped (non-finite) steps, across epochs
 
 
+class DeviceWeights:
+    """The class weighter's weights on the training device, copied again only when they change (the weighter
+    returns a CPU tensor; comparing it with the last copy's source costs no device sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._source: torch.Tensor | None = None
+        self._on_device: torch.Tensor | None = None
+        self.copies = 0
+
+    def get(self, weighter: Any | None) -> torch.Tensor | None:
+        if weighter is None:
+            return None
+        w = weighter.weights()
+        if self._source is None or w.shape != self._source.shape or not torch.equal(w.cpu(), self._source):
+            self._source = w.detach().cpu().clone()
+            self._on_device = self._source.to(self.device, non_blocking=False)
+            self.copies += 1
+        return self._on_device
+
+
+@contextlib.contextmanager
+def cuda_speedups(device: torch.device) -> Iterator[None]:
+    """On CUDA: ``cudnn.benchmark`` (autotuned convolutions for the fixed patch size) and TF32 for float32
+    matmuls and convolutions (``torch.set_float32_matmul_precision("high")``, ``cudnn.allow_tf32``), as
+    nnU-Net trains; the previous settings are restored on exit. Nothing changes on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    old = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = old[0], old[1]
+        torch.set_float32_matmul_precision(old[2])
+
+
 def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[str], val_ids: list[str],
           device: torch.device, time_budget_s: float | None = None, resume: bool = False,
           callbacks: list[Any] | None = None, progress: bool = True, resume_state: dict | None = None,
@@ -71,6 +123,14 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
 
     ``replan``: the schedule length changed on resume (more epochs, another time budget): the total number of
     iterations is recomputed instead of taken from the checkpoint."""
+    with cuda_speedups(device):
+        return _train(store, plan, run_dir, train_ids, val_ids, device, time_budget_s, resume, callbacks, progress,
+                      resume_state, replan)
+
+
+def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[str], val_ids: list[str],
+           device: torch.device, time_budget_s: float | None, resume: bool, callbacks: list[Any] | None,
+           progress: bool, resume_state: dict | None, replan: bool) -> Trainer:
     tr = plan["training"]
     callbacks = list(callbacks or [])
     torch.manual_seed(int(tr.get("seed", 0)))
@@ -88,7 +148,7 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
     log = EpochLog(run_dir)
     if resume:
         state = resume_state if resume_state is not None else ckpt.load_resume_state(run_dir)[0]
-        task.load_state_dict(state["task"])  # tensors land on the parameters' device
+        notes = task.load_state_dict(state["task"]) or []  # tensors land on the parameters' device
         parts.lr.load_state_dict(state["lr"])
         sampler.load_state_dict(state["sampler"])  # stays on the CPU
         if parts.weighter is not None:
@@ -106,10 +166,12 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
         if hasattr(parts.lr, "max_iterations"):
             parts.lr.max_iterations = t.max_iterations
         log.restore(t.history)  # the log says exactly what the checkpoint holds
+        _log_device_switch(log, state, device, _amp_name(t), notes, t.epoch)
     else:  # a fresh start: lines of an earlier attempt that never checkpointed an epoch do not belong to it
         log.path.unlink(missing_ok=True)
     call(callbacks, "on_train_start", t)
     budget_fixed = t.epoch > 0
+    class_weights = DeviceWeights(device)
     while t.iteration < t.max_iterations:
         t0 = time.perf_counter()
         task.train()
@@ -123,7 +185,7 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.no_grad():
                 images, labels = parts.augmenter(images, labels, gens["augment"])
-            weights = parts.weighter.weights().to(device) if parts.weighter is not None else None
+            weights = class_weights.get(parts.weighter)  # copied to the device only when they change
             parts.lr.step(t.iteration)
             step = task.step(images, labels, requests, weights, lambda s: call(callbacks, "after_loss", t, s))
             sampler.update(step)
@@ -191,6 +253,23 @@ def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[s
     return t
 
 
+def _device_name(device: torch.device) -> str:
+    return device.type  # "cuda:0" and "cuda:1" are the same kind of device for resuming
+
+
+def _log_device_switch(log: EpochLog, state: dict, device: torch.device, new_amp: str, notes: list[dict],
+                       epoch: int) -> None:
+    """One ``device_switch`` event line when the run resumes on another device or autocast dtype than the
+    checkpoint was written with, or when a part had to adapt (GradScaler state started fresh or ignored).
+    Checkpoints from before this record carry no device: only the parts' notes can tell then."""
+    old_dev, old_amp = state.get("device"), state.get("amp")
+    new_dev = _device_name(device)
+    moved = (old_dev is not None and old_dev != new_dev) or (old_amp is not None and old_amp != new_amp)
+    if moved or notes:
+        log.event("device_switch", at_epoch=epoch, device={"from": old_dev, "to": new_dev},
+                  amp={"from": old_amp, "to": new_amp}, parts=notes)
+
+
 def network_is_finite(module: torch.nn.Module) -> bool:
     """Whether every floating-point parameter and buffer is finite (one host sync)."""
     flags = [torch.isfinite(v).all() for v in module.state_dict().values() if torch.is_floating_point(v)]
@@ -225,4 +304,11 @@ def _state(t: Trainer, gens: dict[str, torch.Generator]) -> dict:
     return {**_export(t), "task": p.task.state_dict(), "lr": p.lr.state_dict(),
             "sampler": t.sampler.state_dict(), "weighter": p.weighter.state_dict() if p.weighter else None,
             "rng": ckpt.rng_state(gens), "max_iterations": t.max_iterations,
-            "elapsed": t.elapsed, "history": t.history, "nonfinite_run": t.nonfinite_run}
+            "elapsed": t.elapsed, "history": t.history, "nonfinite_run": t.nonfinite_run,
+            "device": _device_name(t.device), "amp": _amp_name(t)}
+
+
+def _amp_name(t: Trainer) -> str:
+    """The autocast dtype the task trains in ("bfloat16", "float16" or "none")."""
+    amp = getattr(t.parts.task, "amp", None)
+    return str(amp).replace("torch.", "") if amp else "none"

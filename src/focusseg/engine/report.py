@@ -78,7 +78,7 @@ class EpochLog:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn line from an old focusseg: drop it
-            if isinstance(rec, dict) and "event" in rec and "epoch" not in rec:
+            if isinstance(rec, dict) and "event" in rec:  # event lines may name an epoch too (diverged)
                 events_after.setdefault(last, []).append(line)
             elif isinstance(rec, dict) and isinstance(rec.get("epoch"), int):
                 last = rec["epoch"]

@@ -11,9 +11,20 @@ A task exposes ``inference_module()`` (what validation and export use), ``optimi
 drives all of them), ``step(...) -> StepOutput`` and ``state_dict``/``load_state_dict``.
 
 Numerical guard: a step whose loss or (clipped) gradient norm is NaN/inf does not update the weights (its
-gradients are dropped) and reports ``StepOutput.finite = False``; the loop counts such steps. The check costs
-one host sync per step (the gradient norm that clipping computes anyway). With fp16 and a GradScaler, inf
-gradients are the scaler's business (it skips that step and lowers the scale): only a non-finite loss counts.
+gradients are dropped) and reports ``StepOutput.finite = False``; the loop counts such steps.
+
+Host synchronisations (issue 13): the supervised step reads the device exactly once -- the loss and the gradient
+norm that clipping computes anyway, stacked into one tensor and copied together (:func:`read_step_scalars`).
+That one read gives both the exact finite check and the loss value, so the loss is known every step at no
+extra cost. Per-sample losses and the TP/FP/FN counts stay on the device (a sampler that needs them on the host,
+e.g. Focused Practice, copies them itself). A non-finite loss is still backpropagated (its gradients are NaN and
+dropped): deciding before backward would cost a second sync.
+
+fp16 + GradScaler (CUDA): the scaler unscales the gradients (recording inf/NaN on the device), the same one read
+says whether the norm is finite; finite -> ``optimizer.step()`` (what ``scaler.step`` does when no inf was
+found, without its own ``.item()``), else the step is skipped; ``scaler.update()`` then lowers or grows the
+scale on the device. As before, inf gradients under fp16 are the scaler's business (an overflow, not a
+divergence): only a non-finite loss counts as a non-finite step.
 """
 
 from __future__ import annotations
@@ -47,12 +58,38 @@ def as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) 
 
 
 def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """Per-class TP, FP, FN voxel counts of the argmax prediction over a batch (for running scores)."""
+    """Per-class TP, FP, FN voxel counts of the argmax prediction over a batch (for running scores), on the
+    logits' device. No host sync: a scatter-add into ``k * k`` bins (CUDA ``bincount`` reads the input's maximum
+    on the host to size its output)."""
     pred = logits.argmax(1).flatten()
-    ref = labels.flatten().clamp(0, k - 1)
-    conf = torch.bincount(ref * k + pred, minlength=k * k).reshape(k, k).cpu()
+    idx = labels.flatten().long().clamp(0, k - 1) * k + pred
+    conf = torch.zeros(k * k, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+    conf = conf.reshape(k, k)
     tp = conf.diag()
     return tp, conf.sum(0) - tp, conf.sum(1) - tp
+
+
+def read_step_scalars(*values: torch.Tensor) -> list[float]:
+    """The step's one host sync: the given 0-dim tensors (loss, gradient norm) stacked in float32 and copied to
+    the host together."""
+    return torch.stack([v.detach().float().reshape(()) for v in values]).tolist()
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any] | None) -> str | None:
+    """Load a GradScaler state saved on another device or precision; returns what changed (for an event line).
+
+    - enabled scaler, state present: loaded (same device and precision, the usual case);
+    - enabled scaler, state absent or empty (a CPU / bf16 / fp32 checkpoint resumed with fp16 on CUDA): a fresh
+      scaler (torch's initial scale 2**16; it adapts within a few steps) -> ``"fresh"``;
+    - disabled scaler, state present (a CUDA fp16 checkpoint resumed on CPU or in bf16): ignored -> ``"ignored"``;
+    - disabled scaler, no state: nothing to do."""
+    has_state = bool(state)
+    if scaler.is_enabled():
+        if has_state:
+            scaler.load_state_dict(state)
+            return None
+        return "fresh"
+    return "ignored" if has_state else None
 
 
 class SupervisedTask:
@@ -74,6 +111,7 @@ class SupervisedTask:
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, requests: list[PatchRequest],
              class_weights: torch.Tensor | None, callbacks_after_loss=None) -> StepOutput:
+        """Forward, loss, backward, clip, one host read (loss and gradient norm), then step or skip."""
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             out = self.network(images)
         outputs = as_float(out)
@@ -84,27 +122,25 @@ class SupervisedTask:
                 per_sample = self.per_sample_loss(detached, labels, class_weights=class_weights)
             else:
                 per_sample = loss.detach().expand(labels.shape[0])
-        main = outputs[0] if isinstance(outputs, list) else outputs
-        tp, fp, fn = class_counts(main.detach(), labels, self.k)
-        loss_value = float(loss.detach())
-        step = StepOutput(requests, loss_value, per_sample.cpu(), tp, fp, fn)
+            main = outputs[0] if isinstance(outputs, list) else outputs
+            tp, fp, fn = class_counts(main.detach(), labels, self.k)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # a NaN loss too: its NaN gradients are dropped below
+        self.scaler.unscale_(self.optimizer)  # no-op without a scaler
+        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
+        loss_value, norm_value = read_step_scalars(loss, norm)  # the step's one host sync
+        step = StepOutput(requests, loss_value, per_sample.detach(), tp, fp, fn)
+        step.finite = math.isfinite(loss_value)
         if callbacks_after_loss is not None:
             callbacks_after_loss(step)
-        self.optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss_value):  # nothing to learn from; no backward through NaN
-            step.finite = False
-            return step
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-        if self.scaler.is_enabled():  # fp16: the scaler skips inf/NaN gradients itself and lowers its scale
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        elif bool(torch.isfinite(norm)):  # the step's one extra host sync
+        if step.finite and math.isfinite(norm_value):
             self.optimizer.step()
         else:
             self.optimizer.zero_grad(set_to_none=True)
-            step.finite = False
+            if not self.scaler.is_enabled():  # fp16 overflow (finite loss, inf gradient): the scaler's business
+                step.finite = False
+        if self.scaler.is_enabled():
+            self.scaler.update()  # on the device: lowers the scale after inf gradients, else may grow it
         return step
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,10 +150,15 @@ class SupervisedTask:
         return {"network": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """Load a task state saved on any device (tensors may be on the CPU): the network copies into its
+        parameters, the optimiser casts its state to each parameter's device and dtype (torch's
+        ``Optimizer.load_state_dict``), the GradScaler state is loaded, started fresh or ignored
+        (:func:`load_scaler_state`). Returns event notes for the log (empty when nothing switched)."""
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        switch = load_scaler_state(self.scaler, state.get("scaler"))
+        return [{"part": "grad_scaler", "action": switch}] if switch else []
 
 
 class FiniteStepOptimizer:
@@ -191,8 +232,10 @@ class CycleTrainingTask:
     def state_dict(self) -> dict[str, Any]:
         return self._cycle.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> list[dict[str, Any]]:
+        """As :meth:`SupervisedTask.load_state_dict` (no scaler: cycle training runs fp32 or bf16)."""
         self._cycle.load_state_dict(state)
+        return []
 
 
 def build_inference_module(plan: dict) -> nn.Module:

@@ -172,11 +172,21 @@ class Predictor:
             probs = tta_predict(self.network, torch.from_numpy(data), self.plan["patch_size"], mirror_axes=mirror,
                                 noise_passes=noise_passes, noise_sigma=float(inf.get("noise_sigma", 0.1)),
                                 generator=gen, **window).probabilities
-            return probs, props
+            return self._only_declared_(probs), props
         logits = sliding_window_predict(self.network, torch.from_numpy(data), self.plan["patch_size"],
                                         mirror_axes=mirror, **window)
         del data
-        return softmax_(logits), props
+        return self._only_declared_(softmax_(logits)), props
+
+    def _only_declared_(self, probs: torch.Tensor) -> torch.Tensor:
+        """Zero (in place) the probability of every output index that is not a declared label value, so a
+        dataset with non-contiguous labels ({0, 1, 3}: index 2 is never trained) never predicts an undeclared
+        value."""
+        declared = {int(v) for v in self.plan["labels"].values()}
+        undeclared = [k for k in range(probs.shape[0]) if k not in declared]
+        if undeclared:
+            probs[undeclared] = 0
+        return probs
 
     def probabilities(
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True

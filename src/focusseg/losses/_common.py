@@ -12,6 +12,12 @@ Conventions every loss follows (docs/CONTRACTS.md):
   (the background has no channel), labels in ``[0, K]``. ``include_background`` has no meaning there.
 * ``class_weights`` is a float tensor ``(K,)`` indexed like the channels.
 * ``reduction="mean"`` gives a scalar, ``reduction="none"`` per-sample losses ``(B,)``.
+* No host synchronisation in the forward pass (issue 13): shapes, dtypes and options are checked every call
+  (free), label *values* and class-weight *values* only with ``validate_labels=True`` (each check reads a
+  device value: ``min``/``max``/``any`` -> one sync per loss part and deep-supervision level). Training
+  validates the label range once per case when the loader first reads it
+  (:class:`focusseg.data.loader.PatchLoader`); out-of-range labels in an unvalidated call give undefined values
+  (an index error for CE, silently empty one-hot channels for Dice).
 """
 
 from __future__ import annotations
@@ -54,11 +60,13 @@ def label_map(logits: Tensor, target: Tensor) -> Tensor:
     return target.reshape(target.shape[0], -1).long()
 
 
-def check_labels(labels: Tensor, n_channels: int, activation: str) -> None:
-    """Raise when a label cannot be encoded with ``n_channels`` channels under ``activation``."""
+def check_labels(labels: Tensor, n_channels: int, activation: str, validate: bool = False) -> None:
+    """Raise when a label cannot be encoded with ``n_channels`` channels under ``activation``.
+
+    The channel-count rule is always checked; the label values only with ``validate`` (a host sync)."""
     if activation == "softmax" and n_channels < 2:
         raise ValueError("softmax needs at least 2 channels; use activation='sigmoid' for a single channel")
-    if labels.numel() == 0:
+    if not validate or labels.numel() == 0:
         return
     lo, hi = int(labels.min()), int(labels.max())
     top = n_channels - 1 if activation == "softmax" else (n_channels if n_channels > 1 else None)
@@ -88,8 +96,10 @@ def activate(logits: Tensor, activation: str) -> Tensor:
     return torch.softmax(logits, dim=1) if activation == "softmax" else torch.sigmoid(logits)
 
 
-def check_class_weights(class_weights: Tensor | None, n_channels: int, like: Tensor) -> Tensor | None:
-    """Validate a ``(K,)`` weight vector and move it to ``like``'s device and dtype."""
+def check_class_weights(class_weights: Tensor | None, n_channels: int, like: Tensor,
+                        validate: bool = False) -> Tensor | None:
+    """Check a ``(K,)`` weight vector's shape (and, with ``validate``, that no weight is negative: a host sync)
+    and return it on ``like``'s device and dtype (no copy when it is there already)."""
     if class_weights is None:
         return None
     w = torch.as_tensor(class_weights)
@@ -97,9 +107,9 @@ def check_class_weights(class_weights: Tensor | None, n_channels: int, like: Ten
         raise ValueError(f"class_weights must have shape ({n_channels},), got {tuple(w.shape)}")
     if not torch.is_floating_point(w):
         w = w.float()
-    if bool((w < 0).any()):
+    if validate and bool((w < 0).any()):
         raise ValueError("class_weights must be non-negative")
-    return w.to(device=like.device, dtype=like.dtype)
+    return w.to(device=like.device, dtype=like.dtype, non_blocking=True)
 
 
 def finish(per_sample: Tensor, batch_value: Tensor | None, reduction: str) -> Tensor:

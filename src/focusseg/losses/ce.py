@@ -46,16 +46,17 @@ if TYPE_CHECKING:
 class _VoxelLoss(nn.Module):
     """Common parts: option checks and the blob-loss instance path ``(sum_inst l(p,1) + sum_bg l(p,0)) / N``."""
 
-    def __init__(self, activation: str, reduction: str) -> None:
+    def __init__(self, activation: str, reduction: str, validate_labels: bool = False) -> None:
         super().__init__()
         self.activation = check_option("activation", activation, ACTIVATIONS)
         self.reduction = check_option("reduction", reduction, REDUCTIONS)
+        self.validate_labels = bool(validate_labels)
 
     def _prepare(self, logits: Tensor, target: Tensor, class_weights: Tensor | None):
         x = flat(as_compute_dtype(logits))
         labels = label_map(logits, target)
-        check_labels(labels, x.shape[1], self.activation)
-        return x, labels, check_class_weights(class_weights, x.shape[1], x)
+        check_labels(labels, x.shape[1], self.activation, self.validate_labels)
+        return x, labels, check_class_weights(class_weights, x.shape[1], x, self.validate_labels)
 
     def voxel_terms(self, v) -> tuple[Tensor, Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -75,10 +76,11 @@ def voxel_ce(x: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
 
 @LOSSES.register("ce")
 class CELoss(_VoxelLoss):
-    """Softmax cross-entropy. Args: reduction ``"mean"`` | ``"none"``."""
+    """Softmax cross-entropy. Args: reduction ``"mean"`` | ``"none"``; validate_labels: check label and
+    class-weight values every call (host syncs; for direct API use, training validates labels at load)."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__("softmax", reduction)
+    def __init__(self, reduction: str = "mean", validate_labels: bool = False) -> None:
+        super().__init__("softmax", reduction, validate_labels)
 
     def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
         x, labels, w = self._prepare(logits, target, class_weights)
@@ -96,10 +98,11 @@ class CELoss(_VoxelLoss):
 
 @LOSSES.register("bce")
 class BCELoss(_VoxelLoss):
-    """Binary cross-entropy on sigmoid channels (multi-label). Args: reduction ``"mean"`` | ``"none"``."""
+    """Binary cross-entropy on sigmoid channels (multi-label). Args: reduction ``"mean"`` | ``"none"``;
+    validate_labels as for :class:`CELoss`."""
 
-    def __init__(self, reduction: str = "mean") -> None:
-        super().__init__("sigmoid", reduction)
+    def __init__(self, reduction: str = "mean", validate_labels: bool = False) -> None:
+        super().__init__("sigmoid", reduction, validate_labels)
 
     def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
         x, labels, w = self._prepare(logits, target, class_weights)
@@ -121,10 +124,11 @@ class TopKCELoss(_VoxelLoss):
     Args:
         k: percentage in (0, 100]; 10 as nnU-Net and paper 002.
         reduction: ``"mean"`` (top k % of all B*N voxels) or ``"none"`` (top k % within each sample).
+        validate_labels: as for :class:`CELoss`.
     """
 
-    def __init__(self, k: float = 10.0, reduction: str = "mean") -> None:
-        super().__init__("softmax", reduction)
+    def __init__(self, k: float = 10.0, reduction: str = "mean", validate_labels: bool = False) -> None:
+        super().__init__("softmax", reduction, validate_labels)
         self.instance_loss = None  # a top-k share has no per-instance form (not a blob inner loss)
         if not 0 < k <= 100:
             raise ValueError(f"k must be a percentage in (0, 100], got {k}")
@@ -151,6 +155,7 @@ class FocalLoss(_VoxelLoss):
         include_background: softmax only; False drops the background channel's terms (MONAI).
         activation: ``"softmax"`` or ``"sigmoid"``.
         reduction: ``"mean"`` | ``"none"``.
+        validate_labels: as for :class:`CELoss`.
     """
 
     def __init__(
@@ -160,8 +165,9 @@ class FocalLoss(_VoxelLoss):
         include_background: bool = True,
         activation: str = "softmax",
         reduction: str = "mean",
+        validate_labels: bool = False,
     ) -> None:
-        super().__init__(activation, reduction)
+        super().__init__(activation, reduction, validate_labels)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)

@@ -58,8 +58,10 @@ class RegionLoss(nn.Module):
         smooth_dr: float = 1e-5,
         activation: str = "softmax",
         reduction: str = "mean",
+        validate_labels: bool = False,
     ) -> None:
         super().__init__()
+        self.validate_labels = bool(validate_labels)
         if smooth_nr < 0 or smooth_dr < 0:
             raise ValueError("smoothing terms must be >= 0")
         self.include_background = include_background
@@ -76,10 +78,10 @@ class RegionLoss(nn.Module):
         x = as_compute_dtype(logits)
         labels = label_map(x, target)
         k = x.shape[1]
-        check_labels(labels, k, self.activation)
+        check_labels(labels, k, self.activation, self.validate_labels)
         probs = activate(flat(x), self.activation)
         onehot = encode_target(labels, k, self.activation, probs.dtype)
-        w = check_class_weights(class_weights, k, probs)
+        w = check_class_weights(class_weights, k, probs, self.validate_labels)
         if self.activation == "softmax" and not self.include_background:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
             w = None if w is None else w[1:]
@@ -117,6 +119,8 @@ class DiceLoss(RegionLoss):
         smooth_nr, smooth_dr: >= 0, added to numerator and denominator.
         activation: ``"softmax"`` (K >= 2 classes) or ``"sigmoid"`` (binary / multi-label channels).
         reduction: ``"mean"`` or ``"none"`` (per-sample, shape (B,)).
+        validate_labels: check label and class-weight values every call (host syncs; for direct API use,
+            training validates labels once per case at load).
     """
 
     def __init__(self, squared: bool = False, **kwargs: object) -> None:
