@@ -143,11 +143,16 @@ def report(rows: list[dict], seconds: float, kills: str | None) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--write", action="store_true", help="write benchmarks/results/reliability.md")
-    ap.add_argument("--no-kills", action="store_true", help="skip the crash-consistency tests")
+    ap.add_argument("--no-kills", action="store_true",
+                    help="skip the crash-consistency tests (keep the last measured line of the report)")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     rows, seconds = run_corpus()
     kills = None if args.no_kills else run_kill_tests()
+    previous = HERE / "results" / "reliability.md"
+    if kills is None and previous.is_file():  # keep the last measured kill-test line
+        measured = [x for x in previous.read_text().splitlines() if x.startswith("Measured: ")]
+        kills = measured[-1][len("Measured: "):] + " (from the previous full run)" if measured else None
     text = report(rows, seconds, kills)
     print(text)
     if args.write:

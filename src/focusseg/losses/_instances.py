@@ -14,7 +14,12 @@ instance voxels (the difference taken in float64). With sigmoid the channel tota
 Cost: O(B K N) elementwise work, independent of the instance count, instead of one full-volume pass per
 instance.
 
-Components are labelled on the CPU with cc3d from the target alone (no gradient needed).
+Components are labelled on the CPU with cc3d from the target alone (no gradient needed) by
+:func:`instance_stats`, or come ready-made as an instance map (the loader labelled the patch before augmentation,
+see :mod:`focusseg.data.loader`) for :func:`instance_stats_from_map`, which indexes them on the device with
+fixed-size tensors only (no ``nonzero``, no host copy, no host sync): every voxel is gathered, the voxels of no
+instance go to one extra "trash" bin that is dropped, and the instances are bins ``b * cap + id - 1`` with ``cap``
+the largest id the map's dtype holds (empty bins are masked out of the means).
 """
 
 from __future__ import annotations
@@ -153,10 +158,11 @@ class InstanceStats:
     voxel_group: Tensor  # (S,) b * C + c
     size: Tensor  # (M,)
     inst_group: Tensor  # (M,)
-    counts: np.ndarray  # (B*C,)
+    counts: np.ndarray | Tensor  # (B*C,) instances per group (a device tensor for instance maps)
     n_voxels: int
     n_instances: int
     fused: bool = True
+    trash: bool = False  # voxels of no instance: voxel_inst == n_instances, voxel_group == number of groups
 
     @cached_property
     def _fused_sums(self) -> tuple[Tensor, Tensor] | None:
@@ -173,7 +179,8 @@ class InstanceStats:
     def inst_sum(self, q: Quantity) -> Tensor:
         """``sum_{v in u} q(p(v))`` for every instance u, shape (M,)."""
         vals = _value(self._gathered, q)
-        return vals.new_zeros(self.n_instances).index_add_(0, self.voxel_inst, vals)
+        out = vals.new_zeros(self.n_instances + self.trash).index_add_(0, self.voxel_inst, vals)
+        return out[: self.n_instances] if self.trash else out
 
     def bg_sum(self, q: Quantity) -> Tensor:
         """``sum_{v : g_c(v) = 0} q(p_c(v))`` over the background of every instance's class, shape (M,)."""
@@ -183,6 +190,8 @@ class InstanceStats:
         else:
             total = _value(self.view, q).sum(-1).reshape(-1).to(torch.float64)
         inst = _value(self._gathered, q).to(torch.float64)
+        if self.trash:
+            total = torch.cat([total, total.new_zeros(1)])
         total = total.index_add(0, self.voxel_group, inst, alpha=-1.0)
         return total[self.inst_group].to(self.view.x.dtype)
 
@@ -239,3 +248,43 @@ def instance_stats(
         n_instances=offset,
         fused=fused,
     )
+
+
+#: Largest instance id per instance-map dtype (the number of bins per sample); wider maps use the voxel count.
+MAX_ID = {torch.uint8: 255, torch.int8: 127, torch.int16: 32767}
+
+
+def instance_stats_from_map(
+    x: Tensor, labels: Tensor, inst: Tensor, activation: str, fused: bool = True
+) -> InstanceStats:
+    """Index the instances of an instance map into the logits ``x`` ((B, K, N)) on ``x``'s device, sync-free.
+
+    ``labels`` (B, N) is the label map, ``inst`` (B, N) integer instance ids (0 = no instance; each instance
+    lies in one class, ids unique within a sample and at most ``MAX_ID[dtype]``, or N for int32/int64 maps),
+    as the loader's cc3d labelling gives them. Instance ``id`` of sample ``b`` is bin ``b * cap + id - 1``;
+    ``size`` and ``counts`` count only non-empty bins, so ids that vanished (augmentation, deep-supervision
+    downsampling) or were never used do not enter any mean. Same sums as :func:`instance_stats` on the same
+    components (the bins keep cc3d's id order).
+    """
+    b, k, n = x.shape
+    first = 1 if activation == "softmax" else 0
+    n_ch = k - first
+    cap = MAX_ID.get(inst.dtype, n)
+    dev = x.device
+    code = (labels > 0).long() if activation == "sigmoid" and k == 1 else labels.long()
+    ids = inst.reshape(b, n).long()
+    valid = ids > 0
+    ch = (code - 1).clamp(0, n_ch - 1)  # the voxel's foreground channel (any channel for non-instance voxels)
+    sample = torch.arange(b, device=dev)[:, None]
+    group = sample * n_ch + ch
+    n_bins, n_groups = b * cap, b * n_ch
+    lin = (group * n + torch.arange(n, device=dev)).reshape(-1)
+    voxel_inst = torch.where(valid, sample * cap + (ids - 1).clamp(0, cap - 1), n_bins).reshape(-1)
+    voxel_group = torch.where(valid, group, n_groups).reshape(-1)
+    size = x.new_zeros(n_bins + 1).index_add_(0, voxel_inst, valid.reshape(-1).to(x.dtype))[:n_bins]
+    inst_group = torch.zeros(n_bins + 1, dtype=torch.long, device=dev).scatter_(0, voxel_inst, voxel_group)
+    inst_group = inst_group[:n_bins].clamp_max(n_groups - 1)  # empty bins: any group (they are masked)
+    counts = x.new_zeros(n_groups).index_add_(0, inst_group, (size > 0).to(x.dtype))
+    return InstanceStats(
+        view=ProbView(x, activation, first), lin=lin, voxel_inst=voxel_inst, voxel_group=voxel_group, size=size,
+        inst_group=inst_group, counts=counts, n_voxels=n, n_instances=n_bins, fused=fused, trash=True)

@@ -19,9 +19,19 @@ blob loss with alpha 0.66, beta 0.33).
   binary term as ``bce`` here) with their options, as a compound spec; default ``{"dice": 1, "bce": 1}``.
   They are evaluated for all instances at once from per-instance sums (see ``_instances.py``); the result equals
   the loop over instances of the definition (tested).
-* Labelling runs on the CPU each call (about 10-25 ms for two 128^3 patches here); on a GPU this also costs a
-  device-to-host copy of the label map and a synchronisation.
-* Deep supervision: wrap in ``DeepSupervisionLoss``; each resolution is labelled anew from its resized target.
+* Instances, two ways (same values on the same patch, tested to 1e-6):
+
+  - ``target`` ``(B, 1, *S)``: labelled here with cc3d on the CPU each call (about 10-25 ms for two 128^3
+    patches; on a GPU also a device-to-host copy of the label map and a synchronisation).
+  - ``target`` ``(B, 2, *S)``: channel 0 the labels, channel 1 an instance map labelled by the loader on the
+    host patch *before* augmentation (:class:`focusseg.data.loader.PatchLoader` with ``instances=``) and carried
+    through the spatial transforms with nearest interpolation like the labels. Indexed on the device without a
+    host sync (:func:`~focusseg.losses._instances.instance_stats_from_map`). Reading chosen: after a rotation or
+    scaling an instance keeps its identity even where nearest resampling would split it into pieces that a new
+    labelling would count apart (and one cut off the patch simply vanishes); on a batch the augmentation left
+    untouched the two ways agree exactly.
+* Deep supervision: wrap in ``DeepSupervisionLoss``; with a one-channel target each resolution is labelled anew
+  from its resized target; an instance map is resized with it (nearest), ids kept.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from focusseg.losses._common import (
     flat,
     label_map,
 )
-from focusseg.losses._instances import CONNECTIVITY, InstanceStats, instance_stats
+from focusseg.losses._instances import CONNECTIVITY, MAX_ID, InstanceStats, instance_stats, instance_stats_from_map
 
 LossSpec = str | Mapping[str, Any] | nn.Module
 
@@ -64,6 +74,8 @@ class BlobLoss(nn.Module):
         reduction: ``"mean"`` | ``"none"``.
         fused: sigmoid background sums in one fused pass (``_fused.py``); False uses plain autograd ops
             (same values; kept for testing).
+        validate_labels: check label and class-weight values (and an instance map's consistency) every call
+            (host syncs; for direct API use, training validates labels once per case at load).
     """
 
     def __init__(
@@ -76,8 +88,10 @@ class BlobLoss(nn.Module):
         activation: str = "sigmoid",
         reduction: str = "mean",
         fused: bool = True,
+        validate_labels: bool = False,
     ) -> None:
         super().__init__()
+        self.validate_labels = bool(validate_labels)
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}")
         self.activation = check_option("activation", activation, ACTIVATIONS)
@@ -95,7 +109,7 @@ class BlobLoss(nn.Module):
                 raise ValueError("the main loss must have the blob loss's reduction")
             self.main = main
         else:
-            self.main = build_loss(main, reduction=reduction)
+            self.main = build_loss(main, reduction=reduction, validate_labels=validate_labels)
         self.inner = _inner_parts(blob if blob is not None else {"dice": 1.0, "bce": 1.0})
 
     def _connectivity(self, spatial_dims: int) -> int:
@@ -108,38 +122,50 @@ class BlobLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
         x = as_compute_dtype(logits)
+        inst_map = None
+        if target.ndim == x.ndim and target.shape[1] == 2:  # labels + the loader's instance map
+            target, inst_map = target[:, :1], target[:, 1]
         labels = label_map(x, target)
         k = x.shape[1]
-        check_labels(labels, k, self.activation)
-        w = check_class_weights(class_weights, k, x)
+        check_labels(labels, k, self.activation, self.validate_labels)
+        w = check_class_weights(class_weights, k, x, self.validate_labels)
         main = self.main(logits, target, class_weights) if self.alpha > 0 else 0.0
         spatial = tuple(x.shape[2:])
-        stats = instance_stats(flat(x), labels, spatial, self.activation, self._connectivity(len(spatial)), self.fused)
+        if inst_map is None:
+            stats = instance_stats(flat(x), labels, spatial, self.activation, self._connectivity(len(spatial)),
+                                   self.fused)
+        else:
+            if self.validate_labels:
+                _check_instance_map(inst_map, labels, k, self.activation)
+            stats = instance_stats_from_map(flat(x), labels, inst_map, self.activation, self.fused)
         per_sample, has = self.blob_per_sample(stats, x, w)
         if self.reduction == "none":
             return self.alpha * main + self.beta * per_sample
-        if has.any():
-            blob = per_sample[torch.from_numpy(has).to(x.device)].mean()
-        else:
-            blob = x.sum() * 0.0
+        # mean over the samples with an instance; none: 0 * sum(per_sample), a zero with a gradient path.
+        # Written without boolean indexing (a host sync on a GPU).
+        hasf = has.to(per_sample.dtype)
+        blob = (per_sample * hasf).sum() / hasf.sum().clamp_min(1.0)
         return self.alpha * main + self.beta * blob
 
-    def blob_per_sample(self, stats: InstanceStats, x: Tensor, w: Tensor | None) -> tuple[Tensor, np.ndarray]:
-        """Blob term per sample ``(B,)`` (0 where a sample has no instance) and the has-instance mask."""
+    def blob_per_sample(self, stats: InstanceStats, x: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Blob term per sample ``(B,)`` (0 where a sample has no instance) and the has-instance mask (B,) bool,
+        both on ``x``'s device."""
         b = x.shape[0]
         if stats.n_instances == 0:
-            return x.sum() * 0.0 + x.new_zeros(b), np.zeros(b, dtype=bool)
+            return x.sum() * 0.0 + x.new_zeros(b), torch.zeros(b, dtype=torch.bool, device=x.device)
         inst = sum(weight * part.instance_loss(stats) for weight, part in self.inner)
-        n_groups = stats.counts.shape[0]
-        counts = torch.from_numpy(np.maximum(stats.counts, 1)).to(device=x.device, dtype=x.dtype)
-        group_mean = inst.new_zeros(n_groups).index_add_(0, stats.inst_group, inst) / counts
+        if isinstance(stats.counts, np.ndarray):
+            counts = torch.from_numpy(stats.counts).to(device=x.device, dtype=x.dtype)
+        else:  # an instance map's bins: empty ones (size 0) stay out of every mean
+            counts = stats.counts.to(x.dtype)
+            inst = torch.where(stats.size > 0, inst, inst.new_zeros(()))
+        n_groups = counts.shape[0]
+        group_mean = inst.new_zeros(n_groups).index_add_(0, stats.inst_group, inst) / counts.clamp_min(1.0)
         n_ch = n_groups // b
         if w is not None:
             group_mean = (group_mean.view(b, n_ch) * w[x.shape[1] - n_ch :]).reshape(-1)
-        present = (stats.counts > 0).reshape(b, n_ch)
-        n_present = present.sum(1)
-        denom = torch.from_numpy(np.maximum(n_present, 1)).to(device=x.device, dtype=x.dtype)
-        per_sample = group_mean.view(b, n_ch).sum(1) / denom  # absent groups hold 0
+        n_present = (counts > 0).reshape(b, n_ch).sum(1)
+        per_sample = group_mean.view(b, n_ch).sum(1) / n_present.clamp_min(1).to(x.dtype)  # absent groups hold 0
         return per_sample, n_present > 0
 
 
@@ -158,3 +184,16 @@ def _inner_parts(spec: Mapping[str, Any]) -> list[tuple[float, nn.Module]]:
             raise ValueError(f"loss {name!r} cannot be a blob inner loss (no per-instance form)")
         parts.append((weight, part))
     return parts
+
+
+def _check_instance_map(inst: Tensor, labels: Tensor, k: int, activation: str) -> None:
+    """``validate_labels``: ids in ``[0, cap]``, instance voxels on foreground only (host syncs)."""
+    ids = inst.reshape(labels.shape).long()
+    cap = MAX_ID.get(inst.dtype, labels.shape[1])
+    if inst.dtype.is_floating_point or inst.dtype == torch.bool:
+        raise TypeError(f"the instance map must be an integer map, got {inst.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > cap):
+        raise ValueError(f"instance ids must lie in [0, {cap}] for a {inst.dtype} instance map")
+    code = labels > 0
+    if bool((ids > 0).logical_and(~code).any()):
+        raise ValueError("the instance map marks background voxels as instances")

@@ -39,12 +39,13 @@ def nnunet_weights(n_outputs: int) -> list[float]:
 
 
 def downsample_target(target: Tensor, size: Sequence[int], mode: str = "nearest-exact") -> Tensor:
-    """Label map ``(B, 1, *spatial)`` or ``(B, *spatial)`` resized to ``size`` -> ``(B, 1, *size)`` int64."""
+    """Label map ``(B, C, *spatial)`` or ``(B, *spatial)`` resized to ``size`` -> ``(B, C, *size)``, in the
+    target's dtype (uint8 labels stay uint8; every channel, e.g. a blob loss's instance map, resized alike)."""
     if target.ndim == len(size) + 1:
         target = target[:, None]
     if tuple(target.shape[2:]) == tuple(size):
         return target
-    return F.interpolate(target.float(), size=tuple(size), mode=mode).long()
+    return F.interpolate(target.float(), size=tuple(size), mode=mode).to(target.dtype)
 
 
 class DeepSupervisionLoss(nn.Module):

@@ -26,7 +26,8 @@ class TverskyLoss(RegionLoss):
     Args:
         alpha: >= 0, weight of false positives.
         beta: >= 0, weight of false negatives.
-        include_background, batch, smooth_nr, smooth_dr, activation, reduction: as for ``DiceLoss``.
+        include_background, batch, smooth_nr, smooth_dr, activation, reduction, validate_labels: as for
+            ``DiceLoss``.
     """
 
     power = 1

@@ -9,7 +9,14 @@ Deep supervision (nnU-Net; FLARE21 paper 002 uses the 3 highest outputs): MONAI'
 interpolates every head to full size and stacks them. We instead return the heads *at their own resolution*
 as a list ``[full, 1/2, 1/4, ...]`` (``1 + deep_supr_num`` entries), so the loss downsamples the *target*
 (nearest), as nnU-Net does; upsampling logits would blur them and cost memory. ``deep_supr_num`` defaults to
-``n_stages - 2`` (every decoder level except the bottleneck's input, MONAI's maximum), clipped to ``>= 1``.
+``n_stages - 2`` (every decoder level except the bottleneck's input, MONAI's maximum). ``deep_supr_num = 0``
+builds no extra head and returns ``[full]`` in training mode, so a deep-supervised DynUNet builds at any depth,
+2 stages included (MONAI itself needs ``1 <= deep_supr_num <= n_stages - 2``). Build only heads the loss weights:
+nnU-Net's weights zero the lowest of its ``n_stages - 1`` outputs, so its plans use ``deep_supr_num =
+n_stages - 3`` (``planning.planner.nnunet_deep_supervision``).
+
+Strides and kernels may differ per axis (nnU-Net's anisotropic topology, e.g. kernel ``[1, 3, 3]`` and stride
+``[1, 2, 2]`` on thick slices); MONAI's decoder level ``s`` uses kernel ``k_{s+1}`` (nnU-Net uses ``k_s``).
 """
 
 from __future__ import annotations
@@ -29,10 +36,15 @@ Kernel = Sequence[int] | int
 class DynUNetDS(_MonaiDynUNet):
     """MONAI ``DynUNet`` whose deep-supervision output is a list of heads at native resolution."""
 
+    #: True: training mode returns a list even without extra heads (``deep_supr_num = 0``).
+    returns_list: bool = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:  # type: ignore[override]
         out = self.output_block(self.skip_layers(x))
-        if not (self.training and self.deep_supervision):
+        if not self.training:
             return out
+        if not self.deep_supervision:
+            return [out] if self.returns_list else out
         heads = list(self.heads)  # filled in place by the skip layers during this forward
         for i in range(len(self.heads)):  # drop references so activations are not kept past the step
             self.heads[i] = out.new_empty(0)
@@ -107,10 +119,11 @@ def build_dynunet(
     cap = max_features if max_features is not None else (320 if spatial_dims == 3 else 512)
     filters = [min(base_features * 2**i, cap) for i in range(n)]
     if deep_supr_num is None:
-        deep_supr_num = max(1, n - 2)
-    if deep_supervision and not 1 <= deep_supr_num <= n - 2:
-        raise ValueError(f"deep_supr_num must be in [1, n_stages - 2 = {n - 2}], got {deep_supr_num}")
-    return DynUNetDS(
+        deep_supr_num = n - 2
+    if deep_supervision and not 0 <= deep_supr_num <= n - 2:
+        raise ValueError(f"deep_supr_num must be in [0, n_stages - 2 = {n - 2}], got {deep_supr_num}")
+    heads = bool(deep_supervision and deep_supr_num > 0)
+    net = DynUNetDS(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
@@ -121,7 +134,9 @@ def build_dynunet(
         dropout=dropout,
         norm_name=norm,
         act_name=act,
-        deep_supervision=deep_supervision,
-        deep_supr_num=deep_supr_num,
+        deep_supervision=heads,
+        deep_supr_num=max(1, deep_supr_num),
         res_block=res_block,
     )
+    net.returns_list = bool(deep_supervision)
+    return net
