@@ -105,19 +105,23 @@ def test_deep_supervision_contract_with_list():
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_inputs_raise(name):
     loss = build_loss(name)
+    checked = build_loss(name, validate_labels=True)  # value checks: the debug switch (host syncs)
     logits, target = random_case(2, K, (6, 6, 4), seed=6)
     with pytest.raises(ValueError):
         loss(logits, target[:, :, :5])  # spatial mismatch
-    with pytest.raises(ValueError):
-        loss(logits, target.repeat(1, 2, 1, 1, 1))  # two target channels
+    if name != "blob":  # blob loss takes (labels, instance map) as a two-channel target
+        with pytest.raises(ValueError):
+            loss(logits, target.repeat(1, 2, 1, 1, 1))  # two target channels
     with pytest.raises(TypeError):
         loss(logits, target.float())  # not a label map
     with pytest.raises(ValueError):
         loss(logits, target, torch.ones(K + 1))  # class weights of the wrong length
     with pytest.raises(ValueError):
-        loss(logits, target, -torch.ones(K))  # negative class weights
+        checked(logits, target, -torch.ones(K))  # negative class weights
     with pytest.raises(ValueError):
-        loss(logits, target + 5)  # labels out of range
+        checked(logits, target + 5)  # labels out of range
+    with pytest.raises(ValueError):
+        checked(logits, target - 1)  # negative labels
     with pytest.raises(ValueError):
         loss(logits[:, :, 0, 0, 0], target[:, :, 0, 0, 0])  # (B, K) is not an image
     with pytest.raises(ValueError):

@@ -144,7 +144,7 @@ def test_focal_finite_gradient_at_saturated_softmax():
 def test_voxel_losses_reject_wrong_activation_targets():
     logits, target = random_case(1, 3, (4, 4), seed=9)
     with pytest.raises(ValueError, match="labels"):
-        CELoss()(logits, target + 3)
+        CELoss(validate_labels=True)(logits, target + 3)
     with pytest.raises(ValueError, match="softmax needs"):
         CELoss()(logits[:, :1], target.clamp(max=0))
     with pytest.raises(ValueError, match="k must"):

@@ -181,7 +181,7 @@ class BatchAugmenter:
             if idx.numel() == bsz:
                 x, y = resample(x, y, mats)
             else:
-                idx_dev = idx.to(x.device)
+                idx_dev = idx.to(x.device, non_blocking=True)
                 xs, ys = resample(x.index_select(0, idx_dev), None if y is None else y.index_select(0, idx_dev),
                                   mats)
                 x.index_copy_(0, idx_dev, xs)

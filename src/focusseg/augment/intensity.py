@@ -17,6 +17,9 @@ batchgenerators' (nnU-Net v2 defaults), with mean/min/max/std taken per row:
   upsampling back to ``n``. Reading chosen: both steps are one ``n x n`` matrix per row and axis (Keys cubic
   convolution, ``a = -0.75`` as in ``torch`` bicubic, instead of scipy's cubic B-spline), so rows with
   different zooms are processed together by one ``einsum``.
+- Device: the per-row parameter vectors are the only host-to-device copies (a few floats each, non-blocking);
+  the ``n x n`` matrices are built on the data's device from them, once per axis length (a cubic patch builds
+  one matrix set for its three axes), never on the host and copied.
 - Gaussian noise (per sample, :func:`add_noise`): ``x + sigma * n``, ``n ~ N(0, 1)``. batchgenerators draws a
   "variance" from ``noise_variance`` and passes it to ``np.random.normal`` as the *standard deviation*; we
   keep that behaviour so nnU-Net's range (0, 0.1) means what it means there. The noise field is generated on
@@ -40,14 +43,14 @@ def apply_rows(x: Tensor, mask: Tensor, fn: Callable[..., Tensor], *values: Tens
     flat = x.view(x.shape[0] * x.shape[1], *x.shape[2:])
     if idx.numel() == flat.shape[0]:
         return fn(flat, *(v.flatten() for v in values)).view(x.shape)
-    idx_dev = idx.to(x.device)
+    idx_dev = idx.to(x.device, non_blocking=True)
     rows = flat.index_select(0, idx_dev)
     flat.index_copy_(0, idx_dev, fn(rows, *(v.flatten()[idx] for v in values)))
     return x
 
 
 def _per_row(v: Tensor, x: Tensor) -> Tensor:
-    return v.to(device=x.device, dtype=x.dtype).view((-1,) + (1,) * (x.ndim - 1))
+    return v.to(device=x.device, dtype=x.dtype, non_blocking=True).view((-1,) + (1,) * (x.ndim - 1))
 
 
 def _view(v: Tensor, like: Tensor) -> Tensor:
@@ -88,31 +91,44 @@ def gamma(x: Tensor, g: Tensor, invert: bool = False) -> Tensor:
     return z.mul_(sign * a).add_(mean - sign * a * zmean)
 
 
-def gaussian_matrices(n: int, sigma: Tensor) -> Tensor:
+def _float64_on(device: torch.device | str | None) -> torch.dtype:
+    """float64 where the device has it (MPS does not: float32 there)."""
+    return torch.float32 if device is not None and torch.device(device).type == "mps" else torch.float64
+
+
+def gaussian_matrices(n: int, sigma: Tensor, device: torch.device | str | None = None) -> Tensor:
     """``(R, n, n)`` Gaussian smoothing matrices, taps ``exp(-t^2 / 2 sigma^2)`` normalised, ``|t| <= radius``,
-    mirror border (index ``-i -> i``, ``n - 1 + i -> n - 1 - i``)."""
+    mirror border (index ``-i -> i``, ``n - 1 + i -> n - 1 - i``); built on ``device`` (default: ``sigma``'s).
+    The radius comes from the host ``sigma`` (a CPU parameter: no device read)."""
     radius = max(1, int(4.0 * float(sigma.max()) + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-(t[None] ** 2) / (2.0 * sigma.to(torch.float64)[:, None].clamp_min(1e-6) ** 2))
+    device = sigma.device if device is None else torch.device(device)
+    f64 = _float64_on(device)
+    sig = sigma.to(device=device, dtype=f64, non_blocking=True)
+    t = torch.arange(-radius, radius + 1, dtype=f64, device=device)
+    k = torch.exp(-(t[None] ** 2) / (2.0 * sig[:, None].clamp_min(1e-6) ** 2))
     k = k / k.sum(1, keepdim=True)  # (R, T)
-    src = torch.arange(n, dtype=torch.long)[:, None] + t.long()[None]  # (n, T)
+    src = torch.arange(n, dtype=torch.long, device=device)[:, None] + t.long()[None]  # (n, T)
     src = src.abs()
     src = torch.where(src > n - 1, 2 * (n - 1) - src, src).clamp(0, n - 1)
-    out = torch.zeros(sigma.shape[0], n, n, dtype=torch.float64)
+    out = torch.zeros(sigma.shape[0], n, n, dtype=f64, device=device)
     w = k[:, None, :].expand(-1, n, -1)
     return out.scatter_add_(2, src[None].expand(sigma.shape[0], -1, -1), w).to(torch.float32)
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
     """Separable Gaussian blur of each row with its own ``sigma`` (voxels, > 0): one matrix per axis."""
-    return _separable(x, lambda n: gaussian_matrices(n, sigma))
+    return _separable(x, lambda n: gaussian_matrices(n, sigma, x.device))
 
 
 def _separable(x: Tensor, matrices: Callable[[int], Tensor]) -> Tensor:
-    """``x`` multiplied along every spatial axis by the per-row ``(R, n, n)`` matrices ``matrices(n)``."""
+    """``x`` multiplied along every spatial axis by the per-row ``(R, n, n)`` matrices ``matrices(n)`` (built
+    once per distinct axis length)."""
     letters = "xyz"[: x.ndim - 1]
+    built: dict[int, Tensor] = {}
     for axis, n in enumerate(x.shape[1:]):
-        mat = matrices(n).to(device=x.device, dtype=x.dtype)
+        if n not in built:
+            built[n] = matrices(n).to(device=x.device, dtype=x.dtype)
+        mat = built[n]
         out = letters[:axis] + "a" + letters[axis + 1:]
         x = torch.einsum(f"r{letters},ra{letters[axis]}->r{out}", x, mat)
     return x
@@ -125,25 +141,28 @@ def _keys_cubic(t: Tensor, a: float = -0.75) -> Tensor:
     return torch.where(t <= 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
 
 
-def lowres_matrices(n: int, zoom: Tensor) -> Tensor:
+def lowres_matrices(n: int, zoom: Tensor, device: torch.device | str | None = None) -> Tensor:
     """``(R, n, n)`` matrices ``M = U D``: ``D`` nearest downsampling to ``m = round(n * zoom)`` voxels
-    (source ``floor((j + 0.5) n / m)``), ``U`` cubic upsampling back (``u = (i + 0.5) m / n - 0.5``)."""
-    m = torch.clamp(torch.round(n * zoom.to(torch.float64)), 1, n)  # (R,)
-    i = torch.arange(n, dtype=torch.float64)
+    (source ``floor((j + 0.5) n / m)``), ``U`` cubic upsampling back (``u = (i + 0.5) m / n - 0.5``); built on
+    ``device`` (default: ``zoom``'s)."""
+    device = zoom.device if device is None else torch.device(device)
+    f64 = _float64_on(device)
+    m = torch.clamp(torch.round(n * zoom.to(device=device, dtype=f64, non_blocking=True)), 1, n)  # (R,)
+    i = torch.arange(n, dtype=f64, device=device)
     u = (i[None] + 0.5) * m[:, None] / n - 0.5  # (R, n)
     f = torch.floor(u)
-    offsets = torch.arange(-1, 3, dtype=torch.float64)
+    offsets = torch.arange(-1, 3, dtype=f64, device=device)
     j = f[..., None] + offsets  # (R, n, 4) low-resolution neighbours
     w = _keys_cubic(u[..., None] - j)
     j = torch.minimum(j.clamp_min(0), m[:, None, None] - 1)
     src = torch.floor((j + 0.5) * n / m[:, None, None]).clamp(max=n - 1).long()
-    out = torch.zeros(zoom.shape[0], n, n, dtype=torch.float64)
+    out = torch.zeros(zoom.shape[0], n, n, dtype=f64, device=device)
     return out.scatter_add_(2, src, w).to(torch.float32)
 
 
 def lowres(x: Tensor, zoom: Tensor) -> Tensor:
     """Simulated low resolution of each row with its own ``zoom`` in (0, 1] (the same on every axis)."""
-    return _separable(x, lambda n: lowres_matrices(n, zoom))
+    return _separable(x, lambda n: lowres_matrices(n, zoom, x.device))
 
 
 def add_noise(x: Tensor, do: Tensor, std: Tensor, seeds: Tensor) -> Tensor:

@@ -59,7 +59,7 @@ def resample(images: Tensor, labels: Tensor | None, matrices: Tensor) -> tuple[T
     the input set plus 0 for voxels mapped outside the patch).
     """
     shape = images.shape[2:]
-    theta = affine_theta(matrices.to(device=images.device, dtype=torch.float32), shape)
+    theta = affine_theta(matrices.to(device=images.device, dtype=torch.float32, non_blocking=True), shape)
     grid = F.affine_grid(theta, [images.shape[0], 1, *shape], align_corners=False)
     out = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     if labels is None:
@@ -79,7 +79,7 @@ def mirror(x: Tensor, flips: Tensor) -> Tensor:
         if idx.numel() == x.shape[0]:
             x = x.flip(2 + d)
         elif idx.numel() > 0:
-            idx_dev = idx.to(x.device)
+            idx_dev = idx.to(x.device, non_blocking=True)
             x = x.index_copy(0, idx_dev, x.index_select(0, idx_dev).flip(2 + d))
     return x
 

@@ -135,7 +135,7 @@ def log1m_softmax(x: Tensor) -> Tensor:
     minus ``logsumexp`` of all; every other channel has ``p <= 1/2`` and uses ``log1p(-p)``.
     """
     lse = torch.logsumexp(x, dim=1, keepdim=True)
-    amax = x.argmax(dim=1, keepdim=True)
+    amax = x.max(dim=1, keepdim=True).indices  # = argmax (first maximum), ~15x faster on the CPU over dim 1
     is_max = torch.zeros_like(x, dtype=torch.bool).scatter_(1, amax, True)
     rest = torch.logsumexp(x.masked_fill(is_max, float("-inf")), dim=1, keepdim=True) - lse
     p_other = torch.exp(x - lse).masked_fill(is_max, 0.0)
@@ -255,7 +255,7 @@ MAX_ID = {torch.uint8: 255, torch.int8: 127, torch.int16: 32767}
 
 
 def instance_stats_from_map(
-    x: Tensor, labels: Tensor, inst: Tensor, activation: str, fused: bool = True
+    x: Tensor, labels: Tensor, inst: Tensor, activation: str, fused: bool = True, compact: bool | None = None
 ) -> InstanceStats:
     """Index the instances of an instance map into the logits ``x`` ((B, K, N)) on ``x``'s device, sync-free.
 
@@ -265,6 +265,11 @@ def instance_stats_from_map(
     ``size`` and ``counts`` count only non-empty bins, so ids that vanished (augmentation, deep-supervision
     downsampling) or were never used do not enter any mean. Same sums as :func:`instance_stats` on the same
     components (the bins keep cc3d's id order).
+
+    ``compact`` (default: on the CPU, where reading a tensor costs nothing): select the instance voxels and
+    renumber the instances ``0..M-1`` (``nonzero``/``unique``, data-dependent sizes: host syncs on a GPU),
+    which is much less work than the dense bins when instances are sparse; the result is then exactly
+    :func:`instance_stats`'s. ``False``: the dense, sync-free form.
     """
     b, k, n = x.shape
     first = 1 if activation == "softmax" else 0
@@ -278,6 +283,19 @@ def instance_stats_from_map(
     sample = torch.arange(b, device=dev)[:, None]
     group = sample * n_ch + ch
     n_bins, n_groups = b * cap, b * n_ch
+    if compact if compact is not None else dev.type == "cpu":
+        sel = valid.reshape(-1).nonzero().squeeze(1)
+        s_b, s_v = sel // n, sel % n
+        s_group = group.reshape(-1)[sel]
+        uniq, voxel_inst = torch.unique(s_b * cap + ids.reshape(-1)[sel], return_inverse=True)  # sorted: cc3d's order
+        m = int(uniq.numel())
+        size = torch.bincount(voxel_inst, minlength=m)
+        inst_group = torch.zeros(m, dtype=torch.long, device=dev).scatter_(0, voxel_inst, s_group)
+        return InstanceStats(
+            view=ProbView(x, activation, first), lin=s_group * n + s_v, voxel_inst=voxel_inst,
+            voxel_group=s_group, size=size.to(x.dtype), inst_group=inst_group,
+            counts=np.bincount(inst_group.cpu().numpy(), minlength=n_groups), n_voxels=n, n_instances=m,
+            fused=fused)
     lin = (group * n + torch.arange(n, device=dev)).reshape(-1)
     voxel_inst = torch.where(valid, sample * cap + (ids - 1).clamp(0, cap - 1), n_bins).reshape(-1)
     voxel_group = torch.where(valid, group, n_groups).reshape(-1)

@@ -76,6 +76,8 @@ class BlobLoss(nn.Module):
             (same values; kept for testing).
         validate_labels: check label and class-weight values (and an instance map's consistency) every call
             (host syncs; for direct API use, training validates labels once per case at load).
+        compact_instances: with an instance map, select the instance voxels first (None: on the CPU, where that
+            is free and much less work) or use the dense sync-free bins (False; the GPU default).
     """
 
     def __init__(
@@ -89,9 +91,11 @@ class BlobLoss(nn.Module):
         reduction: str = "mean",
         fused: bool = True,
         validate_labels: bool = False,
+        compact_instances: bool | None = None,
     ) -> None:
         super().__init__()
         self.validate_labels = bool(validate_labels)
+        self.compact_instances = compact_instances
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}")
         self.activation = check_option("activation", activation, ACTIVATIONS)
@@ -137,7 +141,8 @@ class BlobLoss(nn.Module):
         else:
             if self.validate_labels:
                 _check_instance_map(inst_map, labels, k, self.activation)
-            stats = instance_stats_from_map(flat(x), labels, inst_map, self.activation, self.fused)
+            stats = instance_stats_from_map(flat(x), labels, inst_map, self.activation, self.fused,
+                                            self.compact_instances)
         per_sample, has = self.blob_per_sample(stats, x, w)
         if self.reduction == "none":
             return self.alpha * main + self.beta * per_sample

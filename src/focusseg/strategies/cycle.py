@@ -70,6 +70,22 @@ def _main_output(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
+def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Per-class TP, FP, FN voxel counts ``(K,)`` of ``argmax(logits)`` against ``labels`` over a batch, on the
+    logits' device without a host sync (a scatter-add into ``K * K`` bins; CUDA ``bincount`` would read the
+    maximum on the host). ``labels`` ``(B, 1 | 2, *S)`` or ``(B, *S)``, any integer dtype (uint8 widened before
+    ``label * K``); with a blob loss's ``(labels, instance map)`` target only channel 0 counts."""
+    k = int(logits.shape[1]) if k is None else int(k)
+    if labels.ndim == logits.ndim:
+        labels = labels[:, 0]
+    pred = logits.max(1).indices.flatten()  # = argmax(1) (first maximum), much faster on the CPU
+    idx = labels.flatten().long().clamp(0, k - 1) * k + pred
+    conf = torch.zeros(k * k, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+    conf = conf.reshape(k, k)
+    tp = conf.diag()
+    return tp, conf.sum(0) - tp, conf.sum(1) - tp
+
+
 @torch.no_grad()
 def ensemble_logits(networks: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     """Mean of the networks' logits (full-resolution output under deep supervision); the caller sets eval mode."""
@@ -121,16 +137,24 @@ class CycleTask:
         class_weights: torch.Tensor | None = None,
     ) -> StepOutput:
         """Forward all three, select per network with its peers' detached losses, backward each network's mean
-        selected loss, step all three optimisers. ``per_sample_loss`` is the mean of the three networks'."""
+        selected loss, step all three optimisers. ``per_sample_loss`` is the mean of the three networks'.
+
+        ``per_class_tp/fp/fn``: :func:`class_counts` of the mean of the three networks' (main) logits of this
+        forward pass -- the ensemble's prediction before the update, as the supervised task counts its
+        step's forward -- so no second forward of the three networks is needed."""
         kwargs = {} if class_weights is None else {"class_weights": class_weights}
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        losses = []
+        losses, mains = [], []
         for net in self.networks:
-            per_sample = self.loss_fn(net(images), labels, **kwargs)
+            out = net(images)
+            per_sample = self.loss_fn(out, labels, **kwargs)
             if per_sample.dim() != 1 or per_sample.shape[0] != images.shape[0]:
                 raise ValueError(f"loss_fn must return per-sample losses (B,), got {tuple(per_sample.shape)}")
             losses.append(per_sample)
+            mains.append(_main_output(out).detach().float())
+        with torch.no_grad():
+            tp, fp, fn = class_counts(torch.stack(mains).mean(0), labels)
         detached = [loss.detach() for loss in losses]
         masks = [
             cycle_select(detached[(i + 1) % 3], detached[(i + 2) % 3], self.keep_now, self.criterion) for i in range(3)
@@ -145,8 +169,11 @@ class CycleTask:
         return StepOutput(
             requests=list(requests or []),
             loss=float(torch.stack(selected).detach().mean()),
-            per_sample_loss=stacked.mean(0).cpu(),
-            extras={"masks": torch.stack(masks).cpu(), "per_network_loss": stacked.cpu(), "keep": self.keep_now},
+            per_sample_loss=stacked.mean(0),
+            per_class_tp=tp,
+            per_class_fp=fp,
+            per_class_fn=fn,
+            extras={"masks": torch.stack(masks), "per_network_loss": stacked, "keep": self.keep_now},
         )
 
     def state_dict(self) -> dict[str, Any]:
