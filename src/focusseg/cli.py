@@ -28,28 +28,49 @@ def check(data: Path = DATA, workers: int = typer.Option(2, help="Parallel proce
 
 @app.command()
 def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to write plan.json (default: print)."),
-         device: str = typer.Option("auto", help="Plan for cpu or cuda (auto: this machine)."),
+         device: str = typer.Option("auto", help="Plan for cpu or cuda (auto: this machine). Planning for cuda "
+                                                 "needs no GPU here."),
+         gpu_memory: float | None = typer.Option(
+             None, "--gpu-memory", help="GB of the card to plan for (cuda; default: the visible card's memory, or "
+                                        "the m preset's 8 GB when none is visible)."),
+         preset: str | None = typer.Option(
+             None, help="GPU budget: m (8 GB), l (24), xl (40), or whole (the card minus max(1 GB, 10 %))."),
          set_: list[str] = typer.Option([], "--set", help="Override a field: --set training.batch_size=4"),
          recipe: str | None = typer.Option(None, help="Apply a recipe's plan overrides."),
          no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check (`focusseg check`).")
          ) -> None:
     """Fingerprint a dataset and write a human-readable plan (every field can be overridden).
 
-    The dataset is checked first (as `focusseg check`); any problem stops here. Example:
-    `focusseg plan DATA --out plan.json --set patch_size=[48,64,48]`
+    The dataset is checked first (as `focusseg check`); any problem stops here. For cuda, patch, batch and the
+    DynUNet's per-axis strides and kernels are chosen to fit a GPU-memory budget (`--gpu-memory`, `--preset`);
+    the plan records `gpu_memory_gb`, `preset` and `memory_estimate_gb`. Examples:
+    `focusseg plan DATA --out plan.json --set patch_size=[48,64,48]`,
+    `focusseg plan DATA --device cuda --gpu-memory 80 --preset l --out plan.json`
     """
-    from focusseg.engine.run import plan_dataset, resolve_device
-    from focusseg.planning.planner import deep_merge
+    from focusseg.engine.run import resolve_device
+    from focusseg.errors import UsageError
+    from focusseg.planning.fingerprint import compute_fingerprint
+    from focusseg.planning.planner import deep_merge, make_plan, match_deep_supervision
     from focusseg.recipes import load_recipe
 
     overrides = _parse_set(set_)
     recipe_plan = load_recipe(recipe)["plan"] if recipe else None
+    gpu_asked = gpu_memory is not None or preset is not None
+    if device == "auto" and gpu_asked:
+        dev = "cuda"  # a GPU budget was asked for: plan for a card, visible here or not
+    elif str(device).startswith("cuda"):
+        dev = str(device)  # planning for a card needs none on this machine
+    else:
+        dev = resolve_device(device).type
+    if gpu_asked and not dev.startswith("cuda"):
+        raise UsageError(f"--gpu-memory and --preset plan for a GPU, but --device is {device!r}",
+                         hint="use --device cuda (no GPU needed to plan)")
     if not no_check:
         _check_or_fail(data)
-    p = plan_dataset(data, resolve_device(device).type)
+    p = make_plan(compute_fingerprint(data, progress=True), device=dev, gpu_memory_gb=gpu_memory, preset=preset)
     if recipe_plan:
         p = deep_merge(p, recipe_plan)
-    p = deep_merge(p, overrides)
+    p = match_deep_supervision(deep_merge(p, overrides))
     text = json.dumps(p, indent=2)
     if out:
         from focusseg.planning.fingerprint import save_json
@@ -226,17 +247,58 @@ def recipes() -> None:
 def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated."),
          in_channels: int = typer.Option(1), out_channels: int = typer.Option(3),
          names: str | None = typer.Option(None, help="Comma-separated names (default: all)."),
-         device: str = typer.Option("auto"), time_steps: bool = typer.Option(True, "--time/--no-time")) -> None:
-    """List networks with parameter count, FLOPs for a patch, and a training-step time on this device."""
+         device: str = typer.Option("auto"),
+         time_steps: bool | None = typer.Option(
+             None, "--time/--no-time", help="Time a training step on the device (default: on CUDA only)."),
+         plan_file: Path | None = typer.Option(
+             None, "--plan", help="Describe this plan.json's network at its patch and batch instead.")) -> None:
+    """List networks with parameter count, FLOPs for a patch, and a training-step time on this device.
+
+    With `--plan plan.json`: the planned network's parameters, forward GFLOPs (one sample, counted on the meta
+    device), estimated training memory at the plan's patch and batch (the planner's estimate; not a measurement)
+    and the plan's GPU budget. Example: `focusseg nets --plan runs/hippo/plan.json`
+    """
     from rich.table import Table
 
     from focusseg.engine.run import resolve_device
+
+    dev = resolve_device(device)
+    timed = dev.type == "cuda" if time_steps is None else time_steps
+    if plan_file is not None:
+        from focusseg.errors import PlanError
+        from focusseg.nets.profile import describe_plan
+
+        try:
+            planned = json.loads(Path(plan_file).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PlanError(f"unreadable plan ({' '.join(str(exc).split())})", plan_file) from exc
+        if not isinstance(planned, dict) or not all(k in planned for k in ("network", "patch_size",
+                                                                             "channel_names", "n_classes")):
+            raise PlanError("not a focusseg plan (needs network, patch_size, channel_names, n_classes)", plan_file)
+        try:
+            from focusseg.engine.run import fit_patch_to_network
+
+            planned = fit_patch_to_network(planned)  # as training does: a recipe's network may need a rounder patch
+            row = describe_plan(planned, dev, measure_time=timed)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise PlanError(f"the planned network does not build ({' '.join(str(exc).split())})", plan_file) from exc
+        table = Table(title=f"planned network ({plan_file})")
+        table.add_column("")
+        table.add_column("value")
+        units = {"gflops": " GFLOPs forward / sample", "train_memory_gb": " GB (estimate)", "budget_gb": " GB",
+                 "step_s": " s"}
+        for key, v in row.items():
+            text = "-" if v is None else (f"{v:,.3g}" if isinstance(v, float) else (f"{v:,}" if isinstance(v, int)
+                                                                                   else str(v)))
+            table.add_row(key, text + (units.get(key, "") if v is not None else ""))
+        console.print(table)
+        return
     from focusseg.nets import network_names
     from focusseg.nets.profile import describe_networks
 
     size = tuple(int(x) for x in patch.split(","))
     chosen = names.split(",") if names else network_names()
-    rows = describe_networks(chosen, size, in_channels, out_channels, resolve_device(device), measure_time=time_steps)
+    rows = describe_networks(chosen, size, in_channels, out_channels, dev, measure_time=timed)
     table = Table(title=f"networks at patch {size}")
     for col in rows[0].keys() if rows else []:
         table.add_column(str(col))

@@ -1,3 +1,6 @@
+import json
+import math
+
 import numpy as np
 import pytest
 
@@ -60,3 +63,37 @@ def test_overrides_every_field():
     assert replaced["network"] == {"name": "dynunet"}
     with pytest.raises(ValueError):
         parse_set(["no_equals_sign"])
+
+
+def test_cuda_plan_states_its_budget_and_plans_per_axis(monkeypatch):
+    import focusseg.planning.planner as planner
+
+    monkeypatch.setattr(planner, "visible_gpu_memory_gb", lambda device="cuda": None)
+    fp = _fp(median_spacing=[5.0, 0.8, 0.8], spacing_percentile_10=[5.0, 0.8, 0.8],
+             median_shape_after_crop=[24, 320, 320])
+    plan = make_plan(fp, "cuda")
+    assert plan["gpu_memory_gb"] == 8.0 and plan["preset"] == "m" and plan["memory_estimate_gb"] <= 8.0
+    net = plan["network"]
+    assert net["strides"][1] == [1, 2, 2] and net["kernel_sizes"][0] == [1, 3, 3]  # thick slices pooled later
+    assert all(p % math.prod(s[a] for s in net["strides"]) == 0 for a, p in enumerate(plan["patch_size"]))
+    assert len(plan["training"]["deep_supervision"]["weights"]) == net["deep_supr_num"] + 1  # no zero-weight head
+    sizes = [math.prod(make_plan(fp, "cuda", preset=p)["patch_size"]) * make_plan(fp, "cuda", preset=p)["batch_size"]
+             for p in ("m", "l", "xl")]
+    assert sizes[0] < sizes[1] <= sizes[2]
+    assert "gpu_memory_gb" not in make_plan(fp, "cpu")  # the CPU plan is unchanged
+
+
+def test_cli_plan_for_a_card_and_nets_describes_it(tiny_dataset, tmp_path, capsys):
+    from focusseg.cli import main
+
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(tiny_dataset), "--gpu-memory", "24", "--preset", "l", "--out", str(out)]) == 0
+    plan = json.loads(out.read_text())
+    assert plan["device_profile"] == "cuda" and plan["preset"] == "l"
+    assert plan["gpu_memory_gb"] == 21.6  # the 24 GB card minus headroom
+    capsys.readouterr()
+    assert main(["nets", "--plan", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "params" in text and "GFLOPs" in text and "GB (estimate)" in text and "step_s" in text
+    assert main(["plan", str(tiny_dataset), "--device", "cpu", "--preset", "m", "--no-check"]) == 2
+    assert main(["plan", str(tiny_dataset), "--gpu-memory", "24", "--preset", "xl", "--no-check"]) != 0

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from focusseg.data.loader import PatchLoader
+from focusseg.data.loader import build_loader
 from focusseg.engine import checkpoint as ckpt
 from focusseg.engine.build import Parts, amp_dtype, build_parts, build_sampler
 from focusseg.engine.events import call
@@ -141,7 +141,7 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
     max_nonfinite = int(tr.get("max_nonfinite_steps", 25))
     parts = build_parts(plan, total, device)
     sampler = build_sampler(plan, {c: store.shape(c) for c in train_ids}, {c: store.locations(c) for c in train_ids})
-    loader = PatchLoader(store, tuple(plan["patch_size"]), in_memory=bool(tr.get("in_memory", False)))
+    loader = build_loader(store, plan, device)  # training.loader workers, pinned batches on CUDA, uint8 labels
     amp = amp_dtype(plan, device)
     task = parts.task
     t = Trainer(plan, run_dir, parts, sampler, device, train_ids, val_ids, max_iterations=total)
@@ -245,6 +245,7 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
         call(callbacks, "on_epoch_end", t, record)
         if time_budget_s and t.elapsed >= time_budget_s:
             break
+    loader.close()  # worker threads / processes (kept across epochs) end with training
     if not val_ids and network_is_finite(task.inference_module()):  # no validation: the final weights are the best
         ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
     ckpt.save_atomic(_export(t), run_dir / "checkpoint_final.pt")

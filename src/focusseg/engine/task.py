@@ -58,15 +58,11 @@ def as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) 
 
 
 def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """Per-class TP, FP, FN voxel counts of the argmax prediction over a batch (for running scores), on the
-    logits' device. No host sync: a scatter-add into ``k * k`` bins (CUDA ``bincount`` reads the input's maximum
-    on the host to size its output)."""
-    pred = logits.argmax(1).flatten()
-    idx = labels.flatten().long().clamp(0, k - 1) * k + pred
-    conf = torch.zeros(k * k, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
-    conf = conf.reshape(k, k)
-    tp = conf.diag()
-    return tp, conf.sum(0) - tp, conf.sum(1) - tp
+    """Per-class TP, FP, FN voxel counts of the argmax prediction over a batch, on the logits' device without a
+    host sync (:func:`focusseg.strategies.cycle.class_counts`: only channel 0 of a (labels, instances) target)."""
+    from focusseg.strategies.cycle import class_counts as counts
+
+    return counts(logits, labels, k)
 
 
 def read_step_scalars(*values: torch.Tensor) -> list[float]:
@@ -219,9 +215,10 @@ class CycleTrainingTask:
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             step = self._cycle.step(images, labels, requests, class_weights)
         step.finite = math.isfinite(step.loss) and not any(g.skipped for g in self._guards)
-        with torch.no_grad():
-            logits = self.ensemble(images)
-        step.per_class_tp, step.per_class_fp, step.per_class_fn = class_counts(logits.float(), labels, self.k)
+        if step.per_class_tp is None:  # counts come from the step's own forward pass (no second forward)
+            with torch.no_grad():
+                logits = self.ensemble(images)
+            step.per_class_tp, step.per_class_fp, step.per_class_fn = class_counts(logits.float(), labels, self.k)
         if callbacks_after_loss is not None:
             callbacks_after_loss(step)
         return step

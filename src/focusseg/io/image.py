@@ -303,8 +303,20 @@ def _check_mha_size(path: Path, n_values: int) -> None:
                              path)
 
 
+def _sitk(path: Path, verb: str = "read"):
+    """SimpleITK, imported only for the formats that need it (an optional extra: ``focusseg[formats]``)."""
+    try:
+        import SimpleITK as sitk
+    except ImportError as exc:
+        from focusseg.errors import UsageError
+
+        raise UsageError(f"install focusseg[formats] (SimpleITK) to {verb} {''.join(path.suffixes) or 'this format'}"
+                         " files", path, hint="pip install 'focusseg[formats]'") from exc
+    return sitk
+
+
 def _read_sitk(path: Path, dtype: type, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    import SimpleITK as sitk
+    sitk = _sitk(path)
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -454,7 +466,7 @@ def write_image(path: str | Path, image: np.ndarray, geometry: Geometry) -> Path
 
 
 def _write_sitk(path: Path, seg: np.ndarray, geometry: Geometry) -> None:
-    import SimpleITK as sitk
+    sitk = _sitk(path, "write")
 
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ geometry.affine  # RAS -> LPS
     spacing = np.linalg.norm(affine[:3, :3], axis=0)

@@ -11,9 +11,9 @@ as a list ``[full, 1/2, 1/4, ...]`` (``1 + deep_supr_num`` entries), so the loss
 (nearest), as nnU-Net does; upsampling logits would blur them and cost memory. ``deep_supr_num`` defaults to
 ``n_stages - 2`` (every decoder level except the bottleneck's input, MONAI's maximum). ``deep_supr_num = 0``
 builds no extra head and returns ``[full]`` in training mode, so a deep-supervised DynUNet builds at any depth,
-2 stages included (MONAI itself needs ``1 <= deep_supr_num <= n_stages - 2``). Build only heads the loss weights:
-nnU-Net's weights zero the lowest of its ``n_stages - 1`` outputs, so its plans use ``deep_supr_num =
-n_stages - 3`` (``planning.planner.nnunet_deep_supervision``).
+3 stages (MONAI's minimum) included (MONAI itself needs ``1 <= deep_supr_num <= n_stages - 2``). Build only
+heads the loss weights: nnU-Net's weights zero the lowest of its ``n_stages - 1`` outputs, so its plans use
+``deep_supr_num = n_stages - 3`` (``planning.planner.nnunet_deep_supervision``).
 
 Strides and kernels may differ per axis (nnU-Net's anisotropic topology, e.g. kernel ``[1, 3, 3]`` and stride
 ``[1, 2, 2]`` on thick slices); MONAI's decoder level ``s`` uses kernel ``k_{s+1}`` (nnU-Net uses ``k_s``).
@@ -68,16 +68,17 @@ def dynunet_topology(
 
     if kernel_sizes is None and strides is None:
         n = 5 if n_stages is None else int(n_stages)
-        if n < 2:
-            raise ValueError(f"n_stages must be >= 2, got {n}")
+        if n < 3:
+            raise ValueError(f"n_stages must be >= 3 (MONAI's DynUNet), got {n}")
         kernel_sizes = [3] * n
         strides = [1] + [2] * (n - 1)
     elif kernel_sizes is None or strides is None:
         raise ValueError("give both kernel_sizes and strides, or neither (then n_stages is used)")
     ks = [per_axis(k) for k in kernel_sizes]
     st = [per_axis(s) for s in strides]
-    if len(ks) != len(st) or len(ks) < 2:
-        raise ValueError(f"kernel_sizes and strides need the same length >= 2, got {len(ks)} and {len(st)}")
+    if len(ks) != len(st) or len(ks) < 3:
+        raise ValueError(f"kernel_sizes and strides need the same length >= 3 (MONAI's DynUNet), got {len(ks)} and "
+                         f"{len(st)}")
     if n_stages is not None and int(n_stages) != len(ks):
         raise ValueError(f"n_stages={n_stages} disagrees with {len(ks)} given stages")
     if any(len(a) != spatial_dims for a in ks + st):

@@ -153,3 +153,78 @@ def describe_networks(
         })  # fmt: skip
         del net
     return rows
+
+
+def estimate_plan_memory(plan: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
+    """Estimated GPU memory (GB = 2**30 bytes) of one training step of a plan's network at its patch and batch.
+
+    * DynUNet: the planner's analytic formula (``planning.planner.estimate_training_memory``; the same number the
+      plan's ``memory_estimate_gb`` records), from the plan's strides, kernels and features;
+    * any other network: the tensors autograd saves during a training forward, measured on the meta device
+      (:func:`estimate_activation_bytes`, fp32) and scaled to the plan's AMP dtype (x 2/4 under fp16/bf16),
+      x 1.1 fragmentation, + 18 bytes per parameter + 0.5 GB (the same terms as the DynUNet formula).
+
+    Returns ``{"total_gb", "activations_gb", "fixed_gb", "parameters", "method"}``. ``model`` (optional) is the
+    network already built from the plan (on any device; it is rebuilt on the meta device when needed).
+    Not measured on a GPU.
+    """
+    from focusseg.planning import planner as pl
+    from focusseg.registry import split_spec
+
+    name, kw = split_spec(dict(plan["network"]))
+    patch = [int(p) for p in plan["patch_size"]]
+    batch = int(plan.get("batch_size", 2))
+    in_ch, n_cls = len(plan["channel_names"]), int(plan["n_classes"])
+    amp = (plan.get("training") or {}).get("amp", "none")
+    if name == "dynunet":
+        from focusseg.nets.dynunet import dynunet_topology
+
+        ks, st = dynunet_topology(len(patch), kw.get("kernel_sizes"), kw.get("strides"), kw.get("n_stages"))
+        cap = kw.get("max_features") or (320 if len(patch) == 3 else 512)
+        feats = pl.dynunet_features(len(st), int(kw.get("base_features", 32)), int(cap))
+        dsn = int(kw.get("deep_supr_num", len(st) - 2)) if kw.get("deep_supervision") else 0
+        est = pl.estimate_training_memory(patch, batch, in_ch, n_cls, ks, st, feats, dsn, amp)
+        return {"total_gb": est["total_gb"], "activations_gb": est["activations_gb"], "fixed_gb": est["fixed_gb"],
+                "parameters": est["parameters"], "method": "analytic (DynUNet topology)"}
+    from focusseg.engine.build import build_network_from_plan
+
+    if model is None or _device_of(model).type != "meta":
+        with torch.device("meta"):
+            model = build_network_from_plan(dict(plan))
+    saved = estimate_activation_bytes(model, patch, in_ch, batch)
+    b = pl.AMP_BYTES.get(str(amp).lower(), 4) if amp else 4
+    act = pl.FRAGMENTATION * saved * b / 4
+    params = count_parameters(model)
+    fixed = pl.BYTES_PER_PARAMETER * params + pl.FIXED_OVERHEAD_GB * 2**30
+    return {"total_gb": (act + fixed) / 2**30, "activations_gb": act / 2**30, "fixed_gb": fixed / 2**30,
+            "parameters": params, "method": "saved tensors on the meta device"}
+
+
+def describe_plan(plan: Mapping[str, Any], device: str | torch.device = "cpu", measure_time: bool = False,
+                  repeats: int = 2) -> dict[str, Any]:
+    """The planned network's cost: ``network, patch, batch, params, gflops`` (forward, one sample, counted on the
+    meta device), ``train_memory_gb`` (:func:`estimate_plan_memory`), ``budget_gb`` (the plan's
+    ``gpu_memory_gb``, None for a CPU plan) and ``step_s`` (a timed training step on ``device`` when
+    ``measure_time``, else None)."""
+    from focusseg.engine.build import build_network_from_plan
+
+    patch = tuple(int(p) for p in plan["patch_size"])
+    in_ch, n_cls = len(plan["channel_names"]), int(plan["n_classes"])
+    with torch.device("meta"):
+        net = build_network_from_plan(dict(plan))
+    try:
+        flops: int | None = estimate_flops(net, patch, in_ch)
+    except (RuntimeError, NotImplementedError):  # e.g. SwinUNETR's mask building calls .item()
+        flops = None
+    mem = estimate_plan_memory(plan, net)
+    step = None
+    if measure_time:
+        real = build_network_from_plan(dict(plan)).to(device)
+        amp = (plan.get("training") or {}).get("amp", "none")
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(amp).lower())
+        if dtype is torch.float16 and torch.device(device).type != "cuda":
+            dtype = torch.bfloat16
+        step = time_training_step(real, patch, in_ch, n_cls, int(plan.get("batch_size", 2)), repeats, dtype)
+    return {"network": plan["network"].get("name"), "patch": list(patch), "batch": int(plan.get("batch_size", 2)),
+            "params": count_parameters(net), "gflops": None if flops is None else flops / 1e9,
+            "train_memory_gb": mem["total_gb"], "budget_gb": plan.get("gpu_memory_gb"), "step_s": step}

@@ -314,6 +314,8 @@ PRESET_NAMES = (*GPU_PRESETS, "whole")
 MIN_FEATURE_MAP = 4
 #: At most this many poolings along one axis (nnU-Net v2 does not cap them; its 3d_fullres plans pool 5-6 times).
 MAX_POOL_PER_AXIS = 6
+#: MONAI's ``DynUNet`` needs at least 3 stages (2 poolings; ``check_kernel_stride``).
+MIN_STAGES = 3
 #: Under fp16/bf16 autocast every activation is 2 bytes, without AMP 4.
 AMP_BYTES = {"fp16": 2, "bf16": 2}
 #: Saved tensors per conv-output element: the conv output (kept by the norm) and the norm/activation output (kept
@@ -350,7 +352,8 @@ def gpu_budget(gpu_memory_gb: float | None = None, preset: str | None = None,
                device: str = "cuda") -> tuple[float, str, float | None]:
     """``(budget_gb, preset, card_gb)``: the memory a CUDA plan may use.
 
-    * ``preset`` m / l / xl: 8 / 24 / 40 GB (refused when the card, given or visible, has less usable memory);
+    * ``preset`` m / l / xl: 8 / 24 / 40 GB, capped at the card's memory minus headroom when the card is given
+      (L on a 24 GB card plans for 21.6 GB); refused when the card is smaller than the target;
     * ``"whole"``: the card's memory minus :func:`headroom_gb`;
     * no preset: ``"whole"`` when ``gpu_memory_gb`` is given or a card is visible, else ``"m"`` (8 GB, nnU-Net's
       default target).
@@ -375,9 +378,11 @@ def gpu_budget(gpu_memory_gb: float | None = None, preset: str | None = None,
             raise PlanError(f"a {card:g} GB card leaves no memory after {headroom_gb(card):g} GB headroom")
         return round(budget, 3), name, card
     budget = GPU_PRESETS[name]
-    if card is not None and budget > card - headroom_gb(card):
-        raise PlanError(f"preset {name!r} targets {budget:g} GB but the {card:g} GB card has "
-                        f"{card - headroom_gb(card):g} GB usable", hint="choose a smaller preset, or 'whole'")
+    if card is not None:
+        if budget > card:
+            raise PlanError(f"preset {name!r} targets {budget:g} GB, more than the {card:g} GB card",
+                            hint="choose a smaller preset, or 'whole'")
+        budget = min(budget, round(card - headroom_gb(card), 3))  # L on a 24 GB card: 21.6 GB
     return budget, name, card
 
 
@@ -394,8 +399,9 @@ def pool_and_conv_props(spacing: list[float], patch: list[float], min_feature: i
     * kernel 3 along an axis once its current spacing is < 2x the finest of all axes (then it stays 3), else 1
       (nnU-Net's 1x3x3 convs on thick slices); the bottleneck uses 3 along every axis.
 
-    The first stage has stride 1. Never fewer than 2 stages: a patch that cannot be pooled at all (every axis
-    < 8 voxels) still gets one stride-2 stage along its largest axis with at least 2 voxels.
+    The first stage has stride 1. Never fewer than :data:`MIN_STAGES` = 3 stages (MONAI's ``DynUNet`` refuses
+    fewer): while the rule stops earlier, the finest axes with >= 4 voxels are pooled once more (a bottleneck
+    of >= 2 voxels, e.g. 8^3 -> 4^3 -> 2^3).
     """
     dim = len(spacing)
     cur_sp = [float(s) for s in spacing]
@@ -421,11 +427,17 @@ def pool_and_conv_props(spacing: list[float], patch: list[float], min_feature: i
             n_pool[a] += 1
             cur_sp[a] *= 2
             cur_sz[a] = math.ceil(cur_sz[a] / 2)
-    if len(strides) == 1:  # no axis can be pooled: one stride-2 stage along the largest axis (>= 2 voxels)
-        ax = int(np.argmax(cur_sz))
+    while len(strides) < MIN_STAGES:  # too small to pool by the rule: pool the finest axes with >= 4 voxels
+        fits = [a for a in range(dim) if cur_sz[a] >= 4] or [int(np.argmax(cur_sz))]
+        finest = min(cur_sp[a] for a in fits)
+        pooled = [a for a in fits if cur_sp[a] / finest < 2]
         finest_all = min(cur_sp)
-        kernels.append([3 if cur_sp[a] / finest_all < 2 else 1 for a in range(dim)])
-        strides.append([2 if a == ax and cur_sz[a] >= 2 else 1 for a in range(dim)])
+        kernel = [3 if kernel[a] == 3 or cur_sp[a] / finest_all < 2 else 1 for a in range(dim)]
+        kernels.append(list(kernel))
+        strides.append([2 if a in pooled else 1 for a in range(dim)])
+        for a in pooled:
+            cur_sp[a] *= 2
+            cur_sz[a] = math.ceil(cur_sz[a] / 2)
     kernels.append([3] * dim)
     return kernels, strides
 
