@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .conftest import TINY_PLAN, Sandbox
+from .conftest import TINY_PLAN, Payload, Sandbox
 
 
 @dataclass
@@ -83,16 +83,6 @@ def truncate(path: Path, keep: float = 0.5) -> None:
 def edit_json(path: Path, fn: Callable[[dict], dict | list | str]) -> None:
     d = json.loads(path.read_text())
     path.write_text(json.dumps(fn(d)))
-
-
-class Payload:
-    """Unpickling this runs ``open(marker, 'w')``: a checkpoint that executes code."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def malicious_checkpoint(path: Path, marker: Path) -> None:

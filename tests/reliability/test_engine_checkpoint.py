@@ -16,7 +16,7 @@ from focusseg.engine import checkpoint as ckpt
 from focusseg.engine.run import run_training
 from focusseg.errors import CheckpointError, MissingFileError, RunFolderError
 
-from .conftest import one_torch_thread
+from .conftest import Payload, one_torch_thread
 
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,
@@ -39,18 +39,8 @@ def _copy_run(run: Path, dst: Path) -> Path:
     return dst
 
 
-class _Payload:
-    """Unpickling this creates ``marker`` (stands in for arbitrary code)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def _malicious(path: Path, marker: Path) -> Path:
-    torch.save({"task": _Payload(marker), "epoch": 1}, path)
+    torch.save({"task": Payload(marker), "epoch": 1}, path)
     return path
 
 

@@ -40,12 +40,16 @@ def _pair(seed: int = 0, shape=(20, 18, 16)) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _folders(root: Path, n: int = 3, ending: str = ".nii.gz", gt_ending: str | None = None) -> tuple[Path, Path]:
-    pred_dir, gt_dir = root / "pred", root / "gt"
+    return _write_pairs(root / "pred", root / "gt", n, ending, gt_ending or ending)
+
+
+def _write_pairs(pred_dir: Path, gt_dir: Path, n: int, ending: str, gt_ending: str) -> tuple[Path, Path]:
+    """``n`` prediction/reference pairs ``c<i>`` written into two new folders."""
     pred_dir.mkdir(parents=True), gt_dir.mkdir(parents=True)
     for i in range(n):
         pred, gt = _pair(i)
         write_array(pred_dir / f"c{i}{ending}", pred, AFF)
-        write_array(gt_dir / f"c{i}{gt_ending or ending}", gt, AFF)
+        write_array(gt_dir / f"c{i}{gt_ending}", gt, AFF)
     return pred_dir, gt_dir
 
 
@@ -263,13 +267,7 @@ def test_usage_errors(tmp_path: Path):
 
 
 def _validation(run: Path, n: int = 3, ending: str = ".nii.gz") -> tuple[Path, Path]:
-    pred_dir, ref_dir = run / "validation" / "predictions", run / "validation" / "reference"
-    pred_dir.mkdir(parents=True), ref_dir.mkdir(parents=True)
-    for i in range(n):
-        pred, gt = _pair(i)
-        write_array(pred_dir / f"c{i}{ending}", pred, AFF)
-        write_array(ref_dir / f"c{i}{ending}", gt, AFF)
-    return pred_dir, ref_dir
+    return _write_pairs(run / "validation" / "predictions", run / "validation" / "reference", n, ending, ending)
 
 
 def test_read_prediction_pairs_ignores_temporaries_and_reads_any_format(tmp_path: Path):

@@ -13,15 +13,7 @@ from inference.run_helpers import make_run, tiny_plan, tiny_weights, tree_hashes
 from focusseg.errors import CheckpointError, MissingFileError, UsageError
 from focusseg.inference.predictor import Predictor
 
-
-class _Payload:
-    """Unpickling this object would create ``marker`` (the stand-in for arbitrary code)."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
+from .conftest import Payload
 
 
 def _cli(args: list[str], capsys) -> tuple[int, str]:
@@ -86,7 +78,7 @@ def test_pickle_payload_never_runs(tmp_path: Path, capsys):
     marker = tmp_path / "PWNED"
     run = tmp_path / "run"
     run.mkdir()
-    torch.save({"plan": tiny_plan(), "network": tiny_weights(tiny_plan()), "x": _Payload(marker)},
+    torch.save({"plan": tiny_plan(), "network": tiny_weights(tiny_plan()), "x": Payload(marker)},
                run / "checkpoint_best.pt")
     with pytest.raises(CheckpointError, match=r"checkpoint_best\.pt: refusing to load"):
         Predictor.from_run(run, device="cpu")
