@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "hippo_fold0")
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--note", default="", help="a line about the conditions of the run")
+    ap.add_argument("--previous", default="", help="the previous measurement to compare with, as text "
+                    "(e.g. '0.8778 on 2026-11-23 with whole-volume validation every epoch')")
     ap.add_argument("--time-log", type=Path, default=None,
                     help="output of `/usr/bin/time -v focusseg train ...` for wall time and peak RSS")
     args = ap.parse_args()
@@ -67,8 +69,10 @@ def main() -> None:
         "(fingerprint, preprocessing, training, final validation).",
         *_time_lines(args.time_log),
         *([f"- Note: {args.note}"] if args.note else []),
-        f"- Validation during training (preprocessed grid, no TTA): best mean Dice {best['val_mean_dice']:.4f} "
-        f"at iteration {best['iteration']}.",
+        f"- Validation during training (preprocessed grid, no TTA, {_val_kind(log)}): best mean Dice "
+        f"{best['val_mean_dice']:.4f} at iteration {best['iteration']}.",
+        *_validation_cost_lines(log, plan),
+        *([f"- Previous measurement: {args.previous}"] if args.previous else []),
         "",
         "| fold-0 held-out cases (original geometry, best checkpoint, mirror TTA) | Dice |",
         "| --- | ---: |",
@@ -82,6 +86,30 @@ def main() -> None:
               "![training curve](benchmarks/results/hippocampus_curve.png)", ""]
     (HERE / "results" / "train_hippocampus.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _val_kind(log: list[dict]) -> str:
+    kinds = {r.get("val_kind", "volumes") for r in log if "val_mean_dice" in r}
+    return "fixed-patch pseudo-Dice" if kinds == {"patches"} else "whole volumes" if kinds == {"volumes"} else \
+        "mixed"
+
+
+def _validation_cost_lines(log: list[dict], plan: dict) -> list[str]:
+    """Per-epoch validation time of the fixed patches vs whole volumes, both measured in this run (whole volumes
+    every ``val_full_every`` epochs), and how close the two scores were at those epochs."""
+    import numpy as np
+
+    patch = [r["val_time_s"] for r in log if r.get("val_kind") == "patches"]
+    both = [r for r in log if r.get("val_kind") == "patches" and "val_volume_time_s" in r]
+    if not patch or not both:
+        return []
+    vol_t = float(np.mean([r["val_volume_time_s"] for r in both]))
+    gap = float(np.mean([abs(r["val_mean_dice"] - r["val_volume_mean_dice"]) for r in both]))
+    train = float(np.mean([r["train_time_s"] for r in log]))
+    return [f"- Validation cost per epoch (this run): fixed patches ({plan['training'].get('val_patches')} "
+            f"requested, >= 1 per case) {np.mean(patch):.2f} s vs whole volumes {vol_t:.2f} s (sliding window, "
+            f"measured at epochs {', '.join(str(r['epoch']) for r in both)}): {vol_t / np.mean(patch):.1f}x less; "
+            f"training {train:.1f} s per epoch. Mean |patch - volume| Dice at those epochs: {gap:.4f}."]
 
 
 def _time_lines(path: Path | None) -> list[str]:

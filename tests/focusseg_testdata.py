@@ -55,3 +55,23 @@ def write_tiny_dataset(root: Path, n_cases: int = 6, shape=(20, 24, 16), n_chann
           "labels": {"background": 0, "sphere": 1, "cube": 2}, "numTraining": n_cases, "file_ending": ".nii.gz"}
     (root / "dataset.json").write_text(json.dumps(ds, indent=1))
     return root
+
+
+def write_partially_annotated_dataset(root: Path, n_cases: int = 6, shape=(20, 24, 16), ignore_value: int = 3,
+                                      seed: int = 0, with_test: bool = False) -> Path:
+    """:func:`write_tiny_dataset` as a partially annotated dataset (nnU-Net's ignore label): in every label file
+    (labelsTr, and labelsTs with ``with_test``) the slices ``z`` with ``(z // 2) % 2 == 1`` -- half the voxels --
+    are set to ``ignore_value``, and ``dataset.json`` declares ``"ignore": ignore_value`` (above sphere 1 and cube
+    2, so it is the highest label value). Sphere and cube keep annotated voxels in every case."""
+    write_tiny_dataset(root, n_cases=n_cases, shape=shape, seed=seed, with_test=with_test)
+    ignored = (np.arange(shape[2]) // 2) % 2 == 1
+    for folder in ("labelsTr", "labelsTs"):
+        for f in sorted((root / folder).glob("*.nii.gz")) if (root / folder).is_dir() else []:
+            img = nib.load(f)
+            lab = np.asarray(img.dataobj).astype(np.uint8)
+            lab[..., ignored] = ignore_value
+            nib.save(nib.Nifti1Image(lab, img.affine), f)
+    ds = json.loads((root / "dataset.json").read_text())
+    ds["labels"] = {"background": 0, "sphere": 1, "cube": 2, "ignore": int(ignore_value)}
+    (root / "dataset.json").write_text(json.dumps(ds, indent=1))
+    return root

@@ -37,24 +37,32 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
              None, help="GPU budget: m (8 GB), l (24), xl (40), or whole (the card minus max(1 GB, 10 %))."),
          set_: list[str] = typer.Option([], "--set", help="Override a field: --set training.batch_size=4"),
          recipe: str | None = typer.Option(None, help="Apply a recipe's plan overrides."),
+         recipe_form: str | None = typer.Option(
+             None, "--recipe-form", help="The recipe's cpu (scaled-down) or gpu (the paper's) form; default: the "
+                                         "form of the device planned for."),
          no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check (`focusseg check`).")
          ) -> None:
     """Fingerprint a dataset and write a human-readable plan (every field can be overridden).
 
     The dataset is checked first (as `focusseg check`); any problem stops here. For cuda, patch, batch and the
     DynUNet's per-axis strides and kernels are chosen to fit a GPU-memory budget (`--gpu-memory`, `--preset`);
-    the plan records `gpu_memory_gb`, `preset` and `memory_estimate_gb`. Examples:
+    the plan records `gpu_memory_gb`, `preset` and `memory_estimate_gb`. A recipe is applied in the form of the
+    device planned for (`recipe_form`: gpu = the paper's configuration, cpu = the scaled-down one; `focusseg
+    recipes` shows both), as training applies it. Examples:
     `focusseg plan DATA --out plan.json --set patch_size=[48,64,48]`,
-    `focusseg plan DATA --device cuda --gpu-memory 80 --preset l --out plan.json`
+    `focusseg plan DATA --device cuda --gpu-memory 80 --preset l --out plan.json`,
+    `focusseg plan DATA --device cuda --gpu-memory 80 --recipe fp-pet --out plan.json`
     """
-    from focusseg.engine.run import resolve_device
+    from focusseg.engine.run import _finish_plan, resolve_device
     from focusseg.errors import UsageError
     from focusseg.planning.fingerprint import compute_fingerprint
-    from focusseg.planning.planner import deep_merge, make_plan, match_deep_supervision
-    from focusseg.recipes import load_recipe
+    from focusseg.planning.planner import make_plan
+    from focusseg.recipes import FORMS, load_recipe
 
     overrides = _parse_set(set_)
-    recipe_plan = load_recipe(recipe)["plan"] if recipe else None
+    if recipe_form is not None and recipe_form not in FORMS:
+        raise UsageError(f"--recipe-form must be one of {', '.join(FORMS)}, got {recipe_form!r}")
+    chosen_recipe = load_recipe(recipe) if recipe else None
     gpu_asked = gpu_memory is not None or preset is not None
     if device == "auto" and gpu_asked:
         dev = "cuda"  # a GPU budget was asked for: plan for a card, visible here or not
@@ -68,9 +76,9 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
     if not no_check:
         _check_or_fail(data)
     p = make_plan(compute_fingerprint(data, progress=True), device=dev, gpu_memory_gb=gpu_memory, preset=preset)
-    if recipe_plan:
-        p = deep_merge(p, recipe_plan)
-    p = match_deep_supervision(deep_merge(p, overrides))
+    p = _finish_plan(p, chosen_recipe, overrides, dev, recipe_form)  # as training finishes it
+    if chosen_recipe is not None:
+        p["recipe"] = chosen_recipe["name"]
     text = json.dumps(p, indent=2)
     if out:
         from focusseg.planning.fingerprint import save_json
@@ -85,6 +93,9 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
 def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder (plan, checkpoints, log)."),
           fold: str = typer.Option("0", help="Fold 0-4 of the 5-fold split, or 'all'."),
           recipe: str = typer.Option("default", help="A recipe name (`focusseg recipes`) or a path to a JSON."),
+          recipe_form: str | None = typer.Option(
+              None, "--recipe-form", help="The recipe's cpu (scaled-down) or gpu (the paper's) form; default: gpu on "
+                                          "cuda, cpu otherwise (a resumed run keeps its form)."),
           time_budget: float | None = typer.Option(None, help="Minutes of wall time; stops there, keeps best."),
           device: str = typer.Option("auto", help="cpu, cuda or auto."),
           resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt exactly."),
@@ -94,7 +105,15 @@ def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder 
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
           no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check before training."),
           overwrite: bool = typer.Option(
-              False, "--overwrite", help="Delete this run folder's earlier focusseg results and start clean.")) -> None:
+              False, "--overwrite", help="Delete this run folder's earlier focusseg results and start clean."),
+          init_from: Path | None = typer.Option(
+              None, "--init-from", help="Fine-tune: start from this run folder's best checkpoint (or a .pt file); "
+                                        "every tensor whose name and shape match is loaded."),
+          freeze_encoder_epochs: int | None = typer.Option(
+              None, "--freeze-encoder-epochs", help="With --init-from: the encoder does not train for N epochs."),
+          warmup_epochs: int | None = typer.Option(
+              None, "--warmup-epochs", help="With --init-from: the learning rate rises linearly over N epochs.")
+          ) -> None:
     """Check the dataset, plan, preprocess and train one fold; then predict and score the held-out cases.
 
     A run folder belongs to one fold and one plan: training into it again needs `--resume` (continue; only
@@ -103,21 +122,100 @@ def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder 
     """
     from focusseg.engine.run import run_training
     from focusseg.errors import UsageError
-    from focusseg.recipes import load_recipe
+    from focusseg.recipes import FORMS, load_recipe
 
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other (continue the run, or start it again)")
     if time_budget is not None and not time_budget > 0:
         raise UsageError(f"--time-budget must be a positive number of minutes, got {time_budget}")
-    summary = run_training(data, out, fold=fold, recipe=load_recipe(recipe), overrides=_parse_set(set_),
+    if recipe_form is not None and recipe_form not in FORMS:
+        raise UsageError(f"--recipe-form must be one of {', '.join(FORMS)}, got {recipe_form!r}")
+    chosen_recipe = load_recipe(recipe)
+    if recipe_form is not None:
+        chosen_recipe["form"] = recipe_form  # recipes.recipe_plan: a forced form wins over the device's
+    summary = run_training(data, out, fold=fold, recipe=chosen_recipe, overrides=_parse_set(set_),
                            time_budget_min=time_budget, device=device, resume=resume, plan_path=plan_file,
                            preprocessed_dir=preprocessed, progress=not no_progress, check=not no_check,
-                           overwrite=overwrite)
+                           overwrite=overwrite, init_from=init_from, freeze_encoder_epochs=freeze_encoder_epochs,
+                           warmup_epochs=warmup_epochs)
     console.print_json(data=summary)
 
 
 @app.command()
-def predict(run_dir: Path = typer.Argument(..., help="A run folder written by `focusseg train`."),
+def crossval(data: Path = DATA, out: Path = typer.Option(..., help="The cross-validation folder (fold_K runs inside)."),
+             folds: str = typer.Option("all", help="Folds to train: a list 0,1,2, a range 0-4, or all."),
+             recipe: str = typer.Option("default", help="A recipe name (`focusseg recipes`) or a path to a JSON."),
+             time_budget: float | None = typer.Option(None, help="Minutes of wall time per fold."),
+             device: str = typer.Option("auto", help="cpu, cuda or auto."),
+             resume: bool = typer.Option(False, "--resume", help="Continue folds that have checkpoints."),
+             set_: list[str] = typer.Option([], "--set", help="Override a plan field: --set training.max_epochs=50"),
+             no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+             no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Train the chosen folds again from scratch.")
+             ) -> None:
+    """Train folds of a 5-fold cross-validation into OUT/fold_K with one shared plan and preprocessed store, pool
+    their held-out predictions (metrics per fold and pooled), choose post-processing on the pool.
+
+    Finished folds are kept; a fold can be trained alone (`--folds 3`), also on another machine into the same
+    folder. Then `focusseg predict OUT IN_DIR OUT_DIR` ensembles every finished fold.
+    Example: `focusseg crossval ../shared/data/Dataset004_Hippocampus --out cv/hippo --folds 0-4 --time-budget 10`
+    """
+    from rich.table import Table
+
+    from focusseg.engine.crossval import describe_rows, run_crossval
+    from focusseg.errors import UsageError
+    from focusseg.recipes import load_recipe
+
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other (continue the folds, or start them again)")
+    if time_budget is not None and not time_budget > 0:
+        raise UsageError(f"--time-budget must be a positive number of minutes, got {time_budget}")
+
+    def report(fold: int, status: str, summary: dict) -> None:
+        dice = (summary.get("final_validation") or {}).get("mean_dice")
+        console.print(f"fold {fold}: {status}" + (f", held-out mean Dice {dice:.4f}" if dice is not None else ""))
+
+    result = run_crossval(data, out, folds, recipe=load_recipe(recipe), overrides=_parse_set(set_),
+                          time_budget_min=time_budget, device=device, resume=resume, overwrite=overwrite,
+                          check=not no_check, progress=not no_progress, on_fold=report)
+    rows = describe_rows(result)
+    table = Table(*rows[0], title=f"cross-validation ({out})")
+    for r in rows[1:]:
+        table.add_row(*r)
+    console.print(table)
+    post = result.get("postprocessing")
+    if post is not None:
+        console.print(f"post-processing chosen on the pooled validation: {post['steps'] or 'none'}")
+    console.print(f"-> {out / 'crossval.json'}; predict with: focusseg predict {out} IN_DIR OUT_DIR")
+
+
+@app.command()
+def best(cv_dirs: list[Path] = typer.Argument(..., help="Cross-validation folders (`focusseg crossval`), one dataset."),
+         out: Path = typer.Option(..., help="Receives the pairwise ensembles' validation predictions and best.json."),
+         pairs: bool = typer.Option(True, "--pairs/--no-pairs", help="Also score every pairwise ensemble."),
+         device: str = typer.Option("auto", help="cpu, cuda or auto (for predicting the ensembles).")) -> None:
+    """Rank cross-validations and their pairwise ensembles on pooled validation Dice; print the winner's command.
+
+    Example: `focusseg best cv/default cv/fp-pet --out cv/best`
+    """
+    from rich.table import Table
+
+    from focusseg.engine.best import find_best
+    from focusseg.engine.run import resolve_device
+
+    result = find_best(cv_dirs, out, pairs=pairs, device=resolve_device(device))
+    table = Table("rank", "candidate", "cases", "pooled mean Dice", "post-processing",
+                  title=f"best configuration (folds {', '.join(result['folds'])})")
+    for i, c in enumerate(result["ranking"], 1):
+        dice = "-" if c["mean_dice"] is None else f"{c['mean_dice']:.4f}"
+        table.add_row(str(i), c["name"], str(c["cases"]), dice, str(c["postprocessing"] or "none"))
+    console.print(table)
+    console.print(f"best: {result['best']} -> {out / 'best.json'}\n{result['predict']}")
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg train`) or a cross-validation folder "
+                                                     "(`focusseg crossval`: its folds are ensembled)."),
             in_dir: Path = typer.Argument(..., help="Images as <case>_<CCCC>.nii.gz (nnU-Net imagesTs layout)."),
             out_dir: Path = typer.Argument(..., help="Receives <case>.nii.gz with the input's shape and affine."),
             overlap: float = typer.Option(0.5, help="Sliding-window overlap in [0, 1)."),
@@ -130,6 +228,9 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder written by `f
             postprocess: bool = typer.Option(
                 True, "--postprocess/--no-postprocess",
                 help="Apply the run's post-processing (chosen on its validation; single runs only)."),
+            postprocessing_file: Path | None = typer.Option(
+                None, "--postprocessing-file", help="Apply the steps of this postprocessing.json instead (e.g. the "
+                                                    "one `focusseg best` chose for an ensemble)."),
             device: str = typer.Option("auto", help="cpu, cuda or auto.")) -> None:
     """Segment every case of a folder (one run, or a weighted ensemble of runs of any architectures).
 
@@ -151,8 +252,24 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder written by `f
         w = [float(x) for x in weights.split(",")] if weights else None
     except ValueError as exc:
         raise UsageError(f"--weights must be comma-separated numbers, got {weights!r}") from exc
-    members = [Predictor.from_run(r, checkpoint, dev) for r in [run_dir, *ensemble]]
-    predictor = EnsemblePredictor(members, w, uncertainty, postprocessing=None if postprocess else [])
+    from focusseg.engine.crossval import crossval_predictor, is_crossval_dir
+
+    if is_crossval_dir(run_dir):  # cross-validation folders: every finished fold, the pool's post-processing
+        if w:
+            raise UsageError("cross-validation folders are weighted per fold (equal): no --weights")
+        if not all(is_crossval_dir(e) for e in ensemble):
+            raise UsageError("ensemble a cross-validation folder with other cross-validation folders only")
+        predictor = crossval_predictor([run_dir, *ensemble], checkpoint, dev, uncertainty, postprocess,
+                                       postprocessing_file)
+        console.print(f"ensemble of {len(predictor.members)} fold(s) of {', '.join(map(str, [run_dir, *ensemble]))}")
+    else:
+        members = [Predictor.from_run(r, checkpoint, dev) for r in [run_dir, *ensemble]]
+        steps = None if postprocess else []
+        if postprocess and postprocessing_file is not None:
+            from focusseg.inference.postprocess_selection import read_postprocessing_file
+
+            steps = read_postprocessing_file(postprocessing_file)
+        predictor = EnsemblePredictor(members, w, uncertainty, postprocessing=steps)
     if predictor.postprocessing:
         console.print(f"post-processing: {predictor.postprocessing}")
     written = predict_folder(predictor, in_dir, out_dir, overlap=overlap, tta=tta)
@@ -199,10 +316,16 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
              nsd_tolerance: float = typer.Option(1.0, help="NSD tolerance in mm."),
              connectivity: int = typer.Option(26, help="Connectivity for lesion-wise scores: 6, 18 or 26."),
              labels: str | None = typer.Option(None, help="Comma-separated labels (default: all found)."),
-             workers: int = typer.Option(2, help="Parallel processes.")) -> None:
+             workers: int = typer.Option(2, help="Parallel processes."),
+             ignore_label: str | None = typer.Option(
+                 None, "--ignore-label",
+                 help="Reference value of unannotated voxels, left out of every metric: a number, a dataset "
+                      "folder / dataset.json (its 'ignore' label) or a run folder / plan.json; 'none' for none. "
+                      "Default: the 'ignore' label of GT_DIR/../dataset.json when there is one.")) -> None:
     """Score predictions against references: Dice, IoU, precision/recall, NSD, HD95, ASSD, FPV/FNV, lesion-wise.
 
-    Example: `focusseg evaluate predictions/ labelsTs/ --out eval/ --nsd-tolerance 2`
+    With an ignore label (nnU-Net's, for partially annotated references) the voxels where the reference holds it
+    count for nothing. Example: `focusseg evaluate predictions/ labelsTs/ --out eval/ --nsd-tolerance 2`
     """
     from focusseg.errors import UsageError
     from focusseg.metrics import evaluate_folders
@@ -215,8 +338,9 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
         lab = [int(x) for x in labels.split(",")] if labels else None
     except ValueError as exc:
         raise UsageError(f"--labels must be comma-separated integers, got {labels!r}") from exc
+    ignore = _evaluate_ignore_label(ignore_label, gt_dir)
     summary = evaluate_folders(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
-                               connectivity=connectivity, workers=workers)
+                               connectivity=connectivity, workers=workers, ignore_label=ignore)
     console.print_json(data=summary.get("overall", summary))
     console.print(f"metrics: {out / 'metrics.csv'}  summary: {out / 'summary.json'}")
 
@@ -234,13 +358,31 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo d
 
 
 @app.command()
-def recipes() -> None:
-    """List the packaged recipes (one per paper system)."""
-    from focusseg.recipes import load_recipe, recipe_names
+def recipes(name: str | None = typer.Argument(None, help="Show only this recipe (a name or a path to a JSON).")
+            ) -> None:
+    """List the packaged recipes (one per paper system), each with its two forms side by side: the CPU form
+    (scaled down for a CPU; what it changes from the paper) and the GPU form (the paper's own configuration; where
+    focusseg still differs). Training picks the form by device (gpu on cuda), `--recipe-form cpu|gpu` forces one.
 
-    for name in recipe_names():
-        r = load_recipe(name)
-        console.print(f"[bold]{name}[/bold]: {r.get('description', '')}", highlight=False)
+    Example: `focusseg recipes flare21-fast`
+    """
+    from rich.table import Table
+
+    from focusseg.recipes import form_settings, load_recipe, recipe_names, recipe_plan
+
+    for r in [load_recipe(name)] if name else [load_recipe(n) for n in recipe_names()]:
+        table = Table(title=f"{r['name']}: {r.get('description', '')}", title_justify="left", show_lines=True,
+                      expand=True)
+        table.add_column("", style="bold", no_wrap=True)
+        table.add_column("CPU form (scaled down)", ratio=1)
+        table.add_column("GPU form (the paper's)", ratio=1)
+        cpu, gpu = form_settings(recipe_plan(r, "cpu", "cpu")[0]), form_settings(recipe_plan(r, "cuda", "gpu")[0])
+        for key in cpu:
+            table.add_row(key, cpu[key], gpu[key])
+        table.add_row("notes", str(r.get("scaled_down", "")), str((r.get("gpu") or {}).get("notes", "")))
+        console.print(table, highlight=False)
+        if r.get("paper"):
+            console.print(f"paper: {r['paper']}\n", highlight=False)
 
 
 @app.command()
@@ -325,6 +467,36 @@ def _check_or_fail(data: Path, workers: int = 2, progress: bool = False) -> None
     problems = check_dataset(data, workers=workers, progress=progress)
     if problems:
         raise CheckFailed(problems)
+
+
+def _evaluate_ignore_label(option: str | None, gt_dir: Path) -> int | None:
+    """``evaluate --ignore-label``: a number, ``none``, or a source for
+    :func:`~focusseg.metrics.evaluate.read_ignore_label`; unset: the ignore label of ``GT_DIR/../dataset.json``
+    (an nnU-Net dataset's labelsTr / labelsTs) when that file declares one (said in one line)."""
+    from focusseg.errors import FocussegError, UsageError
+    from focusseg.metrics.evaluate import read_ignore_label
+
+    if option is None:
+        candidate = gt_dir.parent / "dataset.json"
+        if not candidate.is_file():
+            return None
+        try:
+            found = read_ignore_label(candidate)
+        except FocussegError:  # not this command's business: evaluate without one
+            return None
+        if found is not None:
+            err.print(f"ignore label {found} (from {candidate}): its voxels count for nothing; "
+                      "--ignore-label none to evaluate them", highlight=False)
+        return found
+    text = option.strip()
+    if text.lower() == "none":
+        return None
+    if text.lstrip("+-").isdigit():
+        value = int(text)
+        if value <= 0:
+            raise UsageError(f"--ignore-label must be a positive label value, got {value}")
+        return value
+    return read_ignore_label(Path(text))
 
 
 def _read_run_plan(run_dir: Path) -> dict:

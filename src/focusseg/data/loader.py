@@ -5,7 +5,8 @@ only read.
 Host side of the data path (issue 13, "never data-bound"):
 
 * **Labels checked once per case.** The first time a case is read its whole label array is checked against
-  ``0..n_classes-1`` (numpy ``min``/``max`` on the host, in the worker); a value outside raises a
+  ``0..n_classes-1`` and the plan's ignore label, if any (numpy ``min``/``max`` on the host, in the worker); a
+  value outside raises a
   :class:`~focusseg.errors.DatasetError` naming the case and its ``_seg.npy`` file. The losses then skip their
   per-call value checks (``validate_labels=False``, no host sync per loss part and deep-supervision level).
 * **Compact labels.** With ``n_classes`` known, labels leave the loader as uint8 (``n_classes <= 255``) or int16
@@ -116,6 +117,12 @@ def _store_n_classes(store: PreprocessedStore) -> int | None:
         return None
 
 
+def _store_ignore_label(store: PreprocessedStore) -> int | None:
+    """The plan's ``ignore_label`` recorded in the store's key, None when there is none."""
+    value = ((store.read_key() or {}).get("fields") or {}).get("ignore_label")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class PatchLoader:
     """Turns a list of :class:`PatchRequest` into ``(images, labels)`` tensors ``(B, C, *P)``, ``(B, 1, *P)``
     (``(B, 2, *P)`` with ``instances``).
@@ -129,18 +136,24 @@ class PatchLoader:
         workers, mode: prefetch parallelism (:func:`parse_loader_spec`); ``workers=None``: :func:`default_workers`.
         pin_memory: pin each batch (for asynchronous copies to a CUDA device); ignored without CUDA.
         instances: ``{"connectivity": 6|18|26|4|8, "binary": bool}``: label blob-loss instances per patch.
+        ignore_label: the plan's ignore label (``>= n_classes``): a value the labels may hold besides
+            ``0..n_classes-1``, kept in the patches (the losses mask it) and never an instance. None: the store's
+            (when ``n_classes`` is read from it too).
     """
 
     def __init__(self, store: PreprocessedStore, patch_size: tuple[int, ...], in_memory: bool = False,
                  n_classes: int | None = None, compact_labels: bool | None = None, workers: int | None = None,
-                 mode: str = "threads", pin_memory: bool = False, instances: Mapping[str, Any] | None = None
-                 ) -> None:
+                 mode: str = "threads", pin_memory: bool = False, instances: Mapping[str, Any] | None = None,
+                 ignore_label: int | None = None) -> None:
         self.store = store
         self.patch_size = tuple(patch_size)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.in_memory = in_memory
         self.compact = n_classes is not None if compact_labels is None else bool(compact_labels)
         self.n_classes = n_classes if n_classes is not None else _store_n_classes(store)
+        if ignore_label is None and n_classes is None:
+            ignore_label = _store_ignore_label(store)
+        self.ignore_label = None if ignore_label is None else int(ignore_label)
         if self.compact and self.n_classes is None:
             raise ValueError("compact labels need n_classes (not recorded in the store)")
         self.workers, self.mode = parse_loader_spec({"workers": workers, "mode": mode})
@@ -157,13 +170,20 @@ class PatchLoader:
         return self._cache[case]
 
     def _check_labels(self, case: str, label: np.ndarray) -> None:
-        """Once per case: every label value in ``0..n_classes-1`` (else DatasetError naming case and file)."""
+        """Once per case: every label value in ``0..n_classes-1`` or the ignore label (else DatasetError naming
+        case and file)."""
         if self.n_classes is None or label.size == 0:
             return
         lo, hi = int(label.min()), int(label.max())
-        if lo < 0 or hi > self.n_classes - 1:
+        bad = lo < 0 or hi > self.n_classes - 1
+        if bad and self.ignore_label is not None and lo >= 0:  # the ignore value is allowed besides the classes
+            rest = label[label != self.ignore_label]
+            bad = rest.size > 0 and int(rest.max()) > self.n_classes - 1
+        if bad:
+            also = f" or {self.ignore_label} (ignore)" if self.ignore_label is not None else ""
             raise DatasetError(
-                f"case {case!r}: label values {lo}..{hi} outside 0..{self.n_classes - 1} ({self.n_classes} classes)",
+                f"case {case!r}: label values {lo}..{hi} outside 0..{self.n_classes - 1}{also} "
+                f"({self.n_classes} classes)",
                 Path(self.store.root) / f"{case}_seg.npy",
                 hint="the preprocessed store does not match the plan's labels: delete it to rebuild it")
 
@@ -179,8 +199,12 @@ class PatchLoader:
             with_inst = self._with_instances(labels)
             if with_inst is not None:
                 return images, with_inst
-        dtype = label_dtype(self.n_classes) if self.compact else np.dtype(np.int64)
+        dtype = label_dtype(self._label_range()) if self.compact else np.dtype(np.int64)
         return images, labels.astype(dtype, copy=False)
+
+    def _label_range(self) -> int:
+        """How many label values the compact dtype must hold: ``n_classes``, or up to the ignore label."""
+        return self.n_classes if self.ignore_label is None else max(self.n_classes, self.ignore_label + 1)
 
     def _with_instances(self, labels: np.ndarray) -> np.ndarray | None:
         """``(B, 2, *P)`` int16 labels + instance ids, or None when a patch has too many instances or labels."""
@@ -189,7 +213,8 @@ class PatchLoader:
         if labels.size and int(labels.max()) > INSTANCE_ID_MAX:
             return None
         for i, lab in enumerate(labels[:, 0]):
-            cc, n = label_patch_instances(lab, conn, binary)
+            code = lab if self.ignore_label is None else np.where(lab == self.ignore_label, 0, lab)
+            cc, n = label_patch_instances(code, conn, binary)
             if n > INSTANCE_ID_MAX:
                 return None
             out[i, 0], out[i, 1] = lab, cc
@@ -213,7 +238,7 @@ class PatchLoader:
                 self._pool = ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                     initargs=(str(self.store.root), self.patch_size, self.in_memory, self.n_classes, self.compact,
-                              self.instances))
+                              self.instances, self.ignore_label))
             weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
         return self._pool
 
@@ -259,11 +284,12 @@ class PatchLoader:
 _WORKER: PatchLoader | None = None
 
 
-def _init_worker(root: str, patch_size, in_memory: bool, n_classes, compact: bool, instances) -> None:
+def _init_worker(root: str, patch_size, in_memory: bool, n_classes, compact: bool, instances,
+                 ignore_label=None) -> None:
     global _WORKER
     torch.set_num_threads(1)
     _WORKER = PatchLoader(PreprocessedStore(root), patch_size, in_memory, n_classes, compact, workers=1,
-                          instances=instances)
+                          instances=instances, ignore_label=ignore_label)
 
 
 def _load_in_worker(requests: list[PatchRequest]) -> tuple[np.ndarray, np.ndarray]:
@@ -293,9 +319,11 @@ def blob_instance_options(plan: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def build_loader(store: PreprocessedStore, plan: Mapping[str, Any], device: torch.device | str) -> PatchLoader:
     """The training loader a plan asks for: ``training.loader`` parallelism, ``training.in_memory``, compact
-    labels checked against ``n_classes``, pinned batches on CUDA, blob-loss instances labelled in the workers."""
+    labels checked against ``n_classes`` (and the plan's ``ignore_label``), pinned batches on CUDA, blob-loss
+    instances labelled in the workers."""
     tr = plan["training"]
     workers, mode = parse_loader_spec(tr.get("loader"))
     return PatchLoader(store, tuple(plan["patch_size"]), in_memory=bool(tr.get("in_memory", False)),
                        n_classes=int(plan["n_classes"]), workers=workers, mode=mode,
-                       pin_memory=torch.device(device).type == "cuda", instances=blob_instance_options(plan))
+                       pin_memory=torch.device(device).type == "cuda", instances=blob_instance_options(plan),
+                       ignore_label=plan.get("ignore_label"))

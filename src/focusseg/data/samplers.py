@@ -6,6 +6,13 @@ blob-loss paper 0.95) the patch is centred on a random voxel of a random foregro
 anywhere such that it overlaps the volume. Volumes smaller than the patch are padded by the loader.
 nnU-Net forces exactly the last ``round(B * p)`` samples of a batch to foreground; we draw per sample,
 which gives the same expected fraction and also works for ``p`` values a batch size cannot express.
+
+Ignore label (nnU-Net v2): the foreground classes are the plan's classes only -- the ignore label has no locations
+(``engine.build.build_sampler`` drops any), so a foreground patch is never centred on an ignored voxel. When the
+store holds annotated-voxel locations (key :data:`~focusseg.preprocessing.preprocess.ANNOTATED`, written for plans
+with an ignore label), the other patches are centred on a random annotated voxel instead of placed uniformly, as
+nnU-Net's loader does with its ``annotated_classes_key`` (with sparse annotations, e.g. scribbles, a uniformly
+placed patch often holds no annotated voxel and so no loss); a case without annotated voxels falls back to uniform.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import numpy as np
 import torch
 
 from focusseg.engine.types import PatchRequest, StepOutput
+from focusseg.preprocessing.preprocess import ANNOTATED
 from focusseg.registry import Registry
 
 SAMPLERS: Registry = Registry("sampler")
@@ -45,16 +53,22 @@ class ForegroundSampler:
             case = self.cases[int(torch.randint(len(self.cases), (1,), generator=generator))]
             shape = self.case_shapes[case]
             start = self._random_start(shape, generator)
+            locations = self.locations.get(case, {})
             if float(torch.rand(1, generator=generator)) < self.p_foreground:
-                present = [c for c, v in sorted(self.locations.get(case, {}).items()) if len(v)]
+                present = [c for c, v in sorted(locations.items()) if len(v) and int(c) >= 0]
                 if present:
                     cls = present[int(torch.randint(len(present), (1,), generator=generator))]
-                    locs = self.locations[case][cls]
-                    centre = locs[int(torch.randint(len(locs), (1,), generator=generator))]
-                    start = tuple(int(c) - p // 2 for c, p in zip(centre, self.patch_size))
-                    start = tuple(self._clamp(st, s, p) for st, s, p in zip(start, shape, self.patch_size))
+                    start = self._centred(locations[cls], shape, generator)
+            elif len(locations.get(ANNOTATED, ())):  # ignore label: centred on an annotated voxel
+                start = self._centred(locations[ANNOTATED], shape, generator)
             out.append(PatchRequest(case, start))
         return out
+
+    def _centred(self, locs: np.ndarray, shape: tuple[int, ...], generator: torch.Generator) -> tuple[int, ...]:
+        """The start of a patch centred on a random voxel of ``locs``, kept inside the volume."""
+        centre = locs[int(torch.randint(len(locs), (1,), generator=generator))]
+        start = tuple(int(c) - p // 2 for c, p in zip(centre, self.patch_size))
+        return tuple(self._clamp(st, s, p) for st, s, p in zip(start, shape, self.patch_size))
 
     @staticmethod
     def _clamp(start: int, size: int, patch: int) -> int:
@@ -93,7 +107,7 @@ def _focused_practice(case_shapes, patch_size, locations=None, p_foreground: flo
     from focusseg.strategies.focused_practice import FocusedPracticeSampler
 
     probe = FocusedPracticeSampler(case_shapes, patch_size, **kwargs)
-    keys = [k for c in probe.cases for locs in (locations or {}).get(c, {}).values() if len(locs)
+    keys = [k for c in probe.cases for cls, locs in (locations or {}).get(c, {}).items() if len(locs) and int(cls) >= 0
             for k in probe.keys_containing(c, locs)]
     return FocusedPracticeSampler(case_shapes, patch_size, foreground_keys=keys,
                                   foreground_fraction=p_foreground if keys else 0.0, **kwargs)

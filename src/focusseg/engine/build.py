@@ -34,11 +34,13 @@ def build_network_from_plan(plan: dict) -> nn.Module:
 
 def build_loss_from_plan(plan: dict, reduction: str = "mean") -> nn.Module:
     """The training loss (``reduction="none"``: per-sample losses, for strategies), wrapped for deep
-    supervision when the plan asks for it."""
+    supervision when the plan asks for it. With a plan ``ignore_label`` every part is built with it (the
+    ignored voxels are masked out of every loss, as nnU-Net v2); without one the loss is built as before."""
     from focusseg.losses import DeepSupervisionLoss, build_loss
 
     tr = plan["training"]
-    loss = build_loss(tr["loss"], reduction=reduction)
+    extra = {} if plan.get("ignore_label") is None else {"ignore_label": int(plan["ignore_label"])}
+    loss = build_loss(tr["loss"], reduction=reduction, **extra)
     ds = tr.get("deep_supervision")
     if ds:
         loss = DeepSupervisionLoss(loss, **ds)
@@ -59,6 +61,8 @@ def build_lr_controller(plan: dict, optimizer: torch.optim.Optimizer, total_iter
 
     name, kwargs = split_spec(plan["training"]["lr_schedule"])
     lr0 = plan["training"]["optimizer"].get("lr", 0.01)
+    if "horizon_epochs" in kwargs:  # a schedule planned in epochs (poly): in iterations for the controller
+        kwargs["horizon_iterations"] = int(kwargs.pop("horizon_epochs")) * int(plan["training"]["iterations_per_epoch"])
     return LR_CONTROLLERS.build({"name": name, **kwargs}, optimizer=optimizer, lr0=lr0,
                                 max_iterations=total_iterations)
 
@@ -81,8 +85,15 @@ def build_weighter(plan: dict) -> Any | None:
 
 
 def build_sampler(plan: dict, case_shapes: dict, locations: dict) -> Any:
+    """The plan's sampler over the training cases. ``locations`` are the store's; a plan ``ignore_label`` never
+    has locations of its own (it is no class: foreground patches are never centred on ignored voxels), even in a
+    store written otherwise."""
     from focusseg.data.samplers import SAMPLERS
 
+    ignore = plan.get("ignore_label")
+    if ignore is not None:
+        locations = {c: {k: v for k, v in (locs or {}).items() if int(k) != int(ignore)}
+                     for c, locs in locations.items()}
     spec = plan["training"].get("sampler") or {"name": "foreground"}
     name, kwargs = split_spec(spec)
     kwargs.setdefault("p_foreground", plan["training"].get("foreground_oversampling", 0.33))

@@ -4,7 +4,8 @@
         for each iteration:  requests <- sampler;  batch <- loader;  batch <- augment (on the device)
                              per-sample loss <- loss(network(batch), class weights)      -> after_loss
                              backward, clip, step, lr;  sampler.update(step)             -> after_batch
-        validation (sliding window on whole held-out volumes) -> class weighter, metric-driven LR, best
+        validation (pseudo-Dice on fixed held-out patches; whole volumes every K epochs)
+                                                     -> class weighter, metric-driven LR, best
         checkpoint `latest` (+ `best`), JSONL log, curve                                 -> on_epoch_end
 
 Everything stateful is checkpointed at every epoch end (network, optimiser, LR, sampler, class weighter,
@@ -12,10 +13,13 @@ scaler, RNGs, counters; the previous checkpoint is kept as ``checkpoint_previous
 continues exactly where the last checkpoint stopped: a run killed and resumed on CPU ends with the same
 weights as an uninterrupted one.
 
-With a time budget the loop measures the first epoch and fixes the total number of iterations that fit the
-budget (stored in the checkpoint), so the poly schedule decays to zero at the budget; training also stops
-when the budget is spent (checked after every iteration, then one last validation), keeping the best
-checkpoint.
+With a time budget the loop measures the first epoch (seconds per iteration, per validation, and the estimated
+cost of the run's final whole-volume validation, which is reserved) and fixes the total number of iterations that
+fit the budget at iteration granularity (:func:`fit_iterations`; stored in the checkpoint with the timing), so
+the poly schedule decays to zero at the budget and the last epoch may be partial; training also stops when the
+budget less the reserve is spent (checked after every iteration, then one last validation), keeping the best
+checkpoint. ``--resume`` with a longer ``--time-budget`` or ``training.max_epochs`` refits the schedule from the
+stored timing.
 
 Devices: checkpoints load onto the CPU and each part moves itself (network and optimiser state to the
 parameters' device, RNG states set from CPU tensors, sampler and class-weighter state stay on the CPU), so a run
@@ -51,7 +55,7 @@ from focusseg.engine import checkpoint as ckpt
 from focusseg.engine.build import Parts, amp_dtype, build_parts, build_sampler
 from focusseg.engine.events import call
 from focusseg.engine.report import EpochLog
-from focusseg.engine.validation import validate
+from focusseg.engine.validation import DEFAULT_FULL_EVERY, MODES, PatchValidator, validate_volumes
 from focusseg.preprocessing.store import PreprocessedStore
 
 
@@ -73,6 +77,7 @@ class Trainer:
     elapsed: float = 0.0
     history: list[dict] = field(default_factory=list)
     nonfinite_run: int = 0  # consecutive skipped (non-finite) steps, across epochs
+    timing: dict[str, float] = field(default_factory=dict)  # measured costs that fit the schedule to a budget
 
 
 class DeviceWeights:
@@ -118,19 +123,20 @@ def cuda_speedups(device: torch.device) -> Iterator[None]:
 def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[str], val_ids: list[str],
           device: torch.device, time_budget_s: float | None = None, resume: bool = False,
           callbacks: list[Any] | None = None, progress: bool = True, resume_state: dict | None = None,
-          replan: bool = False) -> Trainer:
+          replan: bool = False, reserve_final_validation: bool = True) -> Trainer:
     """Train (or, with ``resume``, continue from ``resume_state`` or the run's latest good checkpoint).
 
     ``replan``: the schedule length changed on resume (more epochs, another time budget): the total number of
-    iterations is recomputed instead of taken from the checkpoint."""
+    iterations is recomputed instead of taken from the checkpoint. ``reserve_final_validation``: keep time of the
+    budget for the run's final whole-volume validation (:func:`measure_timing`)."""
     with cuda_speedups(device):
         return _train(store, plan, run_dir, train_ids, val_ids, device, time_budget_s, resume, callbacks, progress,
-                      resume_state, replan)
+                      resume_state, replan, reserve_final_validation)
 
 
 def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[str], val_ids: list[str],
            device: torch.device, time_budget_s: float | None, resume: bool, callbacks: list[Any] | None,
-           progress: bool, resume_state: dict | None, replan: bool) -> Trainer:
+           progress: bool, resume_state: dict | None, replan: bool, reserve_final_validation: bool) -> Trainer:
     tr = plan["training"]
     callbacks = list(callbacks or [])
     torch.manual_seed(int(tr.get("seed", 0)))
@@ -158,17 +164,22 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
             state["max_iterations"])
         t.best, t.elapsed, t.history = float(state["best"]), float(state["elapsed"]), list(state["history"])
         t.nonfinite_run = int(state.get("nonfinite_run", 0))
+        t.timing = dict(state.get("timing") or {})
         if replan:
             t.max_iterations = total
             if time_budget_s and t.epoch > 0:
-                per_epoch = t.elapsed / t.epoch
-                t.max_iterations = min(total, max(t.iteration, int(time_budget_s / per_epoch) * ipe))
+                if not t.timing:  # a checkpoint from before iteration-granular budgets: whole epochs
+                    t.timing = {"iteration_s": t.elapsed / max(1, t.iteration), "validation_s": 0.0,
+                                "reserve_s": 0.0, "val_every": 1.0}
+                t.max_iterations = fit_iterations(t, time_budget_s, total)
         if hasattr(parts.lr, "max_iterations"):
             parts.lr.max_iterations = t.max_iterations
         log.restore(t.history)  # the log says exactly what the checkpoint holds
         _log_device_switch(log, state, device, _amp_name(t), notes, t.epoch)
     else:  # a fresh start: lines of an earlier attempt that never checkpointed an epoch do not belong to it
         log.path.unlink(missing_ok=True)
+    val_case_ids = val_ids[: tr["val_max_cases"]] if tr.get("val_max_cases") else list(val_ids)
+    patch_validator, full_every = _validation(store, val_case_ids, plan, device, amp)
     call(callbacks, "on_train_start", t)
     budget_fixed = t.epoch > 0
     class_weights = DeviceWeights(device)
@@ -201,7 +212,9 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
                     _diverged(t, log)
             t.iteration += 1
             bar.advance(step.loss)
-            if time_budget_s and t.elapsed + time.perf_counter() - t0 >= time_budget_s:
+            if t.iteration >= t.max_iterations:
+                break  # a budget-fitted schedule may end inside an epoch
+            if time_budget_s and t.elapsed + time.perf_counter() - t0 >= time_budget_s - t.timing.get("reserve_s", 0):
                 break  # the budget ends inside this epoch: validate, checkpoint and stop
         bar.close()
         train_time = time.perf_counter() - t0
@@ -211,15 +224,20 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
                                   "lr": task.optimizers[0].param_groups[0]["lr"], "train_time_s": round(train_time, 2)}
         record["sampler"] = sampler.epoch_end(t.epoch)
         projected = t.elapsed + (time.perf_counter() - t0)
-        last = t.iteration >= t.max_iterations or bool(time_budget_s and projected >= time_budget_s)
+        last = t.iteration >= t.max_iterations or bool(
+            time_budget_s and projected >= time_budget_s - t.timing.get("reserve_s", 0))
         if val_ids and ((t.epoch + 1) % int(tr.get("val_every", 1)) == 0 or last):
             v0 = time.perf_counter()
-            ids = val_ids[: tr["val_max_cases"]] if tr.get("val_max_cases") else val_ids
-            scores = validate(task.inference_module(), store, ids, plan, device, amp)
+            if patch_validator is not None:
+                scores = patch_validator(task.inference_module())
+            else:
+                scores = validate_volumes(task.inference_module(), store, val_case_ids, plan, device, amp)
             fg = [scores[c] for c in sorted(scores)]
             mean = float(np.nanmean(fg)) if not all(np.isnan(fg)) else 0.0
             record.update(val_dice={str(c): s for c, s in scores.items()}, val_mean_dice=mean,
                           val_time_s=round(time.perf_counter() - v0, 2))
+            if patch_validator is not None:
+                record["val_kind"] = "patches"
             if parts.weighter is not None:
                 parts.weighter.update(torch.tensor(np.nan_to_num(fg), dtype=torch.float32))
                 record["class_weights"] = parts.weighter.weights().tolist()
@@ -229,22 +247,33 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
                 t.best = mean
                 record["best"] = True
                 ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
+        if val_ids and patch_validator is not None and full_every > 0 and (t.epoch + 1) % full_every == 0:
+            v0 = time.perf_counter()  # whole volumes every K epochs, for the record (the run validates at the end)
+            vol = validate_volumes(task.inference_module(), store, val_case_ids, plan, device, amp)
+            vf = [vol[c] for c in sorted(vol)]
+            record.update(val_volume_dice={str(c): s for c, s in vol.items()},
+                          val_volume_mean_dice=float(np.nanmean(vf)) if not all(np.isnan(vf)) else 0.0,
+                          val_volume_time_s=round(time.perf_counter() - v0, 2))
         t.elapsed += time.perf_counter() - t0
         record["elapsed_s"] = round(t.elapsed, 1)
         t.epoch += 1
         if time_budget_s and not budget_fixed:  # fix the schedule so it ends at the budget
-            per_epoch = t.elapsed / t.epoch
-            t.max_iterations = min(total, max(t.iteration, int(time_budget_s / per_epoch) * ipe))
+            t.timing = measure_timing(record, ipe, int(tr.get("val_every", 1)), store, val_ids, plan,
+                                      patch_validator, reserve_final_validation)
+            t.max_iterations = fit_iterations(t, time_budget_s, total)
             if hasattr(parts.lr, "max_iterations"):
                 parts.lr.max_iterations = t.max_iterations
             budget_fixed = True
             record["planned_iterations"] = t.max_iterations
+            record["timing"] = {k: round(v, 4) for k, v in t.timing.items()}
         t.history.append(record)
         ckpt.save_latest(_state(t, gens), run_dir)
         log.write(record)
         call(callbacks, "on_epoch_end", t, record)
-        if time_budget_s and t.elapsed >= time_budget_s:
+        if time_budget_s and t.elapsed >= time_budget_s - t.timing.get("reserve_s", 0):
             break
+    if patch_validator is not None:
+        patch_validator.close()
     loader.close()  # worker threads / processes (kept across epochs) end with training
     if not val_ids and network_is_finite(task.inference_module()):  # no validation: the final weights are the best
         ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
@@ -252,6 +281,72 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
     log.plot(t.history)
     call(callbacks, "on_train_end", t, {"best": t.best})
     return t
+
+
+def measure_timing(record: dict, ipe: int, val_every: int, store: PreprocessedStore, val_ids: list[str], plan: dict,
+                   patch_validator: PatchValidator | None, reserve_final_validation: bool) -> dict[str, float]:
+    """What the first epoch cost, to fit the schedule to a time budget (:func:`fit_iterations`):
+    ``iteration_s`` (training time / iterations), ``validation_s`` (the epoch's validation), ``val_every``, and
+    ``reserve_s``, the estimated final whole-volume validation
+    (:func:`~focusseg.engine.validation.estimate_final_validation_s`, seconds per voxel from this epoch's
+    validation; 0 without validation cases or when the caller validates nothing at the end)."""
+    from focusseg.engine.validation import estimate_final_validation_s, window_voxels
+
+    iters = max(1, int(record["iteration"]))
+    timing = {"iteration_s": float(record["train_time_s"]) / min(iters, ipe),
+              "validation_s": float(record.get("val_time_s", 0.0)), "val_every": float(max(1, val_every)),
+              "reserve_s": 0.0}
+    if reserve_final_validation and val_ids and "val_time_s" in record:
+        patch = plan["patch_size"]
+        if patch_validator is not None:
+            voxels = len(patch_validator) * float(np.prod(patch))
+        else:
+            ids = val_ids[: plan["training"]["val_max_cases"]] if plan["training"].get("val_max_cases") else val_ids
+            voxels = float(sum(window_voxels(store.shape(c), patch, plan["inference"]["overlap"]) for c in ids))
+        s_vox = timing["validation_s"] / max(voxels, 1.0)
+        timing["reserve_s"] = estimate_final_validation_s(store, val_ids, plan, s_vox)
+    return timing
+
+
+def fit_iterations(t: Trainer, budget_s: float, total: int) -> int:
+    """The total number of iterations that fit ``budget_s`` at iteration granularity (issue 15 part 7):
+
+        left  = budget - elapsed - reserve                    reserve: the final validation's estimated cost
+        epoch = ipe * iteration_s + validation_s / val_every  (validation amortised over its interval)
+        n     = floor(left / epoch) whole epochs, then as many iterations of a last, partial epoch as fit in
+                what is left after that epoch's own validation
+
+    at least the iterations already done, at most the plan's ``max_epochs * iterations_per_epoch``."""
+    tm = t.timing
+    ipe = int(t.plan["training"]["iterations_per_epoch"])
+    it_s = max(float(tm["iteration_s"]), 1e-9)
+    val_s = float(tm.get("validation_s", 0.0))
+    left = budget_s - t.elapsed - float(tm.get("reserve_s", 0.0))
+    epoch_s = ipe * it_s + val_s / max(1.0, float(tm.get("val_every", 1.0)))
+    whole = max(0, int(left // epoch_s))
+    rest = left - whole * epoch_s - val_s
+    extra = min(ipe - 1, max(0, int(rest // it_s)))
+    return int(min(total, max(t.iteration, t.iteration + whole * ipe + extra)))
+
+
+def _validation(store: PreprocessedStore, val_ids: list[str], plan: dict, device: torch.device,
+                amp: torch.dtype | None) -> tuple[PatchValidator | None, int]:
+    """``(patch validator or None, whole-volume every K epochs)`` from ``training.validation`` ("patches", the
+    default, or "volumes"), ``training.val_patches`` and ``training.val_full_every``
+    (:mod:`focusseg.engine.validation`)."""
+    from focusseg.errors import PlanError
+
+    tr = plan["training"]
+    mode = str(tr.get("validation") or "patches").lower()
+    if mode not in MODES:
+        raise PlanError(f"training.validation {tr.get('validation')!r} is not one of {', '.join(MODES)}")
+    full_every = tr.get("val_full_every", DEFAULT_FULL_EVERY)
+    if not isinstance(full_every, int) or isinstance(full_every, bool) or full_every < 0:
+        raise PlanError(f"training.val_full_every {full_every!r} must be a whole number of epochs >= 0 "
+                        "(0: no whole-volume validation during training)")
+    if mode == "volumes" or not val_ids:
+        return None, 0
+    return PatchValidator(store, val_ids, plan, device, amp), full_every
 
 
 def _device_name(device: torch.device) -> str:
@@ -306,7 +401,7 @@ def _state(t: Trainer, gens: dict[str, torch.Generator]) -> dict:
             "sampler": t.sampler.state_dict(), "weighter": p.weighter.state_dict() if p.weighter else None,
             "rng": ckpt.rng_state(gens), "max_iterations": t.max_iterations,
             "elapsed": t.elapsed, "history": t.history, "nonfinite_run": t.nonfinite_run,
-            "device": _device_name(t.device), "amp": _amp_name(t)}
+            "device": _device_name(t.device), "amp": _amp_name(t), "timing": t.timing}
 
 
 def _amp_name(t: Trainer) -> str:

@@ -34,11 +34,13 @@ from focusseg.errors import (
 )
 from focusseg.io import discover_cases, load_dataset_spec
 from focusseg.planning.fingerprint import compute_fingerprint, save_json
-from focusseg.planning.planner import deep_merge, make_plan
+from focusseg.planning.planner import deep_merge, make_plan, match_deep_supervision
 
 #: Plan keys that ``resume`` may change (more epochs, validation settings, loading, anything of inference);
 #: any other difference between the stored and the requested plan is refused. The time budget is safe too.
-SAFE_ON_RESUME = ("training.max_epochs", "training.val_every", "training.val_max_cases", "training.in_memory")
+SAFE_ON_RESUME = ("training.max_epochs", "training.val_every", "training.val_max_cases", "training.in_memory",
+                  "training.validation", "training.val_patches", "training.val_full_every", "training.compile",
+                  "training.channels_last", "training.loader")
 SAFE_PREFIXES_ON_RESUME = ("inference.",)
 #: What ``overwrite`` removes from a run folder: focusseg's own products (and their temporaries), nothing else.
 PRODUCT_FILES = (LATEST, PREVIOUS, "checkpoint_best.pt", "checkpoint_final.pt", "log.jsonl", "run.json",
@@ -235,11 +237,25 @@ def _read_plan(path: Path) -> dict:
     return plan
 
 
-def _finish_plan(plan: dict, recipe: dict | None, overrides: dict | None) -> dict:
-    plan = deep_merge(plan, (recipe or {}).get("plan", {}))
+def _finish_plan(plan: dict, recipe: dict | None, overrides: dict | None, device_type: str = "cpu",
+                 form: str | None = None, match_heads: bool = True) -> dict:
+    """The plan a run trains: the planner's ``plan`` + the recipe's form for ``device_type`` (GPU form on CUDA,
+    CPU form otherwise; ``form`` or the recipe's ``"form"`` forces one: ``recipes.recipe_plan``) + ``overrides``
+    (``--set``); then the normalisation scheme, a recipe's ``network.topology``, as many deep-supervision heads as
+    nonzero weights (``match_heads``; a resumed plan stored before heads were matched keeps its heads) and a patch
+    the network accepts. Records ``recipe_form``."""
+    from focusseg.recipes import recipe_plan, resolve_network_topology
+
+    recipe_overrides, chosen = recipe_plan(recipe, device_type, form)
+    plan = deep_merge(plan, recipe_overrides)
     plan = deep_merge(plan, overrides or {})
     plan = apply_normalization_scheme(plan)
-    return fit_patch_to_network(plan)
+    plan = resolve_network_topology(plan)
+    if match_heads:
+        plan = match_deep_supervision(plan)
+    plan = fit_patch_to_network(plan)
+    plan["recipe_form"] = chosen
+    return plan
 
 
 def _validate_plan(plan: dict, spec: Any) -> None:
@@ -251,13 +267,14 @@ def _validate_plan(plan: dict, spec: Any) -> None:
     validate_plan(plan, spec)
 
 
-def _splits(data_dir: Path, run_dir: Path, case_ids: list[str], fold: str) -> tuple[list[str], list[str]]:
+def _splits(data_dir: Path, run_dir: Path, case_ids: list[str], fold: str,
+            splits_path: Path | None = None) -> tuple[list[str], list[str]]:
     """(train, val) ids of ``fold`` from the data folder's ``splits_final.json`` (else the run folder's, made on
     first use); a malformed file, a fold it lacks or a case it names that the dataset lacks are refused."""
     from focusseg.data.splits import fold_cases, load_or_create_splits
 
     own = data_dir / "splits_final.json"
-    path = own if own.is_file() else run_dir / "splits_final.json"
+    path = own if own.is_file() else (splits_path or run_dir / "splits_final.json")
     try:
         splits = load_or_create_splits(path, case_ids)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -287,18 +304,28 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
                  overrides: dict | None = None, time_budget_min: float | None = None, device: str | None = None,
                  resume: bool = False, preprocessed_dir: str | Path | None = None, plan_path: str | Path | None = None,
                  final_validation: bool = True, progress: bool = True, callbacks: list[Any] | None = None,
-                 check: bool = True, overwrite: bool = False) -> dict:
+                 check: bool = True, overwrite: bool = False, init_from: str | Path | None = None,
+                 freeze_encoder_epochs: int | None = None, warmup_epochs: int | None = None,
+                 splits_path: str | Path | None = None) -> dict:
     """Train one fold of ``data_dir`` into ``run_dir`` and return the run's summary (also ``summary.json``).
+
+    ``init_from`` (a run folder or checkpoint), ``freeze_encoder_epochs``, ``warmup_epochs``: fine-tune
+    (:mod:`focusseg.engine.finetune`; recorded as ``training.init_from`` in the plan, never re-applied on resume).
 
     ``check``: run the dataset check first (:class:`CheckFailed` with every problem). ``resume``: continue from
     the latest good checkpoint (``RunFolderError`` when there is none); a requested plan that differs from the
     stored one only in :data:`SAFE_ON_RESUME` keys (or the time budget) is applied and logged, any other
     difference is a :class:`UsageError`. ``overwrite``: remove the folder's earlier focusseg products first.
-    Without either, a folder holding a trained run, or made for another fold or plan, is refused."""
+    Without either, a folder holding a trained run, or made for another fold or plan, is refused.
+    ``splits_path``: the split file to use (made there on first use) when the data folder has no
+    ``splits_final.json`` (default: the run folder's); a cross-validation shares one between its folds."""
+    from focusseg.engine import finetune
+
     t_start = time.perf_counter()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other (continue the run, or start it again)")
+    fine_tune = finetune.check_options(init_from, freeze_encoder_epochs, warmup_epochs, run_dir, resume)
     fold = _fold(fold)
     if not data_dir.is_dir():
         raise MissingFileError("no such dataset folder", data_dir)
@@ -314,14 +341,17 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
         return _run_locked(data_dir, run_dir, fold, recipe, overrides, time_budget_min, device, resume,
                            None if preprocessed_dir is None else Path(preprocessed_dir),
                            None if plan_path is None else Path(plan_path), final_validation, progress, callbacks,
-                           check, overwrite, t_start)
+                           check, overwrite, t_start, fine_tune=fine_tune,
+                           splits_path=None if splits_path is None else Path(splits_path))
 
 
 def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, overrides: dict | None,
                 time_budget_min: float | None, device: str | None, resume: bool, preprocessed_dir: Path | None,
                 plan_path: Path | None, final_validation: bool, progress: bool, callbacks: list[Any] | None,
-                check: bool, overwrite: bool, t_start: float) -> dict:
+                check: bool, overwrite: bool, t_start: float, fine_tune: dict | None = None,
+                splits_path: Path | None = None) -> dict:
     from focusseg.engine import checkpoint as ckpt
+    from focusseg.engine import finetune
     from focusseg.engine.loop import train
     from focusseg.engine.report import EpochLog, sanitize
     from focusseg.preprocessing import preprocess_dataset
@@ -331,6 +361,7 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
     info = None if overwrite else read_run_info(run_dir)
     fresh_hint = "use another --out, or --overwrite to start this one again"
     resume_state = None
+    source = None  # a fine-tuning run's source checkpoint (read when the plan is made)
     if resume:
         resume_state, _ = ckpt.load_resume_state(run_dir)  # RunFolderError when there is nothing to resume
         if not plan_file.is_file():
@@ -360,10 +391,21 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
     changes: dict[str, dict[str, Any]] = {}
     if resume:
         stored = _read_plan(plan_file)
-        if recipe is not None and not recipe.get("plan"):
+        if recipe is not None and not recipe.get("plan") and not (recipe.get("gpu") or {}).get("plan"):
             recipe = None  # the default recipe (an empty plan) asks for nothing: keep the stored recipe
-        requested = _finish_plan(_read_plan(plan_path) if plan_path is not None else stored, recipe, overrides)
+        # the stored form, not this device's: a run resumes as it started (a plan from before recipe forms had
+        # the CPU form); heads are matched only if the stored plan's were (its checkpoint has those heads)
+        form = (recipe or {}).get("form") or stored.get("recipe_form", "cpu")
+        try:
+            matched = match_deep_supervision(stored) == stored
+        except PlanError:
+            matched = False
+        requested = _finish_plan(_read_plan(plan_path) if plan_path is not None else stored, recipe, overrides,
+                                 dev.type, form, match_heads=matched)
         requested["recipe"] = recipe.get("name", "default") if recipe is not None else stored.get("recipe")
+        finetune.keep_on_resume(stored, requested, fine_tune)  # the recorded init_from stays; never re-applied
+        if "recipe_form" not in stored and requested["recipe_form"] == "cpu":
+            del requested["recipe_form"]  # an older plan: the CPU form, unrecorded; not a change
         changes = plan_changes(stored, requested)
         _validate_plan(requested, spec)
         stored_budget = (info or {}).get("time_budget_min")
@@ -394,8 +436,9 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
             plan = _read_plan(plan_path)
         else:
             plan = plan_dataset(data_dir, dev.type, None, run_dir / "fingerprint.json", progress)
-        plan = _finish_plan(plan, recipe, overrides)
+        plan = _finish_plan(plan, recipe, overrides, dev.type)
         plan["recipe"] = (recipe or {}).get("name", "default")
+        source = finetune.prepare(plan, fine_tune)  # records training.init_from; fails before preprocessing
         _validate_plan(plan, spec)
         if info is not None and info.get("plan_sha256") != plan_hash(plan):
             diff = plan_changes(_read_plan(plan_file), plan) if plan_file.is_file() else {}
@@ -407,14 +450,16 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
         save_json(plan, plan_file)
     write_run_info(run_dir, data_dir, fold, plan, time_budget_min)
     case_ids = [c.case_id for c in discover_cases(data_dir, spec) if c.label is not None]
-    train_ids, val_ids = _splits(data_dir, run_dir, case_ids, fold)
+    train_ids, val_ids = _splits(data_dir, run_dir, case_ids, fold, splits_path)
     store = preprocess_dataset(data_dir, plan, preprocessed_dir or run_dir / "preprocessed", progress=progress,
                                case_ids=train_ids + val_ids)
     budget = None
     if time_budget_min:
         budget = max(1.0, time_budget_min * 60 - (time.perf_counter() - t_start))
+    callbacks = [*(callbacks or []), *finetune.callbacks_for(plan, resume, source)]
     trainer = train(store, plan, run_dir, train_ids, val_ids, dev, time_budget_s=budget, resume=resume,
-                    callbacks=callbacks, progress=progress, resume_state=resume_state, replan=replan)
+                    callbacks=callbacks, progress=progress, resume_state=resume_state, replan=replan,
+                    reserve_final_validation=final_validation)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "fold": fold, "best_val_mean_dice": trainer.best,
                                "epochs": trainer.epoch, "iterations": trainer.iteration,
                                "train_seconds": round(trainer.elapsed, 1)}
@@ -471,7 +516,8 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
         name = f"{cid}{spec.file_ending}"
         write_segmentation(safe_child(pred_dir, name), predictor.segment(image, geo, postprocess=False), geo)
         _link(Path(cases[cid].label).resolve(), gt_dir / name)
-    summary = evaluate_folders(pred_dir, gt_dir, out, labels=spec.foreground_labels, progress=progress)
+    summary = evaluate_folders(pred_dir, gt_dir, out, labels=spec.foreground_labels, progress=progress,
+                               ignore_label=spec.ignore_label)
     return {"metrics_csv": str(out / "metrics.csv"), "summary_json": str(out / "summary.json"),
             "mean_dice": _mean_dice(summary),
             "dice_per_label": {k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()}}

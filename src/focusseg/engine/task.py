@@ -57,12 +57,14 @@ def as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) 
     return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
 
 
-def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int, ignore_label: int | None = None
+                 ) -> tuple[torch.Tensor, ...]:
     """Per-class TP, FP, FN voxel counts of the argmax prediction over a batch, on the logits' device without a
-    host sync (:func:`focusseg.strategies.cycle.class_counts`: only channel 0 of a (labels, instances) target)."""
+    host sync (:func:`focusseg.strategies.cycle.class_counts`: only channel 0 of a (labels, instances) target);
+    voxels of the ``ignore_label`` are not counted."""
     from focusseg.strategies.cycle import class_counts as counts
 
-    return counts(logits, labels, k)
+    return counts(logits, labels, k, ignore_label)
 
 
 def read_step_scalars(*values: torch.Tensor) -> list[float]:
@@ -88,10 +90,44 @@ def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any] | None
     return "ignored" if has_state else None
 
 
+def training_forward(network: nn.Module, compile_spec: Any = None, channels_last: bool = False):
+    """The callable the supervised task trains through (``training.compile``, ``training.channels_last``):
+
+    * ``channels_last`` (3D networks): parameters in ``torch.channels_last_3d`` memory format (inputs are
+      converted in the step), which lets cuDNN pick NDHWC kernels on recent GPUs;
+    * ``compile_spec``: false / None (default) -> the network itself; true -> ``torch.compile(network)``;
+      a dict -> ``torch.compile(network, **spec)`` (e.g. ``{"mode": "max-autotune", "backend": "inductor"}``).
+      The compiled module shares the network's parameters: checkpoints, validation and inference use the
+      plain network (no ``_orig_mod.`` keys), and the compilation cost is paid once per training process.
+    """
+    if channels_last:
+        network.to(memory_format=torch.channels_last_3d)
+    if compile_spec in (None, False):
+        return network
+    from focusseg.errors import PlanError
+
+    if compile_spec is True:
+        kwargs: dict[str, Any] = {}
+    elif isinstance(compile_spec, dict):
+        kwargs = dict(compile_spec)
+        unknown = set(kwargs) - {"mode", "backend", "fullgraph", "dynamic", "options"}
+        if unknown:
+            raise PlanError(f"training.compile: unknown option(s) {', '.join(sorted(unknown))} "
+                            "(known: mode, backend, fullgraph, dynamic, options)")
+    else:
+        raise PlanError(f"training.compile {compile_spec!r} must be true, false or an object of torch.compile "
+                        "options")
+    return torch.compile(network, **kwargs)
+
+
 class SupervisedTask:
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module, n_classes: int,
-                 amp: torch.dtype | None, grad_clip: float = 12.0, per_sample_loss: nn.Module | None = None) -> None:
+                 amp: torch.dtype | None, grad_clip: float = 12.0, per_sample_loss: nn.Module | None = None,
+                 channels_last: bool = False, compile_spec: Any = None, ignore_label: int | None = None) -> None:
         self.network, self.optimizer, self.loss = network, optimizer, loss
+        self.ignore_label = ignore_label  # left out of the step's class counts (the losses mask it themselves)
+        self.channels_last = bool(channels_last)
+        self.forward = training_forward(network, compile_spec, self.channels_last)
         self.per_sample_loss = per_sample_loss
         self.optimizers = [optimizer]
         self.k, self.amp, self.grad_clip = n_classes, amp, grad_clip
@@ -108,8 +144,10 @@ class SupervisedTask:
     def step(self, images: torch.Tensor, labels: torch.Tensor, requests: list[PatchRequest],
              class_weights: torch.Tensor | None, callbacks_after_loss=None) -> StepOutput:
         """Forward, loss, backward, clip, one host read (loss and gradient norm), then step or skip."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            out = self.network(images)
+            out = self.forward(images)
         outputs = as_float(out)
         loss = self.loss(outputs, labels, class_weights=class_weights)
         with torch.no_grad():
@@ -119,7 +157,7 @@ class SupervisedTask:
             else:
                 per_sample = loss.detach().expand(labels.shape[0])
             main = outputs[0] if isinstance(outputs, list) else outputs
-            tp, fp, fn = class_counts(main.detach(), labels, self.k)
+            tp, fp, fn = class_counts(main.detach(), labels, self.k, self.ignore_label)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # a NaN loss too: its NaN gradients are dropped below
         self.scaler.unscale_(self.optimizer)  # no-op without a scaler
@@ -186,16 +224,19 @@ class CycleTrainingTask:
     :class:`focusseg.strategies.cycle.CycleTask`). Runs in fp32 or bf16 autocast (no fp16 scaler)."""
 
     def __init__(self, networks: list[nn.Module], optimizers: list[torch.optim.Optimizer], loss: nn.Module,
-                 n_classes: int, amp: torch.dtype | None, grad_clip: float = 12.0, **cycle: Any) -> None:
+                 n_classes: int, amp: torch.dtype | None, grad_clip: float = 12.0, ignore_label: int | None = None,
+                 **cycle: Any) -> None:
         from focusseg.strategies.cycle import CycleTask
 
         self.networks, self.optimizers, self.k = networks, optimizers, n_classes
+        self.ignore_label = ignore_label
         self.amp = amp if amp != torch.float16 else torch.bfloat16
         self.device_type = next(networks[0].parameters()).device.type
         self.ensemble = MeanEnsemble(networks)
         self._guards = [FiniteStepOptimizer(o, n.parameters(), grad_clip) for o, n in zip(optimizers, networks)]
         # clipping moves into the guards (same order: clip, then step, per network)
-        self._cycle = CycleTask(networks, self._guards, self._loss_fn(loss), grad_clip=None, **cycle)
+        self._cycle = CycleTask(networks, self._guards, self._loss_fn(loss), grad_clip=None,
+                                ignore_label=ignore_label, **cycle)
 
     @staticmethod
     def _loss_fn(loss: nn.Module):
@@ -218,7 +259,8 @@ class CycleTrainingTask:
         if step.per_class_tp is None:  # counts come from the step's own forward pass (no second forward)
             with torch.no_grad():
                 logits = self.ensemble(images)
-            step.per_class_tp, step.per_class_fp, step.per_class_fn = class_counts(logits.float(), labels, self.k)
+            step.per_class_tp, step.per_class_fp, step.per_class_fn = class_counts(logits.float(), labels, self.k,
+                                                                                   self.ignore_label)
         if callbacks_after_loss is not None:
             callbacks_after_loss(step)
         return step
@@ -259,16 +301,24 @@ def build_task(plan: dict, device: torch.device, total_iterations: int, amp: tor
     per_sample = build_loss_from_plan(plan, reduction="none")
     clip = tr.get("grad_clip", 12.0)
     k, clip = int(plan["n_classes"]), float("inf") if clip is None else float(clip)  # None: no clipping
+    ignore = plan.get("ignore_label")  # no class: the loss masks it, the step's class counts leave it out
     if name == "supervised":
         net = build_network_from_plan(plan).to(device)
         opt = build_optimizer(plan, net, total_iterations)
-        task = SupervisedTask(net, opt, build_loss_from_plan(plan), k, amp, clip, per_sample_loss=per_sample)
+        channels_last = bool(tr.get("channels_last", False)) and len(plan["patch_size"]) == 3
+        task = SupervisedTask(net, opt, build_loss_from_plan(plan), k, amp, clip, per_sample_loss=per_sample,
+                              channels_last=channels_last, compile_spec=tr.get("compile"), ignore_label=ignore)
         return task, build_lr_controller(plan, opt, total_iterations)
     if name == "cycle":
+        if tr.get("compile") or tr.get("channels_last"):
+            from focusseg.errors import PlanError
+
+            raise PlanError("training.compile and training.channels_last apply to the supervised task; the cycle "
+                            "task trains three networks through its own step (set them to false)")
         nets = [build_network_from_plan(plan).to(device) for _ in range(3)]
         opts = [build_optimizer(plan, n, total_iterations) for n in nets]
         lrs = [build_lr_controller(plan, o, total_iterations) for o in opts]
-        return CycleTrainingTask(nets, opts, per_sample, k, amp, clip, **kwargs), LRGroup(lrs)
+        return CycleTrainingTask(nets, opts, per_sample, k, amp, clip, ignore_label=ignore, **kwargs), LRGroup(lrs)
     raise KeyError(f"unknown training task {name!r}; known: supervised, cycle")
 
 

@@ -1,33 +1,287 @@
-"""Validation on whole held-out volumes: Gaussian sliding window over each preprocessed case, argmax, per-class
-Dice from :func:`focusseg.metrics.dice_per_class` (the evaluator's own function, no second implementation)."""
+"""Validation during training: a cheap per-epoch score on fixed validation patches, and whole held-out volumes
+every ``K`` epochs (issue 13, "validation that costs little").
+
+**Per-epoch patch validation** (``training.validation = "patches"``, the default). Before the first epoch a
+fixed set of validation patches is drawn once (seeded, so every epoch and every resume scores the same patches):
+``n = max(len(cases), training.val_patches)`` patches spread evenly over the validation cases (``val_max_cases``
+caps the cases), patch ``j`` of a case centred on a random voxel of a foreground class present in the case
+(classes taken in turn) when ``j`` is even and placed uniformly at random when ``j`` is odd (so background is seen
+too); volumes smaller than the patch are padded as in training. Each epoch the network predicts them in batches
+of the training batch size (no augmentation, the training autocast dtype), takes the argmax on the device
+(undeclared label indices never win) and accumulates per-class TP / FP / FN on the device; the scores are read
+with one host copy per validation:
+
+    pseudo-Dice_c = 2 TP_c / (2 TP_c + FP_c + FN_c)   over all validation patches together (NaN when 0/0),
+
+nnU-Net v2's per-epoch "pseudo dice" (``on_validation_epoch_end``: TP/FP/FN summed over its validation
+batches). These scores drive what needs a number every epoch: the class weighters (TCF/PCF/CBS), the
+metric-driven learning rate and the ``best`` checkpoint. nnU-Net draws new random validation batches every epoch
+and smooths its best-checkpoint criterion with an EMA; we keep the patches fixed instead, so epoch-to-epoch changes
+are the network's, not the draw's, and compare raw values.
+
+**Whole-volume validation** (:func:`validate_volumes`): Gaussian sliding window over each preprocessed held-out
+case, argmax on the device, per-case Dice from the per-class counts, mean over cases per class (a case where a class
+is absent from both prediction and reference does not count for it). It runs every ``training.val_full_every``
+epochs (default 10; 0: never during training) and is logged as ``val_volume_dice`` / ``val_volume_mean_dice``; the
+run's final validation (``engine.run``) scores whole volumes at the end in the original geometry.
+``training.validation = "volumes"`` restores whole-volume validation every ``val_every`` epochs as the per-epoch
+score (what focusseg did before; slower on large volumes).
+
+**Ignore label** (plan ``ignore_label``, nnU-Net v2's): validation counts annotated voxels only -- a voxel whose
+reference is the ignore label adds to no TP, FP or FN (:func:`confusion_counts`), as nnU-Net's validation and
+evaluation ("metric computation is only done on annotated pixels"). The network has no channel for it, so it is
+never predicted. Patches: foreground patches are centred on voxels of the classes only and, when the store has
+annotated-voxel locations, the other patches on an annotated voxel (as the training sampler).
+"""
 
 from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from focusseg.engine.types import PatchRequest
 from focusseg.preprocessing.store import PreprocessedStore
 
+MODES = ("patches", "volumes")
+#: Default number of validation patches (at least one per validation case).
+DEFAULT_VAL_PATCHES = 32
+#: Default: whole-volume validation every 10 epochs during training (0: never).
+DEFAULT_FULL_EVERY = 10
+#: Validation patches are kept in host memory up to this many bytes (else re-read from the store each epoch).
+CACHE_BYTES = 2**30
 
-def validate(network: nn.Module, store: PreprocessedStore, case_ids: list[str], plan: dict, device: torch.device,
-             amp: torch.dtype | None = None, mirror_axes: tuple[int, ...] = ()) -> dict[int, float]:
-    """Mean Dice per foreground class over ``case_ids`` (NaN-aware: a case where a class is absent from both
-    prediction and reference does not count for that class)."""
+
+def declared_labels(plan: dict) -> list[int]:
+    """The plan's class values (its ``labels``; never the ignore label, recorded apart as ``ignore_label``)."""
+    ignore = plan.get("ignore_label")
+    return sorted({int(v) for v in plan["labels"].values()} - ({int(ignore)} if ignore is not None else set()))
+
+
+def masked_argmax(logits: torch.Tensor, declared: Sequence[int], dim: int) -> torch.Tensor:
+    """``argmax`` over the class axis ``dim`` among the declared label indices only: an index that is no label
+    value (non-contiguous labels {0, 1, 3}) never wins, as the predictor does. No host sync."""
+    known = {int(d) for d in declared}
+    undeclared = [i for i in range(logits.shape[dim]) if i not in known]
+    if undeclared:
+        logits = logits.clone()
+        index = torch.tensor(undeclared, device=logits.device)
+        logits.index_fill_(dim, index, -math.inf)
+    return logits.max(dim).indices
+
+
+def confusion_counts(pred: torch.Tensor, labels: torch.Tensor, k: int, ignore_label: int | None = None
+                     ) -> torch.Tensor:
+    """``(3, K)`` int64 TP, FP, FN per class of integer maps ``pred`` and ``labels`` (same shape, any device),
+    from a ``K x K`` confusion matrix by scatter-add (no host sync; label values outside ``0..K-1`` are clamped).
+    Voxels whose label is ``ignore_label`` are not counted at all (one extra bin, dropped)."""
+    lab = labels.flatten().long()
+    idx = lab.clamp(0, k - 1) * k + pred.flatten().long()
+    if ignore_label is None:
+        conf = torch.zeros(k * k, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+    else:
+        idx = torch.where(lab == int(ignore_label), k * k, idx)
+        conf = torch.zeros(k * k + 1, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+        conf = conf[: k * k]
+    conf = conf.reshape(k, k)
+    tp = conf.diag()
+    return torch.stack([tp, conf.sum(0) - tp, conf.sum(1) - tp])
+
+
+def dice_from_counts(counts: np.ndarray | torch.Tensor, labels: Sequence[int]) -> dict[int, float]:
+    """``{label: 2 TP / (2 TP + FP + FN)}`` from ``(3, K)`` counts; NaN where the label is absent from both."""
+    c = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
+    out = {}
+    for lab in labels:
+        tp, fp, fn = c[0, lab], c[1, lab], c[2, lab]
+        denom = 2 * tp + fp + fn
+        out[int(lab)] = float(2 * tp / denom) if denom > 0 else math.nan
+    return out
+
+
+def _main_output(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+@contextlib.contextmanager
+def _eval_mode(network: nn.Module) -> Iterator[None]:
+    was = network.training
+    network.eval()
+    try:
+        yield
+    finally:
+        network.train(was)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# whole volumes
+# --------------------------------------------------------------------------------------------------------------
+
+def validate_volumes(network: nn.Module, store: PreprocessedStore, case_ids: list[str], plan: dict,
+                     device: torch.device, amp: torch.dtype | None = None,
+                     mirror_axes: tuple[int, ...] = ()) -> dict[int, float]:
+    """Mean Dice per foreground class over ``case_ids`` on whole preprocessed volumes (sliding window with the
+    plan's overlap, logits kept on ``device``, argmax there; NaN-aware mean over cases). Dice per case is
+    ``2 TP / (2 TP + FP + FN)``, equal to :func:`focusseg.metrics.dice_per_class` (tested); with a plan
+    ``ignore_label`` over the annotated voxels only."""
     from focusseg.inference import sliding_window_predict
-    from focusseg.metrics import dice_per_class
 
-    labels = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
+    declared = declared_labels(plan)
+    labels = [v for v in declared if v != 0]
+    k = max(int(plan["n_classes"]), max(declared) + 1)
+    ignore = plan.get("ignore_label")
     per_case: list[dict[int, float]] = []
     for cid in case_ids:
         image = torch.from_numpy(np.ascontiguousarray(store.image(cid)))
         logits = sliding_window_predict(network, image, plan["patch_size"], overlap=plan["inference"]["overlap"],
                                         mirror_axes=mirror_axes, batch_size=plan["inference"].get("batch_size", 2),
-                                        device=device, amp_dtype=amp)
-        pred = logits.argmax(0).numpy()
-        per_case.append(dice_per_class(pred, np.asarray(store.label(cid)), labels))
+                                        device=device, amp_dtype=amp, out_device=device)
+        pred = masked_argmax(logits, declared, dim=0)
+        ref = torch.from_numpy(np.ascontiguousarray(store.label(cid))).to(device)
+        per_case.append(dice_from_counts(confusion_counts(pred, ref, k, ignore), labels))
     out = {}
     for lab in labels:
         vals = [d[lab] for d in per_case if not np.isnan(d[lab])]
         out[lab] = float(np.mean(vals)) if vals else float("nan")
     return out
+
+
+#: The historical name (whole-volume validation).
+validate = validate_volumes
+
+
+def window_voxels(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
+    """Voxels a sliding window over a volume of ``shape`` runs through the network: windows x patch voxels
+    (volumes smaller than the patch are padded to it, as the sliding window does)."""
+    from focusseg.inference.windows import compute_steps
+
+    padded = [max(int(s), int(p)) for s, p in zip(shape, patch)]
+    steps = compute_steps(padded, [int(p) for p in patch], overlap)
+    return int(np.prod([len(st) for st in steps]) * np.prod([int(p) for p in patch]))
+
+
+#: Final validation reads, resamples and writes each case besides the network passes: x 1.25 (an estimate).
+FINAL_VALIDATION_OVERHEAD = 1.25
+
+
+def estimate_final_validation_s(store: PreprocessedStore, case_ids: Sequence[str], plan: dict,
+                                seconds_per_voxel: float) -> float:
+    """Seconds the run's final validation will take (``engine.run.validate_raw``: every held-out case, whole
+    volume, the plan's mirror TTA): ``s_vox * sum_c windows_c * |patch| * 2^|mirror axes| * 1.25``, where
+    ``s_vox`` is the network's measured seconds per voxel in this run's own validation."""
+    inf = plan.get("inference") or {}
+    mirrors = 2 ** len(inf.get("mirror_axes") or [])
+    voxels = sum(window_voxels(store.shape(c), plan["patch_size"], float(inf.get("overlap", 0.5))) for c in case_ids)
+    return float(seconds_per_voxel * voxels * mirrors * FINAL_VALIDATION_OVERHEAD)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fixed validation patches
+# --------------------------------------------------------------------------------------------------------------
+
+def draw_validation_patches(store: PreprocessedStore, case_ids: Sequence[str], patch_size: Sequence[int],
+                            n_patches: int = DEFAULT_VAL_PATCHES, seed: int = 0, ignore_label: int | None = None
+                            ) -> list[PatchRequest]:
+    """The fixed validation patches (see the module docstring): ``ceil(max(len(cases), n_patches) / len(cases))``
+    per case; even-numbered ones centred on a foreground voxel (classes in turn), odd ones uniformly placed -- or,
+    when the store has annotated-voxel locations (an ignore label), centred on an annotated voxel. The
+    ``ignore_label`` never counts as a foreground class."""
+    from focusseg.data.samplers import ForegroundSampler
+    from focusseg.preprocessing.preprocess import ANNOTATED
+
+    cases = list(case_ids)
+    if not cases:
+        return []
+    per_case = max(1, math.ceil(max(len(cases), int(n_patches)) / len(cases)))
+    g = torch.Generator().manual_seed(int(seed) + 7919)
+    patch = tuple(int(p) for p in patch_size)
+    out: list[PatchRequest] = []
+    for case in cases:
+        shape = tuple(store.shape(case))
+        locations = store.locations(case) or {}
+        present = [c for c, v in sorted(locations.items())
+                   if len(v) and int(c) >= 0 and (ignore_label is None or int(c) != int(ignore_label))]
+        annotated = locations.get(ANNOTATED, ())
+        for j in range(per_case):
+            start = []
+            for s, p in zip(shape, patch):
+                lo, hi = (min(0, s - p), max(0, s - p))
+                start.append(int(torch.randint(lo, hi + 1, (1,), generator=g)))
+            locs = None
+            if j % 2 == 0 and present:
+                locs = locations[present[(j // 2) % len(present)]]
+            elif j % 2 == 1 and len(annotated):
+                locs = annotated
+            if locs is not None:
+                centre = locs[int(torch.randint(len(locs), (1,), generator=g))]
+                start = [ForegroundSampler._clamp(int(c) - p // 2, s, p) for c, s, p in zip(centre, shape, patch)]
+            out.append(PatchRequest(case, tuple(start)))
+    return out
+
+
+class PatchValidator:
+    """Per-epoch pseudo-Dice on fixed validation patches (module docstring). Build once per training run;
+    call with the network each epoch. The patches are read once and kept in host memory (pinned on CUDA) when
+    they take at most :data:`CACHE_BYTES`, else re-read from the store every call."""
+
+    def __init__(self, store: PreprocessedStore, case_ids: Sequence[str], plan: dict, device: torch.device,
+                 amp: torch.dtype | None = None, n_patches: int | None = None, seed: int | None = None,
+                 batch_size: int | None = None) -> None:
+        from focusseg.data.loader import PatchLoader
+
+        tr = plan["training"]
+        self.plan, self.device, self.amp = plan, torch.device(device), amp
+        self.declared = declared_labels(plan)
+        self.labels = [v for v in self.declared if v != 0]
+        self.k = max(int(plan["n_classes"]), max(self.declared) + 1)
+        self.ignore_label = plan.get("ignore_label")
+        n = int(n_patches if n_patches is not None else tr.get("val_patches") or DEFAULT_VAL_PATCHES)
+        self.requests = draw_validation_patches(store, case_ids, plan["patch_size"], n,
+                                                int(tr.get("seed", 0) if seed is None else seed), self.ignore_label)
+        self.batch_size = max(1, int(batch_size or plan.get("batch_size", 2)))
+        self.loader = PatchLoader(store, tuple(plan["patch_size"]), n_classes=int(plan["n_classes"]), workers=1,
+                                  ignore_label=self.ignore_label)
+        self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        voxels = int(np.prod(plan["patch_size"]))
+        in_ch = len(plan.get("channel_names") or {0: ""})
+        if len(self.requests) * voxels * (4 * in_ch + 1) <= CACHE_BYTES:
+            self._batches = [self._read(b) for b in self._chunks()]
+
+    def _chunks(self) -> list[list[PatchRequest]]:
+        r, b = self.requests, self.batch_size
+        return [r[i:i + b] for i in range(0, len(r), b)]
+
+    def _read(self, requests: list[PatchRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.loader.load(requests)
+        if self.device.type == "cuda":
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    @torch.no_grad()
+    def counts(self, network: nn.Module) -> torch.Tensor:
+        """``(3, K)`` TP / FP / FN over all validation patches, on the device (no host sync)."""
+        total = torch.zeros(3, self.k, dtype=torch.long, device=self.device)
+        batches = self._batches if self._batches is not None else (self._read(b) for b in self._chunks())
+        with _eval_mode(network):
+            for images, labels in batches:
+                x = images.to(self.device, non_blocking=True)
+                y = labels.to(self.device, non_blocking=True)[:, 0]
+                with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    logits = _main_output(network(x))
+                total += confusion_counts(masked_argmax(logits.float(), self.declared, dim=1), y, self.k,
+                                          self.ignore_label)
+        return total
+
+    def __call__(self, network: nn.Module) -> dict[int, float]:
+        """Pseudo-Dice per foreground class (one host copy)."""
+        return dice_from_counts(self.counts(network).cpu(), self.labels)
+
+    def close(self) -> None:
+        self.loader.close()

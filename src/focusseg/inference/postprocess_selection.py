@@ -11,6 +11,10 @@ turn voxels into background; dilation claims background only), so the per-class 
 
 Every trial is recorded (class, step, Dice before/after, accepted), so a run folder documents *why* a step was
 or was not chosen (``postprocessing.json``, written by :func:`choose_postprocessing_for_run`).
+
+Ignore label (nnU-Net v2's; a run's plan ``ignore_label``): the steps act on the whole prediction, and each Dice
+is then computed on the annotated voxels only (both maps set to background where the reference holds the ignore
+value), as evaluation does.
 """
 
 from __future__ import annotations
@@ -36,9 +40,14 @@ __all__ = ["DEFAULT_CANDIDATES", "choose_postprocessing", "choose_postprocessing
            "read_prediction_pairs"]
 
 
-def _mean_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], label: int) -> float:
+def _mean_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], label: int,
+               ignored: Sequence[np.ndarray | None] | None = None) -> float:
+    """Mean Dice of ``label`` over the cases (NaN-aware); ``ignored``: per case the mask of unannotated voxels
+    (counted as background in both maps) or None."""
     from focusseg.metrics import dice_per_class
 
+    if ignored is not None:
+        preds = [p if m is None else np.where(m, 0, p) for p, m in zip(preds, ignored)]
     vals = [dice_per_class(p, r, [label])[label] for p, r in zip(preds, refs)]
     vals = [v for v in vals if not np.isnan(v)]
     return float(np.mean(vals)) if vals else float("nan")
@@ -51,6 +60,7 @@ def choose_postprocessing(
     candidates: Sequence[Mapping[str, Any]] | None = None,
     min_gain: float = 0.0,
     spacings: Sequence[Sequence[float]] | None = None,
+    ignore_label: int | None = None,
 ) -> dict[str, Any]:
     """Greedy per-class choice of post-processing steps (module docstring).
 
@@ -61,6 +71,7 @@ def choose_postprocessing(
             ``labels``; the class is added). Default :data:`DEFAULT_CANDIDATES`.
         min_gain: a step is kept only if it raises the class's mean Dice by more than this.
         spacings: per case voxel spacing, for steps with ``unit="ml"``.
+        ignore_label: reference value of unannotated voxels, left out of every Dice (never a class to process).
 
     Returns:
         ``{"steps": [...], "trials": [...], "dice_before": {l: d}, "dice_after": {l: d}}`` where ``steps`` is the
@@ -75,13 +86,19 @@ def choose_postprocessing(
     cands = _candidates(DEFAULT_CANDIDATES if candidates is None else candidates)
     current = [np.asarray(p) for p in predictions]
     refs = [np.asarray(r) for r in references]
+    ignored: list[np.ndarray | None] | None = None
+    if ignore_label is not None:
+        ignored = [r == int(ignore_label) for r in refs]
+        ignored = [m if m.any() else None for m in ignored]
+        refs = [r if m is None else np.where(m, 0, r).astype(r.dtype) for r, m in zip(refs, ignored)]
+        labels = [v for v in labels if int(v) != int(ignore_label)]
     sp = list(spacings) if spacings is not None else [None] * len(current)
     steps: list[dict[str, Any]] = []
     trials: list[dict[str, Any]] = []
     before: dict[int, float] = {}
     after: dict[int, float] = {}
     for label in (int(v) for v in labels if int(v) != 0):
-        base = _mean_dice(current, refs, label)
+        base = _mean_dice(current, refs, label, ignored)
         before[label] = base
         best: tuple[float, dict[str, Any], list[np.ndarray], dict[str, Any]] | None = None
         for cand in cands:
@@ -92,7 +109,7 @@ def choose_postprocessing(
                 from focusseg.errors import UsageError
 
                 raise UsageError(f"candidate step {cand} cannot be applied ({' '.join(str(exc).split())})") from exc
-            d = _mean_dice(out, refs, label)
+            d = _mean_dice(out, refs, label, ignored)
             trial = {"label": label, "step": cand, "dice_before": base, "dice_after": d, "accepted": False}
             trials.append(trial)
             if np.isfinite(d) and (best is None or d > best[0]):
@@ -103,7 +120,10 @@ def choose_postprocessing(
             current = best[2]
             best[3]["accepted"] = True
             after[label] = best[0]
-    return {"steps": steps, "trials": trials, "dice_before": before, "dice_after": after, "min_gain": min_gain}
+    out = {"steps": steps, "trials": trials, "dice_before": before, "dice_after": after, "min_gain": min_gain}
+    if ignore_label is not None:
+        out["ignore_label"] = int(ignore_label)
+    return out
 
 
 def _candidates(candidates: object) -> list[dict[str, Any]]:
@@ -130,12 +150,14 @@ def choose_postprocessing_for_run(
     labels: Sequence[int],
     candidates: Sequence[Mapping[str, Any]] | None = None,
     min_gain: float = 0.0,
+    ignore_label: int | None = None,
 ) -> dict[str, Any]:
     """Choose on ``run_dir/validation/{predictions,reference}`` (written by the trainer's final validation) and
     write ``run_dir/postprocessing.json`` atomically; returns its content.
 
     Only predictions that have a reference are used (``cases`` lists them, ``skipped_without_reference`` the
-    others); temporaries, dot files and side outputs are ignored."""
+    others); temporaries, dot files and side outputs are ignored. ``ignore_label`` None: the run's
+    ``plan.json`` ``ignore_label`` (none when the plan has none or cannot be read)."""
     from focusseg.errors import MissingFileError
     from focusseg.planning.fingerprint import save_json
 
@@ -149,11 +171,23 @@ def choose_postprocessing_for_run(
                                                          skipped=skipped)
     if not names:
         raise MissingFileError("no validation predictions with a reference", pred_dir, hint=hint)
-    result = choose_postprocessing(preds, refs, labels, candidates, min_gain, spacings)
+    if ignore_label is None:
+        ignore_label = _plan_ignore_label(run_dir)
+    result = choose_postprocessing(preds, refs, labels, candidates, min_gain, spacings, ignore_label)
     result["cases"] = names
     result["skipped_without_reference"] = skipped
     save_json(result, run_dir / "postprocessing.json")
     return result
+
+
+def _plan_ignore_label(run_dir: Path) -> int | None:
+    """The ``ignore_label`` of ``run_dir/plan.json``; None without one (or without a readable plan)."""
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    value = plan.get("ignore_label") if isinstance(plan, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def read_prediction_pairs(
@@ -202,7 +236,6 @@ def load_run_postprocessing(run_dir: str | Path, plan: Mapping[str, Any]) -> lis
 
     An unreadable ``postprocessing.json``, or one whose steps are not known post-processors, is a
     :class:`~focusseg.errors.CheckpointError` naming it (never applied half-understood)."""
-    from focusseg.errors import CheckpointError
 
     inference = plan.get("inference", {}) if isinstance(plan, Mapping) else {}
     spec = inference.get("postprocessing", "auto") if isinstance(inference, Mapping) else "auto"
@@ -213,19 +246,30 @@ def load_run_postprocessing(run_dir: str | Path, plan: Mapping[str, Any]) -> lis
     if spec == "auto":
         f = Path(run_dir) / "postprocessing.json"
         if f.is_file():
-            try:
-                saved = json.loads(f.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CheckpointError(f"unreadable post-processing choice ({' '.join(str(exc).split())})", f,
-                                      hint="re-choose it with `focusseg postprocess RUN_DIR`") from exc
-            steps = saved.get("steps") if isinstance(saved, dict) else None
-            if not isinstance(steps, list) or not all(isinstance(s, Mapping) for s in steps):
-                raise CheckpointError("not a post-processing choice (no list of 'steps')", f,
-                                      hint="re-choose it with `focusseg postprocess RUN_DIR`")
-            steps = [dict(s) for s in steps]
-            _check_steps(steps, f, "postprocessing.json")
-            return steps
+            return read_postprocessing_file(f)
     return []
+
+
+def read_postprocessing_file(f: str | Path) -> list[dict[str, Any]]:
+    """The steps of a ``postprocessing.json`` (a run's, a cross-validation's, or an ensemble's from
+    ``focusseg best``); unreadable, or steps that are not known post-processors: :class:`CheckpointError`."""
+    from focusseg.errors import CheckpointError, MissingFileError
+
+    f = Path(f)
+    if not f.is_file():
+        raise MissingFileError("no such post-processing file", f)
+    try:
+        saved = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"unreadable post-processing choice ({' '.join(str(exc).split())})", f,
+                              hint="re-choose it with `focusseg postprocess RUN_DIR`") from exc
+    steps = saved.get("steps") if isinstance(saved, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(s, Mapping) for s in steps):
+        raise CheckpointError("not a post-processing choice (no list of 'steps')", f,
+                              hint="re-choose it with `focusseg postprocess RUN_DIR`")
+    steps = [dict(s) for s in steps]
+    _check_steps(steps, f, "postprocessing.json")
+    return steps
 
 
 def _check_steps(steps: list[dict[str, Any]], source: str | Path, what: str) -> None:

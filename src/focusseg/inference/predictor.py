@@ -181,8 +181,10 @@ class Predictor:
     def _only_declared_(self, probs: torch.Tensor) -> torch.Tensor:
         """Zero (in place) the probability of every output index that is not a declared label value, so a
         dataset with non-contiguous labels ({0, 1, 3}: index 2 is never trained) never predicts an undeclared
-        value."""
-        declared = {int(v) for v in self.plan["labels"].values()}
+        value. The ignore label (plan ``ignore_label``, nnU-Net's) is never predicted: it is no class, so the
+        network has no channel for it (its value is ``>= n_classes``); should a plan give it one, it is zeroed."""
+        ignore = self.plan.get("ignore_label")
+        declared = {int(v) for v in self.plan["labels"].values()} - ({int(ignore)} if ignore is not None else set())
         undeclared = [k for k in range(probs.shape[0]) if k not in declared]
         if undeclared:
             probs[undeclared] = 0

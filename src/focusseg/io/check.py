@@ -8,6 +8,9 @@ MSD image, missing channels and channel files ``dataset.json`` does not declare,
 without images (and images without labels), channel/label shape or affine mismatch, 4D labels, label values that
 are not integers, negative, above 32767 (labels are stored as int16) or not declared in ``dataset.json``, no
 labelled case at all, and a ``splits_final.json`` that is malformed or names a case the dataset lacks.
+
+Ignore label (nnU-Net v2's): a label named ``ignore`` must be the highest label value (else one ``dataset.json``
+problem); its value is then a declared value a label file may hold (partially annotated cases), not a class.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def check_case(case: CaseFiles, spec: DatasetSpec, max_voxels: int | None = None
 
 def label_problems(path: Path, lab: np.ndarray, spec: DatasetSpec) -> list[Problem]:
     """NaN/inf, non-integer, negative, above-int16 and undeclared label values (memory bounded: values are
-    counted with ``bincount`` only once they are known to lie in 0..32767)."""
+    counted with ``bincount`` only once they are known to lie in 0..32767). The ignore label, when
+    ``dataset.json`` declares one, is a declared value."""
     if not np.isfinite(lab).all():
         return [Problem(path, f"label holds {int((~np.isfinite(lab)).sum())} NaN/inf values")]
     if not np.array_equal(lab, np.round(lab)):

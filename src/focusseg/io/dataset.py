@@ -5,6 +5,15 @@ nnU-Net v2: ``dataset.json`` with ``channel_names``, ``labels`` (name -> int), `
 MSD: ``dataset.json`` with ``modality`` and ``training: [{"image": ..., "label": ...}]``; 4D images whose
 4th axis holds the channels. Both give a list of :class:`CaseFiles`.
 
+**Ignore label** (nnU-Net v2's ``documentation/ignore_label.md``): a label named ``ignore`` (any case) marks voxels
+that are not annotated (sparse annotations: scribbles, a subset of slices, masked-out regions). Its value must be
+the highest label value (``"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}``); nnU-Net requires exactly
+``max(class values) + 1``, focusseg accepts any value above every class (class values need not be consecutive
+here). It is no class: :attr:`DatasetSpec.n_classes`, :attr:`~DatasetSpec.class_labels` and
+:attr:`~DatasetSpec.foreground_labels` leave it out (the network has no output channel for it, so it is never
+predicted), while :attr:`~DatasetSpec.label_values` keeps it (a label file may hold it). Training leaves its
+voxels out of every loss, of the foreground sampler, of validation and of evaluation.
+
 ``dataset.json`` is validated field by field (a :class:`~focusseg.errors.DatasetError` naming the file and the
 field); case ids and the file ending are checked before they are ever joined to a path
 (:mod:`focusseg.io.paths`), and MSD image paths must stay inside the dataset folder.
@@ -23,6 +32,25 @@ from focusseg.io.paths import is_inside, validate_case_id, validate_file_ending
 
 #: Labels are stored as int16 in the preprocessed store: larger values cannot be trained.
 MAX_LABEL_VALUE = 32767
+#: The name of the ignore label in ``dataset.json`` (compared case-insensitively), as nnU-Net v2.
+IGNORE_NAME = "ignore"
+
+
+def is_ignore_name(name: object) -> bool:
+    """Whether a label name declares the ignore label (``ignore``, any case, surrounding spaces ignored)."""
+    return isinstance(name, str) and name.strip().lower() == IGNORE_NAME
+
+
+def ignore_label_of(labels: dict[str, int]) -> int | None:
+    """The value of the label named ``ignore`` in a name -> value mapping, or None when there is none."""
+    found = [int(v) for k, v in labels.items() if is_ignore_name(k)]
+    return found[0] if found else None
+
+
+def split_ignore_label(labels: dict[str, int]) -> tuple[dict[str, int], int | None]:
+    """``(class labels, ignore value or None)``: the mapping without the ignore label, and its value."""
+    classes = {str(k): int(v) for k, v in labels.items() if not is_ignore_name(k)}
+    return classes, ignore_label_of(labels)
 
 
 @dataclass(frozen=True)
@@ -42,21 +70,39 @@ class DatasetSpec:
 
     @property
     def label_values(self) -> list[int]:
+        """Every declared value a label file may hold, the ignore label's included."""
         return sorted(set(self.labels.values()))
 
     @property
+    def ignore_label(self) -> int | None:
+        """The value of the label named ``ignore`` (module docstring), or None."""
+        return ignore_label_of(self.labels)
+
+    @property
+    def class_labels(self) -> dict[str, int]:
+        """The labels that are classes: name -> value without the ignore label."""
+        return split_ignore_label(self.labels)[0]
+
+    @property
+    def class_values(self) -> list[int]:
+        """The class values (the label values without the ignore label)."""
+        return sorted(set(self.class_labels.values()))
+
+    @property
     def n_classes(self) -> int:
-        """Number of output classes: max label value + 1 (values need not be consecutive, e.g. TotalSegmentator)."""
-        return max(self.label_values) + 1
+        """Number of output classes: max class value + 1 (values need not be consecutive, e.g. TotalSegmentator;
+        the ignore label has no output channel)."""
+        return max(self.class_values) + 1
 
     @property
     def labels_contiguous(self) -> bool:
-        """Whether the label values are exactly ``0..n_classes-1`` (every class index is a declared label)."""
-        return self.label_values == list(range(self.n_classes))
+        """Whether the class values are exactly ``0..n_classes-1`` (every class index is a declared label)."""
+        return self.class_values == list(range(self.n_classes))
 
     @property
     def foreground_labels(self) -> list[int]:
-        return [v for v in self.label_values if v != 0]
+        """The class values other than background (never the ignore label)."""
+        return [v for v in self.class_values if v != 0]
 
     def is_ct(self, channel: int) -> bool:
         return self.channel_names[channel].strip().upper() == "CT"
@@ -76,7 +122,8 @@ def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
 
     Raises :class:`MissingFileError` when there is none and :class:`DatasetError` naming ``dataset.json`` and
     the field for anything malformed: not JSON, not an object, missing or mistyped ``channel_names`` /
-    ``modality``, ``labels``, ``file_ending``, ``numTraining``; region-based labels.
+    ``modality``, ``labels``, ``file_ending``, ``numTraining``; region-based labels; an ignore label that is not
+    the highest label value (or declared twice).
     """
     data_dir = Path(data_dir)
     path = data_dir / "dataset.json"
@@ -114,6 +161,7 @@ def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
     if "numTraining" in raw and (not isinstance(raw["numTraining"], int) or isinstance(raw["numTraining"], bool)
                                  or raw["numTraining"] < 0):
         raise DatasetError(f"field 'numTraining' must be a non-negative integer, not {raw['numTraining']!r}", path)
+    _check_ignore_label(path, labels)
     if 0 not in labels.values():
         raise DatasetError("field 'labels' must declare background as 0", path)
     name = raw.get("name", data_dir.name)
@@ -168,6 +216,25 @@ def _check_unique(path: Path, labels: dict[str, int]) -> dict[str, int]:
             raise DatasetError(f"field 'labels': {seen[v]!r} and {name!r} both have value {v}", path)
         seen[v] = name
     return labels
+
+
+def _check_ignore_label(path: Path, labels: dict[str, int]) -> None:
+    """At most one label named ``ignore`` (any case), and its value above every other label value."""
+    names = [k for k in labels if is_ignore_name(k)]
+    if len(names) > 1:
+        raise DatasetError(f"field 'labels': {len(names)} ignore labels ({', '.join(map(repr, names))}); declare "
+                           "one", path)
+    if not names:
+        return
+    value = labels[names[0]]
+    others = {k: v for k, v in labels.items() if k != names[0]}
+    if not others:
+        raise DatasetError(f"field 'labels': only the ignore label {names[0]!r} is declared; declare background "
+                           "as 0 and the classes", path)
+    top_name, top = max(others.items(), key=lambda kv: kv[1])
+    if value <= top:
+        raise DatasetError(f"field 'labels': the ignore label {names[0]!r} = {value} must be the highest label "
+                           f"value (nnU-Net's rule), but {top_name!r} = {top}; give it e.g. {top + 1}", path)
 
 
 def _nnunet_labels(path: Path, value: object) -> dict[str, int]:

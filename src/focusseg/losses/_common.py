@@ -12,6 +12,10 @@ Conventions every loss follows (docs/CONTRACTS.md):
   (the background has no channel), labels in ``[0, K]``. ``include_background`` has no meaning there.
 * ``class_weights`` is a float tensor ``(K,)`` indexed like the channels.
 * ``reduction="mean"`` gives a scalar, ``reduction="none"`` per-sample losses ``(B,)``.
+* ``ignore_label`` (every loss; nnU-Net v2's ignore label): voxels whose label is that value are not annotated.
+  They are left out of the loss -- no gradient reaches them and they are not counted in any normalisation (voxel
+  losses average over the annotated voxels only, overlap losses sum over them only, nnU-Net's ``loss_mask``).
+  ``None`` (default): every voxel counts, and the code path is the one without this option (bit-identical values).
 * No host synchronisation in the forward pass (issue 13): shapes, dtypes and options are checked every call
   (free), label *values* and class-weight *values* only with ``validate_labels=True`` (each check reads a
   device value: ``min``/``max``/``any`` -> one sync per loss part and deep-supervision level). Training
@@ -58,6 +62,25 @@ def label_map(logits: Tensor, target: Tensor) -> Tensor:
             "(expected (B, 1, *spatial) or (B, *spatial))"
         )
     return target.reshape(target.shape[0], -1).long()
+
+
+def check_ignore_label(value: object) -> int | None:
+    """A loss's ``ignore_label`` option: None or a non-negative integer."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"ignore_label must be None or a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def split_ignore(labels: Tensor, ignore_label: int | None) -> tuple[Tensor, Tensor | None]:
+    """``(labels, annotated)`` of a ``(B, N)`` label map: unchanged and None without an ignore label; else the
+    labels with the ignored voxels set to 0 (any class would do: they are masked out) and the bool mask of the
+    annotated voxels. No host sync."""
+    if ignore_label is None:
+        return labels, None
+    annotated = labels != ignore_label
+    return torch.where(annotated, labels, torch.zeros((), dtype=labels.dtype, device=labels.device)), annotated
 
 
 def check_labels(labels: Tensor, n_channels: int, activation: str, validate: bool = False) -> None:

@@ -163,6 +163,13 @@ class InstanceStats:
     n_instances: int
     fused: bool = True
     trash: bool = False  # voxels of no instance: voxel_inst == n_instances, voxel_group == number of groups
+    voxel_norm: Tensor | None = None  # (M,) annotated voxels of each instance's sample (ignore label), else None
+
+    @property
+    def norm(self) -> Tensor | int:
+        """What the voxel losses of every instance are divided by: the voxel count ``N``, or with an ignore label
+        the annotated voxel count of the instance's sample ``(M,)``."""
+        return self.n_voxels if self.voxel_norm is None else self.voxel_norm
 
     @cached_property
     def _fused_sums(self) -> tuple[Tensor, Tensor] | None:

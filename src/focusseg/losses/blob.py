@@ -32,6 +32,10 @@ blob loss with alpha 0.66, beta 0.33).
     untouched the two ways agree exactly.
 * Deep supervision: wrap in ``DeepSupervisionLoss``; with a one-channel target each resolution is labelled anew
   from its resized target; an instance map is resized with it (nearest), ids kept.
+* ``ignore_label`` (nnU-Net v2's ignore label): the main loss is built with it (masks itself); in the blob term the
+  ignored voxels are no instance and no background of any class -- their probabilities are set to 0 in every
+  channel before the sums (so they add ``f(0) = 0`` and get no gradient), and the voxel losses are divided by the
+  sample's annotated voxel count instead of ``N``.
 """
 
 from __future__ import annotations
@@ -49,10 +53,12 @@ from focusseg.losses._common import (
     REDUCTIONS,
     as_compute_dtype,
     check_class_weights,
+    check_ignore_label,
     check_labels,
     check_option,
     flat,
     label_map,
+    split_ignore,
 )
 from focusseg.losses._instances import CONNECTIVITY, MAX_ID, InstanceStats, instance_stats, instance_stats_from_map
 
@@ -78,6 +84,7 @@ class BlobLoss(nn.Module):
             (host syncs; for direct API use, training validates labels once per case at load).
         compact_instances: with an instance map, select the instance voxels first (None: on the CPU, where that
             is free and much less work) or use the dense sync-free bins (False; the GPU default).
+        ignore_label: the label value left out (module docstring); None: none.
     """
 
     def __init__(
@@ -92,9 +99,11 @@ class BlobLoss(nn.Module):
         fused: bool = True,
         validate_labels: bool = False,
         compact_instances: bool | None = None,
+        ignore_label: int | None = None,
     ) -> None:
         super().__init__()
         self.validate_labels = bool(validate_labels)
+        self.ignore_label = check_ignore_label(ignore_label)
         self.compact_instances = compact_instances
         if alpha < 0 or beta < 0:
             raise ValueError(f"alpha and beta must be >= 0, got {alpha}, {beta}")
@@ -113,7 +122,8 @@ class BlobLoss(nn.Module):
                 raise ValueError("the main loss must have the blob loss's reduction")
             self.main = main
         else:
-            self.main = build_loss(main, reduction=reduction, validate_labels=validate_labels)
+            extra = {} if self.ignore_label is None else {"ignore_label": self.ignore_label}
+            self.main = build_loss(main, reduction=reduction, validate_labels=validate_labels, **extra)
         self.inner = _inner_parts(blob if blob is not None else {"dice": 1.0, "bce": 1.0})
 
     def _connectivity(self, spatial_dims: int) -> int:
@@ -129,20 +139,27 @@ class BlobLoss(nn.Module):
         inst_map = None
         if target.ndim == x.ndim and target.shape[1] == 2:  # labels + the loader's instance map
             target, inst_map = target[:, :1], target[:, 1]
-        labels = label_map(x, target)
+        labels, annotated = split_ignore(label_map(x, target), self.ignore_label)
         k = x.shape[1]
         check_labels(labels, k, self.activation, self.validate_labels)
         w = check_class_weights(class_weights, k, x, self.validate_labels)
         main = self.main(logits, target, class_weights) if self.alpha > 0 else 0.0
         spatial = tuple(x.shape[2:])
+        xf = flat(x) if annotated is None else _zero_probability(flat(x), annotated, self.activation)
         if inst_map is None:
-            stats = instance_stats(flat(x), labels, spatial, self.activation, self._connectivity(len(spatial)),
+            stats = instance_stats(xf, labels, spatial, self.activation, self._connectivity(len(spatial)),
                                    self.fused)
         else:
+            if annotated is not None:
+                inst_map = torch.where(annotated.reshape(inst_map.shape), inst_map, inst_map.new_zeros(()))
             if self.validate_labels:
                 _check_instance_map(inst_map, labels, k, self.activation)
-            stats = instance_stats_from_map(flat(x), labels, inst_map, self.activation, self.fused,
+            stats = instance_stats_from_map(xf, labels, inst_map, self.activation, self.fused,
                                             self.compact_instances)
+        if annotated is not None and stats.n_instances:
+            n_ch = stats.counts.shape[0] // x.shape[0]
+            per_sample_voxels = annotated.sum(1).to(x.dtype).clamp_min(1.0)
+            stats.voxel_norm = per_sample_voxels[stats.inst_group // n_ch]
         per_sample, has = self.blob_per_sample(stats, x, w)
         if self.reduction == "none":
             return self.alpha * main + self.beta * per_sample
@@ -172,6 +189,19 @@ class BlobLoss(nn.Module):
         n_present = (counts > 0).reshape(b, n_ch).sum(1)
         per_sample = group_mean.view(b, n_ch).sum(1) / n_present.clamp_min(1).to(x.dtype)  # absent groups hold 0
         return per_sample, n_present > 0
+
+
+#: A logit whose sigmoid / softmax share is exactly 0 in float32 and float64 (and softplus of it exactly 0).
+_ZERO_LOGIT = -1.0e4
+
+
+def _zero_probability(x: Tensor, annotated: Tensor, activation: str) -> Tensor:
+    """Logits ``(B, K, N)`` whose foreground probabilities are exactly 0 at the ignored voxels (sigmoid: every
+    channel; softmax: every channel but background, which gets probability 1); no gradient reaches those voxels."""
+    fill = torch.full((x.shape[1], 1), _ZERO_LOGIT, dtype=x.dtype, device=x.device)
+    if activation == "softmax":
+        fill[0] = 0.0
+    return torch.where(annotated[:, None], x, fill)
 
 
 def _inner_parts(spec: Mapping[str, Any]) -> list[tuple[float, nn.Module]]:

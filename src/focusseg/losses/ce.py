@@ -14,6 +14,13 @@
   ``alpha``: scalar -> ``a = alpha`` on foreground, ``1 - alpha`` on background (MONAI); sequence -> per class.
   ``include_background=False`` (softmax) keeps the softmax over all classes and drops the background voxels'
   terms; MONAI instead removes channel 0 before its softmax (a different loss).
+
+``ignore_label`` (every loss here; nnU-Net v2's ignore label): voxels of that label are left out -- their terms are
+zero and they are not counted in any mean, which runs over the annotated voxels ``A`` only and, for
+``reduction="mean"``, over the whole batch at once: ``ce`` gives ``sum_{v in A} w_y l_v / sum_{v in A} w_y``, torch's
+``cross_entropy(ignore_index=K)``; ``bce``/``focal`` average over channels and annotated voxels; ``topk_ce`` takes
+the ``max(1, int(|A| k / 100))`` largest annotated terms (nnU-Net's TopK counts the ignored voxels' zeros in its
+``k %``; we do not). A batch without annotated voxels gives 0 (torch's CE would give NaN).
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ from focusseg.losses._common import (
     REDUCTIONS,
     as_compute_dtype,
     check_class_weights,
+    check_ignore_label,
     check_labels,
     check_option,
     encode_target,
     finish,
     flat,
     label_map,
+    split_ignore,
 )
 
 if TYPE_CHECKING:
@@ -46,17 +55,20 @@ if TYPE_CHECKING:
 class _VoxelLoss(nn.Module):
     """Common parts: option checks and the blob-loss instance path ``(sum_inst l(p,1) + sum_bg l(p,0)) / N``."""
 
-    def __init__(self, activation: str, reduction: str, validate_labels: bool = False) -> None:
+    def __init__(self, activation: str, reduction: str, validate_labels: bool = False,
+                 ignore_label: int | None = None) -> None:
         super().__init__()
         self.activation = check_option("activation", activation, ACTIVATIONS)
         self.reduction = check_option("reduction", reduction, REDUCTIONS)
         self.validate_labels = bool(validate_labels)
+        self.ignore_label = check_ignore_label(ignore_label)
 
     def _prepare(self, logits: Tensor, target: Tensor, class_weights: Tensor | None):
+        """``(x (B, K, N), labels (B, N), weights, annotated (B, N) bool or None)``; ignored voxels labelled 0."""
         x = flat(as_compute_dtype(logits))
-        labels = label_map(logits, target)
+        labels, annotated = split_ignore(label_map(logits, target), self.ignore_label)
         check_labels(labels, x.shape[1], self.activation, self.validate_labels)
-        return x, labels, check_class_weights(class_weights, x.shape[1], x, self.validate_labels)
+        return x, labels, check_class_weights(class_weights, x.shape[1], x, self.validate_labels), annotated
 
     def voxel_terms(self, v) -> tuple[Tensor, Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -65,7 +77,7 @@ class _VoxelLoss(nn.Module):
         """Binary voxel loss of every instance; masked voxels (p = 0, g = 0) contribute 0."""
         pos = stats.inst_sum(lambda v: self.voxel_terms(v)[0])
         neg = stats.bg_sum(lambda v: self.voxel_terms(v)[1])
-        return (pos + neg) / stats.n_voxels
+        return (pos + neg) / stats.norm
 
 
 def voxel_ce(x: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
@@ -74,47 +86,73 @@ def voxel_ce(x: Tensor, labels: Tensor, weights: Tensor | None) -> Tensor:
     return nll if weights is None else nll * weights[labels]
 
 
+def masked_voxel_mean(terms: Tensor, annotated: Tensor, reduction: str, per_voxel: int = 1) -> Tensor:
+    """Mean of voxel terms over the annotated voxels: ``terms`` ``(B, N)`` or ``(B, C, N)`` (``per_voxel = C``
+    terms per voxel), ``annotated`` ``(B, N)`` bool. ``"none"``: per sample; ``"mean"``: over the batch at once.
+    No annotated voxel: 0 (with a gradient path)."""
+    zero = terms.new_zeros(())
+    if terms.ndim == 3:
+        sums = torch.where(annotated[:, None], terms, zero).sum((1, 2))
+    else:
+        sums = torch.where(annotated, terms, zero).sum(1)
+    counts = annotated.sum(1).to(terms.dtype) * per_voxel
+    if reduction == "none":
+        return sums / counts.clamp_min(1.0)
+    return sums.sum() / counts.sum().clamp_min(1.0)
+
+
 @LOSSES.register("ce")
 class CELoss(_VoxelLoss):
     """Softmax cross-entropy. Args: reduction ``"mean"`` | ``"none"``; validate_labels: check label and
-    class-weight values every call (host syncs; for direct API use, training validates labels at load)."""
+    class-weight values every call (host syncs; for direct API use, training validates labels at load);
+    ignore_label: the label value left out (module docstring), None: none."""
 
-    def __init__(self, reduction: str = "mean", validate_labels: bool = False) -> None:
-        super().__init__("softmax", reduction, validate_labels)
+    def __init__(self, reduction: str = "mean", validate_labels: bool = False, ignore_label: int | None = None
+                 ) -> None:
+        super().__init__("softmax", reduction, validate_labels, ignore_label)
 
     def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
-        x, labels, w = self._prepare(logits, target, class_weights)
+        x, labels, w, annotated = self._prepare(logits, target, class_weights)
         loss = voxel_ce(x, labels, w)
-        if w is None:
+        if annotated is not None:
+            if w is None:
+                return masked_voxel_mean(loss, annotated, self.reduction)
+            zero = loss.new_zeros(())
+            loss, wv = torch.where(annotated, loss, zero), torch.where(annotated, w[labels], zero)
+        elif w is None:
             return finish(loss.mean(1), None, self.reduction)
-        wv = w[labels]
+        else:
+            wv = w[labels]
         per_sample = loss.sum(1) / wv.sum(1).clamp_min(1e-12)
         return finish(per_sample, loss.sum() / wv.sum().clamp_min(1e-12), self.reduction)
 
     def instance_loss(self, stats: InstanceStats) -> Tensor:
         """Binary cross-entropy of every blob instance (one-vs-rest): ``-(sum_u log p + sum_bg log(1-p)) / N``."""
-        return (stats.bg_sum("nlog1mp") - stats.inst_sum("logp")) / stats.n_voxels
+        return (stats.bg_sum("nlog1mp") - stats.inst_sum("logp")) / stats.norm
 
 
 @LOSSES.register("bce")
 class BCELoss(_VoxelLoss):
     """Binary cross-entropy on sigmoid channels (multi-label). Args: reduction ``"mean"`` | ``"none"``;
-    validate_labels as for :class:`CELoss`."""
+    validate_labels, ignore_label as for :class:`CELoss`."""
 
-    def __init__(self, reduction: str = "mean", validate_labels: bool = False) -> None:
-        super().__init__("sigmoid", reduction, validate_labels)
+    def __init__(self, reduction: str = "mean", validate_labels: bool = False, ignore_label: int | None = None
+                 ) -> None:
+        super().__init__("sigmoid", reduction, validate_labels, ignore_label)
 
     def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
-        x, labels, w = self._prepare(logits, target, class_weights)
+        x, labels, w, annotated = self._prepare(logits, target, class_weights)
         y = encode_target(labels, x.shape[1], "sigmoid", x.dtype)
         loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
         if w is not None:
             loss = loss * w[:, None]
+        if annotated is not None:
+            return masked_voxel_mean(loss, annotated, self.reduction, per_voxel=x.shape[1])
         return finish(loss.mean((1, 2)), None, self.reduction)
 
     def instance_loss(self, stats: InstanceStats) -> Tensor:
         """Binary cross-entropy of every blob instance (one-vs-rest): ``-(sum_u log p + sum_bg log(1-p)) / N``."""
-        return (stats.bg_sum("nlog1mp") - stats.inst_sum("logp")) / stats.n_voxels
+        return (stats.bg_sum("nlog1mp") - stats.inst_sum("logp")) / stats.norm
 
 
 @LOSSES.register("topk_ce")
@@ -124,11 +162,12 @@ class TopKCELoss(_VoxelLoss):
     Args:
         k: percentage in (0, 100]; 10 as nnU-Net and paper 002.
         reduction: ``"mean"`` (top k % of all B*N voxels) or ``"none"`` (top k % within each sample).
-        validate_labels: as for :class:`CELoss`.
+        validate_labels, ignore_label: as for :class:`CELoss` (the top k % of the annotated voxels).
     """
 
-    def __init__(self, k: float = 10.0, reduction: str = "mean", validate_labels: bool = False) -> None:
-        super().__init__("softmax", reduction, validate_labels)
+    def __init__(self, k: float = 10.0, reduction: str = "mean", validate_labels: bool = False,
+                 ignore_label: int | None = None) -> None:
+        super().__init__("softmax", reduction, validate_labels, ignore_label)
         self.instance_loss = None  # a top-k share has no per-instance form (not a blob inner loss)
         if not 0 < k <= 100:
             raise ValueError(f"k must be a percentage in (0, 100], got {k}")
@@ -138,11 +177,27 @@ class TopKCELoss(_VoxelLoss):
         return max(1, int(n * self.k / 100))
 
     def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
-        x, labels, w = self._prepare(logits, target, class_weights)
+        x, labels, w, annotated = self._prepare(logits, target, class_weights)
         loss = voxel_ce(x, labels, w)
+        if annotated is not None:
+            return self._masked_topk(loss, annotated)
         if self.reduction == "none":
             return torch.topk(loss, self._count(loss.shape[1]), dim=1, sorted=False).values.mean(1)
         return torch.topk(loss.reshape(-1), self._count(loss.numel()), sorted=False).values.mean()
+
+    def _masked_topk(self, loss: Tensor, annotated: Tensor) -> Tensor:
+        """Mean of the ``max(1, int(n_A k / 100))`` largest annotated terms, sync-free: ignored voxels get -1
+        (below every CE term, >= 0), the ``int(N k / 100)`` largest of all voxels are taken sorted (they hold the
+        wanted ones, as ``n_A <= N``) and the first ``m`` averaged, ``m`` a device value."""
+        if self.reduction == "mean":
+            loss, annotated = loss.reshape(1, -1), annotated.reshape(1, -1)
+        cap = self._count(loss.shape[1])
+        vals = torch.topk(torch.where(annotated, loss, -1.0), cap, dim=1, sorted=True).values.clamp_min(0.0)
+        n_a = annotated.sum(1, dtype=torch.float64)
+        m = torch.floor(n_a * self.k / 100).clamp_min(1.0)
+        keep = torch.arange(cap, device=loss.device, dtype=torch.float64)[None] < m[:, None]
+        out = (vals * keep.to(vals.dtype)).sum(1) / m.to(vals.dtype)
+        return out[0] if self.reduction == "mean" else out
 
 
 @LOSSES.register("focal")
@@ -155,7 +210,7 @@ class FocalLoss(_VoxelLoss):
         include_background: softmax only; False drops the background channel's terms (MONAI).
         activation: ``"softmax"`` or ``"sigmoid"``.
         reduction: ``"mean"`` | ``"none"``.
-        validate_labels: as for :class:`CELoss`.
+        validate_labels, ignore_label: as for :class:`CELoss`.
     """
 
     def __init__(
@@ -166,8 +221,9 @@ class FocalLoss(_VoxelLoss):
         activation: str = "softmax",
         reduction: str = "mean",
         validate_labels: bool = False,
+        ignore_label: int | None = None,
     ) -> None:
-        super().__init__(activation, reduction, validate_labels)
+        super().__init__(activation, reduction, validate_labels, ignore_label)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
@@ -187,7 +243,7 @@ class FocalLoss(_VoxelLoss):
         return torch.full((k,), a, dtype=like.dtype, device=like.device)
 
     def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
-        x, labels, w = self._prepare(logits, target, class_weights)
+        x, labels, w, annotated = self._prepare(logits, target, class_weights)
         k = x.shape[1]
         alpha = self._alpha(k, x)
         if self.activation == "softmax":
@@ -202,6 +258,8 @@ class FocalLoss(_VoxelLoss):
                 loss = loss * w[labels]
             if not self.include_background:
                 loss = loss * (labels > 0)
+            if annotated is not None:
+                return masked_voxel_mean(loss, annotated, self.reduction)
             return finish(loss.mean(1), None, self.reduction)
         y = encode_target(labels, k, "sigmoid", x.dtype)
         bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
@@ -214,6 +272,8 @@ class FocalLoss(_VoxelLoss):
                 loss = loss * (y * a + (1 - y) * (1 - a))
         if w is not None:
             loss = loss * w[:, None]
+        if annotated is not None:
+            return masked_voxel_mean(loss, annotated, self.reduction, per_voxel=k)
         return finish(loss.mean((1, 2)), None, self.reduction)
 
     def voxel_terms(self, v) -> tuple[Tensor, Tensor]:

@@ -7,8 +7,9 @@ Specs::
     {"ce": 1, "tversky": {"weight": 0.5, "alpha": 0.3, "beta": 0.7}}  # name -> weight + options
     {"name": "compound", "parts": [{"name": "ce", "weight": 1}, {"name": "topk_ce", "k": 10, "weight": 1}]}
 
-Every part is built by name from the loss registry; options given to the compound itself (``reduction``) reach
-every part, so a per-sample compound is the weighted sum of per-sample parts. Class weights reach every part.
+Every part is built by name from the loss registry; options given to the compound itself (``reduction``,
+``ignore_label``) reach every part, so a per-sample compound is the weighted sum of per-sample parts and every part
+masks the ignored voxels. Class weights reach every part.
 """
 
 from __future__ import annotations

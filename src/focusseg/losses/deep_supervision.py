@@ -7,7 +7,9 @@
 * ``weights=[0.7, 0.2, 0.1]``: the three highest outputs as FLARE21 (paper 002 sec. 2, beta_1..beta_3); a list
   is used as given (not normalised); outputs past its end get weight 0. Zero-weight outputs are not computed.
 * ``down_i`` resizes the label map to the output's size with ``mode`` (default ``"nearest-exact"``, which is
-  what nnU-Net v2 uses; ``"nearest"`` picks the other voxel of each 2x2x2 cell).
+  what nnU-Net v2 uses; ``"nearest"`` picks the other voxel of each 2x2x2 cell). Nearest picks a voxel's value,
+  so an ignore label keeps its value at every resolution and the inner loss (built with ``ignore_label``) masks
+  it there too (tested).
 
 The weights live here only (never inside a loss). Class weights and the inner loss's reduction pass through;
 a single tensor is handed to the inner loss unchanged.

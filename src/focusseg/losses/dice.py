@@ -15,12 +15,17 @@ per-class mean above (nnU-Net, which paper 002 modifies, and MONAI), not the cla
 Defaults follow nnU-Net's Dice: background excluded, smoothing 1e-5, per-sample Dice. ``batch=True`` pools the
 batch into one Dice per class (nnU-Net ``batch_dice``); with ``reduction="none"`` the per-sample values are then
 the per-sample Dice, whose mean differs from the batch Dice in general (Focused Practice needs per-patch losses).
+
+``ignore_label`` (nnU-Net v2's ignore label, its ``loss_mask``): the sums run over the annotated voxels ``A`` only,
+``tp = sum_A p g``, ``sum p = sum_A p^q``, ``sum g = sum_A g``, so an ignored voxel adds nothing and gets no
+gradient. The same for Tversky.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 from focusseg.losses._build import LOSSES
@@ -30,12 +35,14 @@ from focusseg.losses._common import (
     activate,
     as_compute_dtype,
     check_class_weights,
+    check_ignore_label,
     check_labels,
     check_option,
     encode_target,
     finish,
     flat,
     label_map,
+    split_ignore,
 )
 
 if TYPE_CHECKING:
@@ -59,9 +66,11 @@ class RegionLoss(nn.Module):
         activation: str = "softmax",
         reduction: str = "mean",
         validate_labels: bool = False,
+        ignore_label: int | None = None,
     ) -> None:
         super().__init__()
         self.validate_labels = bool(validate_labels)
+        self.ignore_label = check_ignore_label(ignore_label)
         if smooth_nr < 0 or smooth_dr < 0:
             raise ValueError("smoothing terms must be >= 0")
         self.include_background = include_background
@@ -76,11 +85,15 @@ class RegionLoss(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
         x = as_compute_dtype(logits)
-        labels = label_map(x, target)
+        labels, annotated = split_ignore(label_map(x, target), self.ignore_label)
         k = x.shape[1]
         check_labels(labels, k, self.activation, self.validate_labels)
         probs = activate(flat(x), self.activation)
         onehot = encode_target(labels, k, self.activation, probs.dtype)
+        if annotated is not None:  # the loss mask: ignored voxels add to no sum
+            zero = probs.new_zeros(())
+            probs = torch.where(annotated[:, None], probs, zero)
+            onehot = torch.where(annotated[:, None], onehot, zero)
         w = check_class_weights(class_weights, k, probs, self.validate_labels)
         if self.activation == "softmax" and not self.include_background:
             probs, onehot = probs[:, 1:], onehot[:, 1:]
@@ -121,6 +134,7 @@ class DiceLoss(RegionLoss):
         reduction: ``"mean"`` or ``"none"`` (per-sample, shape (B,)).
         validate_labels: check label and class-weight values every call (host syncs; for direct API use,
             training validates labels once per case at load).
+        ignore_label: the label value left out of every sum (module docstring); None: none.
     """
 
     def __init__(self, squared: bool = False, **kwargs: object) -> None:

@@ -26,8 +26,8 @@ class TverskyLoss(RegionLoss):
     Args:
         alpha: >= 0, weight of false positives.
         beta: >= 0, weight of false negatives.
-        include_background, batch, smooth_nr, smooth_dr, activation, reduction, validate_labels: as for
-            ``DiceLoss``.
+        include_background, batch, smooth_nr, smooth_dr, activation, reduction, validate_labels, ignore_label:
+            as for ``DiceLoss`` (ignored voxels add to no sum).
     """
 
     power = 1

@@ -5,6 +5,12 @@ Per label ``l`` the masks ``pred == l`` and ``gt == l`` are cropped to the union
 (:mod:`.surface`, NSD at ``nsd_tolerance`` mm), autoPET volumes (:mod:`.autopet`, 18-connectivity as
 the official script), lesion-wise counts (:mod:`.lesion`, ``connectivity``).  Undefined values follow
 the ``convention`` (:mod:`.conventions`) and are written as empty CSV cells / JSON ``null``.
+
+``ignore_label`` (nnU-Net v2's ignore label, a partially annotated reference): the voxels where the *reference*
+holds that value are not annotated and count for nothing -- both maps are set to background there before any
+metric, so TP / FP / FN (Dice, IoU, precision, recall, FPV / FNV) count annotated voxels only, as nnU-Net's
+``compute_tp_fp_fn_tn`` with its ``ignore_mask``; surface and lesion metrics then see the prediction restricted to
+the annotated voxels (nnU-Net reports overlap metrics only). The ignore value is never evaluated as a label.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ def evaluate_case(
     nsd_tolerance: float = 1.0,
     connectivity: int = 26,
     convention: str | Convention = "default",
+    ignore_label: int | None = None,
 ) -> list[dict]:
     """One dict per label with keys ``label`` + :data:`METRICS` (NaN where undefined).
 
@@ -74,10 +81,15 @@ def evaluate_case(
         nsd_tolerance: NSD tolerance in mm (>= 0); a convention may override it per label (FLARE22).
         connectivity: 6, 18 or 26, for lesion-wise instances (FPV/FNV always use autoPET's 18).
         convention: name in ``CONVENTIONS`` or a :class:`Convention`.
+        ignore_label: reference value of the voxels that are not annotated (module docstring); not a label.
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape or gt.ndim != 3:
         raise ValueError(f"pred and gt must be 3D label maps of one shape, got {pred.shape} and {gt.shape}")
+    if ignore_label is not None:
+        if int(ignore_label) in {int(v) for v in labels}:
+            raise ValueError(f"the ignore label {ignore_label} cannot be evaluated as a label")
+        pred, gt = mask_ignored(pred, gt, int(ignore_label))
     if connectivity not in (6, 18, 26):
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
     if nsd_tolerance < 0:
@@ -91,6 +103,44 @@ def evaluate_case(
         p, g = pred[box] == v, gt[box] == v
         rows.append(_label_row(p, g, v, spacing, conv.tolerance(v, nsd_tolerance), connectivity, conv))
     return rows
+
+
+def mask_ignored(pred: np.ndarray, gt: np.ndarray, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(pred, gt)`` with both set to 0 wherever ``gt == ignore_label`` (copies only when that voxel exists)."""
+    ignored = gt == ignore_label
+    if not ignored.any():
+        return pred, gt
+    pred = np.where(ignored, 0, pred).astype(pred.dtype, copy=False)
+    return pred, np.where(ignored, 0, gt).astype(gt.dtype, copy=False)
+
+
+def read_ignore_label(source: str | Path) -> int | None:
+    """The ignore label a dataset or a run declares: ``source`` is a dataset folder or its ``dataset.json`` (the
+    label named ``ignore``), or a run folder or a ``plan.json`` (its ``ignore_label``). None when it declares none.
+    A source that is neither is a :class:`UsageError`; a malformed one the error of its reader, naming it."""
+    from focusseg.errors import MissingFileError
+    from focusseg.io.dataset import load_dataset_spec
+
+    path = Path(source)
+    if path.is_dir():
+        found = [path / n for n in ("dataset.json", "plan.json") if (path / n).is_file()]
+        if not found:
+            raise MissingFileError("no dataset.json or plan.json in this folder (needed for the ignore label)", path)
+        path = found[0]
+    if not path.is_file():
+        raise MissingFileError("file not found", path)
+    if path.name == "dataset.json":
+        return load_dataset_spec(path.parent).ignore_label
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"not a readable JSON file ({' '.join(str(exc).split())})", path) from exc
+    if not isinstance(data, dict) or "n_classes" not in data or not isinstance(data.get("labels"), dict):
+        raise UsageError("neither a dataset.json nor a focusseg plan (no labels and n_classes)", path)
+    value = data.get("ignore_label")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise UsageError(f"the plan's ignore_label {value!r} is not a positive integer", path)
+    return value
 
 
 def present_labels(*labelmaps: np.ndarray) -> list[int]:
@@ -126,7 +176,7 @@ def _rebuild_error(record: tuple) -> FocussegError:
 
 def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | tuple, list[int]]:
     """``(case, rows, labels present)``, or ``(case, error record, [])`` for a file that cannot be scored."""
-    case, pred_path, gt_path, labels, tol, connectivity, convention = job
+    case, pred_path, gt_path, labels, tol, connectivity, convention, ignore = job
     try:
         pred, pred_affine, _ = _load_labels(pred_path)
         gt, gt_affine, spacing = _load_labels(gt_path)
@@ -136,7 +186,9 @@ def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | tuple, list[int]]:
             diff = float(np.abs(pred_affine - gt_affine).max())
             raise ImageError(f"affine differs from the reference {gt_path} (max difference {diff:.3g}, "
                              f"tolerance {AFFINE_ATOL})", pred_path)
-        present = present_labels(pred, gt)
+        if ignore is not None:
+            pred, gt = mask_ignored(pred, gt, ignore)
+        present = [v for v in present_labels(pred, gt) if v != ignore]
         rows = evaluate_case(pred, gt, spacing, present if labels is None else labels, tol, connectivity, convention)
     except FocussegError as exc:
         return case, _error_record(exc), []
@@ -207,6 +259,7 @@ def evaluate_folders(
     workers: int = 2,
     convention: str = "default",
     progress: bool = True,
+    ignore_label: int | None = None,
 ) -> dict:
     """Evaluate every label map of ``gt_dir`` against the prediction of the same case in ``pred_dir``.
 
@@ -218,7 +271,8 @@ def evaluate_folders(
     Spacing comes from the reference header; prediction and reference must share shape and affine (within
     1e-4). ``labels=None`` evaluates every non-zero label found in any reference or prediction (present values
     only: memory does not depend on how large label values are). ``workers > 1`` evaluates cases in a process
-    pool.
+    pool. ``ignore_label``: the reference value of unannotated voxels (module docstring), recorded in the
+    summary; never evaluated as a label.
 
     Raises:
         MissingFileError: a folder that does not exist.
@@ -242,6 +296,12 @@ def evaluate_folders(
     req = None if labels is None else [int(v) for v in labels]
     if req is not None and (not req or min(req) <= 0):
         raise UsageError(f"labels must be positive integers, got {labels}")
+    if ignore_label is not None:
+        if isinstance(ignore_label, bool) or not isinstance(ignore_label, (int, np.integer)) or ignore_label <= 0:
+            raise UsageError(f"the ignore label must be a positive integer, got {ignore_label!r}")
+        ignore_label = int(ignore_label)
+        if req is not None and ignore_label in req:
+            raise UsageError(f"label {ignore_label} is the ignore label: it cannot be evaluated as a label")
     gts, preds = _case_files(gt_dir), _case_files(pred_dir)
     if not gts:
         raise DatasetError("no ground-truth label maps (.nii.gz, .nii, .mha, .nrrd ...) in this folder", gt_dir)
@@ -257,7 +317,7 @@ def evaluate_folders(
         more = f" (and {len(extra) - 1} more: {_listing(extra[1:])})" if len(extra) > 1 else ""
         raise DatasetError(f"prediction has no ground truth in {gt_dir}{more}", preds[extra[0]],
                            hint="remove predictions of other cases, or add their references")
-    jobs = [(c, preds[c], gts[c], req, float(nsd_tolerance), connectivity, conv) for c in sorted(gts)]
+    jobs = [(c, preds[c], gts[c], req, float(nsd_tolerance), connectivity, conv, ignore_label) for c in sorted(gts)]
     results: dict[str, tuple[list[dict], list[int]]] = {}
     failures: list[FocussegError] = []
 
@@ -302,6 +362,7 @@ def evaluate_folders(
         "nsd_tolerance": float(nsd_tolerance),
         "connectivity": connectivity,
         "labels": final_labels,
+        **({"ignore_label": ignore_label} if ignore_label is not None else {}),
         "n_cases": len(results),
         **summarize(all_rows, final_labels),
     }

@@ -2,7 +2,8 @@
 
 Per case: spacing, shape before/after crop to non-zero, per-class voxel counts, and a random sample of
 foreground intensities per channel (nnU-Net samples 10,000 foreground voxels per case). Aggregated: median
-spacing/shape, per-channel foreground mean/std/percentiles (0.5, 99.5), per-class voxel fractions.
+spacing/shape, per-channel foreground mean/std/percentiles (0.5, 99.5), per-class voxel fractions. Voxels of the
+ignore label (:mod:`focusseg.io.dataset`) are not annotated: neither foreground samples nor counted in a class.
 
 Keyed by content: a fingerprint carries its format version, the sha256 of ``dataset.json`` and each case's
 source signature (file names, sizes, mtime_ns); :func:`load_or_compute_fingerprint` reuses a cached one only
@@ -29,13 +30,18 @@ SAMPLES_PER_CASE = 10_000
 FINGERPRINT_VERSION = 2
 
 
-def case_fingerprint(case: CaseFiles, n_classes: int, seed: int = 0, reading: dict | None = None) -> dict:
+def case_fingerprint(case: CaseFiles, n_classes: int, seed: int = 0, reading: dict | None = None,
+                     ignore_label: int | None = None) -> dict:
+    """One case's fingerprint. With an ``ignore_label`` its voxels are neither foreground (intensity samples)
+    nor counted in ``class_voxels`` (only the ``n_classes`` classes are)."""
     image, label, geo = read_case(list(case.images), case.label, **(reading or {}))
     bbox = nonzero_bbox(image)
     cropped = crop(image, bbox)
     lab = crop(label, bbox) if label is not None else None
     rng = np.random.default_rng(seed)
     fg = lab > 0 if lab is not None else np.any(cropped != 0, axis=0)
+    if lab is not None and ignore_label is not None:
+        fg &= lab != ignore_label
     samples = []
     for c in range(cropped.shape[0]):
         vals = cropped[c][fg]
@@ -69,9 +75,12 @@ def _labelled(data_dir: Path, spec: DatasetSpec) -> list[CaseFiles]:
     return cases
 
 
-def _key(data_dir: Path, cases: list[CaseFiles]) -> dict:
-    return {"version": FINGERPRINT_VERSION, "dataset_json_sha256": dataset_json_sha256(data_dir),
-            "sources": {c.case_id: case_sources(c, data_dir) for c in cases}}
+def _key(data_dir: Path, cases: list[CaseFiles], spec: DatasetSpec | None = None) -> dict:
+    key = {"version": FINGERPRINT_VERSION, "dataset_json_sha256": dataset_json_sha256(data_dir),
+           "sources": {c.case_id: case_sources(c, data_dir) for c in cases}}
+    if spec is not None and spec.ignore_label is not None:  # only then: other datasets keep their cached key
+        key["ignore_label"] = spec.ignore_label
+    return key
 
 
 def compute_fingerprint(data_dir: str | Path, workers: int = 2, progress: bool = True) -> dict:
@@ -80,9 +89,9 @@ def compute_fingerprint(data_dir: str | Path, workers: int = 2, progress: bool =
     data_dir = Path(data_dir)
     spec: DatasetSpec = load_dataset_spec(data_dir)
     cases = _labelled(data_dir, spec)
-    key = _key(data_dir, cases)
+    key = _key(data_dir, cases, spec)
     reading = {"n_channels": spec.n_channels, "layout": spec.layout, "label_values": spec.label_values}
-    jobs = [(c, spec.n_classes, i, reading) for i, c in enumerate(cases)]
+    jobs = [(c, spec.n_classes, i, reading, spec.ignore_label) for i, c in enumerate(cases)]
     from rich.progress import Progress
 
     results = []
@@ -140,6 +149,8 @@ def _stale_reason(cached: object, current: dict) -> str | None:
         return f"format version {cached.get('version')!r}, this focusseg writes {current['version']}"
     if cached.get("dataset_json_sha256") != current["dataset_json_sha256"]:
         return "dataset.json changed"
+    if cached.get("ignore_label") != current.get("ignore_label"):
+        return "ignore label not recorded (made by an older focusseg, which sampled its voxels as foreground)"
     old, new = cached.get("sources"), current["sources"]
     if not isinstance(old, dict):
         return "no source signature"
@@ -163,7 +174,7 @@ def load_or_compute_fingerprint(data_dir: str | Path, path: str | Path, progress
             cached, reason = None, "unreadable"
         else:
             spec = load_dataset_spec(data_dir)
-            reason = _stale_reason(cached, _key(data_dir, _labelled(data_dir, spec)))
+            reason = _stale_reason(cached, _key(data_dir, _labelled(data_dir, spec), spec))
         if reason is None:
             return cached  # type: ignore[return-value]
         print(f"fingerprint {path}: stale ({reason}) — recomputing", file=sys.stderr)

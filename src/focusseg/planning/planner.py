@@ -21,6 +21,8 @@ Rules:
   kernels until then; deep-supervision heads are only built where their nnU-Net weight is nonzero.
 - normalisation: CT channels ``ct`` (clip to foreground 0.5/99.5 percentiles + z-score with foreground
   mean/std); others ``zscore`` per image, masked to the non-zero region when cropping removed >= 25 %.
+- labels: ``labels`` holds the classes; a label named ``ignore`` (nnU-Net's ignore label) is recorded apart as
+  ``ignore_label`` and gets no output channel (``n_classes`` = max class value + 1).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from focusseg.errors import PlanError
+from focusseg.io.dataset import split_ignore_label
 
 if TYPE_CHECKING:
     from focusseg.io.dataset import DatasetSpec
@@ -40,7 +43,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"voxel_budget": 96**3, "step_voxels": 2 * 96**3, "base_width": 16, "max_width": 256,
             "network": "unet", "amp": "bf16", "iterations_per_epoch": 100},
     "cuda": {"voxel_budget": 128**3, "step_voxels": 2 * 128**3, "base_width": 32, "max_width": 320,
-             "network": "dynunet", "amp": "fp16", "iterations_per_epoch": 250},
+             "network": "dynunet", "amp": "auto", "iterations_per_epoch": 250},
 }
 
 
@@ -138,7 +141,8 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
         raise PlanError(f"fingerprint field 'n_cases' = {fp.get('n_cases')!r} must be a positive integer")
     median_shape = (shape_after_crop * scale).tolist()
     dataset_vox = float(np.prod(median_shape)) * fp["n_cases"]
-    labels = {str(k): int(v) for k, v in fp["labels"].items()}
+    # the ignore label (nnU-Net's, see focusseg.io.dataset) is no class: no output channel, recorded apart
+    labels, ignore_label = split_ignore_label({str(k): int(v) for k, v in fp["labels"].items()})
     n_classes = max(labels.values()) + 1
     if budget is None:
         patch, n_pool = plan_patch(median_shape, profile["voxel_budget"])
@@ -193,14 +197,21 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
             "foreground_oversampling": 0.33,
             "augmentation": "nnunet",
             "amp": profile["amp"],
+            "validation": "patches",
+            "val_patches": 32,
             "val_every": 1,
+            "val_full_every": 10,
             "val_max_cases": None,
             "sampler": {"name": "foreground"},
             "class_weighter": None,
+            "channels_last": False,
+            "compile": False,
             "seed": 0,
         },
         "inference": {"overlap": 0.5, "mirror_axes": [0, 1, 2], "batch_size": 2},
     }
+    if ignore_label is not None:  # only then: a plan without one keeps its form (and its hash)
+        plan["ignore_label"] = ignore_label
     if budget is not None:
         plan["gpu_memory_gb"], plan["preset"] = budget[0], budget[1]
         plan["memory_estimate_gb"] = round(gpu["estimate"]["total_gb"], 3)
@@ -214,7 +225,9 @@ def validate_plan(plan: dict, spec: DatasetSpec) -> None:
     a patch that is not 2 or 3 positive integers, a non-positive batch size or target spacing, ``n_classes`` or
     label values that differ from ``dataset.json``'s, a channel count (``channel_names``, ``normalization``)
     that differs from the dataset's, and a class weighter (TCF/PCF/CBS weight every class index
-    ``0..n_classes-1``) with non-contiguous label values such as {0, 1, 3}."""
+    ``0..n_classes-1``) with non-contiguous label values such as {0, 1, 3}. The plan's ``labels`` are the
+    classes (dataset.json's labels without the ignore label); ``ignore_label`` must be dataset.json's ignore
+    label value (absent when it declares none)."""
     if not isinstance(plan, dict):
         raise PlanError(f"a plan must be a JSON object, not {type(plan).__name__}")
     for key in ("patch_size", "n_classes", "labels", "channel_names", "normalization", "target_spacing"):
@@ -241,8 +254,15 @@ def validate_plan(plan: dict, spec: DatasetSpec) -> None:
                                                for v in labels.values()):
         raise PlanError("plan 'labels' must map names to integer values")
     plan_values = sorted(set(labels.values()))
-    if plan_values != spec.label_values:
-        raise PlanError(f"plan label values {plan_values} differ from dataset.json's {spec.label_values}",
+    if plan_values != spec.class_values:
+        raise PlanError(f"plan label values {plan_values} differ from dataset.json's {spec.class_values}"
+                        + (f" (its ignore label {spec.ignore_label} is no class)" if spec.ignore_label is not None
+                           else ""),
+                        hint="re-plan this dataset (the plan was made for another one)")
+    ignore = plan.get("ignore_label")
+    if ignore != spec.ignore_label or isinstance(ignore, bool):
+        said = "none" if spec.ignore_label is None else spec.ignore_label
+        raise PlanError(f"plan ignore_label {ignore!r} differs from dataset.json's ignore label ({said})",
                         hint="re-plan this dataset (the plan was made for another one)")
     n_classes = plan["n_classes"]
     if n_classes != spec.n_classes:
@@ -316,8 +336,8 @@ MIN_FEATURE_MAP = 4
 MAX_POOL_PER_AXIS = 6
 #: MONAI's ``DynUNet`` needs at least 3 stages (2 poolings; ``check_kernel_stride``).
 MIN_STAGES = 3
-#: Under fp16/bf16 autocast every activation is 2 bytes, without AMP 4.
-AMP_BYTES = {"fp16": 2, "bf16": 2}
+#: Under fp16/bf16 autocast every activation is 2 bytes, without AMP 4 ("auto" is fp16 or bf16 on CUDA).
+AMP_BYTES = {"fp16": 2, "bf16": 2, "auto": 2}
 #: Saved tensors per conv-output element: the conv output (kept by the norm) and the norm/activation output (kept
 #: by the next conv) are 2; the third covers skip concatenations, transposed-conv outputs and backward transients.
 #: Measured on the meta device (``nets.profile.estimate_activation_bytes``): 2.85 for the 6-stage 32-320 DynUNet.

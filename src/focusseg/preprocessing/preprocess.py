@@ -1,5 +1,6 @@
 """Preprocess cases with a plan: crop to non-zero -> normalise -> resample (image: spline order 3 by default,
-label: nearest), then store each case as ``.npy`` arrays plus an index of foreground voxel locations per class.
+label: nearest), then store each case as ``.npy`` arrays plus an index of foreground voxel locations per class
+(and, with an ignore label, of annotated voxels under key :data:`ANNOTATED`; label maps keep the ignore value).
 The store is keyed by what produced it (plan fields, source files; see :mod:`focusseg.preprocessing.store`), so a
 changed plan or an edited case is preprocessed again, never silently reused.
 
@@ -29,6 +30,9 @@ from focusseg.preprocessing.transforms import (
 )
 
 MAX_LOCATIONS_PER_CLASS = 10_000
+#: Location key of the annotated voxels (every voxel that is not the ignore label), stored only when the plan has
+#: an ignore label: nnU-Net centres its non-foreground patches on them (``annotated_classes_key``).
+ANNOTATED = -1
 
 
 def preprocess_array(
@@ -58,15 +62,27 @@ def preprocess_array(
     return img, lab, props
 
 
-def class_locations(label: np.ndarray, classes: list[int], seed: int = 0) -> dict[int, np.ndarray]:
-    """Up to ``MAX_LOCATIONS_PER_CLASS`` voxel coordinates ``(N, ndim)`` per foreground class (random subset)."""
+def class_locations(label: np.ndarray, classes: list[int], seed: int = 0, ignore_label: int | None = None
+                    ) -> dict[int, np.ndarray]:
+    """Up to ``MAX_LOCATIONS_PER_CLASS`` voxel coordinates ``(N, ndim)`` per foreground class (random subset).
+
+    ``classes`` never includes the ignore label (the plan's labels are classes only). With ``ignore_label``, key
+    :data:`ANNOTATED` holds up to as many coordinates of annotated voxels (label != ignore, background included),
+    drawn after the classes (so the classes' subsets do not depend on it)."""
     rng = np.random.default_rng(seed)
     out = {}
     for c in classes:
+        if ignore_label is not None and c == ignore_label:
+            continue
         coords = np.argwhere(label == c)
         if len(coords) > MAX_LOCATIONS_PER_CLASS:
             coords = coords[rng.choice(len(coords), MAX_LOCATIONS_PER_CLASS, replace=False)]
         out[c] = coords.astype(np.int32)
+    if ignore_label is not None:
+        coords = np.argwhere(label != ignore_label)
+        if len(coords) > MAX_LOCATIONS_PER_CLASS:
+            coords = coords[rng.choice(len(coords), MAX_LOCATIONS_PER_CLASS, replace=False)]
+        out[ANNOTATED] = coords.astype(np.int32)
     return out
 
 
@@ -75,7 +91,7 @@ def _preprocess_one(args: tuple[CaseFiles, dict, str, dict, dict]) -> str:
     image, label, geo = read_case(list(case.images), case.label, **reading)
     img, lab, props = preprocess_array(image, geo, plan, label)
     fg = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
-    locs = class_locations(lab, fg) if lab is not None else {}
+    locs = class_locations(lab, fg, ignore_label=plan.get("ignore_label")) if lab is not None else {}
     PreprocessedStore(out_dir).write_case(case.case_id, img, lab, {**props, **extra_props}, locs)
     return case.case_id
 

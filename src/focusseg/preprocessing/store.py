@@ -1,7 +1,7 @@
 """The preprocessed store: one folder, per case ``<id>.npy`` (image, float32 ``(C, *spatial)``),
 ``<id>_seg.npy`` (label, int16), ``<id>.json`` (properties) and ``<id>_locs.npz`` (foreground voxel
-locations per class), plus ``store.json``: the store's key. Arrays are opened memory-mapped, so a loader reads
-only the patch it crops.
+locations per class; key ``-1``: annotated voxels, with an ignore label), plus ``store.json``: the store's
+key. Arrays are opened memory-mapped, so a loader reads only the patch it crops.
 
 Keyed by content: ``store.json`` holds the format version and the sha256 of the plan fields that change what
 preprocessing produces (:data:`PREPROCESSING_FIELDS`); every case's ``.json`` repeats that key and records each
@@ -42,6 +42,8 @@ def store_fields(plan: dict) -> dict:
     fields = {k: plan.get(k) for k in PREPROCESSING_FIELDS}
     fields["resample_order_image"] = int(plan.get("resample_order_image", 3))
     fields["labels"] = {str(k): int(v) for k, v in (plan.get("labels") or {}).items()}
+    if plan.get("ignore_label") is not None:  # only then: stores of other plans keep their key
+        fields["ignore_label"] = int(plan["ignore_label"])
     fields["format"] = STORE_FORMAT
     fields["max_locations_per_class"] = MAX_LOCATIONS_PER_CLASS
     fields["crop"] = "nonzero"
@@ -103,7 +105,7 @@ class PreprocessedStore:
             self._atomic_save(self.root / f"{case_id}_seg.npy", lambda f: np.save(f, label.astype(np.int16)))
         self._atomic_save(self.root / f"{case_id}_locs.npz",
                           lambda f: np.savez(f, **{str(k): v for k, v in locations.items()}))
-        props = {**props, "classes_present": [int(k) for k, v in locations.items() if len(v)]}
+        props = {**props, "classes_present": [int(k) for k, v in locations.items() if len(v) and int(k) >= 0]}
         self._atomic_save(self.root / f"{case_id}.json", lambda f: f.write(json.dumps(props, indent=1).encode()))
 
     def _load(self, path: Path, mmap: bool) -> np.ndarray:

@@ -3,7 +3,8 @@
 Weights are re-set once per epoch from per-class validation scores ``S_i`` (Dice in [0, 1]).
 
 ``update(scores)`` takes the **foreground** classes' scores, shape ``(K - 1,)`` (class 1..K-1 in label order);
-``weights()`` returns ``(K,)`` for the loss, background (index 0) fixed at ``background_weight`` (1). A NaN score
+``weights()`` returns ``(K,)`` for the loss, background (index 0) fixed at ``background_weight`` (1); K is the
+plan's ``n_classes``, so an ignore label (no class: masked out of the loss) has no weight. A NaN score
 (class absent from every validation case) carries no information: that class keeps its weight and its history
 entry is ignored by the maxima. The paper's ``{S_i}_0 = 1`` initialisation is *not* put into the history (it
 would make every class look like it had peaked at epoch 0); histories start at the first validation.

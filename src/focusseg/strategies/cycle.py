@@ -70,17 +70,25 @@ def _main_output(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out[0]
 
 
-def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, ...]:
+def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int | None = None,
+                 ignore_label: int | None = None) -> tuple[torch.Tensor, ...]:
     """Per-class TP, FP, FN voxel counts ``(K,)`` of ``argmax(logits)`` against ``labels`` over a batch, on the
     logits' device without a host sync (a scatter-add into ``K * K`` bins; CUDA ``bincount`` would read the
     maximum on the host). ``labels`` ``(B, 1 | 2, *S)`` or ``(B, *S)``, any integer dtype (uint8 widened before
-    ``label * K``); with a blob loss's ``(labels, instance map)`` target only channel 0 counts."""
+    ``label * K``); with a blob loss's ``(labels, instance map)`` target only channel 0 counts. Voxels labelled
+    ``ignore_label`` are not counted (they go to one extra bin that is dropped)."""
     k = int(logits.shape[1]) if k is None else int(k)
     if labels.ndim == logits.ndim:
         labels = labels[:, 0]
     pred = logits.max(1).indices.flatten()  # = argmax(1) (first maximum), much faster on the CPU
-    idx = labels.flatten().long().clamp(0, k - 1) * k + pred
-    conf = torch.zeros(k * k, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+    flat_labels = labels.flatten().long()
+    idx = flat_labels.clamp(0, k - 1) * k + pred
+    if ignore_label is None:
+        conf = torch.zeros(k * k, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+    else:
+        idx = torch.where(flat_labels == int(ignore_label), k * k, idx)
+        conf = torch.zeros(k * k + 1, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
+        conf = conf[: k * k]
     conf = conf.reshape(k, k)
     tp = conf.diag()
     return tp, conf.sum(0) - tp, conf.sum(1) - tp
@@ -100,6 +108,7 @@ class CycleTask:
         loss_fn: ``loss_fn(logits, target[, class_weights=...]) -> (B,)`` (``reduction="none"``).
         keep, criterion, ramp_epochs: see the module docstring; ``set_epoch`` advances the ramp.
         grad_clip: max gradient norm per network (nnU-Net: 12), None = off.
+        ignore_label: the plan's ignore label, left out of the step's class counts (the loss masks it itself).
     """
 
     def __init__(
@@ -111,6 +120,7 @@ class CycleTask:
         criterion: str = "agreement",
         ramp_epochs: int = 0,
         grad_clip: float | None = 12.0,
+        ignore_label: int | None = None,
     ) -> None:
         if len(networks) != 3 or len(optimizers) != 3:
             raise ValueError("cycle training needs exactly three networks and three optimisers")
@@ -120,6 +130,7 @@ class CycleTask:
         self.loss_fn = loss_fn
         self.keep, self.criterion, self.ramp_epochs = float(keep), criterion, int(ramp_epochs)
         self.grad_clip = grad_clip
+        self.ignore_label = ignore_label
         self.epoch = 0
 
     @property
@@ -154,7 +165,7 @@ class CycleTask:
             losses.append(per_sample)
             mains.append(_main_output(out).detach().float())
         with torch.no_grad():
-            tp, fp, fn = class_counts(torch.stack(mains).mean(0), labels)
+            tp, fp, fn = class_counts(torch.stack(mains).mean(0), labels, ignore_label=self.ignore_label)
         detached = [loss.detach() for loss in losses]
         masks = [
             cycle_select(detached[(i + 1) % 3], detached[(i + 2) % 3], self.keep_now, self.criterion) for i in range(3)

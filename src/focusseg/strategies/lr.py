@@ -5,7 +5,10 @@ The loop calls ``step(iteration)`` before every optimiser step (``metric=None``)
 ``step(iteration, metric)`` after each validation with the mean foreground Dice in [0, 1]. A controller
 writes the rate into every parameter group of its optimiser and returns it.
 
-- poly (nnU-Net): ``lr = lr0 * (1 - it / max_it) ** 0.9``, ``it`` clamped to ``[0, max_it]``.
+- poly (nnU-Net): ``lr = lr0 * (1 - it / H) ** 0.9`` with ``H = max_it``, ``it`` clamped to ``[0, max_it]``.
+  ``horizon_iterations`` sets ``H`` apart from the run's length (FLARE21 paper 002 trains 300 epochs of nnU-Net's
+  ``(1 - epoch / 1000) ** 0.9`` schedule: ``H`` = 1000 epochs, the run stops at 300); the plan says it in
+  epochs, ``lr_schedule.horizon_epochs``, converted with ``training.iterations_per_epoch`` when built.
 - cosine: linear warmup ``lr0 * (it + 1) / W`` for ``it < W``, then
   ``lr = lr_min + (lr0 - lr_min) * (1 + cos(pi * (it - W) / (max_it - W))) / 2``.
 - constant: ``lr0`` (pairs with Ranger21, whose warmup/warmdown live inside the optimiser).
@@ -59,22 +62,29 @@ class ConstantLR(_Controller):
 
 
 class PolyLR(_Controller):
-    """nnU-Net's polynomial decay ``lr0 * (1 - it / max_iterations) ** exponent`` (per iteration)."""
+    """nnU-Net's polynomial decay ``lr0 * (1 - it / H) ** exponent`` (per iteration), ``H`` =
+    ``horizon_iterations`` when given (a schedule planned for longer than the run, which stops at
+    ``max_iterations``), else ``max_iterations``; ``it`` is clamped to ``[0, min(max_iterations, H)]``."""
 
     def __init__(
-        self, optimizer: torch.optim.Optimizer, lr0: float, max_iterations: int, exponent: float = 0.9
+        self, optimizer: torch.optim.Optimizer, lr0: float, max_iterations: int, exponent: float = 0.9,
+        horizon_iterations: int | None = None,
     ) -> None:
         if max_iterations < 1:
             raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
+        if horizon_iterations is not None and int(horizon_iterations) < 1:
+            raise ValueError(f"horizon_iterations must be >= 1, got {horizon_iterations}")
         self.max_iterations = int(max_iterations)
+        self.horizon_iterations = None if horizon_iterations is None else int(horizon_iterations)
         self.exponent = float(exponent)
         super().__init__(optimizer, lr0)
 
     def step(self, iteration: int, metric: float | None = None) -> float:
         if metric is not None:  # validation call: the schedule depends on the iteration only
             return self.lr
-        it = min(max(int(iteration), 0), self.max_iterations)
-        return self._apply(self.lr0 * (1.0 - it / self.max_iterations) ** self.exponent)
+        horizon = self.horizon_iterations or self.max_iterations
+        it = min(max(int(iteration), 0), self.max_iterations, horizon)
+        return self._apply(self.lr0 * (1.0 - it / horizon) ** self.exponent)
 
 
 class CosineLR(_Controller):

@@ -1,0 +1,309 @@
+"""Cross-validation as one workflow (issue 15 part 1; nnU-Net's five folds, ``nnUNetv2_train ... FOLD`` x 5 and
+``nnUNetv2_find_best_configuration``'s pooled summary):
+
+    CV/
+      plan_planner.json      the planner's plan for this data and device (before the recipe), made once
+      fingerprint.json       keyed by the dataset's files
+      splits_final.json      the folds (the data folder's own splits_final.json wins when present)
+      preprocessed/          ONE store for every fold (keyed by the plan's preprocessing fields)
+      fold_K/                an ordinary run folder per fold (plan.json, checkpoints, validation/, summary.json)
+      validation/            every finished fold's held-out predictions, pooled (links into fold_K/validation)
+                             + metrics.csv / summary.json of the pooled evaluation
+      postprocessing.json    chosen on the pooled validation predictions; `predict CV` applies it to the ensemble
+      crossval.json          per-fold and pooled Dice, the folds, the plan's hash, the recipe
+
+* Each fold is trained by :func:`focusseg.engine.run.run_training` with the same planner plan, recipe and
+  overrides, the shared store and the shared split file, so every fold's ``plan.json`` is the same plan.
+* ``folds``: a list (``0,1,2``), a range (``0-4``), ``all`` (every fold of the split file) or one fold (``3``): a fold
+  can be trained or resumed alone, on another machine, into the same CV folder (one lock per fold folder).
+* A fold whose ``summary.json`` exists is finished and kept (``overwrite`` trains it again); a fold with
+  checkpoints but no summary is continued with ``resume`` (without it, its run folder refuses, naming itself).
+* After training, every finished fold (also ones trained earlier or elsewhere) is pooled: the pooled metrics are the
+  evaluator's over all held-out cases together (each case predicted by the fold that did not train on it), as
+  nnU-Net's ``summary.json`` of the cross-validation; post-processing is chosen on those pooled predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from focusseg.errors import RunFolderError, UsageError
+
+CROSSVAL_JSON = "crossval.json"
+PLANNER_PLAN = "plan_planner.json"
+
+
+def parse_folds(text: str | Sequence[int] | int, n_folds: int) -> list[int]:
+    """``"0-4"`` -> [0..4], ``"0,2"`` -> [0, 2], ``"all"`` -> every fold, ``"3"`` -> [3]; each in ``0..n_folds-1``."""
+    if isinstance(text, int):
+        parts: list[str] = [str(text)]
+    elif isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+    else:
+        parts = [str(int(p)) for p in text]
+    if parts == ["all"]:
+        return list(range(n_folds))
+    folds: list[int] = []
+    for part in parts:
+        lo, sep, hi = part.partition("-")
+        try:
+            rng = range(int(lo), int(hi) + 1) if sep else range(int(lo), int(lo) + 1)
+        except ValueError:
+            raise UsageError(f"--folds {text!r}: {part!r} is not a fold number, a range like 0-4, or 'all'") from None
+        if not rng or int(lo) < 0:
+            raise UsageError(f"--folds {text!r}: {part!r} is an empty or negative range")
+        folds.extend(rng)
+    if not folds:
+        raise UsageError(f"--folds {text!r} names no fold")
+    bad = [f for f in folds if f >= n_folds]
+    if bad:
+        raise UsageError(f"--folds {text!r}: fold {bad[0]} does not exist (the split file has {n_folds} folds, "
+                         f"0..{n_folds - 1})")
+    return sorted(set(folds))
+
+
+def is_crossval_dir(path: str | Path) -> bool:
+    return (Path(path) / CROSSVAL_JSON).is_file()
+
+
+def fold_dirs(cv_dir: str | Path, finished_only: bool = True) -> list[Path]:
+    """The CV folder's fold run folders (``fold_K``), sorted by K; ``finished_only``: those with a
+    ``summary.json`` and a best checkpoint."""
+    cv = Path(cv_dir)
+    out = []
+    for p in cv.glob("fold_*"):
+        if not p.is_dir() or not p.name[5:].isdigit():
+            continue
+        if finished_only and not ((p / "summary.json").is_file() and (p / "checkpoint_best.pt").is_file()):
+            continue
+        out.append(p)
+    return sorted(out, key=lambda p: int(p.name[5:]))
+
+
+def _shared_plan(data_dir: Path, cv_dir: Path, device_type: str, progress: bool) -> Path:
+    """The planner's plan for the CV, made once (``plan_planner.json``); later calls reuse it."""
+    from focusseg.engine.run import plan_dataset
+    from focusseg.planning.fingerprint import save_json
+
+    path = cv_dir / PLANNER_PLAN
+    if not path.is_file():
+        save_json(plan_dataset(data_dir, device_type, None, cv_dir / "fingerprint.json", progress), path)
+    return path
+
+
+def _splits_file(data_dir: Path, cv_dir: Path, case_ids: list[str]) -> tuple[Path, int]:
+    from focusseg.data.splits import load_or_create_splits
+
+    own = data_dir / "splits_final.json"
+    path = own if own.is_file() else cv_dir / "splits_final.json"
+    try:
+        splits = load_or_create_splits(path, case_ids)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        from focusseg.errors import DatasetError
+
+        raise DatasetError(f"unreadable splits file ({' '.join(str(exc).split())})", path) from exc
+    return path, len(splits)
+
+
+def run_crossval(data_dir: str | Path, cv_dir: str | Path, folds: str | Sequence[int] = "all",
+                 recipe: dict | None = None, overrides: dict | None = None, time_budget_min: float | None = None,
+                 device: str | None = None, resume: bool = False, overwrite: bool = False, check: bool = True,
+                 progress: bool = True, callbacks: list[Any] | None = None,
+                 on_fold: Any = None) -> dict[str, Any]:
+    """Train ``folds`` into ``cv_dir/fold_K`` (module docstring), pool every finished fold and write
+    ``crossval.json``. ``on_fold(fold, status, summary)`` is called after each fold (for progress output)."""
+    from focusseg.engine.run import resolve_device, run_training
+    from focusseg.io.dataset import discover_cases, load_dataset_spec
+    from focusseg.io.paths import is_inside
+
+    data_dir, cv_dir = Path(data_dir), Path(cv_dir)
+    if not data_dir.is_dir():
+        from focusseg.errors import MissingFileError
+
+        raise MissingFileError("no such dataset folder", data_dir)
+    if is_inside(data_dir, cv_dir):
+        raise UsageError(f"the CV folder contains the dataset {data_dir}: training would write into the input",
+                         cv_dir, hint="use another --out, outside the dataset folder")
+    if cv_dir.exists() and not cv_dir.is_dir():
+        raise UsageError("the CV folder exists and is not a folder", cv_dir)
+    if check:
+        from focusseg.errors import CheckFailed
+        from focusseg.io.check import check_dataset
+
+        problems = check_dataset(data_dir)
+        if problems:
+            raise CheckFailed(problems)
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    spec = load_dataset_spec(data_dir)
+    case_ids = [c.case_id for c in discover_cases(data_dir, spec) if c.label is not None]
+    splits_path, n_folds = _splits_file(data_dir, cv_dir, case_ids)
+    chosen = parse_folds(folds, n_folds)
+    planner_plan = _shared_plan(data_dir, cv_dir, dev.type, progress)
+    trained: dict[int, str] = {}
+    for k in chosen:
+        fold_dir = cv_dir / f"fold_{k}"
+        finished = (fold_dir / "summary.json").is_file()
+        if finished and not overwrite:
+            trained[k] = "kept"
+            if on_fold is not None:
+                on_fold(k, "kept", _read_json(fold_dir / "summary.json"))
+            continue
+        started = (fold_dir / "checkpoint_latest.pt").is_file() or (fold_dir / "checkpoint_previous.pt").is_file()
+        summary = run_training(data_dir, fold_dir, fold=k, recipe=recipe, overrides=overrides,
+                               time_budget_min=time_budget_min, device=device,
+                               resume=resume and started and not overwrite,
+                               preprocessed_dir=cv_dir / "preprocessed", plan_path=planner_plan,
+                               splits_path=splits_path, progress=progress, callbacks=callbacks, check=False,
+                               overwrite=overwrite)
+        trained[k] = "resumed" if resume and started and not overwrite else "trained"
+        if on_fold is not None:
+            on_fold(k, trained[k], summary)
+    result = pool_crossval(cv_dir, data_dir, progress=progress)
+    result["this_call"] = {str(k): v for k, v in trained.items()}
+    return result
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunFolderError(f"unreadable ({' '.join(str(exc).split())})", path) from exc
+    if not isinstance(data, dict):
+        raise RunFolderError("not a JSON object", path)
+    return data
+
+
+def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Pool every finished fold of ``cv_dir``: link each fold's held-out predictions and references into
+    ``cv_dir/validation``, evaluate them together, choose post-processing on them, and write
+    ``crossval.json`` (returned). Every fold must have been trained with the same plan."""
+    from focusseg import __version__
+    from focusseg.engine.run import _link, _mean_dice, plan_hash
+    from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
+    from focusseg.metrics import evaluate_folders
+    from focusseg.metrics.files import label_files
+    from focusseg.planning.fingerprint import save_json
+
+    cv_dir = Path(cv_dir)
+    done = fold_dirs(cv_dir)
+    if not done:
+        raise RunFolderError("no finished fold (fold_K with summary.json and checkpoint_best.pt)", cv_dir,
+                             hint="train folds first: focusseg crossval DATA --out CV --folds 0-4")
+    plans = {d.name: _read_json(d / "plan.json") for d in done}
+    hashes = {name: plan_hash(p) for name, p in plans.items()}
+    if len(set(hashes.values())) > 1:
+        first = next(iter(hashes))
+        other = next(n for n in hashes if hashes[n] != hashes[first])
+        raise RunFolderError(f"{first} and {other} were trained with different plans: their predictions do not "
+                             "pool into one cross-validation", cv_dir / other / "plan.json",
+                             hint=f"train {other} again with --overwrite, or use another CV folder")
+    plan = plans[done[0].name]
+    pred_dir, ref_dir = cv_dir / "validation" / "predictions", cv_dir / "validation" / "reference"
+    keep: set[str] = set()
+    per_fold: dict[str, Any] = {}
+    for d in done:
+        summary = _read_json(d / "summary.json")
+        fv = summary.get("final_validation") or {}
+        fold_pred, fold_ref = d / "validation" / "predictions", d / "validation" / "reference"
+        cases = sorted(p.name for p in label_files(fold_pred).values()) if fold_pred.is_dir() else []
+        for name in cases:
+            if name in keep:
+                raise RunFolderError(f"case {name} is held out by two folds", d / "validation" / "predictions",
+                                     hint="the folds come from different split files: retrain them into one CV")
+            keep.add(name)
+            _link((fold_pred / name).resolve(), pred_dir / name)
+            ref = fold_ref / name
+            _link(ref.resolve() if ref.exists() else ref, ref_dir / name)
+        per_fold[d.name[5:]] = {"run_dir": d.name, "val_cases": len(cases), "mean_dice": fv.get("mean_dice"),
+                                "dice_per_label": fv.get("dice_per_label"), "epochs": summary.get("epochs"),
+                                "iterations": summary.get("iterations"),
+                                "train_seconds": summary.get("train_seconds")}
+    for folder in (pred_dir, ref_dir):  # cases of folds no longer finished (or removed) leave the pool
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name not in keep and (p.is_symlink() or p.is_file()):
+                    p.unlink()
+    labels = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
+    pooled: dict[str, Any] = {"cases": len(keep)}
+    post: dict[str, Any] | None = None
+    if keep:
+        summary = evaluate_folders(pred_dir, ref_dir, cv_dir / "validation", labels=labels, progress=progress,
+                                   ignore_label=plan.get("ignore_label"))
+        pooled.update(mean_dice=_mean_dice(summary),
+                      dice_per_label={k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()})
+        if plan.get("inference", {}).get("postprocessing", "auto") == "auto":
+            res = choose_postprocessing_for_run(cv_dir, labels)
+            post = {"steps": res["steps"], "dice_before": res["dice_before"], "dice_after": res["dice_after"]}
+    result = {"folds": per_fold, "pooled": pooled, "postprocessing": post, "plan_sha256": hashes[done[0].name],
+              "recipe": plan.get("recipe"), "recipe_form": plan.get("recipe_form"),
+              "data_dir": str(Path(data_dir).resolve()) if data_dir is not None else _data_dir_of(done[0]),
+              "focusseg_version": __version__}
+    save_json(result, cv_dir / CROSSVAL_JSON)
+    return result
+
+
+def _data_dir_of(run_dir: Path) -> str | None:
+    info = run_dir / "run.json"
+    try:
+        return json.loads(info.read_text()).get("data_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def crossval_predictor(cv_dirs: str | Path | Sequence[str | Path], checkpoint: str = "best", device: Any = "cpu",
+                       uncertainty: str | None = None, postprocess: bool = True,
+                       postprocessing_file: str | Path | None = None) -> Any:
+    """An :class:`~focusseg.inference.predictor.EnsemblePredictor` of every finished fold of one or more
+    cross-validation folders: equal weights per fold within a CV (nnU-Net's default) and equal total weight per CV.
+    Post-processing: ``postprocessing_file`` when given (e.g. ``focusseg best``'s choice for an ensemble of CVs),
+    else a single CV's own (chosen on its pooled validation), else none; nothing when ``postprocess`` is false."""
+    import torch
+
+    from focusseg.inference.postprocess_selection import load_run_postprocessing, read_postprocessing_file
+    from focusseg.inference.predictor import EnsemblePredictor, Predictor
+
+    cvs = [Path(cv_dirs)] if isinstance(cv_dirs, (str, Path)) else [Path(c) for c in cv_dirs]
+    dev = torch.device(device) if isinstance(device, str) else device
+    members, weights = [], []
+    for cv in cvs:
+        folds = fold_dirs(cv)
+        if not folds:
+            raise RunFolderError("no finished fold to predict with", cv,
+                                 hint="train folds first: focusseg crossval DATA --out CV")
+        members += [Predictor.from_run(d, checkpoint, dev) for d in folds]
+        weights += [1.0 / len(folds)] * len(folds)
+    if not postprocess:
+        steps: list[dict] = []
+    elif postprocessing_file is not None:
+        steps = read_postprocessing_file(postprocessing_file)
+    elif len(cvs) == 1:
+        steps = load_run_postprocessing(cvs[0], members[0].plan)
+    else:
+        steps = []
+    return EnsemblePredictor(members, weights, uncertainty, postprocessing=steps)
+
+
+def describe_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows ``(fold, cases, label Dice..., mean)`` for a table: one per fold, then ``pooled``."""
+    labels = sorted({k for f in result["folds"].values() for k in (f.get("dice_per_label") or {})}
+                    | set(result["pooled"].get("dice_per_label") or {}), key=lambda s: int(s))
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{float(v):.4f}"
+
+    rows = []
+    for k, f in sorted(result["folds"].items(), key=lambda kv: int(kv[0])):
+        d = f.get("dice_per_label") or {}
+        rows.append((k, str(f["val_cases"]), *[fmt(d.get(lab)) for lab in labels], fmt(f.get("mean_dice"))))
+    p = result["pooled"]
+    d = p.get("dice_per_label") or {}
+    rows.append(("pooled", str(p["cases"]), *[fmt(d.get(lab)) for lab in labels], fmt(p.get("mean_dice"))))
+    return [("fold", "cases", *[f"label {lab}" for lab in labels], "mean"), *rows]
+
+
+__all__ = ["CROSSVAL_JSON", "crossval_predictor", "describe_rows", "fold_dirs", "is_crossval_dir", "parse_folds",
+           "pool_crossval", "run_crossval"]

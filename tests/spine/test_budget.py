@@ -1,0 +1,58 @@
+"""Time budgets at iteration granularity with time reserved for the final validation (issue 15 part 7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from focusseg.engine.loop import Trainer, fit_iterations
+
+
+def _trainer(ipe: int = 100, iteration: int = 100, elapsed: float = 30.0, **timing: float) -> Trainer:
+    t = Trainer(plan={"training": {"iterations_per_epoch": ipe}}, run_dir=Path("."), parts=None, sampler=None,
+                device=torch.device("cpu"), train_ids=[], val_ids=[])
+    t.iteration, t.elapsed = iteration, elapsed
+    t.timing = {"iteration_s": 0.25, "validation_s": 5.0, "val_every": 1.0, "reserve_s": 0.0, **timing}
+    return t
+
+
+def test_fit_iterations_fills_the_budget_inside_the_last_epoch():
+    # 300 s budget, 30 s spent; an epoch is 100 * 0.25 + 5 = 30 s: 9 whole epochs = 270 s, nothing left
+    assert fit_iterations(_trainer(), 300.0, 10**6) == 100 + 900
+    # 5-minute budget where whole epochs would stop at 4.5 minutes: the last 29 s hold a partial epoch of
+    # (29 - 5 s validation) / 0.25 = 96 iterations
+    assert fit_iterations(_trainer(), 329.0, 10**6) == 100 + 900 + 96
+    # the final validation's reserve comes off the budget first
+    assert fit_iterations(_trainer(reserve_s=60.0), 329.0, 10**6) == 100 + 7 * 100 + 96
+    # validation every 5 epochs is amortised: an epoch costs 25 + 1 s; 270 - 260 - 5 s leave 20 iterations
+    assert fit_iterations(_trainer(val_every=5.0), 300.0, 10**6) == 100 + 10 * 100 + 20
+    # never fewer than done, never more than the plan's epochs
+    assert fit_iterations(_trainer(), 10.0, 10**6) == 100
+    assert fit_iterations(_trainer(), 10**6, 500) == 500
+
+
+def test_a_budgeted_run_records_its_timing_and_ends_inside_the_budget(tmp_path: Path):
+    from focusseg_testdata import write_tiny_dataset
+
+    from focusseg.engine.report import read_log
+    from focusseg.engine.run import run_training
+
+    torch.set_num_threads(1)
+    data = write_tiny_dataset(tmp_path / "D", n_cases=5)
+    plan = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+            "patch_size": [16, 16, 16], "batch_size": 2,
+            "training": {"max_epochs": 1000, "iterations_per_epoch": 4, "augmentation": "light", "amp": "none"}}
+    budget_min = 0.4
+    summary = run_training(data, tmp_path / "run", overrides=plan, progress=False, time_budget_min=budget_min,
+                           check=False)
+    log = read_log(tmp_path / "run")
+    timing = log[0]["timing"]
+    assert timing["iteration_s"] > 0 and timing["reserve_s"] > 0  # the final validation was reserved
+    assert log[0]["planned_iterations"] == summary["iterations"] or summary["train_seconds"] >= \
+        budget_min * 60 - timing["reserve_s"] - 1  # stopped by the plan, or by the clock at the reserve
+    assert summary["total_seconds"] <= budget_min * 60 * 1.5  # loose: a shared 2-core machine
+    state = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
+    assert set(state["timing"]) == {"iteration_s", "validation_s", "val_every", "reserve_s"}  # kept for resume
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_validation"]["mean_dice"] is not None
