@@ -31,6 +31,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "hippo_fold0")
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--note", default="", help="a line about the conditions of the run")
+    ap.add_argument("--baseline-run", type=Path, default=None,
+                    help="a run of the same command with --set training.validation=volumes (the former per-epoch "
+                         "whole-volume validation), measured on the same machine: compared side by side")
     ap.add_argument("--previous", default="", help="the previous measurement to compare with, as text "
                     "(e.g. '0.8778 on 2026-11-23 with whole-volume validation every epoch')")
     ap.add_argument("--time-log", type=Path, default=None,
@@ -84,8 +87,29 @@ def main() -> None:
               "Peer (DEVELOPERS.md field notes, same machine type): nnU-Net v2 default plan trained 30 min on this "
               "CPU finishes one epoch and scores mean Dice 0.84.", "",
               "![training curve](benchmarks/results/hippocampus_curve.png)", ""]
+    if args.baseline_run is not None:
+        lines += _ab_lines(run, args.baseline_run)
     (HERE / "results" / "train_hippocampus.md").write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _ab_lines(run: Path, baseline: Path) -> list[str]:
+    """The cheap per-epoch validation against the former whole-volume validation, same command and machine."""
+    import numpy as np
+
+    out = ["### Per-epoch validation: fixed patches (default) vs whole volumes (former), same 30-minute command",
+           "",
+           f"Baseline: the same command with `--set training.validation=volumes` ({baseline}), run right after on "
+           "the same machine.", "",
+           "| per-epoch validation | validation s/epoch | training s/epoch | iterations in 30 min | best in-training "
+           "Dice | hold-out mean Dice (final validation) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, folder in (("fixed patches (pseudo-Dice)", run), ("whole volumes", baseline)):
+        s = json.loads((folder / "summary.json").read_text())
+        log = [r for r in read_log(folder) if "val_time_s" in r]
+        out.append(f"| {name} | {np.mean([r['val_time_s'] for r in log]):.2f} | "
+                   f"{np.mean([r['train_time_s'] for r in log]):.1f} | {s['iterations']} | "
+                   f"{s['best_val_mean_dice']:.4f} | {s['final_validation']['mean_dice']:.4f} |")
+    return [*out, ""]
 
 
 def _val_kind(log: list[dict]) -> str:

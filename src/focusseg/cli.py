@@ -1,4 +1,5 @@
-"""The ``focusseg`` command: check, plan, preprocess, train, predict, evaluate, demo, nets, recipes."""
+"""The ``focusseg`` command: check, plan, preprocess, train, crossval, best, predict, ensemble, postprocess, evaluate,
+demo, nets, recipes."""
 
 from __future__ import annotations
 
@@ -228,6 +229,11 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
             postprocess: bool = typer.Option(
                 True, "--postprocess/--no-postprocess",
                 help="Apply the run's post-processing (chosen on its validation; single runs only)."),
+            output_format: str | None = typer.Option(
+                None, "--output-format", help="nifti, nrrd or mha (default: each input's own format)."),
+            save_probabilities: bool = typer.Option(
+                False, "--save-probabilities", help="Also write <case>_probabilities.npz (float16 class "
+                                                    "probabilities on the original grid, for `focusseg ensemble`)."),
             postprocessing_file: Path | None = typer.Option(
                 None, "--postprocessing-file", help="Apply the steps of this postprocessing.json instead (e.g. the "
                                                     "one `focusseg best` chose for an ensemble)."),
@@ -272,8 +278,30 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
         predictor = EnsemblePredictor(members, w, uncertainty, postprocessing=steps)
     if predictor.postprocessing:
         console.print(f"post-processing: {predictor.postprocessing}")
-    written = predict_folder(predictor, in_dir, out_dir, overlap=overlap, tta=tta)
+    written = predict_folder(predictor, in_dir, out_dir, overlap=overlap, tta=tta,
+                             save_probabilities=save_probabilities, output_format=output_format)
     console.print(f"{len(written)} segmentation(s) written to {out_dir}")
+
+
+@app.command()
+def ensemble(pred_dirs: list[Path] = typer.Argument(..., help="Prediction folders written with --save-probabilities."),
+             out: Path = typer.Option(..., help="Receives <case><ending> for every case present in all folders."),
+             weights: str | None = typer.Option(None, help="Comma-separated weights, one per folder (default equal)."),
+             save_probabilities: bool = typer.Option(False, "--save-probabilities",
+                                                     help="Also write the ensemble's mean probabilities.")) -> None:
+    """Ensemble prediction folders from their saved probabilities (weighted mean, argmax).
+
+    Example: `focusseg ensemble preds/unet preds/stunet --out preds/ensemble`
+    """
+    from focusseg.errors import UsageError
+    from focusseg.inference.probabilities import ensemble_folders
+
+    try:
+        w = [float(x) for x in weights.split(",")] if weights else None
+    except ValueError as exc:
+        raise UsageError(f"--weights must be comma-separated numbers, got {weights!r}") from exc
+    written = ensemble_folders(pred_dirs, out, w, save_probabilities)
+    console.print(f"{len(written)} segmentation(s) written to {out}")
 
 
 @app.command()

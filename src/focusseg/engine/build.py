@@ -108,11 +108,20 @@ def build_parts(plan: dict, total_iterations: int, device: torch.device) -> Part
     return Parts(task=task, lr=lr, augmenter=build_augmenter(plan), weighter=build_weighter(plan))
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX tiles, as oneDNN uses them)."""
+    probe = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(f()) for f in probe if callable(f))
+
+
 def amp_dtype(plan: dict, device: torch.device) -> torch.dtype | None:
     """``training.amp``: "auto" | "bf16" | "fp16" | "none".
 
     - "auto": on CUDA, bf16 autocast on Ampere or newer (compute capability >= 8: bf16 has fp32's range, no
-      scaler needed), else fp16 with a GradScaler (nnU-Net's choice on older cards); on the CPU, fp32.
+      scaler needed), else fp16 with a GradScaler (nnU-Net's choice on older cards); on the CPU, bf16 only where
+      the CPU computes bf16 natively (:func:`cpu_has_native_bf16`: AVX512-BF16 or AMX), else fp32 — measured on
+      an AVX2-only EPYC, a bf16 training step of the default Hippocampus U-Net took 11x longer than fp32 (7.6 s vs
+      0.66 s), while on CPUs with AVX512-BF16 it was 1.5-2x faster.
     - "fp16" needs CUDA; on the CPU it falls back to bf16. "bf16" is taken as given (on any device).
     Explicit values are kept as they are."""
     amp = str(plan["training"].get("amp", "none")).lower()
@@ -120,7 +129,7 @@ def amp_dtype(plan: dict, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "auto":
         if device.type != "cuda":
-            return None
+            return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     if amp == "fp16" and device.type == "cuda":
         return torch.float16

@@ -296,9 +296,25 @@ class EnsemblePredictor:
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """``(segmentation, uncertainty map or None)``, both with the original ``geometry.shape``."""
+        seg, unc, _ = self._predict(image, geometry, overlap, tta, False)
+        return seg, unc
+
+    def predict_with_probabilities(
+        self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """``(segmentation, uncertainty or None, probabilities)``: the (weighted mean) class probabilities
+        ``(K, *geometry.shape)`` float32 on the original grid (background 1 outside the network's crop); the
+        segmentation is their argmax (then post-processed)."""
+        seg, unc, probs = self._predict(image, geometry, overlap, tta, True)
+        assert probs is not None
+        return seg, unc, probs
+
+    def _predict(
+        self, image: np.ndarray, geometry: Geometry, overlap: float | None, tta: bool, want_probabilities: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         from focusseg.inference.uncertainty import StreamingMoments, entropy, inverse_confidence
 
-        if len(self.members) == 1 and self.uncertainty is None:  # streaming path: no K-channel original grid
+        if len(self.members) == 1 and self.uncertainty is None and not want_probabilities:  # streaming path
             probs, props = self.members[0].softmax_on_network_grid(image, geometry, overlap, tta)
             labels = resample_argmax(probs, tuple(props["shape_after_crop"]))
             n_classes = probs.shape[0]
@@ -325,12 +341,17 @@ class EnsemblePredictor:
         box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
         seg = np.zeros(geometry.shape, dtype=np.uint8 if n_classes < 256 else np.int16)
         seg[box] = labels.numpy()
+        full = None
+        if want_probabilities:
+            full = np.zeros((n_classes, *geometry.shape), dtype=np.float32)
+            full[0] = 1.0  # outside the crop the network saw: background, as the segmentation there
+            full[(slice(None), *box)] = mean.numpy()
         if self.postprocessing:
             from focusseg.inference.postprocess import apply_postprocessing
 
             seg = apply_postprocessing(seg, self.postprocessing, geometry.spacing).astype(seg.dtype, copy=False)
         if self.uncertainty is None:
-            return seg, None
+            return seg, None, full
         if self.uncertainty == "entropy":
             u = entropy(mean, normalize=True)
         elif self.uncertainty == "variance":
@@ -339,7 +360,7 @@ class EnsemblePredictor:
             u = inverse_confidence(mean)
         unc = np.zeros(geometry.shape, dtype=np.float32)
         unc[box] = u.numpy()
-        return seg, unc
+        return seg, unc, full
 
     def segment(
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
@@ -417,11 +438,21 @@ def _read_input(files: list[Path], n_ch: int) -> tuple[np.ndarray, Geometry]:
     return image, geo
 
 
+def _save_probabilities(path: Path, probs: np.ndarray, geo: Geometry, labels: list[int], ending: str) -> Path:
+    from focusseg.inference.probabilities import save_probabilities
+
+    return save_probabilities(path, probs, geo, labels, ending)
+
+
 def _write(fn, path: Path, array: np.ndarray, geo: Geometry) -> Path:
     try:
         return fn(path, array, geo)
     except OSError as exc:
         raise FocussegError(f"cannot write the prediction ({exc.strerror or type(exc).__name__})", path) from exc
+
+
+#: ``predict --output-format``: the file ending written for each format (default: the input's own).
+OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
 
 
 def predict_folder(
@@ -432,13 +463,17 @@ def predict_folder(
     tta: bool = True,
     progress: bool = True,
     file_ending: str | None = None,
+    save_probabilities: bool = False,
+    output_format: str | None = None,
 ) -> list[Path]:
     """Predict every ``<case>_<CCCC><ending>`` set of files in ``in_dir`` into ``out_dir/<case><ending>`` (and
     ``<case>_uncertainty<ending>`` when the ensemble computes an uncertainty map); returns the files written.
 
     Inputs of every known ending are read (``.nii.gz``, ``.nii``, ``.mha``, ``.nrrd``...; the output keeps the
     input's format, ``.mhd``/``.nhdr`` become one-file ``.mha``/``.nrrd``); ``file_ending`` restricts the cases to
-    one ending. Temporaries, dot files, side outputs and names without ``_<CCCC>`` are ignored. Inputs are only
+    one ending; ``output_format`` (:data:`OUTPUT_FORMATS`: nifti, nrrd, mha) writes every output in that format
+    instead. ``save_probabilities``: also ``<case>_probabilities.npz`` (:mod:`focusseg.inference.probabilities`).
+    Temporaries, dot files, side outputs and names without ``_<CCCC>`` are ignored. Inputs are only
     read; each output is written atomically under ``out_dir``. A rerun after an interruption writes the same
     files again.
 
@@ -482,6 +517,10 @@ def predict_folder(
                            hint="images are named like case001_0000.nii.gz, one file per channel")
     failures: list[FocussegError] = list(failed.values())
     written: list[Path] = []
+    if output_format is not None:
+        if output_format not in OUTPUT_FORMATS:
+            raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+        cases = {c: (files, OUTPUT_FORMATS[output_format]) for c, (files, _) in cases.items()}
     outputs = {c: (files, safe_child(out_dir, f"{c}{end}"), end) for c, (files, end) in cases.items()}
     if outputs:
         try:
@@ -499,7 +538,11 @@ def predict_folder(
                 if isinstance(result, FocussegError):
                     raise result
                 image, geo = result
-                seg, unc = predictor.predict(image, geo, overlap, tta)
+                probs = None
+                if save_probabilities:
+                    seg, unc, probs = predictor.predict_with_probabilities(image, geo, overlap, tta)
+                else:
+                    seg, unc = predictor.predict(image, geo, overlap, tta)
                 del image
             except FocussegError as exc:
                 failures.append(exc)
@@ -510,6 +553,14 @@ def predict_folder(
                 written.append(pending_write.result())
             if unc is not None:
                 _write(write_image, safe_child(out_dir, f"{case}_uncertainty{end}"), unc, geo)
+            if probs is not None:
+                from functools import partial
+
+                from focusseg.inference import probabilities as saved
+
+                write_probs = partial(_save_probabilities, labels=list(range(probs.shape[0])), ending=end)
+                _write(write_probs, safe_child(out_dir, f"{case}{saved.SUFFIX}"), probs, geo)
+                del probs
             pending_write = pool.submit(_write, write_segmentation, target, seg, geo)
             bar.advance(task)
         if pending_write is not None:

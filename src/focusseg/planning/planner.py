@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"voxel_budget": 96**3, "step_voxels": 2 * 96**3, "base_width": 16, "max_width": 256,
-            "network": "unet", "amp": "bf16", "iterations_per_epoch": 100},
+            "network": "unet", "amp": "auto", "iterations_per_epoch": 100},
     "cuda": {"voxel_budget": 128**3, "step_voxels": 2 * 128**3, "base_width": 32, "max_width": 320,
              "network": "dynunet", "amp": "auto", "iterations_per_epoch": 250},
 }
