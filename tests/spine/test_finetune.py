@@ -8,7 +8,6 @@ linearly over the warmup; a resumed run does not load the source again; bad sour
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -31,12 +30,7 @@ HEAD = ("model.2.",)  # MONAI UNet: the top up-layer makes the logits
 FIRST_CONV = ("model.0.conv.unit0.conv.weight", "model.0.residual.weight")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _tiny(**training) -> dict:

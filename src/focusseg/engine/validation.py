@@ -78,18 +78,11 @@ def confusion_counts(pred: torch.Tensor, labels: torch.Tensor, k: int, ignore_la
                      ) -> torch.Tensor:
     """``(3, K)`` int64 TP, FP, FN per class of integer maps ``pred`` and ``labels`` (same shape, any device),
     from a ``K x K`` confusion matrix by scatter-add (no host sync; label values outside ``0..K-1`` are clamped).
-    Voxels whose label is ``ignore_label`` are not counted at all (one extra bin, dropped)."""
-    lab = labels.flatten().long()
-    idx = lab.clamp(0, k - 1) * k + pred.flatten().long()
-    if ignore_label is None:
-        conf = torch.zeros(k * k, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
-    else:
-        idx = torch.where(lab == int(ignore_label), k * k, idx)
-        conf = torch.zeros(k * k + 1, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
-        conf = conf[: k * k]
-    conf = conf.reshape(k, k)
-    tp = conf.diag()
-    return torch.stack([tp, conf.sum(0) - tp, conf.sum(1) - tp])
+    Voxels whose label is ``ignore_label`` are not counted at all (one extra bin, dropped). One implementation
+    with the training step's counts (:func:`focusseg.strategies.cycle.label_counts`)."""
+    from focusseg.strategies.cycle import label_counts
+
+    return torch.stack(label_counts(pred, labels, k, ignore_label))
 
 
 def dice_from_counts(counts: np.ndarray | torch.Tensor, labels: Sequence[int]) -> dict[int, float]:

@@ -80,9 +80,17 @@ def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int | None = Non
     k = int(logits.shape[1]) if k is None else int(k)
     if labels.ndim == logits.ndim:
         labels = labels[:, 0]
-    pred = logits.max(1).indices.flatten()  # = argmax(1) (first maximum), much faster on the CPU
+    pred = logits.max(1).indices  # = argmax(1) (first maximum), much faster on the CPU
+    return label_counts(pred, labels, k, ignore_label)
+
+
+def label_counts(pred: torch.Tensor, labels: torch.Tensor, k: int, ignore_label: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class TP, FP, FN ``(K,)`` of integer maps ``pred`` and ``labels`` (same number of voxels, any device)
+    from a ``K x K`` confusion matrix by scatter-add (no host sync; label values outside ``0..K-1`` are clamped);
+    voxels labelled ``ignore_label`` go to one extra bin that is dropped."""
     flat_labels = labels.flatten().long()
-    idx = flat_labels.clamp(0, k - 1) * k + pred
+    idx = flat_labels.clamp(0, k - 1) * k + pred.flatten().long()
     if ignore_label is None:
         conf = torch.zeros(k * k, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
     else:
