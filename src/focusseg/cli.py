@@ -1,5 +1,5 @@
-"""The ``focusseg`` command: check, plan, preprocess, train, crossval, best, predict, ensemble, postprocess, evaluate,
-demo, nets, recipes."""
+"""The ``focusseg`` command: check, plan, preprocess, train, report, compare, crossval, best, predict, ensemble,
+postprocess, evaluate, demo, nets, recipes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,10 @@ console = Console()
 err = Console(stderr=True)
 
 DATA = typer.Argument(..., help="An nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/).")
+
+CONFIGURATION = typer.Option(None, "--configuration", help="3d (patches, the default) or 2d (slices along the "
+                                                            "lowest-resolution axis, nnU-Net's 2d): same as --set "
+                                                            "configuration=2d.")
 
 
 @app.command()
@@ -37,6 +41,7 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
          preset: str | None = typer.Option(
              None, help="GPU budget: m (8 GB), l (24), xl (40), or whole (the card minus max(1 GB, 10 %))."),
          set_: list[str] = typer.Option([], "--set", help="Override a field: --set training.batch_size=4"),
+         configuration: str | None = CONFIGURATION,
          recipe: str | None = typer.Option(None, help="Apply a recipe's plan overrides."),
          recipe_form: str | None = typer.Option(
              None, "--recipe-form", help="The recipe's cpu (scaled-down) or gpu (the paper's) form; default: the "
@@ -60,7 +65,7 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
     from focusseg.planning.planner import make_plan
     from focusseg.recipes import FORMS, load_recipe
 
-    overrides = _parse_set(set_)
+    overrides = _parse_set(set_, configuration)
     if recipe_form is not None and recipe_form not in FORMS:
         raise UsageError(f"--recipe-form must be one of {', '.join(FORMS)}, got {recipe_form!r}")
     chosen_recipe = load_recipe(recipe) if recipe else None
@@ -76,7 +81,10 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
                          hint="use --device cuda (no GPU needed to plan)")
     if not no_check:
         _check_or_fail(data)
-    p = make_plan(compute_fingerprint(data, progress=True), device=dev, gpu_memory_gb=gpu_memory, preset=preset)
+    from focusseg.io.dataset import load_dataset_spec
+
+    p = make_plan(compute_fingerprint(data, progress=True), device=dev, gpu_memory_gb=gpu_memory, preset=preset,
+                  spec=load_dataset_spec(data))  # the spec carries region-based labels (focusseg.regions)
     p = _finish_plan(p, chosen_recipe, overrides, dev, recipe_form)  # as training finishes it
     if chosen_recipe is not None:
         p["recipe"] = chosen_recipe["name"]
@@ -103,6 +111,7 @@ def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder 
           plan_file: Path | None = typer.Option(None, "--plan", help="Use this plan.json instead of planning."),
           preprocessed: Path | None = typer.Option(None, help="Preprocessed store to (re)use."),
           set_: list[str] = typer.Option([], "--set", help="Override a plan field: --set training.max_epochs=50"),
+          configuration: str | None = CONFIGURATION,
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
           no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check before training."),
           overwrite: bool = typer.Option(
@@ -113,7 +122,13 @@ def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder 
           freeze_encoder_epochs: int | None = typer.Option(
               None, "--freeze-encoder-epochs", help="With --init-from: the encoder does not train for N epochs."),
           warmup_epochs: int | None = typer.Option(
-              None, "--warmup-epochs", help="With --init-from: the learning rate rises linearly over N epochs.")
+              None, "--warmup-epochs", help="With --init-from: the learning rate rises linearly over N epochs."),
+          devices: int = typer.Option(
+              1, "--devices", help="Train on N processes (N GPUs on cuda, N CPU processes with Gloo): launches itself "
+                                   "through torchrun (same as `torchrun --nproc_per_node=N -m focusseg train ...`)."),
+          logger: str = typer.Option(
+              "none", "--logger", help="Also log scalars to: none, or tensorboard (RUN/tensorboard/; needs the "
+                                       "tensorboard package, extra `tracking`).")
           ) -> None:
     """Check the dataset, plan, preprocess and train one fold; then predict and score the held-out cases.
 
@@ -124,7 +139,16 @@ def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder 
     from focusseg.engine.run import run_training
     from focusseg.errors import UsageError
     from focusseg.recipes import FORMS, load_recipe
+    from focusseg.reporting.observers import make_loggers
 
+    if devices != 1:
+        from focusseg.engine.distributed import World, launch_self
+
+        if devices < 1:
+            raise UsageError(f"--devices must be a whole number >= 1, got {devices}")
+        if not World.env_says_distributed():  # relaunch this command on N processes; they find the world in env
+            raise typer.Exit(launch_self(_without_option(_cli_argv(), "--devices"),
+                                         devices))
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other (continue the run, or start it again)")
     if time_budget is not None and not time_budget > 0:
@@ -134,12 +158,40 @@ def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder 
     chosen_recipe = load_recipe(recipe)
     if recipe_form is not None:
         chosen_recipe["form"] = recipe_form  # recipes.recipe_plan: a forced form wins over the device's
-    summary = run_training(data, out, fold=fold, recipe=chosen_recipe, overrides=_parse_set(set_),
+    summary = run_training(data, out, fold=fold, recipe=chosen_recipe, overrides=_parse_set(set_, configuration),
                            time_budget_min=time_budget, device=device, resume=resume, plan_path=plan_file,
                            preprocessed_dir=preprocessed, progress=not no_progress, check=not no_check,
                            overwrite=overwrite, init_from=init_from, freeze_encoder_epochs=freeze_encoder_epochs,
-                           warmup_epochs=warmup_epochs)
+                           warmup_epochs=warmup_epochs, callbacks=make_loggers(logger))
     console.print_json(data=summary)
+
+
+@app.command()
+def report(folder: Path = typer.Argument(..., help="A run folder (`focusseg train`) or a cross-validation folder."),
+           out: Path | None = typer.Option(None, help="The HTML file to write (default: FOLDER/report.html).")
+           ) -> None:
+    """Write one self-contained, offline HTML page of a run or cross-validation: header, training curves,
+    strategy panels, timing, validation table and violin plots, slice overlays (best, median, worst case).
+
+    Works on a run in progress (it says what is not there yet). `focusseg train` writes it when it ends.
+    Example: `focusseg report runs/hippo` (then open runs/hippo/report.html)
+    """
+    from focusseg.reporting import write_report
+
+    console.print(f"report written to {write_report(folder, out)}")
+
+
+@app.command()
+def compare(folders: list[Path] = typer.Argument(..., help="Two or more run or cross-validation folders; the "
+                                                            "first is the baseline."),
+            out: Path = typer.Option(Path("compare.html"), help="The HTML file to write.")) -> None:
+    """Compare runs on one offline HTML page: curves overlaid, per-class Dice with differences against the first.
+
+    Example: `focusseg compare runs/default runs/cbs --out compare.html`
+    """
+    from focusseg.reporting import write_compare
+
+    console.print(f"comparison written to {write_compare(folders, out)}")
 
 
 @app.command()
@@ -150,6 +202,7 @@ def crossval(data: Path = DATA, out: Path = typer.Option(..., help="The cross-va
              device: str = typer.Option("auto", help="cpu, cuda or auto."),
              resume: bool = typer.Option(False, "--resume", help="Continue folds that have checkpoints."),
              set_: list[str] = typer.Option([], "--set", help="Override a plan field: --set training.max_epochs=50"),
+             configuration: str | None = CONFIGURATION,
              no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
              no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Train the chosen folds again from scratch.")
@@ -176,7 +229,7 @@ def crossval(data: Path = DATA, out: Path = typer.Option(..., help="The cross-va
         dice = (summary.get("final_validation") or {}).get("mean_dice")
         console.print(f"fold {fold}: {status}" + (f", held-out mean Dice {dice:.4f}" if dice is not None else ""))
 
-    result = run_crossval(data, out, folds, recipe=load_recipe(recipe), overrides=_parse_set(set_),
+    result = run_crossval(data, out, folds, recipe=load_recipe(recipe), overrides=_parse_set(set_, configuration),
                           time_budget_min=time_budget, device=device, resume=resume, overwrite=overwrite,
                           check=not no_check, progress=not no_progress, on_fold=report)
     rows = describe_rows(result)
@@ -215,9 +268,12 @@ def best(cv_dirs: list[Path] = typer.Argument(..., help="Cross-validation folder
 
 
 @app.command()
-def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg train`) or a cross-validation folder "
-                                                     "(`focusseg crossval`: its folds are ensembled)."),
-            in_dir: Path = typer.Argument(..., help="Images as <case>_<CCCC>.nii.gz (nnU-Net imagesTs layout)."),
+def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg train`), a cross-validation folder "
+                                                     "(`focusseg crossval`: its folds are ensembled) or a model "
+                                                     "bundle .zip (`focusseg export`)."),
+            in_dir: Path = typer.Argument(..., help="Images as <case>_<CCCC>.nii.gz (nnU-Net imagesTs layout), or "
+                                                    "DICOM: one series per case folder <case>/ (channels: "
+                                                    "<case>/0000/, <case>/0001/ ...)."),
             out_dir: Path = typer.Argument(..., help="Receives <case>.nii.gz with the input's shape and affine."),
             overlap: float = typer.Option(0.5, help="Sliding-window overlap in [0, 1)."),
             tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirror test-time augmentation."),
@@ -230,7 +286,9 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
                 True, "--postprocess/--no-postprocess",
                 help="Apply the run's post-processing (chosen on its validation; single runs only)."),
             output_format: str | None = typer.Option(
-                None, "--output-format", help="nifti, nrrd or mha (default: each input's own format)."),
+                None, "--output-format", help="nifti, nrrd, mha or dicom-seg (DICOM input only: <case>.dcm, a "
+                                              "DICOM Segmentation referencing the series; needs focusseg[dicom]). "
+                                              "Default: each input's own format, .nii.gz for DICOM."),
             save_probabilities: bool = typer.Option(
                 False, "--save-probabilities", help="Also write <case>_probabilities.npz (float16 class "
                                                     "probabilities on the original grid, for `focusseg ensemble`)."),
@@ -247,8 +305,10 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
     """
     from focusseg.engine.run import resolve_device
     from focusseg.errors import UsageError
-    from focusseg.inference.predictor import EnsemblePredictor, Predictor, predict_folder
+    from focusseg.inference.predictor import OUTPUT_FORMATS, EnsemblePredictor, Predictor, predict_folder
 
+    if output_format is not None and output_format not in OUTPUT_FORMATS:  # before any run is loaded
+        raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if not 0 <= overlap < 1:
         raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
     if checkpoint not in ("best", "final", "latest"):
@@ -260,7 +320,15 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
         raise UsageError(f"--weights must be comma-separated numbers, got {weights!r}") from exc
     from focusseg.engine.crossval import crossval_predictor, is_crossval_dir
 
-    if is_crossval_dir(run_dir):  # cross-validation folders: every finished fold, the pool's post-processing
+    if run_dir.suffix.lower() == ".zip":  # a model bundle (`focusseg export`): verified, no run folder needed
+        from focusseg.export import load_bundle
+
+        if ensemble or w or checkpoint != "best":
+            raise UsageError("a model bundle carries its members, weights and checkpoint: no --ensemble, "
+                             "--weights or --checkpoint", run_dir)
+        predictor = load_bundle(run_dir, dev, uncertainty, postprocess, postprocessing_file)
+        console.print(f"model bundle {run_dir}: {len(predictor.members)} member(s)")
+    elif is_crossval_dir(run_dir):  # cross-validation folders: every finished fold, the pool's post-processing
         if w:
             raise UsageError("cross-validation folders are weighted per fold (equal): no --weights")
         if not all(is_crossval_dir(e) for e in ensemble):
@@ -302,6 +370,43 @@ def ensemble(pred_dirs: list[Path] = typer.Argument(..., help="Prediction folder
         raise UsageError(f"--weights must be comma-separated numbers, got {weights!r}") from exc
     written = ensemble_folders(pred_dirs, out, w, save_probabilities)
     console.print(f"{len(written)} segmentation(s) written to {out}")
+
+
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg train`) or a cross-validation folder "
+                                                     "(`focusseg crossval`: one member per finished fold)."),
+           out: Path = typer.Option(..., help="The .zip to write (atomically)."),
+           checkpoint: str = typer.Option("best", help="best, final or latest."),
+           fmt: str = typer.Option("bundle", "--format", help="bundle (for `focusseg predict model.zip`), onnx or "
+                                                              "torchscript (graph(s) + spec.json)."),
+           exporter: str = typer.Option("auto", help="ONNX only: legacy, dynamo, or auto (legacy, then dynamo)."),
+           ) -> None:
+    """Export a trained model as one portable file.
+
+    `bundle` (default): manifest.json (version, date, SHA-256 of every file), each member's plan.json and
+    safetensors weights, the chosen post-processing; `focusseg predict model.zip IN OUT` predicts exactly as the run
+    folder did. `onnx` / `torchscript`: each member's network as <member>.onnx / .pt (checked against PyTorch)
+    plus spec.json (patch, channels, normalisation, spacing, labels, sliding window, softmax, TTA axes).
+    Examples: `focusseg export runs/hippo --out hippo.zip`, `focusseg export cv/hippo --out hippo_onnx.zip
+    --format onnx`
+    """
+    from focusseg.errors import UsageError
+    from focusseg.export import FORMATS, export_graphs, write_bundle
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if checkpoint not in ("best", "final", "latest"):
+        raise UsageError(f"--checkpoint must be best, final or latest, got {checkpoint!r}")
+    if fmt == "bundle":
+        write_bundle(run_dir, out, checkpoint)
+        console.print(f"model bundle written to {out}; predict with: focusseg predict {out} IN_DIR OUT_DIR")
+        return
+    spec = export_graphs(run_dir, out, fmt, checkpoint, exporter)
+    for m in spec["members"]:
+        diff = m.get("onnx_runtime_max_abs_diff", m.get("max_abs_diff"))
+        check = "unverified (onnxruntime not installed)" if diff is None else f"max |diff| vs PyTorch {diff:.2g}"
+        console.print(f"{m['file']}: {m.get('exporter')} exporter, {check}")
+    console.print(f"{fmt} export written to {out} (graphs + spec.json)")
 
 
 @app.command()
@@ -349,7 +454,12 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
                  None, "--ignore-label",
                  help="Reference value of unannotated voxels, left out of every metric: a number, a dataset "
                       "folder / dataset.json (its 'ignore' label) or a run folder / plan.json; 'none' for none. "
-                      "Default: the 'ignore' label of GT_DIR/../dataset.json when there is one.")) -> None:
+                      "Default: the 'ignore' label of GT_DIR/../dataset.json when there is one."),
+             regions: str | None = typer.Option(
+                 None, "--regions",
+                 help="Evaluate label-value regions (nnU-Net region-based training) instead of labels: a dataset "
+                      "folder / dataset.json or a run folder / plan.json that declares them; 'none' for labels. "
+                      "Default: the regions of GT_DIR/../dataset.json when it declares some.")) -> None:
     """Score predictions against references: Dice, IoU, precision/recall, NSD, HD95, ASSD, FPV/FNV, lesion-wise.
 
     With an ignore label (nnU-Net's, for partially annotated references) the voxels where the reference holds it
@@ -366,9 +476,11 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
         lab = [int(x) for x in labels.split(",")] if labels else None
     except ValueError as exc:
         raise UsageError(f"--labels must be comma-separated integers, got {labels!r}") from exc
-    ignore = _evaluate_ignore_label(ignore_label, gt_dir)
+    found = _evaluate_regions(regions, gt_dir) if lab is None else None
+    ignore = _evaluate_ignore_label(ignore_label, gt_dir) if found is None else None
     summary = evaluate_folders(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
-                               connectivity=connectivity, workers=workers, ignore_label=ignore)
+                               connectivity=connectivity, workers=workers, ignore_label=ignore,
+                               regions=found[0] if found else None, region_names=found[1] if found else None)
     console.print_json(data=summary.get("overall", summary))
     console.print(f"metrics: {out / 'metrics.csv'}  summary: {out / 'summary.json'}")
 
@@ -477,14 +589,20 @@ def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated
     console.print(table)
 
 
-def _parse_set(assignments: list[str]) -> dict:
+def _parse_set(assignments: list[str], configuration: str | None = None) -> dict:
+    """``--set`` assignments as nested overrides, plus ``--configuration`` (``configuration: "2d"``)."""
     from focusseg.errors import UsageError
-    from focusseg.planning.planner import parse_set
+    from focusseg.planning.planner import CONFIGURATIONS, parse_set
 
     try:
-        return parse_set(assignments)
+        overrides = parse_set(assignments)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if configuration is not None:
+        if configuration not in CONFIGURATIONS:
+            raise UsageError(f"--configuration must be one of {', '.join(CONFIGURATIONS)}, got {configuration!r}")
+        overrides["configuration"] = configuration
+    return overrides
 
 
 def _check_or_fail(data: Path, workers: int = 2, progress: bool = False) -> None:
@@ -495,6 +613,29 @@ def _check_or_fail(data: Path, workers: int = 2, progress: bool = False) -> None
     problems = check_dataset(data, workers=workers, progress=progress)
     if problems:
         raise CheckFailed(problems)
+
+
+def _evaluate_regions(option: str | None, gt_dir: Path) -> tuple[list[list[int]], list[str]] | None:
+    """``evaluate --regions``: ``none``, or a source for :func:`~focusseg.metrics.evaluate.read_regions`; unset:
+    the regions of ``GT_DIR/../dataset.json`` when it declares some (said in one line)."""
+    from focusseg.errors import FocussegError
+    from focusseg.metrics.evaluate import read_regions
+
+    if option is not None and option.strip().lower() == "none":
+        return None
+    if option is not None:
+        return read_regions(Path(option.strip()))
+    candidate = gt_dir.parent / "dataset.json"
+    if not candidate.is_file():
+        return None
+    try:
+        found = read_regions(candidate)
+    except FocussegError:  # not this command's business: evaluate labels
+        return None
+    if found is not None:
+        err.print(f"regions {', '.join(found[1])} (from {candidate}): Dice per region; --regions none to "
+                  "evaluate labels", highlight=False)
+    return found
 
 
 def _evaluate_ignore_label(option: str | None, gt_dir: Path) -> int | None:
@@ -527,6 +668,30 @@ def _evaluate_ignore_label(option: str | None, gt_dir: Path) -> int | None:
     return read_ignore_label(Path(text))
 
 
+def _cli_argv() -> list[str]:
+    """The command line this invocation was given (``main`` passes it in the click context), else ``sys.argv``."""
+    import sys
+
+    import click
+
+    obj = click.get_current_context().find_root().obj
+    argv = obj.get("argv") if isinstance(obj, dict) else None
+    return list(argv if argv is not None else sys.argv[1:])
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(f"{name}="):
+            out.append(a)
+    return out
+
+
 def _read_run_plan(run_dir: Path) -> dict:
     from focusseg.errors import CheckpointError, MissingFileError
 
@@ -556,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=args, prog_name="focusseg", standalone_mode=False)
+        rv = command.main(args=args, prog_name="focusseg", standalone_mode=False, obj={"argv": list(args)})
         return rv if isinstance(rv, int) else 0
     except click_error as exc:  # bad options: click's own usage message
         exc.show()
@@ -578,6 +743,13 @@ def main(argv: list[str] | None = None) -> int:
         _print_error(summary, exc.hint)
         return int(exc.exit_code)
     except Exception as exc:  # a bug, or a library failure we did not foresee: never a wall of traceback
+        from focusseg.engine.distributed import peer_failure
+
+        lost = peer_failure(exc)
+        if lost is not None:  # training on several processes: another rank died or stopped answering
+            _print_error(lost, "the first error above (or torchrun's summary) names the rank that failed; resume "
+                               "with --resume")
+            return 4
         if debug:
             import traceback
 

@@ -139,14 +139,22 @@ class PatchLoader:
         ignore_label: the plan's ignore label (``>= n_classes``): a value the labels may hold besides
             ``0..n_classes-1``, kept in the patches (the losses mask it) and never an instance. None: the store's
             (when ``n_classes`` is read from it too).
+        slice_axis: the 2D configuration: ``patch_size`` is the in-plane patch (2 values) and every request's
+            3D ``start`` names the slice (its ``slice_axis`` coordinate) and the in-plane corner; the loader
+            crops the ``(1, H, W)``-like box (:func:`focusseg.data.samplers.patch_with_slice`) from the 3D volume
+            and drops the unit axis, so batches are ``(B, C, H, W)`` true slices. None: 3D patches.
     """
 
     def __init__(self, store: PreprocessedStore, patch_size: tuple[int, ...], in_memory: bool = False,
                  n_classes: int | None = None, compact_labels: bool | None = None, workers: int | None = None,
                  mode: str = "threads", pin_memory: bool = False, instances: Mapping[str, Any] | None = None,
-                 ignore_label: int | None = None) -> None:
+                 ignore_label: int | None = None, slice_axis: int | None = None) -> None:
+        from focusseg.data.samplers import patch_with_slice
+
         self.store = store
         self.patch_size = tuple(patch_size)
+        self.slice_axis = None if slice_axis is None else int(slice_axis)
+        self.crop_size = self.patch_size if slice_axis is None else tuple(patch_with_slice(patch_size, slice_axis))
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.in_memory = in_memory
         self.compact = n_classes is not None if compact_labels is None else bool(compact_labels)
@@ -192,8 +200,11 @@ class PatchLoader:
         imgs, labs = [], []
         for r in requests:
             img, lab = self._arrays(r.case)
-            imgs.append(crop_padded(img, r.start, self.patch_size))
-            labs.append(crop_padded(lab, r.start, self.patch_size)[None])
+            img_p, lab_p = crop_padded(img, r.start, self.crop_size), crop_padded(lab, r.start, self.crop_size)
+            if self.slice_axis is not None:  # the 2D configuration: the slice, without its unit axis
+                img_p, lab_p = img_p.squeeze(1 + self.slice_axis), lab_p.squeeze(self.slice_axis)
+            imgs.append(img_p)
+            labs.append(lab_p[None])
         images, labels = np.stack(imgs), np.stack(labs)
         if self.instances is not None:
             with_inst = self._with_instances(labels)
@@ -238,7 +249,7 @@ class PatchLoader:
                 self._pool = ProcessPoolExecutor(
                     self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                     initargs=(str(self.store.root), self.patch_size, self.in_memory, self.n_classes, self.compact,
-                              self.instances, self.ignore_label))
+                              self.instances, self.ignore_label, self.slice_axis))
             weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
         return self._pool
 
@@ -285,11 +296,11 @@ _WORKER: PatchLoader | None = None
 
 
 def _init_worker(root: str, patch_size, in_memory: bool, n_classes, compact: bool, instances,
-                 ignore_label=None) -> None:
+                 ignore_label=None, slice_axis=None) -> None:
     global _WORKER
     torch.set_num_threads(1)
     _WORKER = PatchLoader(PreprocessedStore(root), patch_size, in_memory, n_classes, compact, workers=1,
-                          instances=instances, ignore_label=ignore_label)
+                          instances=instances, ignore_label=ignore_label, slice_axis=slice_axis)
 
 
 def _load_in_worker(requests: list[PatchRequest]) -> tuple[np.ndarray, np.ndarray]:
@@ -320,10 +331,11 @@ def blob_instance_options(plan: Mapping[str, Any]) -> dict[str, Any] | None:
 def build_loader(store: PreprocessedStore, plan: Mapping[str, Any], device: torch.device | str) -> PatchLoader:
     """The training loader a plan asks for: ``training.loader`` parallelism, ``training.in_memory``, compact
     labels checked against ``n_classes`` (and the plan's ``ignore_label``), pinned batches on CUDA, blob-loss
-    instances labelled in the workers."""
+    instances labelled in the workers, slices along ``slice_axis`` for the 2D configuration."""
     tr = plan["training"]
     workers, mode = parse_loader_spec(tr.get("loader"))
     return PatchLoader(store, tuple(plan["patch_size"]), in_memory=bool(tr.get("in_memory", False)),
                        n_classes=int(plan["n_classes"]), workers=workers, mode=mode,
                        pin_memory=torch.device(device).type == "cuda", instances=blob_instance_options(plan),
-                       ignore_label=plan.get("ignore_label"))
+                       ignore_label=plan.get("ignore_label"),
+                       slice_axis=plan.get("slice_axis") if plan.get("configuration", "3d") == "2d" else None)

@@ -7,6 +7,9 @@ anywhere such that it overlaps the volume. Volumes smaller than the patch are pa
 nnU-Net forces exactly the last ``round(B * p)`` samples of a batch to foreground; we draw per sample,
 which gives the same expected fraction and also works for ``p`` values a batch size cannot express.
 
+2D configuration: samplers place the 3D box :func:`sampling_patch` (extent 1 along the plan's ``slice_axis``), so
+a request names the slice and the in-plane corner, and foreground oversampling picks a slice holding foreground.
+
 Ignore label (nnU-Net v2): the foreground classes are the plan's classes only -- the ignore label has no locations
 (``engine.build.build_sampler`` drops any), so a foreground patch is never centred on an ignored voxel. When the
 store holds annotated-voxel locations (key :data:`~focusseg.preprocessing.preprocess.ANNOTATED`, written for plans
@@ -27,6 +30,29 @@ from focusseg.preprocessing.preprocess import ANNOTATED
 from focusseg.registry import Registry
 
 SAMPLERS: Registry = Registry("sampler")
+
+
+def sampling_patch(plan: dict) -> tuple[int, ...]:
+    """The patch samplers place in the preprocessed (3D) volume: the plan's ``patch_size`` for a 3D plan; for the
+    2D configuration the in-plane patch with extent 1 inserted at ``slice_axis`` (a ``(1, H, W)``-like box).
+
+    So a 2D :class:`PatchRequest` is an ordinary 3D start whose ``slice_axis`` coordinate is the slice index and
+    whose other two are the in-plane corner; every sampler works unchanged: a foreground patch is centred on a
+    foreground voxel, i.e. lies on a slice that holds it, and Focused Practice indexes one grid per slice. The
+    loader crops that box and drops the unit axis (:class:`focusseg.data.loader.PatchLoader`, ``slice_axis``)."""
+    patch = [int(p) for p in plan["patch_size"]]
+    if plan.get("configuration", "3d") != "2d":
+        return tuple(patch)
+    return tuple(patch_with_slice(patch, int(plan["slice_axis"])))
+
+
+def patch_with_slice(patch: list[int] | tuple[int, ...], slice_axis: int) -> list[int]:
+    """A 2-value in-plane ``patch`` with extent 1 inserted at ``slice_axis`` (3 values)."""
+    if len(patch) != 2 or slice_axis not in (0, 1, 2):
+        raise ValueError(f"a 2D patch needs 2 sizes and a slice axis 0..2, got {tuple(patch)} and {slice_axis}")
+    out = [int(p) for p in patch]
+    out.insert(int(slice_axis), 1)
+    return out
 
 
 class ForegroundSampler:

@@ -26,9 +26,10 @@ def spatial_dims(plan: dict) -> int:
 
 def build_network_from_plan(plan: dict) -> nn.Module:
     from focusseg.nets import build_network
+    from focusseg.regions import output_channels
 
-    name, kwargs = split_spec(plan["network"])
-    return build_network(name, in_channels=len(plan["channel_names"]), out_channels=int(plan["n_classes"]),
+    name, kwargs = split_spec(plan["network"])  # outputs: n_classes, or one per region (focusseg.regions)
+    return build_network(name, in_channels=len(plan["channel_names"]), out_channels=output_channels(plan),
                          spatial_dims=spatial_dims(plan), patch_size=tuple(plan["patch_size"]), **kwargs)
 
 
@@ -40,6 +41,8 @@ def build_loss_from_plan(plan: dict, reduction: str = "mean") -> nn.Module:
 
     tr = plan["training"]
     extra = {} if plan.get("ignore_label") is None else {"ignore_label": int(plan["ignore_label"])}
+    if plan.get("regions"):  # a region plan's loss gets its regions (focusseg.losses.regions)
+        extra["regions"] = [list(r) for r in plan["regions"]]
     loss = build_loss(tr["loss"], reduction=reduction, **extra)
     ds = tr.get("deep_supervision")
     if ds:
@@ -88,7 +91,7 @@ def build_sampler(plan: dict, case_shapes: dict, locations: dict) -> Any:
     """The plan's sampler over the training cases. ``locations`` are the store's; a plan ``ignore_label`` never
     has locations of its own (it is no class: foreground patches are never centred on ignored voxels), even in a
     store written otherwise."""
-    from focusseg.data.samplers import SAMPLERS
+    from focusseg.data.samplers import SAMPLERS, sampling_patch
 
     ignore = plan.get("ignore_label")
     if ignore is not None:
@@ -98,7 +101,7 @@ def build_sampler(plan: dict, case_shapes: dict, locations: dict) -> Any:
     name, kwargs = split_spec(spec)
     kwargs.setdefault("p_foreground", plan["training"].get("foreground_oversampling", 0.33))
     return SAMPLERS.build({"name": name, **kwargs}, case_shapes=case_shapes,
-                          patch_size=tuple(plan["patch_size"]), locations=locations)
+                          patch_size=sampling_patch(plan), locations=locations)  # 2D: (1, H, W) at slice_axis
 
 
 def build_parts(plan: dict, total_iterations: int, device: torch.device) -> Parts:

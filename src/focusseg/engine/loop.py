@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +54,10 @@ import torch
 from focusseg.data.loader import build_loader
 from focusseg.engine import checkpoint as ckpt
 from focusseg.engine.build import Parts, amp_dtype, build_parts, build_sampler
+from focusseg.engine.distributed import World, seed_for_rank
 from focusseg.engine.events import call
 from focusseg.engine.report import EpochLog
-from focusseg.engine.validation import DEFAULT_FULL_EVERY, MODES, PatchValidator, validate_volumes
+from focusseg.engine.validation import DEFAULT_FULL_EVERY, MODES, PatchValidator, dice_from_counts, validate_volumes
 from focusseg.preprocessing.store import PreprocessedStore
 
 
@@ -78,6 +80,7 @@ class Trainer:
     history: list[dict] = field(default_factory=list)
     nonfinite_run: int = 0  # consecutive skipped (non-finite) steps, across epochs
     timing: dict[str, float] = field(default_factory=dict)  # measured costs that fit the schedule to a budget
+    world: World = field(default_factory=World)  # the processes training together (one: a no-op)
 
 
 class DeviceWeights:
@@ -123,25 +126,31 @@ def cuda_speedups(device: torch.device) -> Iterator[None]:
 def train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[str], val_ids: list[str],
           device: torch.device, time_budget_s: float | None = None, resume: bool = False,
           callbacks: list[Any] | None = None, progress: bool = True, resume_state: dict | None = None,
-          replan: bool = False, reserve_final_validation: bool = True) -> Trainer:
+          replan: bool = False, reserve_final_validation: bool = True, world: World | None = None) -> Trainer:
     """Train (or, with ``resume``, continue from ``resume_state`` or the run's latest good checkpoint).
 
     ``replan``: the schedule length changed on resume (more epochs, another time budget): the total number of
     iterations is recomputed instead of taken from the checkpoint. ``reserve_final_validation``: keep time of the
-    budget for the run's final whole-volume validation (:func:`measure_timing`)."""
+    budget for the run's final whole-volume validation (:func:`measure_timing`). ``world``: the processes training
+    together (:mod:`focusseg.engine.distributed`; default: this one)."""
     with cuda_speedups(device):
         return _train(store, plan, run_dir, train_ids, val_ids, device, time_budget_s, resume, callbacks, progress,
-                      resume_state, replan, reserve_final_validation)
+                      resume_state, replan, reserve_final_validation, world or World())
 
 
 def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[str], val_ids: list[str],
            device: torch.device, time_budget_s: float | None, resume: bool, callbacks: list[Any] | None,
-           progress: bool, resume_state: dict | None, replan: bool, reserve_final_validation: bool) -> Trainer:
+           progress: bool, resume_state: dict | None, replan: bool, reserve_final_validation: bool,
+           world: World) -> Trainer:
     tr = plan["training"]
     callbacks = list(callbacks or [])
-    torch.manual_seed(int(tr.get("seed", 0)))
-    gens = {"sample": torch.Generator().manual_seed(int(tr.get("seed", 0)) + 1),
-            "augment": torch.Generator().manual_seed(int(tr.get("seed", 0)) + 2)}
+    seed = int(tr.get("seed", 0))
+    torch.manual_seed(seed_for_rank(seed, world.rank))
+    gens = {"sample": torch.Generator().manual_seed(seed + 1),  # the same on every rank: one global batch
+            "augment": torch.Generator().manual_seed(seed_for_rank(seed, world.rank) + 2)}  # per rank
+    batch_size = int(plan["batch_size"])
+    world.local_batch_size(batch_size)  # a global batch that does not divide over the ranks is refused here
+    progress = progress and world.is_main
     ipe = int(tr["iterations_per_epoch"])
     total = int(tr["max_epochs"]) * ipe
     max_nonfinite = int(tr.get("max_nonfinite_steps", 25))
@@ -150,8 +159,10 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
     loader = build_loader(store, plan, device)  # training.loader workers, pinned batches on CUDA, uint8 labels
     amp = amp_dtype(plan, device)
     task = parts.task
-    t = Trainer(plan, run_dir, parts, sampler, device, train_ids, val_ids, max_iterations=total)
-    log = EpochLog(run_dir)
+    if world.active:
+        task.distribute(world, find_unused_parameters=_freezes(plan))
+    t = Trainer(plan, run_dir, parts, sampler, device, train_ids, val_ids, max_iterations=total, world=world)
+    log = EpochLog(run_dir) if world.is_main else QuietLog(run_dir)
     if resume:
         state = resume_state if resume_state is not None else ckpt.load_resume_state(run_dir)[0]
         notes = task.load_state_dict(state["task"]) or []  # tensors land on the parameters' device
@@ -159,7 +170,7 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
         sampler.load_state_dict(state["sampler"])  # stays on the CPU
         if parts.weighter is not None:
             parts.weighter.load_state_dict(state["weighter"])
-        ckpt.load_rng_state(state["rng"], gens)
+        _load_rng(state, gens, world, seed, log)
         t.epoch, t.iteration, t.max_iterations = int(state["epoch"]), int(state["iteration"]), int(
             state["max_iterations"])
         t.best, t.elapsed, t.history = float(state["best"]), float(state["elapsed"]), list(state["history"])
@@ -176,11 +187,12 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
             parts.lr.max_iterations = t.max_iterations
         log.restore(t.history)  # the log says exactly what the checkpoint holds
         _log_device_switch(log, state, device, _amp_name(t), notes, t.epoch)
-    else:  # a fresh start: lines of an earlier attempt that never checkpointed an epoch do not belong to it
+    elif world.is_main:  # a fresh start: lines of an earlier attempt that never checkpointed an epoch do not belong
         log.path.unlink(missing_ok=True)
     val_case_ids = val_ids[: tr["val_max_cases"]] if tr.get("val_max_cases") else list(val_ids)
-    patch_validator, full_every = _validation(store, val_case_ids, plan, device, amp)
+    patch_validator, full_every = _validation(store, val_case_ids, plan, device, amp, world)
     call(callbacks, "on_train_start", t)
+    world.sync_module(task.inference_module())  # a callback may have changed rank 0's weights (--init-from)
     budget_fixed = t.epoch > 0
     class_weights = DeviceWeights(device)
     while t.iteration < t.max_iterations:
@@ -189,9 +201,11 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
         task.set_epoch(t.epoch)
         losses = []
         skipped = 0
-        batches = (sampler.next_batch(int(plan["batch_size"]), gens["sample"]) for _ in range(ipe))
+        drawn: deque = deque()  # the global batches drawn so far; this rank loads its slice of each
+        batches = _draw(sampler, batch_size, gens["sample"], ipe, world, drawn)
         bar = log.progress(ipe, f"epoch {t.epoch}", enabled=progress)
         for requests, images, labels in loader.prefetch(batches):
+            global_requests = drawn.popleft()
             call(callbacks, "before_batch", t, requests)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.no_grad():
@@ -199,6 +213,9 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
             weights = class_weights.get(parts.weighter)  # copied to the device only when they change
             parts.lr.step(t.iteration)
             step = task.step(images, labels, requests, weights, lambda s: call(callbacks, "after_loss", t, s))
+            out_of_time = bool(time_budget_s) and (
+                t.elapsed + time.perf_counter() - t0 >= time_budget_s - t.timing.get("reserve_s", 0))
+            step, out_of_time = world.merge_step(step, global_requests, out_of_time)  # rank 0 decides the stop
             sampler.update(step)
             call(callbacks, "after_batch", t, step)
             if step.finite:
@@ -214,7 +231,7 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
             bar.advance(step.loss)
             if t.iteration >= t.max_iterations:
                 break  # a budget-fitted schedule may end inside an epoch
-            if time_budget_s and t.elapsed + time.perf_counter() - t0 >= time_budget_s - t.timing.get("reserve_s", 0):
+            if out_of_time:
                 break  # the budget ends inside this epoch: validate, checkpoint and stop
         bar.close()
         train_time = time.perf_counter() - t0
@@ -224,14 +241,16 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
                                   "lr": task.optimizers[0].param_groups[0]["lr"], "train_time_s": round(train_time, 2)}
         record["sampler"] = sampler.epoch_end(t.epoch)
         projected = t.elapsed + (time.perf_counter() - t0)
-        last = t.iteration >= t.max_iterations or bool(
-            time_budget_s and projected >= time_budget_s - t.timing.get("reserve_s", 0))
+        last = world.broadcast_object(t.iteration >= t.max_iterations or bool(
+            time_budget_s and projected >= time_budget_s - t.timing.get("reserve_s", 0)))
         if val_ids and ((t.epoch + 1) % int(tr.get("val_every", 1)) == 0 or last):
             v0 = time.perf_counter()
-            if patch_validator is not None:
-                scores = patch_validator(task.inference_module())
+            if patch_validator is not None:  # each rank its share of the patches; counts summed over ranks
+                counts = world.all_reduce_sum(patch_validator.counts(task.inference_module()))
+                scores = dice_from_counts(counts.cpu(), patch_validator.labels)
             else:
-                scores = validate_volumes(task.inference_module(), store, val_case_ids, plan, device, amp)
+                scores = validate_volumes(task.inference_module(), store, val_case_ids, plan, device, amp,
+                                          world=world)
             fg = [scores[c] for c in sorted(scores)]
             mean = float(np.nanmean(fg)) if not all(np.isnan(fg)) else 0.0
             record.update(val_dice={str(c): s for c, s in scores.items()}, val_mean_dice=mean,
@@ -246,28 +265,32 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
             if math.isfinite(mean) and mean > t.best and network_is_finite(task.inference_module()):
                 t.best = mean
                 record["best"] = True
-                ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
+                if world.is_main:
+                    ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
         if val_ids and patch_validator is not None and full_every > 0 and (t.epoch + 1) % full_every == 0:
             v0 = time.perf_counter()  # whole volumes every K epochs, for the record (the run validates at the end)
-            vol = validate_volumes(task.inference_module(), store, val_case_ids, plan, device, amp)
+            vol = validate_volumes(task.inference_module(), store, val_case_ids, plan, device, amp, world=world)
             vf = [vol[c] for c in sorted(vol)]
             record.update(val_volume_dice={str(c): s for c, s in vol.items()},
                           val_volume_mean_dice=float(np.nanmean(vf)) if not all(np.isnan(vf)) else 0.0,
                           val_volume_time_s=round(time.perf_counter() - v0, 2))
-        t.elapsed += time.perf_counter() - t0
+        t.elapsed = world.broadcast_object(t.elapsed + time.perf_counter() - t0)  # rank 0's clock decides
         record["elapsed_s"] = round(t.elapsed, 1)
         t.epoch += 1
         if time_budget_s and not budget_fixed:  # fix the schedule so it ends at the budget
             t.timing = measure_timing(record, ipe, int(tr.get("val_every", 1)), store, val_ids, plan,
                                       patch_validator, reserve_final_validation)
             t.max_iterations = fit_iterations(t, time_budget_s, total)
+            t.timing, t.max_iterations = world.broadcast_object((t.timing, t.max_iterations))
             if hasattr(parts.lr, "max_iterations"):
                 parts.lr.max_iterations = t.max_iterations
             budget_fixed = True
             record["planned_iterations"] = t.max_iterations
             record["timing"] = {k: round(v, 4) for k, v in t.timing.items()}
         t.history.append(record)
-        ckpt.save_latest(_state(t, gens), run_dir)
+        state = _state(t, gens)  # every rank's RNG streams (a collective)
+        if world.is_main:
+            ckpt.save_latest(state, run_dir)
         log.write(record)
         call(callbacks, "on_epoch_end", t, record)
         if time_budget_s and t.elapsed >= time_budget_s - t.timing.get("reserve_s", 0):
@@ -275,9 +298,11 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
     if patch_validator is not None:
         patch_validator.close()
     loader.close()  # worker threads / processes (kept across epochs) end with training
-    if not val_ids and network_is_finite(task.inference_module()):  # no validation: the final weights are the best
-        ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
-    ckpt.save_atomic(_export(t), run_dir / "checkpoint_final.pt")
+    if world.is_main:
+        if not val_ids and network_is_finite(task.inference_module()):  # no validation: the final weights are best
+            ckpt.save_atomic(_export(t), run_dir / "checkpoint_best.pt")
+        ckpt.save_atomic(_export(t), run_dir / "checkpoint_final.pt")
+    world.barrier()  # the final checkpoints exist before any rank goes on
     log.plot(t.history)
     call(callbacks, "on_train_end", t, {"best": t.best})
     return t
@@ -330,7 +355,7 @@ def fit_iterations(t: Trainer, budget_s: float, total: int) -> int:
 
 
 def _validation(store: PreprocessedStore, val_ids: list[str], plan: dict, device: torch.device,
-                amp: torch.dtype | None) -> tuple[PatchValidator | None, int]:
+                amp: torch.dtype | None, world: World | None = None) -> tuple[PatchValidator | None, int]:
     """``(patch validator or None, whole-volume every K epochs)`` from ``training.validation`` ("patches", the
     default, or "volumes"), ``training.val_patches`` and ``training.val_full_every``
     (:mod:`focusseg.engine.validation`)."""
@@ -346,7 +371,8 @@ def _validation(store: PreprocessedStore, val_ids: list[str], plan: dict, device
                         "(0: no whole-volume validation during training)")
     if mode == "volumes" or not val_ids:
         return None, 0
-    return PatchValidator(store, val_ids, plan, device, amp), full_every
+    world = world or World()
+    return PatchValidator(store, val_ids, plan, device, amp, shard=(world.rank, world.size)), full_every
 
 
 def _device_name(device: torch.device) -> str:
@@ -396,10 +422,14 @@ def _export(t: Trainer) -> dict:
 
 
 def _state(t: Trainer, gens: dict[str, torch.Generator]) -> dict:
+    """The resumable state; ``rng`` is this (rank 0's) process's RNG streams, ``rng_ranks`` every rank's (a
+    collective: every rank calls this)."""
     p = t.parts
+    rng = ckpt.rng_state(gens)
+    rng_ranks = t.world.gather_objects(rng) if t.world.active else None
     return {**_export(t), "task": p.task.state_dict(), "lr": p.lr.state_dict(),
             "sampler": t.sampler.state_dict(), "weighter": p.weighter.state_dict() if p.weighter else None,
-            "rng": ckpt.rng_state(gens), "max_iterations": t.max_iterations,
+            "rng": rng, "rng_ranks": rng_ranks, "world_size": t.world.size, "max_iterations": t.max_iterations,
             "elapsed": t.elapsed, "history": t.history, "nonfinite_run": t.nonfinite_run,
             "device": _device_name(t.device), "amp": _amp_name(t), "timing": t.timing}
 
@@ -408,3 +438,58 @@ def _amp_name(t: Trainer) -> str:
     """The autocast dtype the task trains in ("bfloat16", "float16" or "none")."""
     amp = getattr(t.parts.task, "amp", None)
     return str(amp).replace("torch.", "") if amp else "none"
+
+
+def _draw(sampler: Any, batch_size: int, generator: torch.Generator, n: int, world: World, drawn: deque
+          ) -> Iterator[list]:
+    """``n`` global batches from the sampler (the same on every rank); each is remembered in ``drawn`` (for the
+    sampler's update with the whole world's step) and this rank's slice is yielded to the loader."""
+    for _ in range(n):
+        requests = sampler.next_batch(batch_size, generator)
+        drawn.append(requests)
+        yield world.local_slice(requests)
+
+
+def _freezes(plan: dict) -> bool:
+    """Whether fine-tuning freezes parameters for a while (DDP must then allow unused parameters)."""
+    entry = (plan.get("training") or {}).get("init_from") or {}
+    return bool(isinstance(entry, dict) and entry.get("freeze_encoder_epochs"))
+
+
+def _load_rng(state: dict, gens: dict[str, torch.Generator], world: World, seed: int, log: Any) -> None:
+    """Restore the RNG streams on resume: each rank its own when the world size is the one the checkpoint was
+    written with (exact); otherwise every rank takes rank 0's streams (the shared sampling stream is exact), the
+    augmentation and global streams of ranks > 0 are re-seeded, and a ``world_size_changed`` event says the run
+    goes on but not bit-exactly."""
+    saved = int(state.get("world_size", 1) or 1)
+    ranks = state.get("rng_ranks")
+    if saved == world.size and (world.size == 1 or ranks):
+        ckpt.load_rng_state(ranks[world.rank] if world.size > 1 else state["rng"], gens)
+        return
+    ckpt.load_rng_state(state["rng"], gens)
+    if world.rank > 0:
+        epoch = int(state.get("epoch", 0))
+        torch.manual_seed(seed_for_rank(seed + epoch, world.rank))
+        gens["augment"].manual_seed(seed_for_rank(seed + epoch, world.rank) + 2)
+    log.event("world_size_changed", world_size={"from": saved, "to": world.size},
+              note="resumed with another number of processes: training goes on, but not bit-exactly (other "
+                   "batch slices and augmentation streams)")
+
+
+class QuietLog(EpochLog):
+    """The epoch log of a rank other than 0: it keeps nothing and prints nothing (rank 0 writes)."""
+
+    def progress(self, total: int, description: str, enabled: bool = True) -> Any:
+        return super().progress(total, description, enabled=False)
+
+    def write(self, record: dict[str, Any]) -> None:
+        return None
+
+    def event(self, event: str, **fields: Any) -> None:
+        return None
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        return None
+
+    def plot(self, history: list[dict[str, Any]]) -> None:
+        return None

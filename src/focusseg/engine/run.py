@@ -6,6 +6,11 @@ A run folder belongs to one fold and one plan (``run.json`` records the fold, a 
 folder and the focusseg version). Training into it again needs ``resume=True`` (continue; only changes listed
 in :data:`SAFE_ON_RESUME` are accepted, applied and logged) or ``overwrite=True`` (focusseg's own products are
 removed first, nothing else). While a run trains, ``run_dir/.lock`` (``flock``) keeps a second process out.
+
+Several processes (``torchrun --nproc_per_node=N -m focusseg train ...``, :mod:`focusseg.engine.distributed`):
+rank 0 holds the lock, checks, fingerprints, plans, writes the splits and preprocesses; the other ranks wait for it
+(a failure there reaches them as one line), then read the same plan and store and train with it; rank 0 alone runs
+the final validation and writes the summary, which every rank returns.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from focusseg.errors import (
 )
 from focusseg.io import discover_cases, load_dataset_spec
 from focusseg.planning.fingerprint import compute_fingerprint, save_json
-from focusseg.planning.planner import deep_merge, make_plan, match_deep_supervision
+from focusseg.planning.planner import make_plan, match_deep_supervision
 
 #: Plan keys that ``resume`` may change (more epochs, validation settings, loading, anything of inference);
 #: any other difference between the stored and the requested plan is refused. The time budget is safe too.
@@ -79,7 +84,8 @@ def _fingerprint(data_dir: Path, fingerprint_path: Path | None, progress: bool) 
 def plan_dataset(data_dir: Path, device: str = "cpu", overrides: dict | None = None,
                  fingerprint_path: Path | None = None, progress: bool = True) -> dict:
     """Fingerprint (cached at ``fingerprint_path`` when given, keyed by the source files) and plan a dataset."""
-    return make_plan(_fingerprint(Path(data_dir), fingerprint_path, progress), device=device, overrides=overrides)
+    return make_plan(_fingerprint(Path(data_dir), fingerprint_path, progress), device=device, overrides=overrides,
+                     spec=load_dataset_spec(data_dir))  # the spec carries region-based labels (focusseg.regions)
 
 
 def apply_normalization_scheme(plan: dict) -> dict:
@@ -241,14 +247,16 @@ def _finish_plan(plan: dict, recipe: dict | None, overrides: dict | None, device
                  form: str | None = None, match_heads: bool = True) -> dict:
     """The plan a run trains: the planner's ``plan`` + the recipe's form for ``device_type`` (GPU form on CUDA,
     CPU form otherwise; ``form`` or the recipe's ``"form"`` forces one: ``recipes.recipe_plan``) + ``overrides``
-    (``--set``); then the normalisation scheme, a recipe's ``network.topology``, as many deep-supervision heads as
+    (``--set``), in the configuration they ask for (``configuration: "2d"``: ``planner.plan_configuration``);
+    then the normalisation scheme, a recipe's ``network.topology``, as many deep-supervision heads as
     nonzero weights (``match_heads``; a resumed plan stored before heads were matched keeps its heads) and a patch
     the network accepts. Records ``recipe_form``."""
     from focusseg.recipes import recipe_plan, resolve_network_topology
 
+    from focusseg.planning.planner import plan_configuration
+
     recipe_overrides, chosen = recipe_plan(recipe, device_type, form)
-    plan = deep_merge(plan, recipe_overrides)
-    plan = deep_merge(plan, overrides or {})
+    plan = plan_configuration(plan, recipe_overrides, overrides or {})  # configuration "2d": planned in 2D first
     plan = apply_normalization_scheme(plan)
     plan = resolve_network_topology(plan)
     if match_heads:
@@ -306,7 +314,7 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
                  final_validation: bool = True, progress: bool = True, callbacks: list[Any] | None = None,
                  check: bool = True, overwrite: bool = False, init_from: str | Path | None = None,
                  freeze_encoder_epochs: int | None = None, warmup_epochs: int | None = None,
-                 splits_path: str | Path | None = None) -> dict:
+                 splits_path: str | Path | None = None, world: Any = None) -> dict:
     """Train one fold of ``data_dir`` into ``run_dir`` and return the run's summary (also ``summary.json``).
 
     ``init_from`` (a run folder or checkpoint), ``freeze_encoder_epochs``, ``warmup_epochs``: fine-tune
@@ -318,8 +326,45 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
     difference is a :class:`UsageError`. ``overwrite``: remove the folder's earlier focusseg products first.
     Without either, a folder holding a trained run, or made for another fold or plan, is refused.
     ``splits_path``: the split file to use (made there on first use) when the data folder has no
-    ``splits_final.json`` (default: the run folder's); a cross-validation shares one between its folds."""
+    ``splits_final.json`` (default: the run folder's); a cross-validation shares one between its folds.
+    ``world``: the processes training together (:class:`~focusseg.engine.distributed.World`); by default the one
+    a launcher such as ``torchrun`` describes in the environment, else this process alone."""
+    from focusseg.engine.distributed import World, world_for
+
+    args = dict(data_dir=data_dir, run_dir=run_dir, fold=fold, recipe=recipe, overrides=overrides,
+                time_budget_min=time_budget_min, device=device, resume=resume, preprocessed_dir=preprocessed_dir,
+                plan_path=plan_path, final_validation=final_validation, progress=progress, callbacks=callbacks,
+                check=check, overwrite=overwrite, init_from=init_from, freeze_encoder_epochs=freeze_encoder_epochs,
+                warmup_epochs=warmup_epochs, splits_path=splits_path)
+    if world is None and World.env_says_distributed():
+        with world_for(resolve_device(device)) as joined:
+            return run_training(**args, world=joined)
+    world = world or World()
+    if not world.is_main:
+        return _run_follower(Path(run_dir), device, resume, progress, callbacks, world)
+    if world.active:
+        handoff: dict[str, bool] = {"sent": False}
+        try:
+            return _run_main(args, world, handoff)
+        except BaseException as exc:
+            if not handoff["sent"]:  # the others wait for the plan: tell them why there is none
+                from focusseg.errors import FocussegError
+
+                what = str(exc) if isinstance(exc, FocussegError) else f"{type(exc).__name__}: {exc}"
+                world.broadcast_object({"error": what}, planning=True)
+            raise
+    return _run_main(args, world, None)
+
+
+def _run_main(args: dict, world: Any, handoff: dict | None) -> dict:
+    """:func:`run_training` on rank 0 (or on the only process)."""
     from focusseg.engine import finetune
+
+    data_dir, run_dir, fold = args["data_dir"], args["run_dir"], args["fold"]
+    resume, overwrite = args["resume"], args["overwrite"]
+    init_from, freeze_encoder_epochs, warmup_epochs = (args["init_from"], args["freeze_encoder_epochs"],
+                                                       args["warmup_epochs"])
+    preprocessed_dir, plan_path, splits_path = args["preprocessed_dir"], args["plan_path"], args["splits_path"]
 
     t_start = time.perf_counter()
     data_dir, run_dir = Path(data_dir), Path(run_dir)
@@ -338,25 +383,51 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
                          run_dir, hint="use another --out, outside the dataset folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
-        return _run_locked(data_dir, run_dir, fold, recipe, overrides, time_budget_min, device, resume,
-                           None if preprocessed_dir is None else Path(preprocessed_dir),
-                           None if plan_path is None else Path(plan_path), final_validation, progress, callbacks,
-                           check, overwrite, t_start, fine_tune=fine_tune,
-                           splits_path=None if splits_path is None else Path(splits_path))
+        return _run_locked(data_dir, run_dir, fold, args["recipe"], args["overrides"], args["time_budget_min"],
+                           args["device"], resume, None if preprocessed_dir is None else Path(preprocessed_dir),
+                           None if plan_path is None else Path(plan_path), args["final_validation"],
+                           args["progress"], args["callbacks"], args["check"], overwrite, t_start,
+                           fine_tune=fine_tune, splits_path=None if splits_path is None else Path(splits_path),
+                           world=world, handoff=handoff)
+
+
+def _run_follower(run_dir: Path, device: str | None, resume: bool, progress: bool, callbacks: list[Any] | None,
+                  world: Any) -> dict:
+    """:func:`run_training` on a rank other than 0: wait for rank 0's plan, store and splits, train with them
+    (writing nothing), and return the summary rank 0 wrote."""
+    from focusseg.engine import checkpoint as ckpt
+    from focusseg.engine import finetune
+    from focusseg.engine.loop import train
+    from focusseg.errors import TrainingError
+    from focusseg.preprocessing.store import PreprocessedStore
+
+    msg = world.broadcast_object(None, planning=True)
+    if "error" in msg:
+        raise TrainingError(f"rank {world.rank}: rank 0 stopped before training: {msg['error']}", run_dir)
+    plan = msg["plan"]
+    resume_state = ckpt.load_resume_state(run_dir)[0] if resume else None
+    callbacks = [c for c in (callbacks or []) if not getattr(c, "main_process_only", False)]
+    callbacks += finetune.callbacks_for(plan, resume, None)
+    dev = world.device(resolve_device(device))
+    train(PreprocessedStore(msg["store"]), plan, run_dir, msg["train_ids"], msg["val_ids"], dev,
+          time_budget_s=msg["budget"], resume=resume, callbacks=callbacks, progress=False, resume_state=resume_state,
+          replan=msg["replan"], reserve_final_validation=msg["final_validation"], world=world)
+    return world.broadcast_object(None, planning=True)
+
 
 
 def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, overrides: dict | None,
                 time_budget_min: float | None, device: str | None, resume: bool, preprocessed_dir: Path | None,
                 plan_path: Path | None, final_validation: bool, progress: bool, callbacks: list[Any] | None,
                 check: bool, overwrite: bool, t_start: float, fine_tune: dict | None = None,
-                splits_path: Path | None = None) -> dict:
+                splits_path: Path | None = None, world: Any = None, handoff: dict | None = None) -> dict:
     from focusseg.engine import checkpoint as ckpt
     from focusseg.engine import finetune
     from focusseg.engine.loop import train
     from focusseg.engine.report import EpochLog, sanitize
     from focusseg.preprocessing import preprocess_dataset
 
-    dev = resolve_device(device)
+    dev = world.device(resolve_device(device)) if world is not None else resolve_device(device)
     plan_file = run_dir / "plan.json"
     info = None if overwrite else read_run_info(run_dir)
     fresh_hint = "use another --out, or --overwrite to start this one again"
@@ -457,19 +528,35 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
     if time_budget_min:
         budget = max(1.0, time_budget_min * 60 - (time.perf_counter() - t_start))
     callbacks = [*(callbacks or []), *finetune.callbacks_for(plan, resume, source)]
+    if handoff is not None:  # several processes: the others train with this plan, store and split
+        world.broadcast_object({"plan": plan, "store": str(store.root), "train_ids": train_ids, "val_ids": val_ids,
+                                "budget": budget, "replan": replan, "final_validation": final_validation},
+                               planning=True)
+        handoff["sent"] = True
     trainer = train(store, plan, run_dir, train_ids, val_ids, dev, time_budget_s=budget, resume=resume,
                     callbacks=callbacks, progress=progress, resume_state=resume_state, replan=replan,
-                    reserve_final_validation=final_validation)
+                    reserve_final_validation=final_validation, world=world)
     summary: dict[str, Any] = {"run_dir": str(run_dir), "fold": fold, "best_val_mean_dice": trainer.best,
                                "epochs": trainer.epoch, "iterations": trainer.iteration,
                                "train_seconds": round(trainer.elapsed, 1)}
     if final_validation and val_ids:
         summary["final_validation"] = validate_raw(run_dir, data_dir, val_ids, dev, progress)
-        if plan.get("inference", {}).get("postprocessing", "auto") == "auto":
+        if plan.get("regions"):  # the selection removes components per label, not per region: not chosen
+            summary["postprocessing"] = {"steps": [], "note": "not chosen for region-based training"}
+            EpochLog(run_dir).event("postprocessing", note="not chosen for region-based training (per-label "
+                                    "component removal does not apply to overlapping regions)")
+        elif plan.get("inference", {}).get("postprocessing", "auto") == "auto":
             summary["postprocessing"] = choose_run_postprocessing(run_dir, spec.foreground_labels)
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
     summary = sanitize(summary)  # strict JSON: a run that never validated has best None, not -Infinity
+    if world is not None and world.active:
+        summary["world_size"] = world.size
     save_json(summary, run_dir / "summary.json")
+    from focusseg.reporting import report_after_training
+
+    report_after_training(run_dir)  # run_dir/report.html; a failure is a logged warning, never a failed training
+    if handoff is not None:
+        world.broadcast_object(summary, planning=True)  # the others return the same summary
     return summary
 
 
@@ -516,8 +603,12 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
         name = f"{cid}{spec.file_ending}"
         write_segmentation(safe_child(pred_dir, name), predictor.segment(image, geo, postprocess=False), geo)
         _link(Path(cases[cid].label).resolve(), gt_dir / name)
-    summary = evaluate_folders(pred_dir, gt_dir, out, labels=spec.foreground_labels, progress=progress,
-                               ignore_label=spec.ignore_label)
+    if spec.regions:  # region-based labels: Dice per region (focusseg.regions), rows labelled 1..R
+        summary = evaluate_folders(pred_dir, gt_dir, out, progress=progress, regions=spec.region_list,
+                                   region_names=list(spec.regions))
+    else:
+        summary = evaluate_folders(pred_dir, gt_dir, out, labels=spec.foreground_labels, progress=progress,
+                                   ignore_label=spec.ignore_label)
     return {"metrics_csv": str(out / "metrics.csv"), "summary_json": str(out / "summary.json"),
             "mean_dice": _mean_dice(summary),
             "dice_per_label": {k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()}}

@@ -7,6 +7,13 @@
 - ``CycleTrainingTask``: three networks trained together (paper 004, :mod:`focusseg.strategies.cycle`); each
   learns from the samples its two peers select; it predicts as the mean of the three networks' logits.
 
+Region-based training (plan ``regions``, :mod:`focusseg.regions`): the network has one sigmoid output per region,
+the loss (``region_dice_bce``, built by ``engine.build`` with the plan's regions) builds the binary region targets
+from the integer label map on the device, and the step's TP / FP / FN are per region (``logit > 0`` against the
+region masks, :func:`focusseg.regions.region_counts`), shape ``(R,)``. Per-sample losses are kept as for classes
+(Focused Practice ranks patches by them). The cycle task is refused for region plans
+(:func:`focusseg.planning.planner.validate_plan`; also here): its committee works on softmax class counts.
+
 A task exposes ``inference_module()`` (what validation and export use), ``optimizers`` (the LR controller
 drives all of them), ``step(...) -> StepOutput`` and ``state_dict``/``load_state_dict``.
 
@@ -36,6 +43,7 @@ import torch
 from torch import nn
 
 from focusseg.engine.types import PatchRequest, StepOutput
+from focusseg.regions import plan_regions
 from focusseg.registry import split_spec
 
 
@@ -123,10 +131,13 @@ def training_forward(network: nn.Module, compile_spec: Any = None, channels_last
 class SupervisedTask:
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module, n_classes: int,
                  amp: torch.dtype | None, grad_clip: float = 12.0, per_sample_loss: nn.Module | None = None,
-                 channels_last: bool = False, compile_spec: Any = None, ignore_label: int | None = None) -> None:
+                 channels_last: bool = False, compile_spec: Any = None, ignore_label: int | None = None,
+                 regions: list[list[int]] | None = None) -> None:
         self.network, self.optimizer, self.loss = network, optimizer, loss
+        self.regions = regions  # region plan: per-region step counts (module docstring)
         self.ignore_label = ignore_label  # left out of the step's class counts (the losses mask it themselves)
         self.channels_last = bool(channels_last)
+        self._compile_spec = compile_spec
         self.forward = training_forward(network, compile_spec, self.channels_last)
         self.per_sample_loss = per_sample_loss
         self.optimizers = [optimizer]
@@ -137,6 +148,12 @@ class SupervisedTask:
 
     def train(self) -> None:
         self.network.train()
+
+    def distribute(self, world: Any, find_unused_parameters: bool = False) -> None:
+        """Train through DistributedDataParallel on ``world`` (gradients averaged over its ranks); the network
+        itself (its state dict, inference) is unchanged."""
+        self.forward = training_forward(world.wrap(self.network, find_unused_parameters), self._compile_spec,
+                                        self.channels_last)
 
     def inference_module(self) -> nn.Module:
         return self.network
@@ -157,7 +174,12 @@ class SupervisedTask:
             else:
                 per_sample = loss.detach().expand(labels.shape[0])
             main = outputs[0] if isinstance(outputs, list) else outputs
-            tp, fp, fn = class_counts(main.detach(), labels, self.k, self.ignore_label)
+            if self.regions:
+                from focusseg.regions import region_counts
+
+                tp, fp, fn = region_counts(main.detach(), labels, self.regions).unbind(0)
+            else:
+                tp, fp, fn = class_counts(main.detach(), labels, self.k, self.ignore_label)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # a NaN loss too: its NaN gradients are dropped below
         self.scaler.unscale_(self.optimizer)  # no-op without a scaler
@@ -246,6 +268,14 @@ class CycleTrainingTask:
         for n in self.networks:
             n.train()
 
+    def distribute(self, world: Any, find_unused_parameters: bool = False) -> None:
+        """Each network through DistributedDataParallel; the committee selects on the global batch
+        (:class:`~focusseg.engine.distributed.GlobalSelection`)."""
+        from focusseg.engine.distributed import GlobalSelection
+
+        self._cycle.forwards = [world.wrap(n, find_unused_parameters) for n in self.networks]
+        self._cycle.selection = GlobalSelection(world)
+
     def inference_module(self) -> nn.Module:
         return self.ensemble
 
@@ -307,9 +337,15 @@ def build_task(plan: dict, device: torch.device, total_iterations: int, amp: tor
         opt = build_optimizer(plan, net, total_iterations)
         channels_last = bool(tr.get("channels_last", False)) and len(plan["patch_size"]) == 3
         task = SupervisedTask(net, opt, build_loss_from_plan(plan), k, amp, clip, per_sample_loss=per_sample,
-                              channels_last=channels_last, compile_spec=tr.get("compile"), ignore_label=ignore)
+                              channels_last=channels_last, compile_spec=tr.get("compile"), ignore_label=ignore,
+                              regions=plan_regions(plan))
         return task, build_lr_controller(plan, opt, total_iterations)
     if name == "cycle":
+        if plan_regions(plan):
+            from focusseg.errors import PlanError
+
+            raise PlanError("the cycle task selects samples by softmax class counts; region-based training uses "
+                            "the supervised task (set training.task=supervised)")
         if tr.get("compile") or tr.get("channels_last"):
             from focusseg.errors import PlanError
 

@@ -27,6 +27,13 @@ run's final validation (``engine.run``) scores whole volumes at the end in the o
 ``training.validation = "volumes"`` restores whole-volume validation every ``val_every`` epochs as the per-epoch
 score (what focusseg did before; slower on large volumes).
 
+**Regions** (plan ``regions``, nnU-Net's region-based training, :mod:`focusseg.regions`): the network's outputs are
+sigmoid regions; a region is predicted where its logit is > 0 (sigmoid > 0.5) and TP / FP / FN are counted per
+region against the region masks of the label map (:func:`focusseg.regions.region_counts`), so both validators
+return ``{r + 1: pseudo-Dice of region r}`` (region numbers 1..R in ``dataset.json`` order) instead of per label:
+the patch validator's counts are ``(3, R + 1)`` with region ``r`` in column ``r + 1`` (column 0 unused) and its
+``labels`` are ``1..R``, so :func:`dice_from_counts` reads them as it reads class counts.
+
 **Ignore label** (plan ``ignore_label``, nnU-Net v2's): validation counts annotated voxels only -- a voxel whose
 reference is the ignore label adds to no TP, FP or FN (:func:`confusion_counts`), as nnU-Net's validation and
 evaluation ("metric computation is only done on annotated pixels"). The network has no channel for it, so it is
@@ -39,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +54,7 @@ from torch import nn
 
 from focusseg.engine.types import PatchRequest
 from focusseg.preprocessing.store import PreprocessedStore
+from focusseg.regions import dice_from_region_counts, plan_regions, region_counts
 
 MODES = ("patches", "volumes")
 #: Default number of validation patches (at least one per validation case).
@@ -116,26 +125,35 @@ def _eval_mode(network: nn.Module) -> Iterator[None]:
 
 def validate_volumes(network: nn.Module, store: PreprocessedStore, case_ids: list[str], plan: dict,
                      device: torch.device, amp: torch.dtype | None = None,
-                     mirror_axes: tuple[int, ...] = ()) -> dict[int, float]:
+                     mirror_axes: tuple[int, ...] = (), world: Any = None) -> dict[int, float]:
     """Mean Dice per foreground class over ``case_ids`` on whole preprocessed volumes (sliding window with the
     plan's overlap, logits kept on ``device``, argmax there; NaN-aware mean over cases). Dice per case is
     ``2 TP / (2 TP + FP + FN)``, equal to :func:`focusseg.metrics.dice_per_class` (tested); with a plan
-    ``ignore_label`` over the annotated voxels only."""
+    ``ignore_label`` over the annotated voxels only. ``world`` (:class:`~focusseg.engine.distributed.World`):
+    each rank predicts its share of the cases and the per-case scores are gathered (every rank returns the same)."""
     from focusseg.inference import sliding_window_predict
+    from focusseg.planning.planner import slice_axis_of
 
     declared = declared_labels(plan)
-    labels = [v for v in declared if v != 0]
+    regions = plan_regions(plan)
+    labels = [v for v in declared if v != 0] if not regions else list(range(1, len(regions) + 1))
     k = max(int(plan["n_classes"]), max(declared) + 1)
     ignore = plan.get("ignore_label")
     per_case: list[dict[int, float]] = []
-    for cid in case_ids:
+    for cid in (world.shard(case_ids) if world is not None else case_ids):
         image = torch.from_numpy(np.ascontiguousarray(store.image(cid)))
         logits = sliding_window_predict(network, image, plan["patch_size"], overlap=plan["inference"]["overlap"],
                                         mirror_axes=mirror_axes, batch_size=plan["inference"].get("batch_size", 2),
-                                        device=device, amp_dtype=amp, out_device=device)
-        pred = masked_argmax(logits, declared, dim=0)
+                                        device=device, amp_dtype=amp, out_device=device,
+                                        slice_axis=slice_axis_of(plan))  # the 2D configuration: slice by slice
         ref = torch.from_numpy(np.ascontiguousarray(store.label(cid))).to(device)
+        if regions:  # sigmoid regions: logit > 0 per region, counts on the region masks
+            per_case.append(dice_from_region_counts(region_counts(logits[None], ref[None], regions)))
+            continue
+        pred = masked_argmax(logits, declared, dim=0)
         per_case.append(dice_from_counts(confusion_counts(pred, ref, k, ignore), labels))
+    if world is not None and world.active:
+        per_case = [d for part in world.gather_objects(per_case) for d in part]
     out = {}
     for lab in labels:
         vals = [d[lab] for d in per_case if not np.isnan(d[lab])]
@@ -147,14 +165,19 @@ def validate_volumes(network: nn.Module, store: PreprocessedStore, case_ids: lis
 validate = validate_volumes
 
 
-def window_voxels(shape: Sequence[int], patch: Sequence[int], overlap: float) -> int:
+def window_voxels(shape: Sequence[int], patch: Sequence[int], overlap: float, slice_axis: int | None = None) -> int:
     """Voxels a sliding window over a volume of ``shape`` runs through the network: windows x patch voxels
-    (volumes smaller than the patch are padded to it, as the sliding window does)."""
+    (volumes smaller than the patch are padded to it, as the sliding window does). A 2D ``patch`` on a 3D shape
+    (the 2D configuration) is the window ``(1, H, W)`` at ``slice_axis`` (default: the last axis)."""
+    from focusseg.data.samplers import patch_with_slice
     from focusseg.inference.windows import compute_steps
+
+    if len(patch) == len(shape) - 1 == 2:
+        patch = patch_with_slice(list(patch), len(shape) - 1 if slice_axis is None else int(slice_axis))
 
     padded = [max(int(s), int(p)) for s, p in zip(shape, patch)]
     steps = compute_steps(padded, [int(p) for p in patch], overlap)
-    return int(np.prod([len(st) for st in steps]) * np.prod([int(p) for p in patch]))
+    return int(np.prod([len(set(st)) for st in steps]) * np.prod([int(p) for p in patch]))
 
 
 #: Final validation: the network passes x 1.25 (Gaussian weighting, resampling to the original grid) plus a fixed
@@ -174,7 +197,8 @@ def estimate_final_validation_s(store: PreprocessedStore, case_ids: Sequence[str
     :data:`FINAL_VALIDATION_PER_CASE_S` per case."""
     inf = plan.get("inference") or {}
     mirrors = 2 ** len(inf.get("mirror_axes") or [])
-    voxels = sum(window_voxels(store.shape(c), plan["patch_size"], float(inf.get("overlap", 0.5))) for c in case_ids)
+    voxels = sum(window_voxels(store.shape(c), plan["patch_size"], float(inf.get("overlap", 0.5)),
+                               plan.get("slice_axis")) for c in case_ids)
     return float(seconds_per_voxel * voxels * mirrors * FINAL_VALIDATION_OVERHEAD
                  + FINAL_VALIDATION_PER_CASE_S * len(case_ids))
 
@@ -230,21 +254,27 @@ class PatchValidator:
 
     def __init__(self, store: PreprocessedStore, case_ids: Sequence[str], plan: dict, device: torch.device,
                  amp: torch.dtype | None = None, n_patches: int | None = None, seed: int | None = None,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, shard: tuple[int, int] = (0, 1)) -> None:
         from focusseg.data.loader import PatchLoader
 
         tr = plan["training"]
         self.plan, self.device, self.amp = plan, torch.device(device), amp
         self.declared = declared_labels(plan)
-        self.labels = [v for v in self.declared if v != 0]
-        self.k = max(int(plan["n_classes"]), max(self.declared) + 1)
+        self.regions = plan_regions(plan)  # region plan: region r counted in column r + 1 (module docstring)
+        self.labels = ([v for v in self.declared if v != 0] if not self.regions
+                       else list(range(1, len(self.regions) + 1)))
+        self.k = max(int(plan["n_classes"]), max(self.declared) + 1) if not self.regions else len(self.regions) + 1
         self.ignore_label = plan.get("ignore_label")
         n = int(n_patches if n_patches is not None else tr.get("val_patches") or DEFAULT_VAL_PATCHES)
-        self.requests = draw_validation_patches(store, case_ids, plan["patch_size"], n,
+        from focusseg.data.samplers import sampling_patch
+        from focusseg.planning.planner import slice_axis_of
+
+        self.requests = draw_validation_patches(store, case_ids, sampling_patch(plan), n,  # 2D: (1, H, W) boxes
                                                 int(tr.get("seed", 0) if seed is None else seed), self.ignore_label)
+        self.requests = self.requests[int(shard[0])::max(1, int(shard[1]))]  # training on several processes: a share
         self.batch_size = max(1, int(batch_size or plan.get("batch_size", 2)))
         self.loader = PatchLoader(store, tuple(plan["patch_size"]), n_classes=int(plan["n_classes"]), workers=1,
-                                  ignore_label=self.ignore_label)
+                                  ignore_label=self.ignore_label, slice_axis=slice_axis_of(plan))
         self._batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         voxels = int(np.prod(plan["patch_size"]))
         in_ch = len(plan.get("channel_names") or {0: ""})
@@ -275,12 +305,15 @@ class PatchValidator:
                 y = labels.to(self.device, non_blocking=True)[:, 0]
                 with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
                     logits = _main_output(network(x))
+                if self.regions:
+                    total[:, 1:] += region_counts(logits.float(), y, self.regions)
+                    continue
                 total += confusion_counts(masked_argmax(logits.float(), self.declared, dim=1), y, self.k,
                                           self.ignore_label)
         return total
 
     def __call__(self, network: nn.Module) -> dict[int, float]:
-        """Pseudo-Dice per foreground class (one host copy)."""
+        """Pseudo-Dice per foreground class, or per region ``{r + 1: ...}`` for a region plan (one host copy)."""
         return dice_from_counts(self.counts(network).cpu(), self.labels)
 
     def close(self) -> None:

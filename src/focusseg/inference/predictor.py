@@ -32,6 +32,7 @@ from focusseg.errors import (
 )
 from focusseg.io import Geometry, read_case, write_image, write_segmentation
 from focusseg.preprocessing.preprocess import preprocess_array
+from focusseg.regions import plan_regions, regions_to_labels
 
 CHECKPOINTS = ("best", "final", "latest")
 #: Plan fields inference needs; a checkpoint whose plan lacks one is refused when loaded, not mid-prediction.
@@ -119,6 +120,7 @@ class Predictor:
         self.network = _build_network(plan, state_dict, source)  # on the CPU first
         self.network.to(self.device).eval()
         self.amp = amp_dtype(plan, self.device)
+        self.regions = plan_regions(plan)  # region plan: sigmoid outputs, painted back with regions_class_order
         self.run_dir: Path | None = None
 
     @classmethod
@@ -151,7 +153,8 @@ class Predictor:
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
     ) -> tuple[torch.Tensor, dict]:
         """Class probabilities ``(K, *preprocessed grid)`` (softmax computed in place on the sliding window's
-        float32 logits: no second K-channel volume) and the preprocessing properties.
+        float32 logits: no second K-channel volume) and the preprocessing properties. A region plan (plan
+        ``regions``, :mod:`focusseg.regions`) gives region probabilities ``(R, ...)``: a sigmoid per region.
 
         TTA (``tta=True``): the plan's ``inference.mirror_axes`` (averaged on logits), and, when
         ``inference.noise_passes`` > 0, that many extra passes with Gaussian input noise of
@@ -166,16 +169,21 @@ class Predictor:
         mirror = tuple(inf.get("mirror_axes", ())) if tta else ()
         window = {"overlap": inf["overlap"] if overlap is None else overlap,
                   "batch_size": int(inf.get("batch_size", 2)), "device": self.device, "amp_dtype": self.amp}
+        if self.plan.get("configuration", "3d") == "2d":  # the 2D configuration: slice by slice, stacked to 3D
+            window["slice_axis"] = int(self.plan["slice_axis"])
         noise_passes = int(inf.get("noise_passes", 0)) if tta else 0
         if noise_passes > 0:
             gen = torch.Generator().manual_seed(int(inf.get("noise_seed", 0)))
             probs = tta_predict(self.network, torch.from_numpy(data), self.plan["patch_size"], mirror_axes=mirror,
                                 noise_passes=noise_passes, noise_sigma=float(inf.get("noise_sigma", 0.1)),
-                                generator=gen, **window).probabilities
-            return self._only_declared_(probs), props
+                                generator=gen, activation="sigmoid" if self.regions else "softmax",
+                                **window).probabilities
+            return (probs if self.regions else self._only_declared_(probs)), props
         logits = sliding_window_predict(self.network, torch.from_numpy(data), self.plan["patch_size"],
                                         mirror_axes=mirror, **window)
         del data
+        if self.regions:  # region plan: independent sigmoid per region (focusseg.regions), in place
+            return logits.sigmoid_(), props
         return self._only_declared_(softmax_(logits)), props
 
     def _only_declared_(self, probs: torch.Tensor) -> torch.Tensor:
@@ -284,6 +292,8 @@ class EnsemblePredictor:
             raise UsageError(f"uncertainty must be one of {UNCERTAINTY}, got {uncertainty!r}")
         channels = {len(m.plan["channel_names"]) for m in members}
         classes = {int(m.plan["n_classes"]) for m in members}
+        if len({str((m.plan.get("regions"), m.plan.get("regions_class_order"))) for m in members}) > 1:
+            raise UsageError("ensemble members disagree on regions (region-based and label runs, or other regions)")
         if len(channels) > 1 or len(classes) > 1:
             raise UsageError(f"ensemble members disagree on input channels {channels} or classes {classes}")
         self.members, self.weights, self.uncertainty = members, weights, uncertainty
@@ -314,7 +324,15 @@ class EnsemblePredictor:
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         from focusseg.inference.uncertainty import StreamingMoments, entropy, inverse_confidence
 
-        if len(self.members) == 1 and self.uncertainty is None and not want_probabilities:  # streaming path
+        regions = self.members[0].regions
+        if regions and self.uncertainty is not None:
+            raise UsageError("uncertainty maps assume softmax class probabilities; a region-based run has sigmoid "
+                             "regions (predict without --uncertainty)")
+        if regions and len(self.members) == 1 and not want_probabilities:  # regions: R small channels resampled
+            probs, props = self.members[0].probabilities(image, geometry, overlap, tta)
+            labels, n_classes = self._region_labels(probs), probs.shape[0]
+            del probs
+        elif len(self.members) == 1 and self.uncertainty is None and not want_probabilities:  # streaming path
             probs, props = self.members[0].softmax_on_network_grid(image, geometry, overlap, tta)
             labels = resample_argmax(probs, tuple(props["shape_after_crop"]))
             n_classes = probs.shape[0]
@@ -337,14 +355,17 @@ class EnsemblePredictor:
                 resample_add_(mean, probs, weight)
                 del probs
             mean.div_(sum(self.weights))
-            labels, n_classes = mean.argmax(0), mean.shape[0]
+            labels, n_classes = (mean.argmax(0) if not regions else self._region_labels(mean)), mean.shape[0]
+        if regions:  # the label values the regions paint
+            n_classes = max(int(v) for v in self.plan["regions_class_order"]) + 1
         box = tuple(slice(lo, hi) for lo, hi in props["bbox"])
         seg = np.zeros(geometry.shape, dtype=np.uint8 if n_classes < 256 else np.int16)
         seg[box] = labels.numpy()
         full = None
         if want_probabilities:
-            full = np.zeros((n_classes, *geometry.shape), dtype=np.float32)
-            full[0] = 1.0  # outside the crop the network saw: background, as the segmentation there
+            full = np.zeros((mean.shape[0], *geometry.shape), dtype=np.float32)
+            if not regions:  # region probabilities stay 0 outside the crop
+                full[0] = 1.0  # outside the crop the network saw: background, as the segmentation there
             full[(slice(None), *box)] = mean.numpy()
         if self.postprocessing:
             from focusseg.inference.postprocess import apply_postprocessing
@@ -366,6 +387,12 @@ class EnsemblePredictor:
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
     ) -> np.ndarray:
         return self.predict(image, geometry, overlap, tta)[0]
+
+    def _region_labels(self, probs: torch.Tensor) -> torch.Tensor:
+        """Region probabilities ``(R, ...)`` -> label map: each region where ``p > 0.5``, painted in
+        ``regions_class_order`` order, later regions overwriting earlier ones
+        (:func:`~focusseg.regions.regions_to_labels`)."""
+        return regions_to_labels(probs > 0.5, self.plan["regions_class_order"])
 
 
 def _input_cases(
@@ -407,6 +434,12 @@ def _input_cases(
                                           hint="predict with a run trained on these channels")
             continue
         cases[case] = ([chans[c] for c in sorted(chans)], output_ending(ending))
+    if endings is None and not found and not duplicates:  # DICOM: IN/<case>/ (or IN/<case>/<CCCC>/), one series each
+        from focusseg.io.dicom import DICOM_DEFAULT_OUTPUT_ENDING, dicom_cases
+
+        series, bad = dicom_cases(in_dir, n_ch)
+        cases.update({c: (folders, DICOM_DEFAULT_OUTPUT_ENDING) for c, folders in series.items()})
+        failures.update(bad)
     return cases, failures
 
 
@@ -424,7 +457,9 @@ def _missing_channels(first: Path, present: list[int], n_ch: int) -> MissingFile
 
 def _read_input(files: list[Path], n_ch: int) -> tuple[np.ndarray, Geometry]:
     """A case's channels ``(C, X, Y, Z)`` and geometry, checked against what the run expects."""
-    image, _, geo = read_case(files)
+    from focusseg.io.dicom import is_dicom_case, read_dicom_case
+
+    image, geo = read_dicom_case(files) if is_dicom_case(files) else read_case(files)[::2]
     if image.ndim != 4:
         raise ImageError(f"expected a 3D image per channel, got an array of shape {tuple(image.shape[1:])}", files[0])
     if image.shape[0] == 1 and len(files) == 1 and n_ch > 1:  # not a 4D file holding every channel
@@ -452,7 +487,7 @@ def _write(fn, path: Path, array: np.ndarray, geo: Geometry) -> Path:
 
 
 #: ``predict --output-format``: the file ending written for each format (default: the input's own).
-OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha"}
+OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom-seg": ".dcm"}
 
 
 def predict_folder(
@@ -514,12 +549,21 @@ def predict_folder(
     if not cases and not failed:
         wanted = file_ending or ".nii.gz, .nii, .mha, .nrrd ..."
         raise DatasetError(f"no input images <case>_<CCCC>{file_ending or ''} ({wanted}) in this folder", in_dir,
-                           hint="images are named like case001_0000.nii.gz, one file per channel")
+                           hint="images are named like case001_0000.nii.gz, one file per channel (or DICOM: one "
+                                "series per case folder, <case>/ or <case>/<CCCC>/)")
     failures: list[FocussegError] = list(failed.values())
     written: list[Path] = []
     if output_format is not None:
         if output_format not in OUTPUT_FORMATS:
             raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+        if output_format == "dicom-seg":  # a DICOM Segmentation references its source series
+            from focusseg.io.dicom import is_dicom_case
+
+            not_dicom = next((files[0] for files, _ in cases.values() if not is_dicom_case(files)), None)
+            if not_dicom is not None:
+                raise UsageError("--output-format dicom-seg needs DICOM input (one series per case folder); this "
+                                 f"case is an image file ({not_dicom.name})", not_dicom,
+                                 hint="use --output-format nifti, nrrd or mha for image-file input")
         cases = {c: (files, OUTPUT_FORMATS[output_format]) for c, (files, _) in cases.items()}
     outputs = {c: (files, safe_child(out_dir, f"{c}{end}"), end) for c, (files, end) in cases.items()}
     if outputs:
@@ -548,7 +592,16 @@ def predict_folder(
                 failures.append(exc)
                 bar.advance(task)
                 continue
-            _, target, end = outputs[case]
+            files, target, end = outputs[case]
+            write_seg = write_segmentation
+            if output_format == "dicom-seg":  # side maps are NIfTI; the label map a DICOM-SEG of the source series
+                from functools import partial as _partial
+
+                from focusseg.io.dicom import write_dicom_seg
+
+                write_seg = _partial(write_dicom_seg, source=files[0], labels=predictor.plan["labels"],
+                                     ignore_label=predictor.plan.get("ignore_label"))
+                end = ".nii.gz"
             if pending_write is not None:
                 written.append(pending_write.result())
             if unc is not None:
@@ -561,7 +614,7 @@ def predict_folder(
                 write_probs = partial(_save_probabilities, labels=list(range(probs.shape[0])), ending=end)
                 _write(write_probs, safe_child(out_dir, f"{case}{saved.SUFFIX}"), probs, geo)
                 del probs
-            pending_write = pool.submit(_write, write_segmentation, target, seg, geo)
+            pending_write = pool.submit(_write, write_seg, target, seg, geo)
             bar.advance(task)
         if pending_write is not None:
             written.append(pending_write.result())

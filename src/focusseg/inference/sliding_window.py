@@ -19,6 +19,13 @@ Speed options:
 * ``channels_last_3d``: windows and network in ``torch.channels_last_3d`` memory format (3D only).
 * ``compile``: run ``torch.compile(network)`` (off by default; compilation is paid on every call, so
   prefer compiling once outside and passing the compiled module).
+
+2D configuration (``slice_axis``): a 2D network on a 3D volume, slice by slice as nnU-Net's 2D predictor. The
+volume is viewed as ``(C, S, H, W)`` (``slice_axis`` first), the 2D network as a network on ``(1, H, W)`` windows
+(:class:`SlicesAsDepth`), and the same sliding window runs with window ``(1, *patch)``: every slice is predicted
+once (along an axis with window 1 the placement is every index), windows of consecutive slices share forward
+passes (``batch_size`` slice windows per pass), the Gaussian and the mirror TTA are in-plane (``mirror_axes`` are
+the 2D patch's axes), and the stacked logits are returned as ``(K, *spatial)`` of the input volume.
 """
 
 from __future__ import annotations
@@ -40,7 +47,21 @@ from focusseg.inference.windows import (
 
 BACKGROUND_LOGIT = 20.0
 
-__all__ = ["BACKGROUND_LOGIT", "mirror_combinations", "nonzero_mask", "sliding_window_predict"]
+__all__ = ["BACKGROUND_LOGIT", "SlicesAsDepth", "mirror_combinations", "nonzero_mask", "sliding_window_predict"]
+
+
+class SlicesAsDepth(nn.Module):
+    """A 2D network as a 3D one on windows of depth 1: ``(B, C, 1, H, W) -> (B, K, 1, H, W)`` (the first output of
+    a deep-supervision list). What the 2D configuration's slice-by-slice sliding window runs."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5 or x.shape[2] != 1:
+            raise ValueError(f"SlicesAsDepth takes (B, C, 1, H, W) windows, got {tuple(x.shape)}")
+        return _run(self.network, x[:, :, 0]).unsqueeze(2)
 
 
 def mirror_combinations(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -83,6 +104,7 @@ def sliding_window_predict(
     sigma_scale: float = 1.0 / 8,
     channels_last_3d: bool = False,
     compile: bool = False,
+    slice_axis: int | None = None,
 ) -> torch.Tensor:
     """Predict float32 logits ``(K, *spatial)`` for ``image`` ``(C, *spatial)`` (2D or 3D) window by window.
 
@@ -104,7 +126,13 @@ def sliding_window_predict(
         channels_last_3d: use ``torch.channels_last_3d`` for 3D windows and network (the network's
             parameters are converted in place, as ``Module.to`` does).
         compile: wrap the network with ``torch.compile`` for this call.
+        slice_axis: the 2D configuration (module docstring): ``network`` is 2D, ``image`` 3D ``(C, *spatial)``,
+            ``patch_size`` and ``mirror_axes`` are in-plane (2 values / axes 0, 1), slices along ``slice_axis``.
     """
+    if slice_axis is not None:
+        return _predict_slices(network, image, patch_size, int(slice_axis), overlap=overlap, mirror_axes=mirror_axes,
+                               batch_size=batch_size, device=device, amp_dtype=amp_dtype, progress=progress,
+                               out_device=out_device, mask=mask, sigma_scale=sigma_scale, compile=compile)
     spatial_dims = image.ndim - 1
     patch = tuple(int(p) for p in patch_size)
     if spatial_dims not in (2, 3) or len(patch) != spatial_dims:
@@ -132,7 +160,7 @@ def sliding_window_predict(
         mask, _ = pad_to_patch(mask[None].to(torch.uint8), patch)
         mask = mask[0].bool()
     size = tuple(padded.shape[1:])
-    steps = compute_steps(size, patch, overlap)
+    steps = [sorted(set(st)) for st in compute_steps(size, patch, overlap)]  # a window placed twice runs once
     windows = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for st in itertools.product(*steps)]
     if mask is not None:
         windows = [w for w in windows if bool(mask[w].any())]
@@ -209,3 +237,21 @@ def sliding_window_predict(
 def _flip(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
     """Flip spatial ``axes`` of a (B, C, *spatial) batch (a flip is its own inverse)."""
     return torch.flip(x, dims=[a + 2 for a in axes]) if axes else x
+
+
+def _predict_slices(network: nn.Module, image: torch.Tensor, patch_size: Sequence[int], slice_axis: int,
+                    mirror_axes: Sequence[int] = (), mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """The 2D configuration's slice-by-slice prediction (module docstring): logits ``(K, *spatial)`` of ``image``
+    ``(C, X, Y, Z)`` from the 2D ``network``, its ``(1, *patch)`` windows run by :func:`sliding_window_predict`."""
+    patch = tuple(int(p) for p in patch_size)
+    if image.ndim != 4 or len(patch) != 2 or slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice-by-slice prediction needs a (C, X, Y, Z) image, a 2D patch and a slice axis 0..2; "
+                         f"got image {tuple(image.shape)}, patch {patch}, slice_axis {slice_axis}")
+    if any(a not in (0, 1) for a in mirror_axes):
+        raise ValueError(f"mirror_axes {tuple(mirror_axes)} must be in-plane axes 0 or 1 for a 2D network")
+    volume = image.movedim(1 + slice_axis, 1)  # (C, S, H, W): a view, nothing copied
+    if mask is not None:
+        mask = mask.movedim(slice_axis, 0)
+    logits = sliding_window_predict(SlicesAsDepth(network), volume, (1, *patch),
+                                    mirror_axes=[a + 1 for a in mirror_axes], mask=mask, **kwargs)
+    return logits.movedim(1, 1 + slice_axis).contiguous()

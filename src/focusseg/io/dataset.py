@@ -14,6 +14,21 @@ here). It is no class: :attr:`DatasetSpec.n_classes`, :attr:`~DatasetSpec.class_
 predicted), while :attr:`~DatasetSpec.label_values` keeps it (a label file may hold it). Training leaves its
 voxels out of every loss, of the foreground sampler, of validation and of evaluation.
 
+**Region-based labels** (nnU-Net v2's ``documentation/region_based_training.md``; :mod:`focusseg.regions`): a label
+whose value is a list of label values declares a *region* (``"whole_tumor": [1, 2, 3]``); once one label is a
+list, every non-background label is a region (an integer value ``3`` is the region ``[3]``), and
+``regions_class_order`` (one positive label value per region, in ``labels`` order) is required: it is the value
+region ``r`` paints when a prediction is turned back into a label map (later regions overwrite earlier ones).
+Rules, each refused with one line naming ``dataset.json``: background is the integer 0 and in no region; a region
+is a non-empty list of distinct values in ``1..32767``; no two regions hold the same values; every
+``regions_class_order`` value is a value of some region; ``regions_class_order`` without regions; no ignore label
+(not supported together with regions here). For such a dataset :attr:`DatasetSpec.regions` holds name -> values,
+:attr:`DatasetSpec.regions_class_order` the order, and :attr:`DatasetSpec.labels` the *label values* the files
+hold: ``background`` 0 and ``label_<v>`` for every value ``v`` of any region, so that :attr:`DatasetSpec.n_classes`
+stays "max label value + 1" (the value range of the label maps, which the loader checks). The network has one
+output per region instead (:func:`focusseg.regions.output_channels`). A value that a label file holds but no
+region lists is background for every region.
+
 ``dataset.json`` is validated field by field (a :class:`~focusseg.errors.DatasetError` naming the file and the
 field); case ids and the file ending are checked before they are ever joined to a path
 (:mod:`focusseg.io.paths`), and MSD image paths must stay inside the dataset folder.
@@ -63,6 +78,15 @@ class DatasetSpec:
     file_ending: str = ".nii.gz"
     layout: str = "nnunetv2"  # or "msd"
     raw: dict = field(default_factory=dict, compare=False, repr=False)
+    #: Region-based labels (module docstring): region name -> label values, in dataset.json order; None: none.
+    regions: dict[str, tuple[int, ...]] | None = None
+    #: The label value each region paints, in region order (required with regions).
+    regions_class_order: tuple[int, ...] | None = None
+
+    @property
+    def region_list(self) -> list[list[int]] | None:
+        """The regions as a list of lists of label values (the plan's ``regions``), or None."""
+        return None if not self.regions else [list(v) for v in self.regions.values()]
 
     @property
     def n_channels(self) -> int:
@@ -122,8 +146,9 @@ def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
 
     Raises :class:`MissingFileError` when there is none and :class:`DatasetError` naming ``dataset.json`` and
     the field for anything malformed: not JSON, not an object, missing or mistyped ``channel_names`` /
-    ``modality``, ``labels``, ``file_ending``, ``numTraining``; region-based labels; an ignore label that is not
-    the highest label value (or declared twice).
+    ``modality``, ``labels``, ``file_ending``, ``numTraining``; malformed region-based labels or
+    ``regions_class_order`` (module docstring; MSD datasets have no regions); an ignore label that is not the
+    highest label value (or declared twice).
     """
     data_dir = Path(data_dir)
     path = data_dir / "dataset.json"
@@ -143,7 +168,7 @@ def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
         raise DatasetError(f"must hold a JSON object, not {_json_type(raw)}", path)
     if "channel_names" in raw:
         channels = _channels(path, "channel_names", raw["channel_names"])
-        labels = _nnunet_labels(path, raw.get("labels"))
+        labels, regions, order = _region_labels(path, raw.get("labels"), raw.get("regions_class_order"))
         layout = "nnunetv2"
         if "file_ending" not in raw:
             raise DatasetError("field 'file_ending' is missing", path, hint='add e.g. "file_ending": ".nii.gz"')
@@ -151,6 +176,10 @@ def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
     elif "modality" in raw:
         channels = _channels(path, "modality", raw["modality"])
         labels = _msd_labels(path, raw.get("labels"))
+        regions, order = None, None
+        if "regions_class_order" in raw:
+            raise DatasetError("field 'regions_class_order': region-based labels need the nnU-Net v2 layout "
+                               "(channel_names), not MSD", path)
         layout = "msd"
         file_ending = validate_file_ending(raw.get("file_ending", ".nii.gz"), path)
         for key in ("training", "test"):
@@ -172,6 +201,8 @@ def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
         file_ending=file_ending,
         layout=layout,
         raw=raw,
+        regions=regions,
+        regions_class_order=order,
     )
 
 
@@ -196,12 +227,14 @@ def _channels(path: Path, key: str, value: object) -> dict[int, str]:
     return out
 
 
-def _label_value(path: Path, name: str, value: object) -> int:
+def _label_value(path: Path, name: str, value: object, region: bool = False) -> int:
     if isinstance(value, (list, tuple)):
-        raise DatasetError(f"field 'labels': region-based label {name!r} = {value} is not supported "
-                           "(focusseg trains one class per label value)", path)
+        raise DatasetError(f"field 'labels': region-based label {name!r} = {value} is not supported here "
+                           "(regions need the nnU-Net v2 layout, with regions_class_order)", path)
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
-        raise DatasetError(f"field 'labels': label {name!r} must have an integer value, not {value!r}", path)
+        what = f"region {name!r} must list integer label values" if region else \
+            f"label {name!r} must have an integer value"
+        raise DatasetError(f"field 'labels': {what}, not {value!r}", path)
     v = int(value)
     if not 0 <= v <= MAX_LABEL_VALUE:
         raise DatasetError(f"field 'labels': label {name!r} = {v} is outside 0..{MAX_LABEL_VALUE} "
@@ -235,6 +268,61 @@ def _check_ignore_label(path: Path, labels: dict[str, int]) -> None:
     if value <= top:
         raise DatasetError(f"field 'labels': the ignore label {names[0]!r} = {value} must be the highest label "
                            f"value (nnU-Net's rule), but {top_name!r} = {top}; give it e.g. {top + 1}", path)
+
+
+def _region_labels(path: Path, value: object, order: object
+                   ) -> tuple[dict[str, int], dict[str, tuple[int, ...]] | None, tuple[int, ...] | None]:
+    """nnU-Net v2 ``labels`` (+ ``regions_class_order``) -> ``(label values, regions or None, order or None)``;
+    plain integer labels go through :func:`_nnunet_labels` unchanged (module docstring for the region rules)."""
+    if not (isinstance(value, dict) and any(isinstance(v, (list, tuple)) for v in value.values())):
+        if order is not None:
+            raise DatasetError("field 'regions_class_order' is given but no label is a region (a list of label "
+                               "values such as \"whole_tumor\": [1, 2, 3])", path)
+        return _nnunet_labels(path, value), None, None
+    regions: dict[str, tuple[int, ...]] = {}
+    background = []
+    for name, v in value.items():
+        name = str(name)
+        if is_ignore_name(name):
+            raise DatasetError(f"field 'labels': the ignore label {name!r} cannot be combined with region-based "
+                               "labels in focusseg", path, hint="drop the ignore label or the regions")
+        items = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not items:
+            raise DatasetError(f"field 'labels': region {name!r} is an empty list", path)
+        values = tuple(_label_value(path, name, x, region=True) for x in items)
+        if not isinstance(v, (list, tuple)) and values == (0,):
+            background.append(name)
+            continue
+        if 0 in values:
+            raise DatasetError(f"field 'labels': region {name!r} = {list(values)} contains the background value "
+                               "0 (regions are foreground)", path)
+        if len(set(values)) != len(values):
+            raise DatasetError(f"field 'labels': region {name!r} = {list(values)} lists a value twice", path)
+        for other, ov in regions.items():
+            if set(ov) == set(values):
+                raise DatasetError(f"field 'labels': regions {other!r} and {name!r} hold the same values "
+                                   f"{sorted(values)}", path)
+        regions[name] = values
+    if len(background) != 1:
+        raise DatasetError("field 'labels' must declare background as 0 (once) beside the regions", path)
+    if not regions:
+        raise DatasetError("field 'labels' declares no region besides the background", path)
+    if order is None:
+        raise DatasetError(f"field 'regions_class_order' is missing: region-based labels need one label value per "
+                           f"region ({len(regions)}: {', '.join(regions)})", path,
+                           hint="e.g. \"regions_class_order\": [1, 2, 3] (the value each region paints)")
+    if not isinstance(order, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in order):
+        raise DatasetError(f"field 'regions_class_order' must be a list of integers, not {order!r}", path)
+    if len(order) != len(regions):
+        raise DatasetError(f"field 'regions_class_order' has {len(order)} value(s) for {len(regions)} region(s) "
+                           f"({', '.join(regions)})", path)
+    every = sorted({x for vs in regions.values() for x in vs})
+    for x in order:
+        if x not in every:
+            raise DatasetError(f"field 'regions_class_order': value {x} is in no region (region values: {every})",
+                               path)
+    labels = {background[0]: 0, **{f"label_{x}": x for x in every}}
+    return labels, regions, tuple(int(x) for x in order)
 
 
 def _nnunet_labels(path: Path, value: object) -> dict[str, int]:

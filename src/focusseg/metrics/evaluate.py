@@ -11,6 +11,12 @@ holds that value are not annotated and count for nothing -- both maps are set to
 metric, so TP / FP / FN (Dice, IoU, precision, recall, FPV / FNV) count annotated voxels only, as nnU-Net's
 ``compute_tp_fp_fn_tn`` with its ``ignore_mask``; surface and lesion metrics then see the prediction restricted to
 the annotated voxels (nnU-Net reports overlap metrics only). The ignore value is never evaluated as a label.
+
+``regions`` (nnU-Net's region-based training, :mod:`focusseg.regions`): a list of lists of label values. Each
+region ``r`` is evaluated instead of each label, on the masks ``pred ∈ regions[r]`` and ``gt ∈ regions[r]`` derived
+from both label maps (BraTS: whole tumour, tumour core, enhancing tumour); its rows carry ``label = r + 1`` (region
+number, 1-based, in the order given) and the summary records ``regions`` (and ``region_names`` when given).
+:func:`read_regions` finds them in a dataset.json or a run's plan.
 """
 
 from __future__ import annotations
@@ -71,8 +77,10 @@ def evaluate_case(
     connectivity: int = 26,
     convention: str | Convention = "default",
     ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> list[dict]:
-    """One dict per label with keys ``label`` + :data:`METRICS` (NaN where undefined).
+    """One dict per label (or per region: ``label`` = region number ``r + 1``) with keys ``label`` +
+    :data:`METRICS` (NaN where undefined).
 
     Args:
         pred, gt: integer label maps ``(X, Y, Z)`` on one grid.
@@ -82,6 +90,7 @@ def evaluate_case(
         connectivity: 6, 18 or 26, for lesion-wise instances (FPV/FNV always use autoPET's 18).
         convention: name in ``CONVENTIONS`` or a :class:`Convention`.
         ignore_label: reference value of the voxels that are not annotated (module docstring); not a label.
+        regions: evaluate these label-value regions instead of ``labels`` (module docstring).
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape or gt.ndim != 3:
@@ -95,6 +104,9 @@ def evaluate_case(
     if nsd_tolerance < 0:
         raise ValueError(f"nsd_tolerance must be >= 0, got {nsd_tolerance}")
     conv = get_convention(convention)
+    if regions:
+        return [_label_row(pm, gm, r + 1, spacing, conv.tolerance(r + 1, nsd_tolerance), connectivity, conv)
+                for r, (pm, gm) in enumerate(_region_pairs(pred, gt, regions))]
     labels = [int(v) for v in labels]
     boxes_p, boxes_g = label_boxes(pred, labels), label_boxes(gt, labels)
     rows = []
@@ -103,6 +115,54 @@ def evaluate_case(
         p, g = pred[box] == v, gt[box] == v
         rows.append(_label_row(p, g, v, spacing, conv.tolerance(v, nsd_tolerance), connectivity, conv))
     return rows
+
+
+def _region_pairs(pred: np.ndarray, gt: np.ndarray, regions: Sequence[Sequence[int]]):
+    """``(pred mask, gt mask)`` of each region, cropped to the union of their bounding boxes."""
+    from scipy import ndimage
+
+    for region in regions:
+        values = np.asarray([int(v) for v in region])
+        pm, gm = np.isin(pred, values), np.isin(gt, values)
+        boxes = [ndimage.find_objects(m.astype(np.uint8))[0] if m.any() else None for m in (pm, gm)]
+        box = merge_boxes(*boxes) or (slice(0, 1),) * 3
+        yield pm[box], gm[box]
+
+
+def read_regions(source: str | Path) -> tuple[list[list[int]], list[str]] | None:
+    """``(regions, names)`` a dataset or a run declares (``source``: a dataset folder or its ``dataset.json``, a
+    run folder or a ``plan.json``), or None when it declares none. A source that is neither is a
+    :class:`UsageError`; a malformed one the error of its reader, naming it."""
+    from focusseg.errors import MissingFileError
+    from focusseg.io.dataset import load_dataset_spec
+
+    path = Path(source)
+    if path.is_dir():
+        found = [path / n for n in ("dataset.json", "plan.json") if (path / n).is_file()]
+        if not found:
+            raise MissingFileError("no dataset.json or plan.json in this folder (needed for the regions)", path)
+        path = found[0]
+    if not path.is_file():
+        raise MissingFileError("file not found", path)
+    if path.name == "dataset.json":
+        spec = load_dataset_spec(path.parent)
+        return (spec.region_list, list(spec.regions)) if spec.regions else None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"not a readable JSON file ({' '.join(str(exc).split())})", path) from exc
+    if not isinstance(data, dict) or "n_classes" not in data or not isinstance(data.get("labels"), dict):
+        raise UsageError("neither a dataset.json nor a focusseg plan (no labels and n_classes)", path)
+    regions = data.get("regions")
+    if not regions:
+        return None
+    if not (isinstance(regions, list) and all(isinstance(r, list) and r and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in r) for r in regions)):
+        raise UsageError(f"the plan's regions {regions!r} are not lists of positive label values", path)
+    names = data.get("region_names")
+    if not (isinstance(names, list) and len(names) == len(regions)):
+        names = [f"region_{i + 1}" for i in range(len(regions))]
+    return regions, [str(n) for n in names]
 
 
 def mask_ignored(pred: np.ndarray, gt: np.ndarray, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +236,7 @@ def _rebuild_error(record: tuple) -> FocussegError:
 
 def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | tuple, list[int]]:
     """``(case, rows, labels present)``, or ``(case, error record, [])`` for a file that cannot be scored."""
-    case, pred_path, gt_path, labels, tol, connectivity, convention, ignore = job
+    case, pred_path, gt_path, labels, tol, connectivity, convention, ignore, regions = job
     try:
         pred, pred_affine, _ = _load_labels(pred_path)
         gt, gt_affine, spacing = _load_labels(gt_path)
@@ -188,6 +248,9 @@ def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | tuple, list[int]]:
                              f"tolerance {AFFINE_ATOL})", pred_path)
         if ignore is not None:
             pred, gt = mask_ignored(pred, gt, ignore)
+        if regions:
+            rows = evaluate_case(pred, gt, spacing, [], tol, connectivity, convention, regions=regions)
+            return case, rows, list(range(1, len(regions) + 1))
         present = [v for v in present_labels(pred, gt) if v != ignore]
         rows = evaluate_case(pred, gt, spacing, present if labels is None else labels, tol, connectivity, convention)
     except FocussegError as exc:
@@ -260,6 +323,8 @@ def evaluate_folders(
     convention: str = "default",
     progress: bool = True,
     ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
+    region_names: Sequence[str] | None = None,
 ) -> dict:
     """Evaluate every label map of ``gt_dir`` against the prediction of the same case in ``pred_dir``.
 
@@ -272,7 +337,8 @@ def evaluate_folders(
     1e-4). ``labels=None`` evaluates every non-zero label found in any reference or prediction (present values
     only: memory does not depend on how large label values are). ``workers > 1`` evaluates cases in a process
     pool. ``ignore_label``: the reference value of unannotated voxels (module docstring), recorded in the
-    summary; never evaluated as a label.
+    summary; never evaluated as a label. ``regions`` (and their ``region_names``): evaluate label-value regions
+    instead of labels (module docstring; not together with ``labels`` or ``ignore_label``).
 
     Raises:
         MissingFileError: a folder that does not exist.
@@ -302,6 +368,15 @@ def evaluate_folders(
         ignore_label = int(ignore_label)
         if req is not None and ignore_label in req:
             raise UsageError(f"label {ignore_label} is the ignore label: it cannot be evaluated as a label")
+    if regions is not None:
+        regions = [[int(v) for v in r] for r in regions]
+        if not regions or not all(r and min(r) > 0 for r in regions):
+            raise UsageError(f"regions must be non-empty lists of positive label values, got {regions}")
+        if req is not None or ignore_label is not None:
+            raise UsageError("regions are evaluated instead of labels, and without an ignore label")
+        req = list(range(1, len(regions) + 1))
+        if region_names is not None and len(region_names) != len(regions):
+            raise UsageError(f"{len(region_names)} region names for {len(regions)} regions")
     gts, preds = _case_files(gt_dir), _case_files(pred_dir)
     if not gts:
         raise DatasetError("no ground-truth label maps (.nii.gz, .nii, .mha, .nrrd ...) in this folder", gt_dir)
@@ -317,7 +392,8 @@ def evaluate_folders(
         more = f" (and {len(extra) - 1} more: {_listing(extra[1:])})" if len(extra) > 1 else ""
         raise DatasetError(f"prediction has no ground truth in {gt_dir}{more}", preds[extra[0]],
                            hint="remove predictions of other cases, or add their references")
-    jobs = [(c, preds[c], gts[c], req, float(nsd_tolerance), connectivity, conv, ignore_label) for c in sorted(gts)]
+    jobs = [(c, preds[c], gts[c], req, float(nsd_tolerance), connectivity, conv, ignore_label, regions)
+            for c in sorted(gts)]
     results: dict[str, tuple[list[dict], list[int]]] = {}
     failures: list[FocussegError] = []
 
@@ -363,6 +439,8 @@ def evaluate_folders(
         "connectivity": connectivity,
         "labels": final_labels,
         **({"ignore_label": ignore_label} if ignore_label is not None else {}),
+        **({"regions": regions} if regions is not None else {}),
+        **({"region_names": list(region_names)} if regions is not None and region_names is not None else {}),
         "n_cases": len(results),
         **summarize(all_rows, final_labels),
     }

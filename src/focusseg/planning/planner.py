@@ -23,6 +23,10 @@ Rules:
   mean/std); others ``zscore`` per image, masked to the non-zero region when cropping removed >= 25 %.
 - labels: ``labels`` holds the classes; a label named ``ignore`` (nnU-Net's ignore label) is recorded apart as
   ``ignore_label`` and gets no output channel (``n_classes`` = max class value + 1).
+- regions (nnU-Net's region-based training, :mod:`focusseg.regions`): a dataset with region-based labels (pass its
+  ``spec`` to :func:`make_plan`) gets ``regions``, ``regions_class_order`` and ``region_names``, one sigmoid
+  output per region, and the loss ``region_dice_bce`` (Dice + BCE, batch Dice); ``n_classes`` stays the label
+  value range. A plan without regions keeps its form (and its hash).
 """
 
 from __future__ import annotations
@@ -120,13 +124,16 @@ def plan_network(profile: dict, n_pool: int, deep_supervision: bool) -> dict:
 
 
 def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_memory_gb: float | None = None,
-              preset: str | None = None) -> dict:
+              preset: str | None = None, configuration: str = "3d", spec: DatasetSpec | None = None) -> dict:
     """A complete, human-readable plan; ``overrides`` is a nested dict merged last (every field overridable).
 
     ``device="cuda"`` plans for a GPU budget (:func:`gpu_budget`: ``preset`` m / l / xl / whole and the card's
     ``gpu_memory_gb``; default the visible card minus headroom, or the M preset's 8 GB when none is visible):
     patch, batch and a per-axis DynUNet topology from :func:`plan_cuda_network`; the plan records
     ``gpu_memory_gb`` (the budget), ``preset`` and ``memory_estimate_gb``. The CPU plan ignores both arguments.
+    ``configuration="2d"``: nnU-Net's 2D configuration of the same data (:func:`plan_2d`).
+    ``spec``: the dataset's :class:`~focusseg.io.dataset.DatasetSpec`, needed only for region-based labels (the
+    fingerprint does not carry them): its regions go into the plan (:func:`region_fields`).
     """
     cuda = device.startswith("cuda")
     profile = PROFILES["cuda" if cuda else "cpu"]
@@ -212,9 +219,16 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
     }
     if ignore_label is not None:  # only then: a plan without one keeps its form (and its hash)
         plan["ignore_label"] = ignore_label
+    if spec is not None and spec.regions:  # only then (region-based training, focusseg.regions)
+        plan.update(region_fields(spec))
+        plan["training"]["loss"] = {"name": "region_dice_bce", "batch": True}
     if budget is not None:
         plan["gpu_memory_gb"], plan["preset"] = budget[0], budget[1]
         plan["memory_estimate_gb"] = round(gpu["estimate"]["total_gb"], 3)
+    if configuration == "2d":
+        plan = plan_2d(plan)
+    elif configuration != "3d":
+        raise PlanError(f"configuration {configuration!r} is not one of {', '.join(CONFIGURATIONS)}")
     if overrides:
         plan = deep_merge(plan, overrides)
     return plan
@@ -239,6 +253,7 @@ def validate_plan(plan: dict, spec: DatasetSpec) -> None:
         raise PlanError(f"patch_size {patch!r} must be 2 or 3 integers")
     if any(p < 1 for p in patch):
         raise PlanError(f"patch_size {list(patch)} has an axis below 1")
+    check_configuration(plan)
     spacing = plan["target_spacing"]
     try:
         sp = np.asarray(spacing, dtype=float).reshape(-1)
@@ -264,6 +279,7 @@ def validate_plan(plan: dict, spec: DatasetSpec) -> None:
         said = "none" if spec.ignore_label is None else spec.ignore_label
         raise PlanError(f"plan ignore_label {ignore!r} differs from dataset.json's ignore label ({said})",
                         hint="re-plan this dataset (the plan was made for another one)")
+    _validate_regions(plan, spec)
     n_classes = plan["n_classes"]
     if n_classes != spec.n_classes:
         raise PlanError(f"n_classes {n_classes!r} does not match the labels (max label value "
@@ -286,6 +302,59 @@ def validate_plan(plan: dict, spec: DatasetSpec) -> None:
                         f"{spec.label_values[:12]}{'...' if len(spec.label_values) > 12 else ''} "
                         f"(class indices {missing[:10]}{more} are never present)",
                         hint="relabel to consecutive values, or set training.class_weighter=null")
+
+
+def region_fields(spec: DatasetSpec) -> dict:
+    """The plan fields of a region-based dataset: ``regions`` (lists of label values), ``regions_class_order``
+    and ``region_names`` (dataset.json's names, for reports). Empty for a dataset without regions."""
+    if not spec.regions:
+        return {}
+    return {"regions": spec.region_list, "regions_class_order": list(spec.regions_class_order or ()),
+            "region_names": list(spec.regions)}
+
+
+def _validate_regions(plan: dict, spec: DatasetSpec) -> None:
+    """A region plan must match dataset.json's regions, train with a region loss, and use no class weighter or
+    cycle task (both work on softmax classes: refused rather than silently wrong)."""
+    hint = "re-plan this dataset (the plan was made for another one)"
+    want = region_fields(spec)
+    for key in ("regions", "regions_class_order"):
+        if plan.get(key) != want.get(key):
+            said = "none" if want.get(key) is None else json_text(want[key])
+            raise PlanError(f"plan {key} {json_text(plan.get(key))} differs from dataset.json's ({said})", hint=hint)
+    if not spec.regions:
+        return
+    from focusseg.losses.regions import REGION_LOSSES
+
+    tr = plan.get("training") or {}
+    loss = tr.get("loss")
+    if isinstance(loss, str):
+        parts = [loss]
+    elif isinstance(loss, dict) and "name" in loss:
+        parts = [loss["name"]] if loss["name"] != "compound" else list(loss.get("parts") or [None])
+    elif isinstance(loss, dict):
+        parts = list(loss)
+    else:
+        parts = [None]
+    parts = [p.get("name") if isinstance(p, dict) else p for p in parts]
+    if not all(p in REGION_LOSSES for p in parts):
+        raise PlanError(f"training.loss {json_text(loss)} is not a region loss; a region-based plan trains its "
+                        f"sigmoid region outputs with {', '.join(REGION_LOSSES)}",
+                        hint='set training.loss to {"name": "region_dice_bce"} (or re-plan)')
+    if tr.get("class_weighter"):
+        raise PlanError("training.class_weighter weights softmax classes; it does not apply to region-based "
+                        "training", hint="set training.class_weighter=null")
+    task = tr.get("task") or "supervised"
+    if (task if isinstance(task, str) else task.get("name")) == "cycle":
+        raise PlanError("the cycle task selects samples by softmax class counts; region-based training uses the "
+                        "supervised task", hint="set training.task=supervised")
+
+
+def json_text(value: Any) -> str:
+    """``value`` as compact JSON text (for one-line errors)."""
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -596,8 +665,9 @@ def plan_cuda_network(spacing: list[float], median_shape: list[float], budget_gb
     spacing_a = np.array(spacing, dtype=float)
     median = np.array([max(MIN_PATCH, float(m)) if math.isfinite(m) else MIN_PATCH for m in median_shape])
     inv = 1.0 / spacing_a
-    volume = 256.0**3 * max(1.0, budget_gb / GPU_PRESETS["m"])
-    initial = inv * (volume / np.prod(inv)) ** (1 / 3)
+    dims = len(spacing_a)  # nnU-Net's initial patch: 256^3 voxels in 3D, 2048^2 pixels in 2D (x budget / 8 GB)
+    volume = (256.0**3 if dims == 3 else 2048.0**2) * max(1.0, budget_gb / GPU_PRESETS["m"])
+    initial = inv * (volume / np.prod(inv)) ** (1 / dims)
     patch_f = np.maximum(MIN_PATCH, np.minimum(initial, median))
     budget = budget_gb
     while True:
@@ -623,3 +693,173 @@ def plan_cuda_network(spacing: list[float], median_shape: list[float], budget_gb
     est = estimate_training_memory(patch, batch, in_channels, n_classes, kernels, strides, features, dsn, amp)
     return {"patch_size": patch, "batch_size": batch, "kernel_sizes": kernels, "strides": strides,
             "features": features, "deep_supr_num": dsn, "estimate": est}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The 2D configuration (nnU-Net's "2d"; issue 15 part 3)
+# --------------------------------------------------------------------------------------------------------------
+
+#: The configurations a plan can be: ``"3d"`` (the default, patches of the volume) or ``"2d"`` (slices).
+CONFIGURATIONS = ("3d", "2d")
+#: The 2D profile per device. CPU: the in-plane patch is the median in-plane shape capped at 512^2 pixels (a CT
+#: slice fits whole), and a step processes about as many pixels as the 3D step's compute (``3 * 2 * 96^3``: a
+#: 3x3 convolution costs a third of a 3x3x3 one per element), at most ``max_batch`` slices. CUDA: the GPU-memory
+#: budget of :func:`plan_cuda_network` with nnU-Net's 2D initial patch (2048^2) and feature cap (512).
+#: ``max_batch`` stands in for nnU-Net's 5 %-of-the-dataset cap, which a plan cannot compute (it holds no case
+#: count); nnU-Net's own 2D batches are 12-49 on typical CT/MR and larger on tiny slices.
+PROFILES_2D: dict[str, dict[str, Any]] = {
+    "cpu": {"pixel_budget": 512**2, "step_pixels": 3 * 2 * 96**3, "max_batch": 64, "max_pool": 6},
+    "cuda": {"base_width": 32, "max_width": 512, "max_batch": 512},
+}
+#: nnU-Net v2 rotates 2D patches by up to +-180 deg, or +-15 deg when the patch's aspect ratio exceeds 1.5.
+ROTATION_2D = ((-180.0, 180.0), (-15.0, 15.0))
+
+
+def choose_slice_axis(spacing: list[float]) -> int:
+    """The out-of-plane axis of the 2D configuration: the axis with the largest (coarsest) target spacing.
+
+    nnU-Net transposes its (z, y, x) arrays so that ``argmax(spacing)`` comes first and slices along it; on ties
+    (isotropic data) ``argmax`` takes the first of its (z, y, x) axes, i.e. z. focusseg's arrays are (x, y, z), so
+    ties go to the *last* tied axis, which is the same anatomical axis."""
+    sp = np.asarray(spacing, dtype=float).reshape(-1)
+    if sp.size != 3 or not np.isfinite(sp).all() or (sp <= 0).any():
+        raise PlanError(f"target_spacing {list(spacing)!r} must be 3 finite positive numbers to choose a slice axis")
+    return int([a for a in range(3) if sp[a] == sp.max()][-1])
+
+
+def inplane_axes(slice_axis: int) -> list[int]:
+    """The two in-plane axes (in increasing order) of slices along ``slice_axis``."""
+    return [a for a in range(3) if a != int(slice_axis)]
+
+
+def is_2d(plan: dict) -> bool:
+    """Whether ``plan`` is the 2D configuration."""
+    return plan.get("configuration", "3d") == "2d"
+
+
+def slice_axis_of(plan: dict) -> int | None:
+    """The plan's slice axis for a 2D plan, None for a 3D one (what the loader and the sliding window take)."""
+    return int(plan["slice_axis"]) if is_2d(plan) else None
+
+
+def network_spacing(plan: dict) -> list[float]:
+    """The spacing the network sees, one value per patch axis: the in-plane target spacing for a 2D plan."""
+    spacing = [float(s) for s in plan["target_spacing"]]
+    return [spacing[a] for a in inplane_axes(plan["slice_axis"])] if is_2d(plan) else spacing
+
+
+def plan_2d(plan: dict) -> dict:
+    """The 2D configuration of a 3D plan made by :func:`make_plan` (nnU-Net v2's ``2d`` configuration):
+
+    * ``slice_axis`` = :func:`choose_slice_axis` of the target spacing; the store (preprocessing) is the 3D one,
+      so the same preprocessed store serves both configurations (its key holds no patch or network). Reading
+      chosen: the out-of-plane axis keeps the 3D target spacing (nnU-Net's 2D keeps each case's own slice
+      spacing; on isotropic data both agree);
+    * ``patch_size`` (2 values, the in-plane axes in increasing order): the median in-plane resampled shape,
+      capped by the profile (:data:`PROFILES_2D`), rounded to the network's pooling; on CUDA the GPU-memory
+      budget's patch, batch and per-axis DynUNet topology (:func:`plan_cuda_network` in 2D, features up to 512);
+    * ``batch_size``: CPU ``step_pixels // patch pixels`` in ``[2, max_batch]``; CUDA as many as the budget holds;
+    * a 2D network of the profile's family, mirror TTA on the two in-plane axes, slice batches for inference,
+      nnU-Net's 2D rotation range (:data:`ROTATION_2D`).
+
+    A plan that is already 2D is returned as a copy."""
+    out = copy.deepcopy(plan)
+    if is_2d(plan):
+        return out
+    axis = choose_slice_axis(plan["target_spacing"])
+    inplane = inplane_axes(axis)
+    spacing = [float(plan["target_spacing"][a]) for a in inplane]
+    median = [float(plan["median_shape_resampled"][a]) for a in inplane]
+    out.pop("patch_size_planned", None)
+    if plan.get("device_profile") == "cuda":
+        prof = PROFILES_2D["cuda"]
+        budget = float(plan.get("gpu_memory_gb") or GPU_PRESETS["m"])
+        in_ch, k = len(plan["channel_names"]), int(plan["n_classes"])
+        amp = plan["training"].get("amp", "auto")
+        gpu = plan_cuda_network(spacing, median, budget, in_ch, k, dataset_voxels=1e30, amp=amp,
+                                base=prof["base_width"], cap=prof["max_width"])
+        patch, batch = gpu["patch_size"], min(int(gpu["batch_size"]), prof["max_batch"])
+        dsn, ds_weights = nnunet_deep_supervision(len(gpu["strides"]))
+        network: dict[str, Any] = {"name": "dynunet", "n_stages": len(gpu["strides"]),
+                                   "kernel_sizes": gpu["kernel_sizes"], "strides": gpu["strides"],
+                                   "base_features": prof["base_width"], "max_features": prof["max_width"],
+                                   "deep_supervision": dsn > 0}
+        if dsn > 0:
+            network["deep_supr_num"] = dsn
+        out["training"]["deep_supervision"] = {"weights": ds_weights} if ds_weights else None
+        est = estimate_training_memory(patch, batch, in_ch, k, gpu["kernel_sizes"], gpu["strides"], gpu["features"],
+                                       dsn, amp)
+        out["memory_estimate_gb"] = round(est["total_gb"], 3)
+    else:
+        prof = PROFILES_2D["cpu"]
+        shrunk = shrink_patch(median, prof["pixel_budget"])
+        n_pool = _n_pool(float(shrunk.min()), max_pool=prof["max_pool"])
+        patch = [int(math.ceil(p / 2**n_pool) * 2**n_pool) for p in shrunk]
+        batch = max(2, min(prof["step_pixels"] // int(np.prod(patch)), prof["max_batch"]))
+        network = plan_network(PROFILES["cpu"], n_pool, False)
+        out["training"]["deep_supervision"] = None
+    out["configuration"], out["slice_axis"] = "2d", axis
+    out["patch_size"], out["batch_size"], out["network"] = [int(p) for p in patch], int(batch), network
+    rotation = ROTATION_2D[0] if max(patch) / min(patch) <= 1.5 else ROTATION_2D[1]
+    aug = out["training"].get("augmentation", "nnunet")
+    if isinstance(aug, str):
+        aug = {"preset": aug}
+    out["training"]["augmentation"] = {**aug, "rotation_deg": list(rotation)}
+    out["inference"]["mirror_axes"] = [0, 1]
+    out["inference"]["batch_size"] = int(min(batch, 64))
+    return out
+
+
+def plan_configuration(plan: dict, *layers: dict | None) -> dict:
+    """``plan`` with the override ``layers`` (recipe form, ``--set``) merged in order, in the configuration they
+    ask for: when they set ``configuration: "2d"`` on a 3D planner plan, the plan is first turned into its 2D
+    configuration (:func:`plan_2d`) and the layers are merged on top of that, so a recipe's or the user's
+    ``patch_size``, ``batch_size`` or ``network`` still win. A 2D plan cannot be turned back into a 3D one
+    (:class:`PlanError`: plan again without the 2D configuration)."""
+    merged = plan
+    for layer in layers:
+        merged = deep_merge(merged, layer or {})
+    want, have = merged.get("configuration", "3d"), plan.get("configuration", "3d")
+    if want not in CONFIGURATIONS:
+        raise PlanError(f"configuration {want!r} is not one of {', '.join(CONFIGURATIONS)}")
+    if want == have:
+        return merged
+    if want == "3d":
+        raise PlanError("the plan is the 2d configuration; a 3d plan cannot be derived from it",
+                        hint="plan the dataset again without --configuration 2d")
+    out = plan_2d(plan)
+    for layer in layers:
+        out = deep_merge(out, layer or {})
+    return out
+
+
+def check_configuration(plan: dict) -> None:
+    """Refuse (:class:`PlanError`) a ``configuration`` that is not 3d/2d, and a 2D plan whose ``patch_size`` is
+    not 2 values, whose ``slice_axis`` is not 0, 1 or 2, or whose network has no 2D form (a 3D-only network of
+    the registry); a 3D plan must not carry a ``slice_axis``."""
+    cfg = plan.get("configuration", "3d")
+    if cfg not in CONFIGURATIONS:
+        raise PlanError(f"configuration {cfg!r} is not one of {', '.join(CONFIGURATIONS)}")
+    axis = plan.get("slice_axis")
+    if cfg == "3d":
+        if axis is not None:
+            raise PlanError(f"slice_axis {axis!r} is set but the plan is the 3d configuration",
+                            hint="--set configuration=2d (or drop slice_axis)")
+        return
+    if len(plan["patch_size"]) != 2:
+        raise PlanError(f"the 2d configuration needs a 2-value in-plane patch_size, got {list(plan['patch_size'])}",
+                        hint="--set patch_size=[H,W] (the two axes other than slice_axis)")
+    if not isinstance(axis, int) or isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise PlanError(f"slice_axis {axis!r} must be 0, 1 or 2 in a 2d plan")
+    net = plan.get("network") or {}
+    name = net if isinstance(net, str) else net.get("name")
+    from focusseg.nets.base import network_info, network_names
+
+    try:
+        dims = network_info(str(name)).spatial_dims
+    except KeyError:
+        return  # an unknown network is reported where it is built
+    if 2 not in dims:
+        two_d = [n for n in network_names() if 2 in network_info(n).spatial_dims]
+        raise PlanError(f"network {name!r} is 3D only; the 2d configuration needs a 2D network",
+                        hint=f"--set network.name=... one of {', '.join(two_d)}")

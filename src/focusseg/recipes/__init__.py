@@ -122,10 +122,10 @@ def resolve_network_topology(plan: dict) -> dict:
     if net["topology"] != NNUNET_TOPOLOGY or net.get("name") != "dynunet":
         raise PlanError(f"network.topology {net['topology']!r} is not known for network {net.get('name')!r} "
                         f"(only \"{NNUNET_TOPOLOGY}\" on a dynunet)")
-    from focusseg.planning.planner import pool_and_conv_props
+    from focusseg.planning.planner import network_spacing, pool_and_conv_props
 
     out = copy.deepcopy(plan)
-    kernels, strides = pool_and_conv_props([float(s) for s in out["target_spacing"]],
+    kernels, strides = pool_and_conv_props(network_spacing(out),  # in-plane spacing for a 2D plan
                                            [float(p) for p in out["patch_size"]])
     del out["network"]["topology"]
     out["network"].update(kernel_sizes=kernels, strides=strides, n_stages=len(strides))

@@ -140,6 +140,8 @@ class CycleTask:
         self.grad_clip = grad_clip
         self.ignore_label = ignore_label
         self.epoch = 0
+        self.forwards: list[Any] = list(self.networks)  # what the step calls (DDP-wrapped on several processes)
+        self.selection: Any = None  # several processes: selection over the global batch (engine.distributed)
 
     @property
     def keep_now(self) -> float:
@@ -165,7 +167,7 @@ class CycleTask:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         losses, mains = [], []
-        for net in self.networks:
+        for net in self.forwards:
             out = net(images)
             per_sample = self.loss_fn(out, labels, **kwargs)
             if per_sample.dim() != 1 or per_sample.shape[0] != images.shape[0]:
@@ -175,10 +177,12 @@ class CycleTask:
         with torch.no_grad():
             tp, fp, fn = class_counts(torch.stack(mains).mean(0), labels, ignore_label=self.ignore_label)
         detached = [loss.detach() for loss in losses]
-        masks = [
-            cycle_select(detached[(i + 1) % 3], detached[(i + 2) % 3], self.keep_now, self.criterion) for i in range(3)
-        ]
-        selected = [loss[m].mean() for loss, m in zip(losses, masks)]
+        if self.selection is None:
+            masks = [cycle_select(detached[(i + 1) % 3], detached[(i + 2) % 3], self.keep_now, self.criterion)
+                     for i in range(3)]
+            selected = [loss[m].mean() for loss, m in zip(losses, masks)]
+        else:  # several processes: select on the global batch, normalise by the global count
+            masks, selected = self._select_globally(losses, detached)
         torch.stack(selected).sum().backward()  # the networks share nothing: one backward, three gradients
         for net, opt in zip(self.networks, self.optimizers):
             if self.grad_clip is not None:
@@ -194,6 +198,25 @@ class CycleTask:
             per_class_fn=fn,
             extras={"masks": torch.stack(masks), "per_network_loss": stacked, "keep": self.keep_now},
         )
+
+    def _select_globally(self, losses: list[torch.Tensor], detached: list[torch.Tensor]
+                         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Committee selection over the whole world's batch: each network's per-sample losses are gathered, the
+        peers' global vectors select, and this rank's loss is ``W * sum(local selected) / global count``; DDP's
+        gradient average over the ``W`` ranks then gives the gradient of the global selected mean, exactly as one
+        process with the global batch."""
+        sel = self.selection
+        world_size = sel.world.size
+        b = detached[0].shape[0]
+        full = [sel.gather(d) for d in detached]
+        masks, selected = [], []
+        for i in range(3):
+            global_mask = cycle_select(full[(i + 1) % 3], full[(i + 2) % 3], self.keep_now, self.criterion)
+            local = sel.local(global_mask, b)
+            count = global_mask.sum().clamp_min(1).to(losses[i].dtype)
+            masks.append(local)
+            selected.append(losses[i][local].sum() * world_size / count)
+        return masks, selected
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -115,7 +115,7 @@ class FocusedPracticeSampler:
         if len(shape) != len(self.patch_size):
             raise ValueError(f"case shape {tuple(shape)} and patch {self.patch_size} differ in dimensions")
         padded = [max(int(s), p) for s, p in zip(shape, self.patch_size)]
-        steps = compute_steps(padded, self.patch_size, overlap)
+        steps = [sorted(set(st)) for st in compute_steps(padded, self.patch_size, overlap)]  # 2D: one start per slice
         return [st if s >= p else [-((p - s) // 2)] for st, s, p in zip(steps, shape, self.patch_size)]
 
     # ----- index -------------------------------------------------------------------------------------------

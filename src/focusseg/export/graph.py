@@ -1,0 +1,291 @@
+"""Export a run's (or every fold's) network as an ONNX or TorchScript graph, plus a JSON spec of what surrounds it.
+
+The archive written (one zip, atomically, at ``--out``)::
+
+    model_onnx.zip
+      spec.json          format, focusseg_version, created, members [{name, file, weight, sha256, verified...}],
+                         input (name, layout [batch, channel, x, y(, z)], patch, dtype), output (name, logits),
+                         channels, labels, normalisation, target spacing, resampling order, sliding window
+                         (patch, overlap, Gaussian sigma = patch / 8, batch), activation (softmax over axis 1, or a
+                         sigmoid per region), TTA (mirror axes, averaged on logits before the activation),
+                         post-processing steps
+      <member>.onnx      (or <member>.pt for TorchScript) one per member: ``model`` for a run, ``fold_K`` per fold
+
+The graph maps ``image (B, C, *patch)`` float32, normalised and resampled as the spec says, to ``logits (B, K,
+*patch)``; everything else (crop to non-zero, normalisation, resampling, Gaussian sliding window, mirrors, softmax,
+resampling back, argmax, post-processing) is the consumer's, as described in the spec -- focusseg's own
+``focusseg predict model.zip`` (the bundle) does all of it.
+
+ONNX (opset 17 legacy / 18 dynamo): the legacy TorchScript-based exporter is tried first (fast, no extra
+dependency; except for :data:`DYNAMO_FIRST`), then the dynamo exporter (``torch.export``; needs ``onnxscript``). Each graph is checked with
+ONNX Runtime against PyTorch on a seeded random patch (batch 1 and 2): the maximum absolute logit difference is
+recorded in the spec and must be at most :data:`ONNX_TOLERANCE` (+ :data:`RELATIVE_TOLERANCE` of the logits'
+magnitude). A network neither exporter can export within
+that tolerance raises :class:`NotExportable` with each exporter's reason. Known case: ``lambda3d`` with the legacy
+exporter only (``exporter="legacy"``) -- its ``movedim(1, -1)`` around LayerNorm becomes an ONNX ``Transpose`` with
+a negative ``perm`` (``{0, -1, 1, 2, 3}``), which ONNX Runtime rejects; the dynamo exporter handles it. With
+``onnxscript`` installed every registered network exports (tested in ``tests/export``).
+
+TorchScript: ``torch.jit.trace`` in eval mode (shapes of the patch are baked in where the network computes with
+them), checked against the eager network on the same patch to the same tolerance.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from focusseg.errors import FocussegError, UsageError
+
+FORMATS = ("bundle", "onnx", "torchscript")
+EXPORTERS = ("auto", "legacy", "dynamo")
+#: The export check: ``max |graph - PyTorch| <= ONNX_TOLERANCE + RELATIVE_TOLERANCE * max |PyTorch|`` on the
+#: logits of the check patches. float32 rounding grows with the logits' magnitude and the network's depth (a deep
+#: STU-Net with logits ~30 differs from its own float64 result by ~1e-4), hence the small relative term.
+ONNX_TOLERANCE = 1e-4
+RELATIVE_TOLERANCE = 1e-5
+#: Networks the legacy exporter gets wrong, so ``auto`` goes to the dynamo exporter first (module docstring).
+DYNAMO_FIRST = frozenset({"lambda3d"})
+SPEC = "spec.json"
+SPEC_VERSION = 1
+
+
+class NotExportable(FocussegError):
+    """A network that cannot be exported in the asked format (``reason`` says why: each exporter's failure, or
+    a graph whose outputs differ from PyTorch's by more than the tolerance)."""
+
+    def __init__(self, network: str, fmt: str, reason: str, hint: str | None = None) -> None:
+        self.network, self.format, self.reason = network, fmt, reason
+        super().__init__(f"network {network!r} cannot be exported as {fmt}: {reason}", None, hint)
+
+
+def _check_input(in_channels: int, patch: tuple[int, ...], seed: int = 0, batch: int = 1) -> torch.Tensor:
+    """The seeded random patch every graph is checked on (N(0, 1): what z-scored images look like)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((batch, in_channels, *patch), generator=gen)
+
+
+def _eager(network: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return network(x).float().numpy()
+
+
+def _onnx_bytes(network: nn.Module, x: torch.Tensor, exporter: str, opset: int | None) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(network, (x,), buf, dynamo=False, opset_version=opset or 17, input_names=["image"],
+                              output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+            return buf.getvalue()
+        import contextlib
+        import logging
+
+        quiet = logging.getLogger("torch.onnx")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                program = torch.onnx.export(network, (x,), dynamo=True, opset_version=opset or 18, verbose=False,
+                                            input_names=["image"], output_names=["logits"],
+                                            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+            return program.model_proto.SerializeToString()
+        finally:
+            quiet.setLevel(level)
+
+
+def onnx_runtime_logits(model: bytes, x: np.ndarray) -> np.ndarray:
+    """Run an ONNX graph (``image`` -> ``logits``) with ONNX Runtime on the CPU (one thread, deterministic)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return sess.run(["logits"], {"image": x.astype(np.float32)})[0]
+
+
+def network_to_onnx(network: nn.Module, in_channels: int, patch: tuple[int, ...] | list[int], name: str = "network",
+                    exporter: str = "auto", opset: int | None = None,
+                    tolerance: float = ONNX_TOLERANCE,
+                    relative_tolerance: float = RELATIVE_TOLERANCE) -> tuple[bytes, dict[str, Any]]:
+    """``(ONNX bytes, info)`` of ``network`` (eval mode, CPU) for input ``(B, in_channels, *patch)`` with a
+    dynamic batch axis. ``name`` is the registry name (``auto`` tries the dynamo exporter first for
+    :data:`DYNAMO_FIRST`). ``info``: exporter, opset, onnx_runtime_max_abs_diff (batch 1 and 2; None when
+    onnxruntime is not installed, then the graph is unverified).
+
+    Raises:
+        NotExportable: no exporter produced a graph that loads in ONNX Runtime and matches PyTorch within
+            ``tolerance + relative_tolerance x max |logits|`` (the reason of each attempt).
+    """
+    if exporter not in EXPORTERS:
+        raise UsageError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    try:
+        import onnxruntime  # noqa: F401
+
+        verify = True
+    except ImportError:
+        verify = False
+    network = network.eval().to("cpu")
+    patch = tuple(int(p) for p in patch)
+    x1, x2 = _check_input(in_channels, patch, 0, 1), _check_input(in_channels, patch, 1, 2)
+    ref1, ref2 = _eager(network, x1), _eager(network, x2)
+    if exporter == "auto":
+        attempts = ["dynamo", "legacy"] if name in DYNAMO_FIRST else ["legacy", "dynamo"]
+    else:
+        attempts = [exporter]
+    bound = tolerance + relative_tolerance * max(float(np.abs(ref1).max()), float(np.abs(ref2).max()))
+    reasons = []
+    for how in attempts:
+        try:
+            data = _onnx_bytes(network, x1, how, opset)
+        except Exception as exc:  # exporters raise many types (torch.onnx errors, unsupported op, export guards)
+            reasons.append(f"{how} exporter: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            continue
+        import onnx
+
+        used_opset = max((o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx")),
+                         default=None)
+        info: dict[str, Any] = {"exporter": how, "opset": used_opset, "onnx_runtime_max_abs_diff": None}
+        if not verify:
+            return data, info
+        try:
+            diff = max(float(np.abs(onnx_runtime_logits(data, x1.numpy()) - ref1).max()),
+                       float(np.abs(onnx_runtime_logits(data, x2.numpy()) - ref2).max()))
+        except Exception as exc:  # onnxruntime's own error types: the graph does not load or run
+            reasons.append(f"{how} exporter: ONNX Runtime refuses the graph ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:300]})")
+            continue
+        if not diff <= bound:
+            reasons.append(f"{how} exporter: ONNX Runtime differs from PyTorch by {diff:.3g} (> {bound:.3g})")
+            continue
+        info["onnx_runtime_max_abs_diff"] = diff
+        return data, info
+    hint = None
+    if exporter in ("auto", "dynamo"):
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            hint = "the dynamo exporter needs onnxscript: pip install onnxscript"
+    raise NotExportable(name, "onnx", "; ".join(reasons), hint)
+
+
+def network_to_torchscript(network: nn.Module, in_channels: int, patch: tuple[int, ...] | list[int],
+                           name: str = "network", tolerance: float = ONNX_TOLERANCE) -> tuple[bytes, dict[str, Any]]:
+    """``(TorchScript bytes, info)``: ``torch.jit.trace`` of ``network`` at ``(1, in_channels, *patch)``, reloaded
+    and checked against the eager network on batch 1 and 2 (``info["max_abs_diff"]``).
+
+    Raises:
+        NotExportable: tracing fails, or the traced graph differs by more than ``tolerance``.
+    """
+    network = network.eval().to("cpu")
+    patch = tuple(int(p) for p in patch)
+    x1, x2 = _check_input(in_channels, patch, 0, 1), _check_input(in_channels, patch, 1, 2)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(network, (x1,), check_trace=False)
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf)
+        loaded = torch.jit.load(io.BytesIO(buf.getvalue()), map_location="cpu")
+        diff = max(float(np.abs(_eager(loaded, x1) - _eager(network, x1)).max()),
+                   float(np.abs(_eager(loaded, x2) - _eager(network, x2)).max()))
+    except Exception as exc:  # tracing raises many types (data-dependent control flow, unsupported ops)
+        raise NotExportable(name, "torchscript", f"torch.jit.trace fails ({type(exc).__name__}: "
+                                                 f"{' '.join(str(exc).split())[:300]})") from exc
+    if not diff <= tolerance:
+        raise NotExportable(name, "torchscript", f"the traced graph differs from PyTorch by {diff:.3g} "
+                                                 f"(> {tolerance}): the network's path depends on its input")
+    return buf.getvalue(), {"exporter": "torch.jit.trace", "max_abs_diff": diff}
+
+
+def graph_spec(plan: dict[str, Any], postprocessing: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON spec of everything around the graph (module docstring), from the plan."""
+    inf = plan.get("inference", {})
+    regions = plan.get("regions")
+    n_dims = len(plan["patch_size"])
+    return {
+        "input": {"name": "image", "layout": ["batch", "channel", *"xyz"[:n_dims]], "dtype": "float32",
+                  "patch_size": list(plan["patch_size"]), "channels": len(plan["channel_names"])},
+        "output": {"name": "logits", "layout": ["batch", "class", *"xyz"[:n_dims]],
+                   "channels": len(regions) if regions else int(plan["n_classes"])},
+        "channel_names": plan["channel_names"], "labels": plan["labels"], "n_classes": plan["n_classes"],
+        "ignore_label": plan.get("ignore_label"), "regions": regions,
+        "preprocessing": {
+            "crop": "to the bounding box of voxels non-zero in any channel; predictions outside it are background",
+            "normalization": plan["normalization"], "target_spacing": plan["target_spacing"],
+            "resample_order_image": plan.get("resample_order_image", 3),
+            "resample_back": "probabilities linearly to the cropped original grid, then argmax"},
+        "sliding_window": {"patch_size": list(plan["patch_size"]), "overlap": inf.get("overlap", 0.5),
+                           "gaussian_sigma_scale": 1.0 / 8, "batch_size": inf.get("batch_size", 2),
+                           "weighting": "Gaussian importance map, sigma = patch * sigma_scale (nnU-Net)"},
+        "activation": ({"name": "sigmoid", "per": "region"} if regions else {"name": "softmax", "axis": 1}),
+        "tta": {"mirror_axes": list(inf.get("mirror_axes", [])), "spatial_axes_from": 0,
+                "average": "logits over all 2^n mirror subsets (identity included), before the activation",
+                "noise_passes": inf.get("noise_passes", 0)},
+        "postprocessing": postprocessing,
+    }
+
+
+def export_graphs(source: str | Path, out: str | Path, fmt: str = "onnx", checkpoint: str = "best",
+                  exporter: str = "auto") -> dict[str, Any]:
+    """Export every member of a run / cross-validation folder as ``fmt`` (onnx or torchscript) into the zip
+    ``out`` (module docstring), atomically. Returns the spec written."""
+    from focusseg import __version__
+    from focusseg.engine.task import build_inference_module
+    from focusseg.export.bundle import load_source
+    from focusseg.io.atomic import atomic_path
+
+    if fmt not in ("onnx", "torchscript"):
+        raise UsageError(f"graph format must be onnx or torchscript, got {fmt!r}")
+    out = Path(out)
+    if out.suffix.lower() != ".zip":
+        raise UsageError(f"the {fmt} export is a .zip file (graphs + {SPEC}), got --out {out}",
+                         hint=f"e.g. --out model_{fmt}.zip")
+    if out.is_dir():
+        raise UsageError("--out is a folder; the export is one .zip file", out)
+    src = load_source(source, checkpoint)
+    files: dict[str, bytes] = {}
+    members = []
+    for m in src.members:
+        plan = m["plan"]
+        net = build_inference_module(plan)
+        net.load_state_dict(m["state_dict"])
+        net_name = str(plan["network"]["name"] if isinstance(plan["network"], dict) else plan["network"])
+        args = (net, len(plan["channel_names"]), tuple(plan["patch_size"]), net_name)
+        if fmt == "onnx":
+            data, info = network_to_onnx(*args, exporter=exporter)
+            file = f"{m['name']}.onnx"
+        else:
+            data, info = network_to_torchscript(*args)
+            file = f"{m['name']}.pt"
+        files[file] = data
+        members.append({"name": m["name"], "file": file, "weight": m["weight"], "checkpoint": m["checkpoint"],
+                        "network": plan["network"], "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
+                        **info})
+    spec = {"format": fmt, "spec_version": SPEC_VERSION, "focusseg_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": {"kind": src.kind, "path": str(src.path.resolve()), "checkpoint": checkpoint},
+            "members": members,
+            "ensemble": "weighted mean of the members' probabilities (after each member's activation)",
+            **graph_spec(src.members[0]["plan"], src.postprocessing)}
+    with atomic_path(out) as tmp:
+        with zipfile.ZipFile(tmp, "w") as zf:
+            for name, data in files.items():
+                zf.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED)
+            zf.writestr(SPEC, json.dumps(spec, indent=1, allow_nan=False) + "\n", compress_type=zipfile.ZIP_DEFLATED)
+    return spec
+
+
+__all__ = ["EXPORTERS", "FORMATS", "DYNAMO_FIRST", "NotExportable", "ONNX_TOLERANCE", "RELATIVE_TOLERANCE", "export_graphs", "graph_spec",
+           "network_to_onnx", "network_to_torchscript", "onnx_runtime_logits"]

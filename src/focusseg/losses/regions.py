@@ -1,0 +1,119 @@
+"""Region-based loss (nnU-Net v2's ``DC_and_BCE_loss`` for region-based training, :mod:`focusseg.regions`):
+soft Dice over the region channels plus binary cross-entropy with logits.
+
+Not to be confused with "region losses" in the sense of overlap losses (:class:`focusseg.losses.dice.RegionLoss`,
+``tests/losses/test_loss_region.py``): here a *region* is a set of label values (BraTS whole tumour = {1, 2, 3}).
+
+The target is built from the integer label map on the logits' device: ``g_r(v) = [label(v) ∈ regions[r]]``
+(:func:`focusseg.regions.region_masks`), ``p_r = sigmoid(logit_r)``. With sums over the voxels of one sample
+(``batch=False``) or of the whole batch (``batch=True``, nnU-Net's ``batch_dice``)::
+
+    Dice_r = 1 - (2 sum p_r g_r + s_nr) / max(sum p_r + sum g_r + s_dr, 1e-8)
+    BCE    = mean over regions and voxels of  -[g log p + (1 - g) log(1 - p)]     (torch's BCE with logits)
+    L      = w_dice * mean_r Dice_r + w_bce * BCE
+
+Every channel is a region (there is no background channel), so all channels enter the Dice, as nnU-Net's
+``do_bg=True`` for regions. ``reduction="none"`` gives per-sample losses (per-sample Dice + per-sample BCE; what
+Focused Practice ranks patches by), ``"mean"`` the batch value. ``class_weights`` (optional, shape ``(R,)``) weight
+the regions in both terms. Deep supervision (:class:`~focusseg.losses.deep_supervision.DeepSupervisionLoss`)
+needs nothing special: the label map is resized with nearest, which commutes with the membership test above.
+No host sync in the forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from focusseg.losses._build import LOSSES
+from focusseg.losses._common import REDUCTIONS, as_compute_dtype, check_class_weights, check_option, flat, label_map
+
+
+def check_regions(regions: object) -> list[list[int]]:
+    """A loss's ``regions`` option: a non-empty list of non-empty lists of positive label values."""
+    if not isinstance(regions, (list, tuple)) or not regions:
+        raise ValueError(f"regions must be a non-empty list of lists of label values, got {regions!r}")
+    out = []
+    for r in regions:
+        items = list(r) if isinstance(r, (list, tuple)) else [r]
+        if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+            raise ValueError(f"region {r!r} must be a non-empty list of positive integer label values")
+        out.append([int(v) for v in items])
+    return out
+
+
+class RegionDiceBCELoss(nn.Module):
+    """Sigmoid soft Dice + BCE over label-value regions (module docstring).
+
+    Args:
+        regions: one list of label values per output channel.
+        batch: one Dice per region over the whole batch (``reduction="mean"``); per-sample Dice otherwise.
+        dice_weight, bce_weight: the weights of the two terms (>= 0, nnU-Net: 1 and 1).
+        smooth_nr, smooth_dr: Dice smoothing (nnU-Net: 1e-5).
+        reduction: ``"mean"`` or ``"none"`` (per sample, shape ``(B,)``).
+        ignore_label: must be None (focusseg refuses an ignore label with regions at ``dataset.json``).
+    """
+
+    def __init__(self, regions: Sequence[Sequence[int]], batch: bool = True, dice_weight: float = 1.0,
+                 bce_weight: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, reduction: str = "mean",
+                 ignore_label: int | None = None) -> None:
+        super().__init__()
+        if ignore_label is not None:
+            raise ValueError("region_dice_bce does not support an ignore label")
+        self.regions = check_regions(regions)
+        if dice_weight < 0 or bce_weight < 0 or dice_weight + bce_weight <= 0:
+            raise ValueError(f"dice_weight and bce_weight must be >= 0 with a positive sum, got "
+                             f"{dice_weight}, {bce_weight}")
+        if smooth_nr < 0 or smooth_dr < 0:
+            raise ValueError("smoothing terms must be >= 0")
+        self.batch, self.dice_weight, self.bce_weight = bool(batch), float(dice_weight), float(bce_weight)
+        self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
+        self.reduction = check_option("reduction", reduction, REDUCTIONS)
+        self._values = [torch.tensor(r) for r in self.regions]
+
+    def targets(self, x: Tensor, labels: Tensor) -> Tensor:
+        """``(B, R, N)`` float region indicators of a ``(B, N)`` label map, on ``x``'s device and dtype."""
+        return torch.stack([torch.isin(labels, v.to(labels.device)) for v in self._values], 1).to(x.dtype)
+
+    def _dice(self, tp: Tensor, sum_p: Tensor, sum_g: Tensor) -> Tensor:
+        return 1.0 - (2.0 * tp + self.smooth_nr) / (sum_p + sum_g + self.smooth_dr).clamp_min(1e-8)
+
+    def forward(self, logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
+        x = as_compute_dtype(logits)
+        labels = label_map(x, target)
+        k = x.shape[1]
+        if k != len(self.regions):
+            raise ValueError(f"logits have {k} channels for {len(self.regions)} regions")
+        x = flat(x)
+        g = self.targets(x, labels)
+        p = torch.sigmoid(x)
+        w = check_class_weights(class_weights, k, x)
+        tp, sum_p, sum_g = (p * g).sum(-1), p.sum(-1), g.sum(-1)  # (B, R)
+        bce = F.binary_cross_entropy_with_logits(x, g, reduction="none").mean(-1)  # (B, R)
+        dice = self._dice(tp, sum_p, sum_g)
+        if w is not None:
+            dice, bce = dice * w, bce * w
+        per_sample = self.dice_weight * dice.mean(-1) + self.bce_weight * bce.mean(-1)
+        if self.reduction == "none":
+            return per_sample
+        if self.batch:
+            bdice = self._dice(tp.sum(0), sum_p.sum(0), sum_g.sum(0))
+            if w is not None:
+                bdice = bdice * w
+            return self.dice_weight * bdice.mean() + self.bce_weight * bce.mean()
+        return per_sample.mean()
+
+
+@LOSSES.register("region_dice_bce")
+def region_dice_bce(regions: Sequence[Sequence[int]] | None = None, **kwargs: object) -> RegionDiceBCELoss:
+    """Region-based Dice + BCE; ``regions`` comes from the plan (``engine.build`` passes the plan's regions)."""
+    if regions is None:
+        raise ValueError("region_dice_bce needs regions (a region-based plan passes its 'regions')")
+    return RegionDiceBCELoss(regions, **kwargs)  # type: ignore[arg-type]
+
+
+#: Loss names that train region outputs (a region-based plan's ``training.loss`` must be one of them).
+REGION_LOSSES = ("region_dice_bce",)
