@@ -99,7 +99,8 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
 
 
 @app.command()
-def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder (plan, checkpoints, log)."),
+def train(ctx: typer.Context, data: Path = DATA,
+          out: Path = typer.Option(..., help="The run folder (plan, checkpoints, log)."),
           fold: str = typer.Option("0", help="Fold 0-4 of the 5-fold split, or 'all'."),
           recipe: str = typer.Option("default", help="A recipe name (`focusseg recipes`) or a path to a JSON."),
           recipe_form: str | None = typer.Option(
@@ -147,7 +148,7 @@ def train(data: Path = DATA, out: Path = typer.Option(..., help="The run folder 
         if devices < 1:
             raise UsageError(f"--devices must be a whole number >= 1, got {devices}")
         if not World.env_says_distributed():  # relaunch this command on N processes; they find the world in env
-            raise typer.Exit(launch_self(_without_option(_cli_argv(), "--devices"),
+            raise typer.Exit(launch_self(_without_option(_cli_argv(ctx), "--devices"),
                                          devices))
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other (continue the run, or start it again)")
@@ -272,8 +273,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
                                                      "(`focusseg crossval`: its folds are ensembled) or a model "
                                                      "bundle .zip (`focusseg export`)."),
             in_dir: Path = typer.Argument(..., help="Images as <case>_<CCCC>.nii.gz (nnU-Net imagesTs layout), or "
-                                                    "DICOM: one series per case folder <case>/ (channels: "
-                                                    "<case>/0000/, <case>/0001/ ...)."),
+                                                    "DICOM: one series per case folder CASE/ (channels: "
+                                                    "CASE/0000/, CASE/0001/ ...)."),
             out_dir: Path = typer.Argument(..., help="Receives <case>.nii.gz with the input's shape and affine."),
             overlap: float = typer.Option(0.5, help="Sliding-window overlap in [0, 1)."),
             tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirror test-time augmentation."),
@@ -286,7 +287,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
                 True, "--postprocess/--no-postprocess",
                 help="Apply the run's post-processing (chosen on its validation; single runs only)."),
             output_format: str | None = typer.Option(
-                None, "--output-format", help="nifti, nrrd, mha or dicom-seg (DICOM input only: <case>.dcm, a "
+                None, "--output-format", help="nifti, nrrd, mha or dicom-seg (DICOM input only: CASE.dcm, a "
                                               "DICOM Segmentation referencing the series; needs focusseg[dicom]). "
                                               "Default: each input's own format, .nii.gz for DICOM."),
             save_probabilities: bool = typer.Option(
@@ -295,6 +296,11 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
             postprocessing_file: Path | None = typer.Option(
                 None, "--postprocessing-file", help="Apply the steps of this postprocessing.json instead (e.g. the "
                                                     "one `focusseg best` chose for an ensemble)."),
+            num_parts: int | None = typer.Option(
+                None, "--num-parts", help="Split the cases into K shares (sorted, every K-th) and predict one of "
+                                          "them (--part-id): machines or GPUs each take a share. Under torchrun: "
+                                          "one share per rank, automatically."),
+            part_id: int | None = typer.Option(None, "--part-id", help="Which share (0 .. K-1) with --num-parts."),
             device: str = typer.Option("auto", help="cpu, cuda or auto.")) -> None:
     """Segment every case of a folder (one run, or a weighted ensemble of runs of any architectures).
 
@@ -302,6 +308,9 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
 
     Ensemble: `focusseg predict runs/stunet imagesTs/ preds/ --ensemble runs/swin --ensemble runs/vnet
     --weights 0.5,0.3,0.2 --uncertainty entropy`
+
+    DICOM: `focusseg predict runs/hippo dicom/ preds/ --output-format dicom-seg` (dicom/CASE/ holds one series;
+    multi-channel: dicom/CASE/0000/, dicom/CASE/0001/ ...; a case lacking a channel folder fails in one line)
     """
     from focusseg.engine.run import resolve_device
     from focusseg.errors import UsageError
@@ -313,7 +322,12 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
         raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
     if checkpoint not in ("best", "final", "latest"):
         raise UsageError(f"--checkpoint must be best, final or latest, got {checkpoint!r}")
+    part = _part_option(num_parts, part_id)
     dev = resolve_device(device)
+    if part is not None and dev.type == "cuda" and torch_cuda_count() > 1:
+        import torch
+
+        dev = torch.device("cuda", part[0] % torch.cuda.device_count())  # one GPU per share on a multi-GPU node
     try:
         w = [float(x) for x in weights.split(",")] if weights else None
     except ValueError as exc:
@@ -347,7 +361,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
     if predictor.postprocessing:
         console.print(f"post-processing: {predictor.postprocessing}")
     written = predict_folder(predictor, in_dir, out_dir, overlap=overlap, tta=tta,
-                             save_probabilities=save_probabilities, output_format=output_format)
+                             save_probabilities=save_probabilities, output_format=output_format, part=part)
     console.print(f"{len(written)} segmentation(s) written to {out_dir}")
 
 
@@ -668,13 +682,31 @@ def _evaluate_ignore_label(option: str | None, gt_dir: Path) -> int | None:
     return read_ignore_label(Path(text))
 
 
-def _cli_argv() -> list[str]:
+def _part_option(num_parts: int | None, part_id: int | None) -> tuple[int, int] | None:
+    """``(part id, number of parts)`` from ``--num-parts/--part-id``, else from torchrun's ``RANK/WORLD_SIZE``."""
+    from focusseg.engine.distributed import part_from_env
+    from focusseg.errors import UsageError
+
+    if num_parts is None and part_id is None:
+        return part_from_env()
+    if num_parts is None or part_id is None:
+        raise UsageError("--num-parts and --part-id go together (e.g. --num-parts 4 --part-id 0)")
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise UsageError(f"--part-id must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part_id}")
+    return part_id, num_parts
+
+
+def torch_cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _cli_argv(ctx: typer.Context) -> list[str]:
     """The command line this invocation was given (``main`` passes it in the click context), else ``sys.argv``."""
     import sys
 
-    import click
-
-    obj = click.get_current_context().find_root().obj
+    obj = ctx.find_root().obj
     argv = obj.get("argv") if isinstance(obj, dict) else None
     return list(argv if argv is not None else sys.argv[1:])
 

@@ -41,10 +41,13 @@ def output_channels(plan: Mapping[str, Any]) -> int:
     return len(regions) if regions else int(plan["n_classes"])
 
 
-def region_masks(labels: torch.Tensor, regions: Regions) -> torch.Tensor:
+def region_masks(labels: torch.Tensor, regions: Regions, channel_axis: bool | None = None) -> torch.Tensor:
     """``(B, R, *spatial)`` bool region masks of an integer label map ``(B, *spatial)`` or ``(B, 1, *spatial)``
-    (on its device, no host sync): channel ``r`` is ``labels ∈ regions[r]``."""
-    if labels.ndim >= 2 and labels.shape[1] == 1:
+    (on its device, no host sync): channel ``r`` is ``labels ∈ regions[r]``. ``channel_axis``: whether axis 1 is
+    the label map's channel axis; None: when it has size 1 (give it explicitly where a spatial axis may be 1)."""
+    if channel_axis is None:
+        channel_axis = labels.ndim >= 2 and labels.shape[1] == 1
+    if channel_axis:
         labels = labels[:, 0]
     lab = labels.long()
     out = []
@@ -81,7 +84,7 @@ def region_counts(logits: torch.Tensor, labels: torch.Tensor, regions: Regions) 
     """``(3, R)`` int64 TP, FP, FN per region over a batch: prediction ``logit > 0`` (sigmoid > 0.5) of
     ``(B, R, *spatial)`` logits against the region masks of the label map; on the device, no host sync."""
     pred = logits > 0
-    ref = region_masks(labels, regions)
+    ref = region_masks(labels, regions, channel_axis=labels.ndim == logits.ndim)
     dims = [0, *range(2, pred.ndim)]
     tp = (pred & ref).sum(dims)
     fp = (pred & ~ref).sum(dims)

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from focusseg.io.dicom import keeps_locale
+
 
 def _uid(suffix: str) -> str:
     """A syntactically valid, unique-enough UID (the 1.2.826.0.1.3680043.2.1125 root SimpleITK's example uses)."""
     return f"1.2.826.0.1.3680043.2.1125.{suffix}"
 
 
+@keeps_locale
 def write_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, modality: str = "MR",
                  series_uid: str | None = None, study_uid: str | None = None, frame_uid: str | None = None,
                  slope: float = 1.0, intercept: float = 0.0, name: str = "IM", series_number: int = 1,

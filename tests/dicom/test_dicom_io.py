@@ -88,3 +88,14 @@ def test_broken_folders_are_refused_naming_the_folder(tmp_path: Path):
         read_series(gap)
     with pytest.raises(ImageError, match="above the limit"):
         read_series(write_series(tmp_path / "big", data, aff), max_voxels=100)
+
+
+def test_reading_a_series_leaves_the_process_locale_alone(tmp_path: Path):
+    """GDCM sets the C locale to "C" while it reads; afterwards Python's text encoding must be what it was."""
+    import locale
+
+    before = (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False))
+    write_series(tmp_path / "dcm", int_image(3), oblique_affine())
+    read_series(tmp_path / "dcm")
+    find_series(tmp_path / "dcm")
+    assert (locale.setlocale(locale.LC_ALL), locale.getpreferredencoding(False)) == before

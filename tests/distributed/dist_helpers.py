@@ -47,7 +47,8 @@ SCRIPT = textwrap.dedent("""
     class Probe:
         # every rank writes its strategies' states after each epoch (the test compares the ranks)
         def before_batch(self, trainer, requests):
-            if trainer.world.rank == kill_rank and trainer.iteration == kill_at:
+            first = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"  # a restarted group is not killed
+            if trainer.world.rank == kill_rank and trainer.iteration == kill_at and first:
                 import time
                 (Path(run) / "killed_at").write_text(repr(time.time()))
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -78,7 +79,7 @@ def free_port() -> int:
 
 def launch(data: Path, run: Path, plan: dict, nproc: int = 2, resume: bool = False, kill_rank: int = -1,
            kill_at: int = -1, dump: Path | None = None, launcher: list[str] | None = None, timeout: float = 400,
-           wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+           wait: bool = True, restarts: int = 0) -> subprocess.CompletedProcess | subprocess.Popen:
     """Train ``plan`` on ``data`` with ``nproc`` torchrun processes (0: one plain process, no launcher)."""
     args = [str(data), str(run), json.dumps(plan), "1" if resume else "0", str(kill_rank), str(kill_at),
             str(dump) if dump else "-"]
@@ -89,8 +90,9 @@ def launch(data: Path, run: Path, plan: dict, nproc: int = 2, resume: bool = Fal
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(SCRIPT)
         head = launcher or ["--standalone", f"--nproc_per_node={nproc}"]
-        cmd = [sys.executable, "-m", "torch.distributed.run", *head, "--max-restarts=0", str(script), *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", *head, f"--max-restarts={restarts}", str(script), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8",
+                                errors="replace", env=env)
+    return subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout, env=env)

@@ -113,6 +113,14 @@ def test_strategies_agree_across_ranks_and_a_killed_rank_resumes_exactly(tmp_pat
     b = _load(tmp_path / "killed" / "checkpoint_final.pt")["network"]
     _same(a, b, exact=True, where="resumed network")
 
+    # torchrun --max-restarts=1: the restarted workers resume from the last checkpoint by themselves
+    restarted = launch(data, tmp_path / "restarted", STRATEGY_PLAN, kill_rank=1, kill_at=7, restarts=1)
+    _check(restarted)
+    c = _load(tmp_path / "restarted" / "checkpoint_final.pt")["network"]
+    _same(a, c, exact=True, where="network after torchrun's restart")
+    events = [json.loads(x) for x in (tmp_path / "restarted" / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "torchrun_restart" for e in events)
+
 
 def test_two_launchers_on_localhost_c10d_rendezvous(tmp_path: Path):
     """Two "nodes" (two torchrun launchers, one process each) meet by c10d rendezvous on 127.0.0.1."""
@@ -128,3 +136,33 @@ def test_two_launchers_on_localhost_c10d_rendezvous(tmp_path: Path):
     assert {tuple(r0["world"]), tuple(r1["world"])} == {(0, 2), (1, 2)}
     _same(r0["network"], r1["network"], exact=True, where="network")
     assert (tmp_path / "run" / "checkpoint_final.pt").is_file()
+
+
+def test_cycle_training_selects_on_the_global_batch_via_devices_flag(tmp_path: Path):
+    """Cycle training (three networks, committee selection): `focusseg train --devices 2` (torchrun launched by
+    focusseg) ends with the weights of one process training the global batch; the run then predicts."""
+    import subprocess
+    import sys
+
+    data = write_tiny_dataset(tmp_path / "D", n_cases=5)
+    plan = {**MEAN_LOSS_PLAN, "training": {**MEAN_LOSS_PLAN["training"], "max_epochs": 1,
+                                           "sampler": {"_replace": True, "name": "foreground"},
+                                           "task": {"name": "cycle", "keep": 0.5, "criterion": "agreement"}}}
+    _check(launch(data, tmp_path / "one", plan, nproc=0))
+    recipe = tmp_path / "cycle.json"
+    recipe.write_text(json.dumps({"name": "cycle-tiny", "plan": plan}))
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    cli = [sys.executable, "-m", "focusseg"]
+    proc = subprocess.run([*cli, "train", str(data), "--out", str(tmp_path / "two"), "--recipe", str(recipe),
+                           "--devices", "2", "--no-progress"], capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=400, env=env)
+    _check(proc)
+    one, two = _load(tmp_path / "one" / "checkpoint_final.pt"), _load(tmp_path / "two" / "checkpoint_final.pt")
+    assert any(k.startswith("members.2.") or k.startswith("2.") for k in two["network"]) or len(two["network"])
+    _same(one["network"], two["network"], exact=False, where="cycle networks")
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["final_validation"]["mean_dice"] is not None
+    pred = subprocess.run([*cli, "predict", str(tmp_path / "two"), str(data / "imagesTr"), str(tmp_path / "pred"),
+                           "--no-tta"], capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
+    _check(pred)
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 5

@@ -61,6 +61,9 @@ def test_bundle_of_a_run_predicts_exactly_as_the_run(tmp_path: Path, capsys) -> 
     assert main(["predict", str(moved), str(images), str(tmp_path / "from_zip"), "--device", "cpu"]) == 0
     assert "post-processing" in capsys.readouterr().out
     _same_predictions(tmp_path / "from_run", tmp_path / "from_zip")
+    assert main(["predict", str(moved), str(images), str(tmp_path / "raw"), "--device", "cpu", "--no-postprocess"]) == 0
+    raw, post = read_predictions(tmp_path / "raw"), read_predictions(tmp_path / "from_zip")
+    assert any((raw[n][0] != post[n][0]).any() for n in raw)  # the bundle's post-processing was applied
 
 
 def test_bundle_of_a_crossval_predicts_exactly_as_the_crossval(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from export_helpers import STEPS, make_tiny_crossval, make_tiny_run
 from nets.nets_helpers import TINY
 
 TOL = 1e-4
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 #: Networks expected to raise NotExportable with the default (auto) ONNX exporter: none (with onnxscript).
 EXPECTED_NOT_EXPORTABLE: dict[str, str] = {}
 

@@ -14,7 +14,8 @@ K = 3
 
 
 def test_registry_names():
-    expected = {"bce", "blob", "ce", "compound", "deep_supervision", "dice", "focal", "soft_dice", "topk_ce"}
+    expected = {"bce", "blob", "ce", "compound", "deep_supervision", "dice", "focal", "region_dice_bce", "soft_dice",
+                "topk_ce"}
     assert expected | {"tversky"} == set(NAMES)
     assert all(name in LOSSES for name in NAMES)
 

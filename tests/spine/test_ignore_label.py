@@ -181,7 +181,9 @@ def test_deep_supervision_keeps_the_ignore_value_and_masks_every_resolution():
 
 def test_every_registered_loss_takes_the_option():
     covered = {s if isinstance(s, str) else s.get("name", "compound") for s, _ in SPECS + BLOBS}
-    assert set(loss_names()) - covered == {"deep_supervision"}  # tested above with its inner loss
+    # deep_supervision: tested above with its inner loss; region_dice_bce: a dataset with regions refuses an ignore
+    # label (io.dataset, tests/regions)
+    assert set(loss_names()) - covered == {"deep_supervision", "region_dice_bce"}
     assert build_loss({"name": "deep_supervision"}, ignore_label=K).loss.parts[0].ignore_label == K
     with pytest.raises(ValueError, match="ignore_label"):
         build_loss("ce", ignore_label=-1)

@@ -153,7 +153,9 @@ def test_the_papers_values_land_in_the_gpu_plans() -> None:
 
     p = gpu_plan(fp, "cycle-flare21")
     assert p["training"]["task"]["name"] == "cycle" and p["training"]["max_epochs"] == 1000
-    assert p["network"]["name"] == "dynunet" and p["patch_size"] == [160, 192, 80]
+    assert p["network"]["name"] == "dynunet" and p["patch_size"] == [512, 512]  # the paper's 2D nnU-Net
+    assert p["configuration"] == "2d" and p["batch_size"] == 8 and p["slice_axis"] in (0, 1, 2)
+    assert all(len(k) == 2 for k in p["network"]["kernel_sizes"])
     assert len(p["training"]["deep_supervision"]["weights"]) == p["network"]["deep_supr_num"] + 1
 
     p = gpu_plan(fp, "default")
@@ -274,7 +276,7 @@ def test_recipes_command_shows_both_forms() -> None:
     assert text.count("CPU form (scaled down)") == len(RECIPES) == text.count("GPU form (the paper's)")
     for word in ("stunet_s", "stunet_l", "128x128x128", "192x192x32", "160x192x80", "222", "300 x 250",
                  "ranger21 lr 0.001", "sgd lr 3e-05", "poly over 1000 epochs", "64-128-256-512", "task cycle",
-                 "class weighter cbs", "issue 15"):
+                 "class weighter cbs", "512x512"):
         assert word in text, word
     for name in RECIPES:
         r = load_recipe(name)

@@ -111,6 +111,9 @@ class World:
         if not dist.is_initialized():
             kwargs: dict[str, Any] = {"backend": backend, "timeout": _dt.timedelta(seconds=PLANNING_TIMEOUT_S),
                                       "rank": rank, "world_size": size}
+            store = _agent_store(env)
+            if store is not None:
+                kwargs["store"] = store
             if backend == "nccl":
                 kwargs["device_id"] = torch.device("cuda", local)
             dist.init_process_group(**kwargs)
@@ -280,6 +283,22 @@ def world_for(device: torch.device, timeout_s: float = TRAINING_TIMEOUT_S) -> It
         world.close()
 
 
+def _agent_store(env: dict[str, str]) -> Any:
+    """Under torchrun (``TORCHELASTIC_USE_AGENT_STORE``): the launcher's store, prefixed by the run id and the
+    restart round. torchrun restarts workers after a failure (``--max-restarts``); with the default ``env://``
+    rendezvous the restarted Gloo group was seen here to connect to the dead round's addresses (connection refused,
+    or a hang, in about 1 restart of 3); a fresh prefix per round gives every round its own keys (3 of 3 restarts
+    connected). None outside torchrun (``env://`` as usual)."""
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_ADDR" not in env or "MASTER_PORT" not in env:
+        return None
+    import torch.distributed as dist
+
+    base = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), int(env["WORLD_SIZE"]), False,
+                         _dt.timedelta(seconds=PLANNING_TIMEOUT_S))
+    prefix = f"focusseg/{env.get('TORCHELASTIC_RUN_ID', 'run')}/round{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return dist.PrefixStore(prefix, base)
+
+
 def seed_for_rank(seed: int, rank: int) -> int:
     """The augmentation/global-RNG seed of ``rank`` (rank 0 keeps the one-process seed, so a one-process run is
     unchanged)."""
@@ -314,3 +333,15 @@ def peer_failure(exc: BaseException) -> str | None:
     rank = os.environ.get("RANK", "?")
     return (f"rank {rank}: another training process stopped or cannot be reached, so this one stops too "
             f"({name}: {text[:160]})")
+
+
+def part_from_env(env: dict[str, str] | None = None) -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` when a launcher (``torchrun``) started this process as one of several, else None:
+    ``predict`` and ``evaluate`` under ``torchrun`` take their share of the cases without a process group."""
+    env = os.environ if env is None else env
+    if not World.env_says_distributed(env):
+        return None
+    try:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None

@@ -327,7 +327,8 @@ def measure_timing(record: dict, ipe: int, val_every: int, store: PreprocessedSt
             voxels = len(patch_validator) * float(np.prod(patch))
         else:
             ids = val_ids[: plan["training"]["val_max_cases"]] if plan["training"].get("val_max_cases") else val_ids
-            voxels = float(sum(window_voxels(store.shape(c), patch, plan["inference"]["overlap"]) for c in ids))
+            voxels = float(sum(window_voxels(store.shape(c), patch, plan["inference"]["overlap"],
+                                             plan.get("slice_axis")) for c in ids))
         s_vox = timing["validation_s"] / max(voxels, 1.0)
         timing["reserve_s"] = estimate_final_validation_s(store, val_ids, plan, s_vox)
     return timing

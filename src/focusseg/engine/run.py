@@ -50,8 +50,8 @@ SAFE_PREFIXES_ON_RESUME = ("inference.",)
 #: What ``overwrite`` removes from a run folder: focusseg's own products (and their temporaries), nothing else.
 PRODUCT_FILES = (LATEST, PREVIOUS, "checkpoint_best.pt", "checkpoint_final.pt", "log.jsonl", "run.json",
                  "plan.json", "summary.json", "postprocessing.json", "training_curve.png", "fingerprint.json",
-                 "splits_final.json")
-PRODUCT_DIRS = ("validation", "preprocessed")
+                 "splits_final.json", "report.html")
+PRODUCT_DIRS = ("validation", "preprocessed", "tensorboard")
 RUN_JSON = "run.json"
 LOCK = ".lock"
 
@@ -251,9 +251,8 @@ def _finish_plan(plan: dict, recipe: dict | None, overrides: dict | None, device
     then the normalisation scheme, a recipe's ``network.topology``, as many deep-supervision heads as
     nonzero weights (``match_heads``; a resumed plan stored before heads were matched keeps its heads) and a patch
     the network accepts. Records ``recipe_form``."""
-    from focusseg.recipes import recipe_plan, resolve_network_topology
-
     from focusseg.planning.planner import plan_configuration
+    from focusseg.recipes import recipe_plan, resolve_network_topology
 
     recipe_overrides, chosen = recipe_plan(recipe, device_type, form)
     plan = plan_configuration(plan, recipe_overrides, overrides or {})  # configuration "2d": planned in 2D first
@@ -340,6 +339,13 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
         with world_for(resolve_device(device)) as joined:
             return run_training(**args, world=joined)
     world = world or World()
+    if world.active and not resume and restarted_by_torchrun() and ((Path(run_dir) / LATEST).is_file()
+                                                                     or (Path(run_dir) / PREVIOUS).is_file()):
+        resume = args["resume"] = True  # torchrun restarted the workers after a failure: continue the run
+        if world.is_main:
+            from focusseg.engine.report import EpochLog
+
+            EpochLog(Path(run_dir)).event("torchrun_restart", restart=int(os.environ["TORCHELASTIC_RESTART_COUNT"]))
     if not world.is_main:
         return _run_follower(Path(run_dir), device, resume, progress, callbacks, world)
     if world.active:
@@ -354,6 +360,15 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
                 world.broadcast_object({"error": what}, planning=True)
             raise
     return _run_main(args, world, None)
+
+
+def restarted_by_torchrun(env: dict[str, str] | None = None) -> bool:
+    """Whether torchrun's elastic agent restarted this worker group (``--max-restarts``) after a failure."""
+    env = os.environ if env is None else env
+    try:
+        return int(env.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    except ValueError:
+        return False
 
 
 def _run_main(args: dict, world: Any, handoff: dict | None) -> dict:

@@ -17,10 +17,10 @@ resampling back, argmax, post-processing) is the consumer's, as described in the
 ``focusseg predict model.zip`` (the bundle) does all of it.
 
 ONNX (opset 17 legacy / 18 dynamo): the legacy TorchScript-based exporter is tried first (fast, no extra
-dependency; except for :data:`DYNAMO_FIRST`), then the dynamo exporter (``torch.export``; needs ``onnxscript``). Each graph is checked with
-ONNX Runtime against PyTorch on a seeded random patch (batch 1 and 2): the maximum absolute logit difference is
-recorded in the spec and must be at most :data:`ONNX_TOLERANCE` (+ :data:`RELATIVE_TOLERANCE` of the logits'
-magnitude). A network neither exporter can export within
+dependency; except for :data:`DYNAMO_FIRST`), then the dynamo exporter (``torch.export``; needs ``onnxscript``).
+Each graph is checked with ONNX Runtime against PyTorch on a seeded random patch (batch 1 and 2): the maximum
+absolute logit difference is recorded in the spec and must be at most :data:`ONNX_TOLERANCE` (+
+:data:`RELATIVE_TOLERANCE` of the logits' magnitude). A network neither exporter can export within
 that tolerance raises :class:`NotExportable` with each exporter's reason. Known case: ``lambda3d`` with the legacy
 exporter only (``exporter="legacy"``) -- its ``movedim(1, -1)`` around LayerNorm becomes an ONNX ``Transpose`` with
 a negative ``perm`` (``{0, -1, 1, 2, 3}``), which ONNX Runtime rejects; the dynamo exporter handles it. With
@@ -197,7 +197,7 @@ def network_to_torchscript(network: nn.Module, in_channels: int, patch: tuple[in
             traced = torch.jit.trace(network, (x1,), check_trace=False)
             buf = io.BytesIO()
             torch.jit.save(traced, buf)
-        loaded = torch.jit.load(io.BytesIO(buf.getvalue()), map_location="cpu")
+            loaded = torch.jit.load(io.BytesIO(buf.getvalue()), map_location="cpu")
         diff = max(float(np.abs(_eager(loaded, x1) - _eager(network, x1)).max()),
                    float(np.abs(_eager(loaded, x2) - _eager(network, x2)).max()))
     except Exception as exc:  # tracing raises many types (data-dependent control flow, unsupported ops)
@@ -287,5 +287,5 @@ def export_graphs(source: str | Path, out: str | Path, fmt: str = "onnx", checkp
     return spec
 
 
-__all__ = ["EXPORTERS", "FORMATS", "DYNAMO_FIRST", "NotExportable", "ONNX_TOLERANCE", "RELATIVE_TOLERANCE", "export_graphs", "graph_spec",
-           "network_to_onnx", "network_to_torchscript", "onnx_runtime_logits"]
+__all__ = ["DYNAMO_FIRST", "EXPORTERS", "FORMATS", "NotExportable", "ONNX_TOLERANCE", "RELATIVE_TOLERANCE",
+           "export_graphs", "graph_spec", "network_to_onnx", "network_to_torchscript", "onnx_runtime_logits"]

@@ -500,6 +500,7 @@ def predict_folder(
     file_ending: str | None = None,
     save_probabilities: bool = False,
     output_format: str | None = None,
+    part: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Predict every ``<case>_<CCCC><ending>`` set of files in ``in_dir`` into ``out_dir/<case><ending>`` (and
     ``<case>_uncertainty<ending>`` when the ensemble computes an uncertainty map); returns the files written.
@@ -508,6 +509,8 @@ def predict_folder(
     input's format, ``.mhd``/``.nhdr`` become one-file ``.mha``/``.nrrd``); ``file_ending`` restricts the cases to
     one ending; ``output_format`` (:data:`OUTPUT_FORMATS`: nifti, nrrd, mha) writes every output in that format
     instead. ``save_probabilities``: also ``<case>_probabilities.npz`` (:mod:`focusseg.inference.probabilities`).
+    ``part = (i, k)``: only share ``i`` of ``k`` (every ``k``-th case in sorted order from the ``i``-th: data-parallel
+    inference over machines or ``torchrun`` ranks; the shares are disjoint and cover every case).
     Temporaries, dot files, side outputs and names without ``_<CCCC>`` are ignored. Inputs are only
     read; each output is written atomically under ``out_dir``. A rerun after an interruption writes the same
     files again.
@@ -535,6 +538,15 @@ def predict_folder(
         endings = None
     n_ch = len(predictor.plan["channel_names"])
     cases, failed = _input_cases(in_dir, endings, n_ch)
+    if part is not None:
+        i, k = int(part[0]), int(part[1])
+        if not (k >= 1 and 0 <= i < k):
+            raise UsageError(f"part {i} of {k}: need 0 <= part id < number of parts")
+        mine = set(sorted({*cases, *failed})[i::k])
+        cases = {c: v for c, v in cases.items() if c in mine}
+        failed = {c: v for c, v in failed.items() if c in mine}
+        if not cases and not failed:
+            return []  # more parts than cases: this share is empty
     if (cases or failed) and is_inside(out_dir, in_dir):
         raise UsageError(f"the output folder {out_dir} is the input folder or lies inside it: predictions would "
                          "be written among the input images (and read back as cases)", in_dir,
@@ -557,8 +569,9 @@ def predict_folder(
         if output_format not in OUTPUT_FORMATS:
             raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
         if output_format == "dicom-seg":  # a DICOM Segmentation references its source series
-            from focusseg.io.dicom import is_dicom_case
+            from focusseg.io.dicom import is_dicom_case, require_dicom_seg
 
+            require_dicom_seg()
             not_dicom = next((files[0] for files, _ in cases.values() if not is_dicom_case(files)), None)
             if not_dicom is not None:
                 raise UsageError("--output-format dicom-seg needs DICOM input (one series per case folder); this "

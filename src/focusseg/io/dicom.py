@@ -26,10 +26,14 @@ named as in the dataset, algorithm identification ``focusseg <version>``. It nee
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import locale
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -49,6 +53,31 @@ SLICE_TOLERANCE = 0.01
 
 LAYOUT_HINT = ("DICOM input is one folder per case, IN/<case>/ holding one series (or IN/<case>/0000/, "
                "IN/<case>/0001/ ... one series per channel)")
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def kept_locale() -> Iterator[None]:
+    """Restore the process locale afterwards: GDCM (inside SimpleITK's DICOM reading) sets the C locale to "C"
+    for its number parsing and leaves it there (seen here), which turns Python's default text encoding into
+    ASCII for the rest of the process (every later ``read_text()`` of a non-ASCII file then fails)."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_ALL, saved)
+
+
+def keeps_locale(fn: _F) -> _F:
+    """Decorator: ``fn`` runs inside :func:`kept_locale`."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with kept_locale():
+            return fn(*args, **kwargs)
+    return wrapper  # type: ignore[return-value]
 
 
 def _sitk(what: str = "read DICOM series"):
@@ -75,6 +104,7 @@ def has_case_folders(in_dir: Path) -> bool:
     return any(p.is_dir() for p in _visible(Path(in_dir)))
 
 
+@keeps_locale
 def dicom_cases(in_dir: str | Path, n_channels: int) -> tuple[dict[str, list[Path]], dict[str, FocussegError]]:
     """``({case: [channel folder, ...]}, {case: error})`` for the case folders of a DICOM input folder.
 
@@ -141,6 +171,7 @@ class DicomSeries:
     files: tuple[Path, ...]
 
 
+@keeps_locale
 def find_series(folder: str | Path) -> DicomSeries:
     """The single DICOM series of ``folder`` (files directly in it). :class:`ImageReadError` naming the folder
     when it is missing, holds no file, no DICOM image, several series, or files that are not images of the
@@ -152,10 +183,14 @@ def find_series(folder: str | Path) -> DicomSeries:
     if not files:
         raise ImageReadError("holds no files (expected the files of one DICOM series)", folder)
     sitk = _sitk()
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints "No Series were found": the error below says it
     try:
         ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     except RuntimeError as exc:
         raise ImageReadError(f"cannot be scanned for DICOM series ({_one_line(exc)})", folder) from exc
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     if not ids:
         raise ImageReadError(f"holds no DICOM series ({len(files)} file(s), none a DICOM image, e.g. "
                              f"{files[0].name})", folder)
@@ -240,6 +275,7 @@ def _check_stack(series: DicomSeries, sitk) -> None:
                              "mm: a gantry tilt?): resample the series first", series.folder)
 
 
+@keeps_locale
 def read_series(folder: str | Path, dtype: type = np.float32, max_voxels: int | None = None
                 ) -> tuple[np.ndarray, Geometry]:
     """The single series of ``folder`` as ``(X, Y, Z)`` array (rescale slope/intercept applied) and geometry
@@ -274,6 +310,7 @@ def read_series(folder: str | Path, dtype: type = np.float32, max_voxels: int | 
     return arr.astype(dtype, copy=False), Geometry(affine, tuple(int(s) for s in arr.shape))
 
 
+@keeps_locale
 def read_dicom_case(folders: Sequence[Path], max_voxels: int | None = None) -> tuple[np.ndarray, Geometry]:
     """A case's channel series stacked as ``(C, X, Y, Z)`` float32 with their geometry (as
     :func:`focusseg.io.image.read_case`): every channel must share shape and affine; NaN/inf voxels are refused."""
@@ -306,6 +343,11 @@ def _highdicom(path: Path | None = None):
     return hd, pydicom
 
 
+def require_dicom_seg() -> None:
+    """Refuse (one line, :class:`UsageError`) before any prediction when highdicom/pydicom are not installed."""
+    _highdicom()
+
+
 def foreground_labels(labels: Mapping[str, object], ignore_label: int | None = None) -> list[tuple[str, int]]:
     """``[(name, value)]`` of the integer foreground labels of a plan's ``labels`` (value > 0, not the ignore
     label), sorted by value: the segments of a DICOM-SEG, numbered 1, 2, ... in this order."""
@@ -318,6 +360,7 @@ def foreground_labels(labels: Mapping[str, object], ignore_label: int | None = N
     return sorted(out, key=lambda nv: nv[1])
 
 
+@keeps_locale
 def write_dicom_seg(
     path: str | Path, seg: np.ndarray, geometry: Geometry, source: str | Path, labels: Mapping[str, object],
     *, ignore_label: int | None = None, segmentation_type: str = "binary", series_description: str | None = None,
@@ -401,6 +444,7 @@ def _series_geometry(series: DicomSeries, sitk) -> Geometry:
     return Geometry(np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine, (int(size[0]), int(size[1]), n))
 
 
+@keeps_locale
 def is_dicom_case(files: Sequence[Path]) -> bool:
     """Whether a case's inputs (as listed by the predictor) are DICOM series folders rather than image files."""
     return bool(files) and Path(files[0]).is_dir()
@@ -408,4 +452,5 @@ def is_dicom_case(files: Sequence[Path]) -> bool:
 
 __all__ = ["DICOM_DEFAULT_OUTPUT_ENDING", "DICOM_SEG_ENDING", "DicomSeries", "dicom_cases", "find_series",
            "foreground_labels", "has_case_folders", "is_dicom_case", "read_dicom_case", "read_series",
+           "require_dicom_seg",
            "write_dicom_seg"]

@@ -17,7 +17,11 @@ Every channel is a region (there is no background channel), so all channels ente
 Focused Practice ranks patches by), ``"mean"`` the batch value. ``class_weights`` (optional, shape ``(R,)``) weight
 the regions in both terms. Deep supervision (:class:`~focusseg.losses.deep_supervision.DeepSupervisionLoss`)
 needs nothing special: the label map is resized with nearest, which commutes with the membership test above.
-No host sync in the forward pass.
+No host sync in the forward pass (label and weight *values* are checked only with ``validate_labels=True``:
+labels must be ``>= 0`` and at most the largest region value, class weights ``>= 0``).
+
+Built without ``regions`` (``build_loss("region_dice_bce")``, the registry's contract), channel ``c`` is the region
+``{c + 1}`` (the multi-label sigmoid convention of :mod:`focusseg.losses._common`); region plans always pass theirs.
 """
 
 from __future__ import annotations
@@ -49,21 +53,23 @@ class RegionDiceBCELoss(nn.Module):
     """Sigmoid soft Dice + BCE over label-value regions (module docstring).
 
     Args:
-        regions: one list of label values per output channel.
+        regions: one list of label values per output channel; None: channel ``c`` is the region ``{c + 1}``.
         batch: one Dice per region over the whole batch (``reduction="mean"``); per-sample Dice otherwise.
         dice_weight, bce_weight: the weights of the two terms (>= 0, nnU-Net: 1 and 1).
         smooth_nr, smooth_dr: Dice smoothing (nnU-Net: 1e-5).
         reduction: ``"mean"`` or ``"none"`` (per sample, shape ``(B,)``).
+        validate_labels: check label and class-weight values every call (host syncs; module docstring).
         ignore_label: must be None (focusseg refuses an ignore label with regions at ``dataset.json``).
     """
 
-    def __init__(self, regions: Sequence[Sequence[int]], batch: bool = True, dice_weight: float = 1.0,
+    def __init__(self, regions: Sequence[Sequence[int]] | None = None, batch: bool = True, dice_weight: float = 1.0,
                  bce_weight: float = 1.0, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, reduction: str = "mean",
-                 ignore_label: int | None = None) -> None:
+                 validate_labels: bool = False, ignore_label: int | None = None) -> None:
         super().__init__()
         if ignore_label is not None:
             raise ValueError("region_dice_bce does not support an ignore label")
-        self.regions = check_regions(regions)
+        self.regions = check_regions(regions) if regions is not None else None
+        self.validate_labels = bool(validate_labels)
         if dice_weight < 0 or bce_weight < 0 or dice_weight + bce_weight <= 0:
             raise ValueError(f"dice_weight and bce_weight must be >= 0 with a positive sum, got "
                              f"{dice_weight}, {bce_weight}")
@@ -72,11 +78,17 @@ class RegionDiceBCELoss(nn.Module):
         self.batch, self.dice_weight, self.bce_weight = bool(batch), float(dice_weight), float(bce_weight)
         self.smooth_nr, self.smooth_dr = float(smooth_nr), float(smooth_dr)
         self.reduction = check_option("reduction", reduction, REDUCTIONS)
-        self._values = [torch.tensor(r) for r in self.regions]
+    def regions_for(self, k: int) -> list[list[int]]:
+        """The regions of ``k`` output channels (the given ones, or ``{c + 1}`` per channel)."""
+        regions = self.regions if self.regions is not None else [[c + 1] for c in range(k)]
+        if k != len(regions):
+            raise ValueError(f"logits have {k} channels for {len(regions)} regions")
+        return regions
 
     def targets(self, x: Tensor, labels: Tensor) -> Tensor:
         """``(B, R, N)`` float region indicators of a ``(B, N)`` label map, on ``x``'s device and dtype."""
-        return torch.stack([torch.isin(labels, v.to(labels.device)) for v in self._values], 1).to(x.dtype)
+        regions = self.regions_for(x.shape[1])
+        return torch.stack([torch.isin(labels, torch.tensor(r, device=labels.device)) for r in regions], 1).to(x.dtype)
 
     def _dice(self, tp: Tensor, sum_p: Tensor, sum_g: Tensor) -> Tensor:
         return 1.0 - (2.0 * tp + self.smooth_nr) / (sum_p + sum_g + self.smooth_dr).clamp_min(1e-8)
@@ -85,12 +97,14 @@ class RegionDiceBCELoss(nn.Module):
         x = as_compute_dtype(logits)
         labels = label_map(x, target)
         k = x.shape[1]
-        if k != len(self.regions):
-            raise ValueError(f"logits have {k} channels for {len(self.regions)} regions")
+        top = max(v for r in self.regions_for(k) for v in r)
+        if self.validate_labels and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > top):
+            raise ValueError(f"labels must lie in [0, {top}] for these regions, got "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
         x = flat(x)
         g = self.targets(x, labels)
         p = torch.sigmoid(x)
-        w = check_class_weights(class_weights, k, x)
+        w = check_class_weights(class_weights, k, x, self.validate_labels)
         tp, sum_p, sum_g = (p * g).sum(-1), p.sum(-1), g.sum(-1)  # (B, R)
         bce = F.binary_cross_entropy_with_logits(x, g, reduction="none").mean(-1)  # (B, R)
         dice = self._dice(tp, sum_p, sum_g)
@@ -110,8 +124,6 @@ class RegionDiceBCELoss(nn.Module):
 @LOSSES.register("region_dice_bce")
 def region_dice_bce(regions: Sequence[Sequence[int]] | None = None, **kwargs: object) -> RegionDiceBCELoss:
     """Region-based Dice + BCE; ``regions`` comes from the plan (``engine.build`` passes the plan's regions)."""
-    if regions is None:
-        raise ValueError("region_dice_bce needs regions (a region-based plan passes its 'regions')")
     return RegionDiceBCELoss(regions, **kwargs)  # type: ignore[arg-type]
 
 
