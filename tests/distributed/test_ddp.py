@@ -60,10 +60,22 @@ def test_one_process_world_is_a_no_op():
     assert w.shard([1, 2, 3]) == [1, 2, 3] and w.local_slice(["a", "b"]) == ["a", "b"]
     two = World(rank=1, size=2)
     assert two.shard(list(range(5))) == [1, 3] and two.local_slice(list("abcd")) == ["c", "d"]
+    assert two.batch_sizes(7) == [4, 3] and two.local_slice(list("abcdefg")) == list("efg")
+    assert two.loss_scale(7) == pytest.approx(2 * 3 / 7) and World(0, 2).loss_scale(7) == pytest.approx(2 * 4 / 7)
     from focusseg.errors import UsageError
 
-    with pytest.raises(UsageError, match="does not divide"):
-        two.local_batch_size(3)
+    with pytest.raises(UsageError, match="smaller than"):
+        two.batch_sizes(1)
+
+
+def test_an_uneven_global_batch_steps_as_one_process(tmp_path: Path):
+    """Batch 3 on 2 ranks (2 + 1 samples, losses scaled by W b_r / B): the weights of one process with batch 3."""
+    data = write_tiny_dataset(tmp_path / "D", n_cases=5)
+    plan = {**MEAN_LOSS_PLAN, "batch_size": 3, "training": {**MEAN_LOSS_PLAN["training"], "max_epochs": 1}}
+    _check(launch(data, tmp_path / "one", plan, nproc=0))
+    _check(launch(data, tmp_path / "two", plan, nproc=2))
+    one, two = _load(tmp_path / "one" / "checkpoint_final.pt"), _load(tmp_path / "two" / "checkpoint_final.pt")
+    _same(one["network"], two["network"], exact=False, where="network")
 
 
 def test_two_ranks_step_as_one_process_with_the_global_batch(tmp_path: Path):

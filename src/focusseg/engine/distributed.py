@@ -9,11 +9,13 @@ rendezvous variables) :meth:`World.from_env` joins the process group: NCCL on CU
 How the strategies stay exact across ranks (issue 14 part 4):
 
 - **Batches.** ``batch_size`` in the plan is the *global* batch (as nnU-Net's ``-num_gpus``: the batch is split
-  over the GPUs). Every rank holds the same sampler and draws the same global list of patch requests from the same
-  seeded generator; rank ``r`` of ``W`` trains on the contiguous slice ``[r*B/W, (r+1)*B/W)``
-  (:meth:`World.local_slice`), so no two ranks train on the same patch. Augmentation streams are seeded per rank.
-- **Gradients.** DistributedDataParallel averages gradients over ranks, so for a loss that is a mean over samples
-  ``W`` ranks x ``B/W`` samples step exactly as one process with ``B`` samples (tested to float tolerance). A
+  over the GPUs, the first ``B mod W`` ranks taking one sample more). Every rank holds the same sampler and draws the
+  same global list of patch requests from the same seeded generator; rank ``r`` trains on its contiguous slice of
+  ``b_r`` requests (:meth:`World.local_slice`), so no two ranks train on the same patch. Augmentation streams are
+  seeded per rank.
+- **Gradients.** DistributedDataParallel averages gradients over ranks; each rank's mean loss is scaled by
+  ``W * b_r / B`` (:meth:`World.loss_scale`, 1 for an even split), so for a loss that is a mean over samples the
+  ranks step exactly as one process with the ``B`` samples (tested to float tolerance, even and uneven). A
   batch-Dice loss (Dice over the whole batch's voxels, nnU-Net's ``batch_dice``) is computed per rank over the
   rank's ``B/W`` samples, as nnU-Net v2's DDP does without its all-gather of the Dice statistics: this is the one
   approximation, stated here.
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -199,18 +202,43 @@ class World:
         """This rank's share of ``items``: every ``size``-th from ``rank`` (balanced; disjoint; covers all)."""
         return list(items)[self.rank::self.size]
 
+    def batch_sizes(self, global_batch: int) -> list[int]:
+        """Each rank's share of a global batch, as even as possible (the first ``B mod W`` ranks take one more,
+        as nnU-Net v2 splits its batch over GPUs); a :class:`UsageError` when there are more ranks than samples."""
+        if global_batch < self.size:
+            raise UsageError(f"batch_size {global_batch} (the global batch) is smaller than the {self.size} "
+                             "processes: every process needs a sample",
+                             hint=f"--set batch_size={self.size} or fewer processes")
+        q, r = divmod(int(global_batch), self.size)
+        return [q + (1 if i < r else 0) for i in range(self.size)]
+
     def local_batch_size(self, global_batch: int) -> int:
-        """``global_batch / size``; a :class:`UsageError` when it does not divide (every rank needs the same)."""
-        if global_batch % self.size:
-            fit = max(self.size, global_batch // self.size * self.size)
-            raise UsageError(f"batch_size {global_batch} (the global batch) does not divide over {self.size} "
-                             "processes", hint=f"--set batch_size={fit} or another number of processes")
-        return global_batch // self.size
+        """This rank's share of ``global_batch`` (:meth:`batch_sizes`)."""
+        return self.batch_sizes(global_batch)[self.rank]
 
     def local_slice(self, requests: Sequence[Any]) -> list[Any]:
         """This rank's contiguous slice of a global batch of requests."""
-        b = self.local_batch_size(len(requests))
-        return list(requests)[self.rank * b:(self.rank + 1) * b]
+        sizes = self.batch_sizes(len(requests))
+        start = sum(sizes[:self.rank])
+        return list(requests)[start:start + sizes[self.rank]]
+
+    def loss_scale(self, global_batch: int) -> float:
+        """The factor on this rank's mean loss that makes DDP's gradient average the gradient of the global
+        mean: ``W * b_r / B`` (1 when the batch divides evenly; DDP divides the summed gradients by ``W``)."""
+        return self.size * self.local_batch_size(global_batch) / float(global_batch) if self.active else 1.0
+
+    def gather_ragged(self, values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+        """Every rank's 1-D ``values`` (rank ``r`` holds ``sizes[r]``) concatenated in rank order: padded to the
+        largest size for the all-gather, the padding dropped."""
+        if not self.active:
+            return values
+        width = max(sizes)
+        v = values.detach().float().flatten()
+        padded = torch.cat([v, v.new_full((width - v.numel(),), math.nan)])
+        if self.backend == "gloo":
+            padded = padded.cpu()
+        rows = self.all_gather(padded.unsqueeze(0))
+        return torch.cat([rows[r, :n] for r, n in enumerate(sizes)]).to(values.device)
 
     # ---------------------------------------------------------------- training
     def wrap(self, module: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
@@ -242,35 +270,34 @@ class World:
         order) and the mean of the ranks' losses; on one process ``(step, stop)``."""
         if not self.active:
             return step, stop
+        sizes = self.batch_sizes(len(global_requests))
+        width = max(sizes)
         per = step.per_sample_loss.detach().float().flatten()
-        packed = torch.cat([per, per.new_tensor([float(step.loss), 1.0 if stop else 0.0])])
+        packed = torch.cat([per, per.new_full((width - per.numel(),), math.nan),
+                            per.new_tensor([float(step.loss), 1.0 if stop else 0.0])])
         if self.backend == "gloo":
             packed = packed.cpu()
-        rows = self.all_gather(packed.unsqueeze(0))  # (W, b + 2)
-        b = per.numel()
+        rows = self.all_gather(packed.unsqueeze(0))  # (W, width + 2)
         step.requests = list(global_requests)
-        step.per_sample_loss = rows[:, :b].reshape(-1)
-        step.loss = float(rows[:, b].mean())
-        return step, bool(rows[0, b + 1] > 0)
+        step.per_sample_loss = torch.cat([rows[r, :n] for r, n in enumerate(sizes)])
+        step.loss = float(sum(float(rows[r, width]) * n for r, n in enumerate(sizes)) / sum(sizes))
+        return step, bool(rows[0, width + 1] > 0)
 
 
 class GlobalSelection:
     """Cycle training's committee selection over the global batch (see the module docstring): gathers a
     per-sample loss vector, selects on the global vector and hands back this rank's mask and the global count."""
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, global_batch: int) -> None:
         self.world = world
+        self.sizes = world.batch_sizes(global_batch)
 
     def gather(self, losses: torch.Tensor) -> torch.Tensor:
-        w = self.world
-        if not w.active:
-            return losses
-        full = w.all_gather(losses.detach().float().cpu() if w.backend == "gloo" else losses.detach().float())
-        return full.to(losses.device)
+        return self.world.gather_ragged(losses, self.sizes)
 
     def local(self, mask: torch.Tensor, b: int) -> torch.Tensor:
-        r = self.world.rank
-        return mask[r * b:(r + 1) * b]
+        start = sum(self.sizes[:self.world.rank])
+        return mask[start:start + b]
 
 
 @contextlib.contextmanager

@@ -149,7 +149,7 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
     gens = {"sample": torch.Generator().manual_seed(seed + 1),  # the same on every rank: one global batch
             "augment": torch.Generator().manual_seed(seed_for_rank(seed, world.rank) + 2)}  # per rank
     batch_size = int(plan["batch_size"])
-    world.local_batch_size(batch_size)  # a global batch that does not divide over the ranks is refused here
+    world.batch_sizes(batch_size)  # fewer samples than ranks is refused here
     progress = progress and world.is_main
     ipe = int(tr["iterations_per_epoch"])
     total = int(tr["max_epochs"]) * ipe
@@ -160,7 +160,7 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
     amp = amp_dtype(plan, device)
     task = parts.task
     if world.active:
-        task.distribute(world, find_unused_parameters=_freezes(plan))
+        task.distribute(world, batch_size, find_unused_parameters=_freezes(plan))
     t = Trainer(plan, run_dir, parts, sampler, device, train_ids, val_ids, max_iterations=total, world=world)
     log = EpochLog(run_dir) if world.is_main else QuietLog(run_dir)
     if resume:

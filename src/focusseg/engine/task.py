@@ -138,6 +138,7 @@ class SupervisedTask:
         self.ignore_label = ignore_label  # left out of the step's class counts (the losses mask it themselves)
         self.channels_last = bool(channels_last)
         self._compile_spec = compile_spec
+        self.loss_scale = 1.0  # several processes with an uneven batch split (engine.distributed.World.loss_scale)
         self.forward = training_forward(network, compile_spec, self.channels_last)
         self.per_sample_loss = per_sample_loss
         self.optimizers = [optimizer]
@@ -149,9 +150,11 @@ class SupervisedTask:
     def train(self) -> None:
         self.network.train()
 
-    def distribute(self, world: Any, find_unused_parameters: bool = False) -> None:
-        """Train through DistributedDataParallel on ``world`` (gradients averaged over its ranks); the network
-        itself (its state dict, inference) is unchanged."""
+    def distribute(self, world: Any, global_batch: int, find_unused_parameters: bool = False) -> None:
+        """Train through DistributedDataParallel on ``world`` (gradients averaged over its ranks, this rank's loss
+        scaled so the average is the global batch's mean); the network itself (its state dict, inference) is
+        unchanged."""
+        self.loss_scale = world.loss_scale(global_batch)
         self.forward = training_forward(world.wrap(self.network, find_unused_parameters), self._compile_spec,
                                         self.channels_last)
 
@@ -181,7 +184,8 @@ class SupervisedTask:
             else:
                 tp, fp, fn = class_counts(main.detach(), labels, self.k, self.ignore_label)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()  # a NaN loss too: its NaN gradients are dropped below
+        scaled = loss if self.loss_scale == 1.0 else loss * self.loss_scale
+        self.scaler.scale(scaled).backward()  # a NaN loss too: its NaN gradients are dropped below
         self.scaler.unscale_(self.optimizer)  # no-op without a scaler
         norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
         loss_value, norm_value = read_step_scalars(loss, norm)  # the step's one host sync
@@ -268,13 +272,14 @@ class CycleTrainingTask:
         for n in self.networks:
             n.train()
 
-    def distribute(self, world: Any, find_unused_parameters: bool = False) -> None:
+    def distribute(self, world: Any, global_batch: int, find_unused_parameters: bool = False) -> None:
         """Each network through DistributedDataParallel; the committee selects on the global batch
-        (:class:`~focusseg.engine.distributed.GlobalSelection`)."""
+        (:class:`~focusseg.engine.distributed.GlobalSelection`; its normalisation by the global count is exact
+        for any split of the batch)."""
         from focusseg.engine.distributed import GlobalSelection
 
         self._cycle.forwards = [world.wrap(n, find_unused_parameters) for n in self.networks]
-        self._cycle.selection = GlobalSelection(world)
+        self._cycle.selection = GlobalSelection(world, global_batch)
 
     def inference_module(self) -> nn.Module:
         return self.ensemble
