@@ -178,3 +178,15 @@ def test_cycle_training_selects_on_the_global_batch_via_devices_flag(tmp_path: P
                            "--no-tta"], capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
     _check(pred)
     assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 5
+
+
+def test_a_network_with_parameters_that_get_no_gradient_trains(tmp_path: Path):
+    """STU-Net without deep supervision keeps its heads' parameters unused (fp-pet's network): DDP's static graph
+    lets it train on 2 ranks, with the weights of one process."""
+    data = write_tiny_dataset(tmp_path / "D", n_cases=5)
+    plan = {**MEAN_LOSS_PLAN, "network": {"_replace": True, "name": "stunet_s", "deep_supervision": False},
+            "training": {**MEAN_LOSS_PLAN["training"], "max_epochs": 1, "iterations_per_epoch": 2}}
+    _check(launch(data, tmp_path / "one", plan, nproc=0))
+    _check(launch(data, tmp_path / "two", plan, nproc=2))
+    one, two = _load(tmp_path / "one" / "checkpoint_final.pt"), _load(tmp_path / "two" / "checkpoint_final.pt")
+    _same(one["network"], two["network"], exact=False, where="network")

@@ -47,3 +47,27 @@ def test_bad_part_options_give_one_line(tmp_path: Path, capsys, args, message):
     assert main(["predict", str(run), str(inputs), str(tmp_path / "out"), *args]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert any(message in line for line in err) and len(err) <= 2
+
+
+def test_unused_parameters_are_found_and_the_probe_changes_nothing():
+    import torch
+    from torch import nn
+
+    from focusseg.engine.distributed import has_unused_parameters
+
+    class Heads(nn.Module):
+        def __init__(self, use_aux: bool) -> None:
+            super().__init__()
+            self.body, self.norm, self.aux = nn.Conv3d(1, 2, 3, padding=1), nn.BatchNorm3d(2), nn.Conv3d(2, 2, 1)
+            self.use_aux = use_aux
+
+        def forward(self, x):
+            y = self.norm(self.body(x))
+            return [y, self.aux(y)] if self.use_aux else y
+
+    for use_aux, expected in ((True, False), (False, True)):
+        net = Heads(use_aux)
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        assert has_unused_parameters(net, (1, 1, 8, 8, 8)) is expected
+        assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running stats restored
+        assert all(p.grad is None for p in net.parameters())

@@ -149,3 +149,22 @@ def test_tiny_region_run_train_predict_evaluate(tmp_path: Path, monkeypatch):
                                    "none"])
     assert res.exit_code == 0, res.output
     assert "regions" not in json.loads((ev / "summary.json").read_text())
+
+
+def test_crossval_pools_region_dice_and_chooses_no_postprocessing(tmp_path: Path):
+    """A region-based cross-validation scores its pooled validation per region (as each fold does), not per
+    label, and chooses no component removal (it does not apply to overlapping regions)."""
+    from focusseg.engine.crossval import run_crossval
+
+    torch.set_num_threads(1)
+    data = write_region_dataset(tmp_path / "Dataset902_Regions", n_cases=4)
+    tiny = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+            "patch_size": [16, 16, 16], "batch_size": 2,
+            "training": {"max_epochs": 1, "iterations_per_epoch": 2, "augmentation": "none", "amp": "none"},
+            "inference": {"mirror_axes": []}}
+    res = run_crossval(data, tmp_path / "cv", "0-1", overrides=tiny, progress=False, device="cpu")
+    fold_regions = set(res["folds"]["0"]["dice_per_label"])
+    assert set(res["pooled"]["dice_per_label"]) == fold_regions == {"1", "2"}  # regions 1..R
+    summary = json.loads((tmp_path / "cv" / "validation" / "summary.json").read_text())
+    assert summary["regions"] == [[1, 2], [2]]
+    assert res["postprocessing"] is None

@@ -82,13 +82,12 @@ def find_best(cv_dirs: list[str | Path], out_dir: str | Path, pairs: bool = True
     import torch
 
     from focusseg.engine.crossval import fold_dirs
-    from focusseg.engine.run import _link, _mean_dice
+    from focusseg.engine.run import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice, replace_link
     from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
     from focusseg.inference.predictor import EnsemblePredictor, Predictor
     from focusseg.io import read_case, write_segmentation
     from focusseg.io.dataset import discover_cases, load_dataset_spec
     from focusseg.io.paths import is_inside, safe_child
-    from focusseg.metrics import evaluate_folders
     from focusseg.planning.fingerprint import save_json
 
     cvs = [Path(c) for c in cv_dirs]
@@ -145,14 +144,14 @@ def find_best(cv_dirs: list[str | Path], out_dir: str | Path, pairs: bool = True
                     if not target.is_file():  # a pair already scored (an earlier call) is not predicted again
                         image, _, geo = read_case(list(case.images), case.label)
                         write_segmentation(target, ens.segment(image, geo), geo)
-                    _link(Path(case.label).resolve(), ref_dir / name)
+                    replace_link(Path(case.label).resolve(), ref_dir / name)
             labels = sorted(int(v) for v in ens.plan["labels"].values() if int(v) != 0)
-            summary = evaluate_folders(pred_dir, ref_dir, folder / "validation", labels=labels, progress=progress,
-                                       ignore_label=ens.plan.get("ignore_label"))
+            summary = evaluate_for_plan(pred_dir, ref_dir, folder / "validation", ens.plan, progress)
             post = None
-            if ens.plan.get("inference", {}).get("postprocessing", "auto") == "auto":
+            if chooses_postprocessing(ens.plan):
                 post = choose_postprocessing_for_run(folder, labels)["steps"]
-            candidates.append({"name": f"{na}+{nb}", "members": [str(a), str(b)], "mean_dice": _mean_dice(summary),
+            candidates.append({"name": f"{na}+{nb}", "members": [str(a), str(b)],
+                               "mean_dice": mean_foreground_dice(summary),
                                "dice_per_label": {k: v["dice"]["mean"] for k, v in summary["per_label"].items()},
                                "cases": sum(len(v) for v in cases.values()), "postprocessing": post,
                                "postprocessing_file": str(folder / "postprocessing.json") if post is not None

@@ -182,9 +182,14 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
     ``cv_dir/validation``, evaluate them together, choose post-processing on them, and write
     ``crossval.json`` (returned). Every fold must have been trained with the same plan."""
     from focusseg import __version__
-    from focusseg.engine.run import _link, _mean_dice, plan_hash
+    from focusseg.engine.run import (
+        chooses_postprocessing,
+        evaluate_for_plan,
+        mean_foreground_dice,
+        plan_hash,
+        replace_link,
+    )
     from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
-    from focusseg.metrics import evaluate_folders
     from focusseg.metrics.files import label_files
     from focusseg.planning.fingerprint import save_json
 
@@ -215,9 +220,9 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
                 raise RunFolderError(f"case {name} is held out by two folds", d / "validation" / "predictions",
                                      hint="the folds come from different split files: retrain them into one CV")
             keep.add(name)
-            _link((fold_pred / name).resolve(), pred_dir / name)
+            replace_link((fold_pred / name).resolve(), pred_dir / name)
             ref = fold_ref / name
-            _link(ref.resolve() if ref.exists() else ref, ref_dir / name)
+            replace_link(ref.resolve() if ref.exists() else ref, ref_dir / name)
         per_fold[d.name[5:]] = {"run_dir": d.name, "val_cases": len(cases), "mean_dice": fv.get("mean_dice"),
                                 "dice_per_label": fv.get("dice_per_label"), "epochs": summary.get("epochs"),
                                 "iterations": summary.get("iterations"),
@@ -231,11 +236,10 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
     pooled: dict[str, Any] = {"cases": len(keep)}
     post: dict[str, Any] | None = None
     if keep:
-        summary = evaluate_folders(pred_dir, ref_dir, cv_dir / "validation", labels=labels, progress=progress,
-                                   ignore_label=plan.get("ignore_label"))
-        pooled.update(mean_dice=_mean_dice(summary),
+        summary = evaluate_for_plan(pred_dir, ref_dir, cv_dir / "validation", plan, progress)  # regions too
+        pooled.update(mean_dice=mean_foreground_dice(summary),
                       dice_per_label={k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()})
-        if plan.get("inference", {}).get("postprocessing", "auto") == "auto":
+        if chooses_postprocessing(plan):
             res = choose_postprocessing_for_run(cv_dir, labels)
             post = {"steps": res["steps"], "dice_before": res["dice_before"], "dice_after": res["dice_after"]}
     result = {"folds": per_fold, "pooled": pooled, "postprocessing": post, "plan_sha256": hashes[done[0].name],

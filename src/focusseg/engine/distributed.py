@@ -284,6 +284,36 @@ class World:
         return step, bool(rows[0, width + 1] > 0)
 
 
+def has_unused_parameters(module: torch.nn.Module, input_shape: Sequence[int]) -> bool:
+    """Whether some trainable parameter of ``module`` gets no gradient from a training-mode forward pass (e.g. an
+    STU-Net's deep-supervision heads when deep supervision is off): DDP must then look for unused parameters
+    every step (``find_unused_parameters``), else it waits for their gradients forever. One probe forward and
+    backward of a zero input of ``input_shape``; gradients and buffers (normalisation statistics) are restored."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return False
+    device = params[0].device
+    buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    was = module.training
+    module.train()
+    try:
+        out = module(torch.zeros(tuple(input_shape), device=device))
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        torch.stack([o.float().sum() for o in outs]).sum().backward()
+        unused = any(p.grad is None for p in params)
+    finally:
+        module.train(was)
+        for p, g in zip(params, grads):
+            p.grad = g
+        with torch.no_grad():
+            for k, v in module.named_buffers():
+                v.copy_(buffers[k])
+    return unused
+
+
 class GlobalSelection:
     """Cycle training's committee selection over the global batch (see the module docstring): gathers a
     per-sample loss vector, selects on the global vector and hands back this rank's mask and the global count."""

@@ -160,7 +160,8 @@ def _train(store: PreprocessedStore, plan: dict, run_dir: Path, train_ids: list[
     amp = amp_dtype(plan, device)
     task = parts.task
     if world.active:
-        task.distribute(world, batch_size, find_unused_parameters=_freezes(plan))
+        probe = (1, len(plan.get("channel_names") or {0: ""}), *plan["patch_size"])
+        task.distribute(world, batch_size, find_unused_parameters=_freezes(plan), probe_shape=probe)
     t = Trainer(plan, run_dir, parts, sampler, device, train_ids, val_ids, max_iterations=total, world=world)
     log = EpochLog(run_dir) if world.is_main else QuietLog(run_dir)
     if resume:

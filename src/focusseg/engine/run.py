@@ -584,7 +584,7 @@ def _clear_stale(folder: Path, keep: set[str]) -> None:
             p.unlink()
 
 
-def _link(target: Path, link: Path) -> None:
+def replace_link(target: Path, link: Path) -> None:
     """``link`` -> ``target``, replaced atomically."""
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.parent / f".{link.name}.{os.getpid()}.tmplink"
@@ -617,7 +617,7 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
         image, label, geo = read_case(list(cases[cid].images), cases[cid].label)
         name = f"{cid}{spec.file_ending}"
         write_segmentation(safe_child(pred_dir, name), predictor.segment(image, geo, postprocess=False), geo)
-        _link(Path(cases[cid].label).resolve(), gt_dir / name)
+        replace_link(Path(cases[cid].label).resolve(), gt_dir / name)
     if spec.regions:  # region-based labels: Dice per region (focusseg.regions), rows labelled 1..R
         summary = evaluate_folders(pred_dir, gt_dir, out, progress=progress, regions=spec.region_list,
                                    region_names=list(spec.regions))
@@ -625,8 +625,28 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
         summary = evaluate_folders(pred_dir, gt_dir, out, labels=spec.foreground_labels, progress=progress,
                                    ignore_label=spec.ignore_label)
     return {"metrics_csv": str(out / "metrics.csv"), "summary_json": str(out / "summary.json"),
-            "mean_dice": _mean_dice(summary),
+            "mean_dice": mean_foreground_dice(summary),
             "dice_per_label": {k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()}}
+
+
+def evaluate_for_plan(pred_dir: Path, ref_dir: Path, out: Path, plan: dict, progress: bool = True) -> dict:
+    """Score a folder of predictions as the plan trains: per region for a region-based plan (``regions``,
+    :mod:`focusseg.regions`), else per foreground label with the plan's ignore label. Cross-validation and
+    ``best`` pool their validation with it."""
+    from focusseg.metrics import evaluate_folders
+
+    if plan.get("regions"):
+        return evaluate_folders(pred_dir, ref_dir, out, progress=progress, regions=plan["regions"],
+                                region_names=plan.get("region_names"))
+    labels = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
+    return evaluate_folders(pred_dir, ref_dir, out, labels=labels, progress=progress,
+                            ignore_label=plan.get("ignore_label"))
+
+
+def chooses_postprocessing(plan: dict) -> bool:
+    """Whether post-processing is chosen for this plan: ``inference.postprocessing`` "auto" and no regions
+    (component removal per label does not apply to overlapping regions)."""
+    return plan.get("inference", {}).get("postprocessing", "auto") == "auto" and not plan.get("regions")
 
 
 def choose_run_postprocessing(run_dir: Path, labels: list[int]) -> dict:
@@ -637,7 +657,7 @@ def choose_run_postprocessing(run_dir: Path, labels: list[int]) -> dict:
     return {"steps": res["steps"], "dice_before": res["dice_before"], "dice_after": res["dice_after"]}
 
 
-def _mean_dice(summary: dict) -> float | None:
+def mean_foreground_dice(summary: dict) -> float | None:
     """Mean foreground Dice as nnU-Net reports it: the mean over labels of each label's mean over cases."""
     means = [v["dice"]["mean"] for v in summary.get("per_label", {}).values() if v.get("dice", {}).get("mean")
              is not None]

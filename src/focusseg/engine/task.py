@@ -150,13 +150,18 @@ class SupervisedTask:
     def train(self) -> None:
         self.network.train()
 
-    def distribute(self, world: Any, global_batch: int, find_unused_parameters: bool = False) -> None:
+    def distribute(self, world: Any, global_batch: int, find_unused_parameters: bool = False,
+                   probe_shape: tuple[int, ...] | None = None) -> None:
         """Train through DistributedDataParallel on ``world`` (gradients averaged over its ranks, this rank's loss
         scaled so the average is the global batch's mean); the network itself (its state dict, inference) is
-        unchanged."""
+        unchanged. ``probe_shape``: an input shape to find parameters that get no gradient
+        (:func:`~focusseg.engine.distributed.has_unused_parameters`)."""
+        from focusseg.engine.distributed import has_unused_parameters
+
         self.loss_scale = world.loss_scale(global_batch)
-        self.forward = training_forward(world.wrap(self.network, find_unused_parameters), self._compile_spec,
-                                        self.channels_last)
+        unused = find_unused_parameters or (probe_shape is not None and has_unused_parameters(self.network,
+                                                                                              probe_shape))
+        self.forward = training_forward(world.wrap(self.network, unused), self._compile_spec, self.channels_last)
 
     def inference_module(self) -> nn.Module:
         return self.network
@@ -272,13 +277,16 @@ class CycleTrainingTask:
         for n in self.networks:
             n.train()
 
-    def distribute(self, world: Any, global_batch: int, find_unused_parameters: bool = False) -> None:
-        """Each network through DistributedDataParallel; the committee selects on the global batch
+    def distribute(self, world: Any, global_batch: int, find_unused_parameters: bool = False,
+                   probe_shape: tuple[int, ...] | None = None) -> None:
+        """Each network through DistributedDataParallel (``find_unused_parameters`` when a probe pass of
+        ``probe_shape`` leaves a parameter without gradient); the committee selects on the global batch
         (:class:`~focusseg.engine.distributed.GlobalSelection`; its normalisation by the global count is exact
         for any split of the batch)."""
-        from focusseg.engine.distributed import GlobalSelection
+        from focusseg.engine.distributed import GlobalSelection, has_unused_parameters
 
-        self._cycle.forwards = [world.wrap(n, find_unused_parameters) for n in self.networks]
+        self._cycle.forwards = [world.wrap(n, find_unused_parameters or (
+            probe_shape is not None and has_unused_parameters(n, probe_shape))) for n in self.networks]
         self._cycle.selection = GlobalSelection(world, global_batch)
 
     def inference_module(self) -> nn.Module:
