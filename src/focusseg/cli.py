@@ -492,9 +492,16 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
         raise UsageError(f"--labels must be comma-separated integers, got {labels!r}") from exc
     found = _evaluate_regions(regions, gt_dir) if lab is None else None
     ignore = _evaluate_ignore_label(ignore_label, gt_dir) if found is None else None
-    summary = evaluate_folders(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
-                               connectivity=connectivity, workers=workers, ignore_label=ignore,
-                               regions=found[0] if found else None, region_names=found[1] if found else None)
+    import torch
+
+    from focusseg.engine.distributed import world_for
+
+    # under torchrun: each process scores its share of the cases (Gloo, CPU), rank 0 writes the files
+    with world_for(torch.device("cpu")) as world:
+        summary = evaluate_folders(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
+                                   connectivity=connectivity, workers=workers, ignore_label=ignore,
+                                   regions=found[0] if found else None, region_names=found[1] if found else None,
+                                   world=world, progress=world.is_main)
     console.print_json(data=summary.get("overall", summary))
     console.print(f"metrics: {out / 'metrics.csv'}  summary: {out / 'summary.json'}")
 

@@ -71,3 +71,32 @@ def test_unused_parameters_are_found_and_the_probe_changes_nothing():
         assert has_unused_parameters(net, (1, 1, 8, 8, 8)) is expected
         assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # running stats restored
         assert all(p.grad is None for p in net.parameters())
+
+
+def test_evaluate_under_torchrun_scores_shares_and_writes_once(tmp_path: Path):
+    """`torchrun --nproc_per_node=2 -m focusseg evaluate`: each rank scores its share of the cases, rank 0
+    writes metrics.csv and summary.json, equal to a one-process evaluation."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    for folder in ("pred", "gt"):
+        (tmp_path / folder).mkdir()
+    for i in range(5):
+        gt = rng.integers(0, 3, (12, 10, 8)).astype(np.uint8)
+        pred = np.where(rng.random(gt.shape) < 0.8, gt, rng.integers(0, 3, gt.shape)).astype(np.uint8)
+        for folder, arr in (("pred", pred), ("gt", gt)):
+            nib.save(nib.Nifti1Image(arr, np.diag([1.5, 1.0, 2.0, 1.0])), str(tmp_path / folder / f"c{i}.nii.gz"))
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(tmp_path / "one"),
+                 "--workers", "1"]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "focusseg", "evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out",
+                           str(tmp_path / "two"), "--workers", "1"], capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=300, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    assert (tmp_path / "one" / "metrics.csv").read_text() == (tmp_path / "two" / "metrics.csv").read_text()
+    a, b = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert a == b and a["n_cases"] == 5

@@ -325,6 +325,7 @@ def evaluate_folders(
     ignore_label: int | None = None,
     regions: Sequence[Sequence[int]] | None = None,
     region_names: Sequence[str] | None = None,
+    world: Any = None,
 ) -> dict:
     """Evaluate every label map of ``gt_dir`` against the prediction of the same case in ``pred_dir``.
 
@@ -338,7 +339,9 @@ def evaluate_folders(
     only: memory does not depend on how large label values are). ``workers > 1`` evaluates cases in a process
     pool. ``ignore_label``: the reference value of unannotated voxels (module docstring), recorded in the
     summary; never evaluated as a label. ``regions`` (and their ``region_names``): evaluate label-value regions
-    instead of labels (module docstring; not together with ``labels`` or ``ignore_label``).
+    instead of labels (module docstring; not together with ``labels`` or ``ignore_label``). ``world``
+    (:class:`~focusseg.engine.distributed.World`, e.g. under ``torchrun``): each process scores its share of the
+    cases, the rows are gathered, rank 0 writes and every rank returns the same summary.
 
     Raises:
         MissingFileError: a folder that does not exist.
@@ -394,12 +397,15 @@ def evaluate_folders(
                            hint="remove predictions of other cases, or add their references")
     jobs = [(c, preds[c], gts[c], req, float(nsd_tolerance), connectivity, conv, ignore_label, regions)
             for c in sorted(gts)]
+    sharded = world is not None and world.active
+    if sharded:
+        jobs = world.shard(jobs)
     results: dict[str, tuple[list[dict], list[int]]] = {}
-    failures: list[FocussegError] = []
+    raw_failures: list[tuple] = []
 
     def collect(case: str, rows: list[dict] | tuple, present: list[int]) -> None:
         if isinstance(rows, tuple):
-            failures.append(_rebuild_error(rows))
+            raw_failures.append(rows)
         else:
             results[case] = (rows, present)
 
@@ -418,6 +424,14 @@ def evaluate_folders(
                 for item in pool.map(_evaluate_pair, jobs):
                     collect(*item)
                     bar.advance(task)
+    if sharded:  # every rank's rows and failures, on every rank
+        merged: dict[str, tuple[list[dict], list[int]]] = {}
+        merged_failures: list[tuple] = []
+        for part_results, part_failures in world.gather_objects((results, raw_failures)):
+            merged.update(part_results)
+            merged_failures.extend(part_failures)
+        results, raw_failures = merged, merged_failures
+    failures: list[FocussegError] = [_rebuild_error(f) for f in raw_failures]
     if len(failures) == 1:
         raise failures[0]
     if failures:
@@ -445,6 +459,8 @@ def evaluate_folders(
         **summarize(all_rows, final_labels),
     }
     summary = _json_safe(summary)
+    if sharded and not world.is_main:
+        return summary  # rank 0 writes
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as fh:
