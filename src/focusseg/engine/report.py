@@ -52,7 +52,7 @@ class EpochLog:
         try:
             from rich.console import Console
 
-            dice = _finite(record.get("val_mean_dice"))
+            dice = finite(record.get("val_mean_dice"))
             msg = f"epoch {record['epoch']:>4}  it {record['iteration']:>6}  loss {_fmt(record.get('train_loss'))}"
             msg += f"  lr {record['lr']:.2e}" + (f"  val dice {dice:.4f}" if dice is not None else "")
             if record.get("nonfinite_steps"):
@@ -134,7 +134,8 @@ def dumps_line(record: dict[str, Any]) -> str:
     return json.dumps(sanitize(record), allow_nan=False)
 
 
-def _finite(v: Any) -> float | None:
+def finite(v: Any) -> float | None:
+    """``v`` as a finite float, else None (None, NaN, inf, anything that is no number)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -143,12 +144,12 @@ def _finite(v: Any) -> float | None:
 
 
 def _num(v: Any) -> float:
-    f = _finite(v)
+    f = finite(v)
     return math.nan if f is None else f
 
 
 def _fmt(v: Any) -> str:
-    f = _finite(v)
+    f = finite(v)
     return "nan" if f is None else f"{f:.4f}"
 
 

@@ -129,10 +129,10 @@ def _region_pairs(pred: np.ndarray, gt: np.ndarray, regions: Sequence[Sequence[i
         yield pm[box], gm[box]
 
 
-def read_regions(source: str | Path) -> tuple[list[list[int]], list[str]] | None:
-    """``(regions, names)`` a dataset or a run declares (``source``: a dataset folder or its ``dataset.json``, a
-    run folder or a ``plan.json``), or None when it declares none. A source that is neither is a
-    :class:`UsageError`; a malformed one the error of its reader, naming it."""
+def _declaring_source(source: str | Path, what: str) -> tuple[Path, Any, dict]:
+    """``(file, dataset spec or None, plan dict)`` of a source that declares ``what``: a dataset folder or its
+    ``dataset.json`` (the spec), or a run folder or a ``plan.json`` (the plan). :class:`MissingFileError` /
+    :class:`UsageError` naming the file when it is neither."""
     from focusseg.errors import MissingFileError
     from focusseg.io.dataset import load_dataset_spec
 
@@ -140,19 +140,28 @@ def read_regions(source: str | Path) -> tuple[list[list[int]], list[str]] | None
     if path.is_dir():
         found = [path / n for n in ("dataset.json", "plan.json") if (path / n).is_file()]
         if not found:
-            raise MissingFileError("no dataset.json or plan.json in this folder (needed for the regions)", path)
+            raise MissingFileError(f"no dataset.json or plan.json in this folder (needed for {what})", path)
         path = found[0]
     if not path.is_file():
         raise MissingFileError("file not found", path)
     if path.name == "dataset.json":
-        spec = load_dataset_spec(path.parent)
-        return (spec.region_list, list(spec.regions)) if spec.regions else None
+        return path, load_dataset_spec(path.parent), {}
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"not a readable JSON file ({' '.join(str(exc).split())})", path) from exc
     if not isinstance(data, dict) or "n_classes" not in data or not isinstance(data.get("labels"), dict):
         raise UsageError("neither a dataset.json nor a focusseg plan (no labels and n_classes)", path)
+    return path, None, data
+
+
+def read_regions(source: str | Path) -> tuple[list[list[int]], list[str]] | None:
+    """``(regions, names)`` a dataset or a run declares (``source``: a dataset folder or its ``dataset.json``, a
+    run folder or a ``plan.json``), or None when it declares none. A source that is neither is a
+    :class:`UsageError`; a malformed one the error of its reader, naming it."""
+    path, spec, data = _declaring_source(source, "the regions")
+    if spec is not None:
+        return (spec.region_list, list(spec.regions)) if spec.regions else None
     regions = data.get("regions")
     if not regions:
         return None
@@ -178,25 +187,9 @@ def read_ignore_label(source: str | Path) -> int | None:
     """The ignore label a dataset or a run declares: ``source`` is a dataset folder or its ``dataset.json`` (the
     label named ``ignore``), or a run folder or a ``plan.json`` (its ``ignore_label``). None when it declares none.
     A source that is neither is a :class:`UsageError`; a malformed one the error of its reader, naming it."""
-    from focusseg.errors import MissingFileError
-    from focusseg.io.dataset import load_dataset_spec
-
-    path = Path(source)
-    if path.is_dir():
-        found = [path / n for n in ("dataset.json", "plan.json") if (path / n).is_file()]
-        if not found:
-            raise MissingFileError("no dataset.json or plan.json in this folder (needed for the ignore label)", path)
-        path = found[0]
-    if not path.is_file():
-        raise MissingFileError("file not found", path)
-    if path.name == "dataset.json":
-        return load_dataset_spec(path.parent).ignore_label
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"not a readable JSON file ({' '.join(str(exc).split())})", path) from exc
-    if not isinstance(data, dict) or "n_classes" not in data or not isinstance(data.get("labels"), dict):
-        raise UsageError("neither a dataset.json nor a focusseg plan (no labels and n_classes)", path)
+    path, spec, data = _declaring_source(source, "the ignore label")
+    if spec is not None:
+        return spec.ignore_label
     value = data.get("ignore_label")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise UsageError(f"the plan's ignore_label {value!r} is not a positive integer", path)

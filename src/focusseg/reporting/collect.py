@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from focusseg.engine.report import finite
 from focusseg.errors import MissingFileError, RunFolderError
 
 
@@ -81,15 +81,6 @@ class CrossvalData:
     pooled_rows: list[dict] = field(default_factory=list)
     pooled_summary: dict | None = None
     problems: list[str] = field(default_factory=list)
-
-
-def finite(v: Any) -> float | None:
-    """``v`` as a finite float, else None."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,22 +9,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
+from focusseg.engine.report import finite
 from focusseg.errors import UsageError
 
 TENSORBOARD_DIR = "tensorboard"
 LOGGERS = ("none", "tensorboard")
-
-
-def _finite(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _is_main(trainer: Any) -> bool:
@@ -42,7 +34,7 @@ def epoch_scalars(record: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def put(tag: str, v: Any) -> None:
-        f = _finite(v)
+        f = finite(v)
         if f is not None:
             out[tag] = f
 
@@ -90,7 +82,7 @@ class TensorBoardLogger:
 
     def after_batch(self, trainer: Any, step: Any) -> None:
         if self.writer is not None and getattr(step, "finite", True):
-            f = _finite(step.loss)  # already a Python float (the loop read it): no device sync here
+            f = finite(step.loss)  # already a Python float (the loop read it): no device sync here
             if f is not None:
                 self.writer.add_scalar("train/loss_iteration", f, int(trainer.iteration) + 1)
 
@@ -131,7 +123,7 @@ class CycleStats:
         self._kept = kept if self._kept is None else self._kept + kept
         self._dis = dis if self._dis is None else self._dis + dis
         self._n += 1
-        self._keep = _finite(extras.get("keep"))
+        self._keep = finite(extras.get("keep"))
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:
         if not self._n or not _is_main(trainer):
