@@ -1,14 +1,10 @@
-"""Single-threaded torch for the export tests (a shared 2-core machine)."""
+"""Single-threaded torch for the export tests (a shared 2-core machine): the suite's ``one_thread`` fixture."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(one_thread):
     yield
-    torch.set_num_threads(n)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from nets_helpers import TINY
 
 
@@ -13,9 +12,6 @@ def tiny_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
+def _single_thread(one_thread):
     """Tiny tensors on a shared 2-core machine: one thread is ~20x faster than two contending ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(n)
