@@ -1,27 +1,33 @@
 """Issue 15 part 6's measurement: a fine-tuning run converges faster than training from scratch at the same budget.
 
-    .venv/bin/python benchmarks/bench_finetune.py --minutes 10       # source run + two target runs, 10 min each
-    .venv/bin/python benchmarks/bench_finetune.py --source-run runs/hippo_fold0 --minutes 10   # reuse a source run
+    .venv/bin/python benchmarks/bench_finetune.py --minutes 4 --source-minutes 8     # pair hippocampus-parts
+    .venv/bin/python benchmarks/bench_finetune.py --pair ms --source-run runs/hippo_fold0 --minutes 5
     .venv/bin/python benchmarks/bench_finetune.py --from-runs        # only the report, from the finished runs
 
-Setup (nnU-Net's pretraining_and_finetuning reading: the plans are aligned first, then the weights transfer):
+Two pairs (nnU-Net's pretraining_and_finetuning reading: the plans are aligned first, then the weights transfer):
 
-- source: Dataset004_Hippocampus, fold 0, the default plan (MR, 1 channel, 2 foreground classes), trained for
-  ``--source-minutes`` (default: ``--minutes``), or an existing run given with ``--source-run``;
-- target: Dataset101_MSLesionLjubljana, fold 0 (another MR dataset: 4 channels FLAIR/T1/T1POST/T2, 1 lesion class),
-  trained twice with the same plan -- the source run's network (``--set network=...``, so every tensor but the first
-  convolution and the head matches), the lesion benchmark's 64^3 patch and 0.95 foreground oversampling
-  (``evidence_lib.py``'s blob comparison), no mirror TTA -- the same seed and the same ``--time-budget``:
-  ``scratch`` (random initialisation) and ``finetune`` (``--init-from`` the source run, ``--warmup-epochs``
-  (default 1), ``--freeze-encoder-epochs`` (default 0));
-- measured: per epoch the training loss and the validation pseudo-Dice (fixed held-out patches), the iteration at
-  which each arm first reaches 90 % of the from-scratch arm's best pseudo-Dice, the mean pseudo-Dice over the
-  epochs (area under the curve), and the final validation of ``focusseg train`` (the held-out case predicted from
-  the raw images with the best checkpoint, scored in its original geometry).
+- ``--pair hippocampus-parts`` (default; the textbook pretraining case: a large source with a coarse label, a small
+  target with finer classes, same modality). Dataset004_Hippocampus's 208 cases are split once with a fixed seed:
+  56 target cases, 152 source cases (disjoint). The source dataset ``HippocampusWhole`` holds the 152 cases with the
+  two labels merged into one (``hippocampus`` = anterior | posterior; labels rewritten under ``--out``, images are
+  symlinks: the shared data are read, never copied or modified); the target dataset ``HippocampusParts16`` holds
+  the 56 cases with the original anterior / posterior labels and a ``splits_final.json`` whose fold 0 trains on 16
+  cases and validates on the other 40. The head (3 classes vs 2) is re-initialised, every other tensor loads.
+- ``--pair ms``: source Dataset004_Hippocampus fold 0 (MR, 1 channel, 2 classes); target
+  Dataset101_MSLesionLjubljana fold 0 (4 channels FLAIR/T1/T1POST/T2, 1 lesion class) with the source run's
+  network, the lesion benchmark's 64^3 patch, 0.95 foreground oversampling and no mirror TTA. The first convolution
+  and the head are re-initialised.
+
+Both target arms use the same plan, seed and ``--time-budget``: ``scratch`` (random initialisation) and
+``finetune`` (``--init-from`` the source run, ``--warmup-epochs`` (default 1), ``--freeze-encoder-epochs``
+(default 0)). Measured: per epoch the training loss and the validation pseudo-Dice (fixed held-out patches), the
+iteration at which each arm first reaches 90 % of the from-scratch arm's best pseudo-Dice, the mean pseudo-Dice
+over the epochs (area under the curve), and the final validation of ``focusseg train`` (the held-out cases
+predicted from the raw images with the best checkpoint, scored in their original geometry).
 
 Both target arms pay their own fingerprint and preprocessing inside the budget (``train_seconds`` says how much of
-it trained). Writes benchmarks/results/finetune.md and benchmarks/results/finetune_curve.png. Without
-../shared/data the script prints why it skips and exits 0.
+it trained). Writes benchmarks/results/finetune.md (hippocampus-parts) or finetune_ms.md (ms) and the curve beside
+it. Without ../shared/data the script prints why it skips and exits 0.
 """
 
 from __future__ import annotations
@@ -37,11 +43,69 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = (REPO / ".." / "shared" / "data").resolve()
-SOURCE_DATA = "Dataset004_Hippocampus"
-TARGET_DATA = "Dataset101_MSLesionLjubljana"
-#: What both target arms share besides the source's network (the MS-lesion settings of evidence_lib's blob run).
-TARGET_SET = ["patch_size=[64,64,64]", "training.foreground_oversampling=0.95", "inference.mirror_axes=[]"]
+HIPPOCAMPUS = "Dataset004_Hippocampus"
 ARMS = ("scratch", "finetune")
+#: pair -> (what both target arms share besides the source's network, result file stem, what the Dice is of).
+PAIRS = {
+    "hippocampus-parts": ([], "finetune", "anterior, posterior"),
+    # the MS-lesion settings of evidence_lib's blob run
+    "ms": (["patch_size=[64,64,64]", "training.foreground_oversampling=0.95", "inference.mirror_axes=[]"],
+           "finetune_ms", "lesion"),
+}
+N_TARGET, N_TARGET_TRAIN, SPLIT_SEED = 56, 16, 15
+
+
+def _symlink(src: Path, dst: Path) -> None:
+    if not dst.exists():
+        dst.symlink_to(src)
+
+
+def build_hippocampus_pair(out: Path) -> tuple[Path, Path]:
+    """The source (152 cases, one merged label) and target (56 cases, two labels, fold 0 = 16 train / 40 val)
+    datasets of ``--pair hippocampus-parts`` under ``out``; rebuilt only where absent. Images (and the target's
+    labels) are symlinks to ../shared/data; the source's merged labels are written here."""
+    import random
+
+    import nibabel as nib
+    import numpy as np
+
+    raw = SHARED / HIPPOCAMPUS
+    meta = json.loads((raw / "dataset.json").read_text())
+    cases = sorted(f.name[: -len(".nii.gz")] for f in (raw / "labelsTr").glob("*.nii.gz"))
+    rng = random.Random(SPLIT_SEED)
+    picked = rng.sample(cases, N_TARGET)
+    target, target_train = sorted(picked), sorted(picked[:N_TARGET_TRAIN])
+    source = [c for c in cases if c not in set(target)]
+    src_dir, tgt_dir = out / "Dataset904_HippocampusWhole", out / "Dataset905_HippocampusParts16"
+    for d, ids in ((src_dir, source), (tgt_dir, target)):
+        (d / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (d / "labelsTr").mkdir(parents=True, exist_ok=True)
+        for c in ids:
+            _symlink(raw / "imagesTr" / f"{c}_0000.nii.gz", d / "imagesTr" / f"{c}_0000.nii.gz")
+    for c in target:
+        _symlink(raw / "labelsTr" / f"{c}.nii.gz", tgt_dir / "labelsTr" / f"{c}.nii.gz")
+    for c in source:
+        dst = src_dir / "labelsTr" / f"{c}.nii.gz"
+        if dst.exists():
+            continue
+        img = nib.load(raw / "labelsTr" / f"{c}.nii.gz")
+        merged = (np.asarray(img.dataobj) > 0).astype(np.uint8)
+        tmp = dst.with_name(dst.name.replace(".nii.gz", ".tmp.nii.gz"))
+        nib.save(nib.Nifti1Image(merged, img.affine, img.header), tmp)
+        tmp.replace(dst)
+    base = {k: v for k, v in meta.items() if k not in ("labels", "numTraining", "name", "description")}
+    (src_dir / "dataset.json").write_text(json.dumps({
+        **base, "name": "HippocampusWhole", "labels": {"background": 0, "hippocampus": 1},
+        "numTraining": len(source),
+        "description": f"{len(source)} cases of {HIPPOCAMPUS}, anterior and posterior merged (bench_finetune.py)"},
+        indent=2))
+    (tgt_dir / "dataset.json").write_text(json.dumps({
+        **base, "name": "HippocampusParts16", "labels": meta["labels"], "numTraining": len(target),
+        "description": f"{len(target)} other cases of {HIPPOCAMPUS}; fold 0 trains on {N_TARGET_TRAIN}"},
+        indent=2))
+    (tgt_dir / "splits_final.json").write_text(json.dumps(
+        [{"train": target_train, "val": [c for c in target if c not in set(target_train)]}], indent=1))
+    return src_dir, tgt_dir
 
 
 def _train(data: Path, out: Path, minutes: float, device: str, extra: list[str]) -> list[str]:
@@ -76,7 +140,7 @@ def _fmt(v: object, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def _plot(logs: dict[str, list[dict]], out: Path) -> None:
+def _plot(logs: dict[str, list[dict]], out: Path, classes: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +154,7 @@ def _plot(logs: dict[str, list[dict]], out: Path) -> None:
     a1.set_xlabel("iteration")
     a1.set_ylabel("training loss")
     a2.set_xlabel("iteration")
-    a2.set_ylabel("validation pseudo-Dice (lesion)")
+    a2.set_ylabel(f"validation pseudo-Dice ({classes})")
     a2.set_ylim(0, 1)
     for a in (a1, a2):
         a.legend()
@@ -105,7 +169,7 @@ def main() -> int:
     ap.add_argument("--source-minutes", type=float, default=None, help="time budget of the source run")
     ap.add_argument("--source-run", type=Path, default=None, help="a trained source run to reuse")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "finetune")
-    ap.add_argument("--target", default=TARGET_DATA, help="target dataset under ../shared/data")
+    ap.add_argument("--pair", choices=sorted(PAIRS), default="hippocampus-parts")
     ap.add_argument("--warmup-epochs", type=int, default=1)
     ap.add_argument("--freeze-encoder-epochs", type=int, default=0)
     ap.add_argument("--device", default="cpu")
@@ -115,20 +179,26 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     from machine import machine_line
 
-    source_data, target_data = SHARED / SOURCE_DATA, SHARED / args.target
-    for d in (source_data, target_data):
+    target_set, stem, classes = PAIRS[args.pair]
+    needed = [SHARED / HIPPOCAMPUS] + ([SHARED / "Dataset101_MSLesionLjubljana"] if args.pair == "ms" else [])
+    for d in needed:
         if not d.is_dir() and not args.from_runs:
             print(f"skipped: {d} is absent (this benchmark needs ../shared/data beside the repository)")
             return 0
-    source = args.source_run or args.out / "source"
-    runs = {arm: args.out / f"{args.target}_{arm}" for arm in ARMS}
+    out = args.out / args.pair
+    if args.pair == "ms":
+        source_data, target_data = SHARED / HIPPOCAMPUS, SHARED / "Dataset101_MSLesionLjubljana"
+    else:
+        source_data, target_data = build_hippocampus_pair(out / "data")
+    source = args.source_run or out / "source"
+    runs = {arm: out / arm for arm in ARMS}
     commands: dict[str, str] = {}
     if not args.from_runs:
         if args.source_run is None:
             cmd = _train(source_data, source, args.source_minutes or args.minutes, args.device, ["--overwrite"])
             commands["source"] = shlex.join(cmd[3:])
         network = json.loads((source / "plan.json").read_text())["network"]
-        shared = [x for s in TARGET_SET + ["network=" + json.dumps({"_replace": True, **network})]
+        shared = [x for s in target_set + ["network=" + json.dumps({"_replace": True, **network})]
                   for x in ("--set", s)]
         ft = ["--init-from", str(source), "--warmup-epochs", str(args.warmup_epochs),
               "--freeze-encoder-epochs", str(args.freeze_encoder_epochs)]
@@ -170,19 +240,20 @@ def main() -> int:
     share = 100.0 * init.get("loaded_values", 0) / max(1, init.get("total_values", 1))
     mismatched = ", ".join(m["name"] for m in init.get("mismatched_tensors", []))
     lines = [
-        "## Fine-tuning vs from scratch at the same budget (issue 15 part 6)",
+        f"## Fine-tuning vs from scratch at the same budget (issue 15 part 6): {source_data.name} -> "
+        f"{target_data.name}",
         "",
-        "- Command: `.venv/bin/python benchmarks/bench_finetune.py "
+        f"- Command: `.venv/bin/python benchmarks/bench_finetune.py --pair {args.pair} "
         + (f"--source-run {args.source_run} " if args.source_run else "")
         + f"--minutes {args.minutes:g}"
         + (f" --source-minutes {args.source_minutes:g}" if args.source_minutes else "")
         + f" --warmup-epochs {args.warmup_epochs} --freeze-encoder-epochs {args.freeze_encoder_epochs}`",
         *[f"  - {arm}: `focusseg {c}`" for arm, c in commands.items()],
         f"- Machine: {machine_line()}",
-        f"- Source: {SOURCE_DATA} fold 0 ({source}), network {plan['network']}"
+        f"- Source: {source_data.name} fold 0 ({source}), network {plan['network']}"
         + (f", {src_summary.get('iterations')} iterations, best pseudo-Dice "
            f"{_fmt(src_summary.get('best_val_mean_dice'))}" if src_summary else ""),
-        f"- Target: {args.target} fold 0, patch {plan['patch_size']}, batch {plan['batch_size']}, "
+        f"- Target: {target_data.name} fold 0, patch {plan['patch_size']}, batch {plan['batch_size']}, "
         f"{plan['training']['iterations_per_epoch']} iterations/epoch, {args.minutes:g}-minute budget per arm "
         "(fingerprint and preprocessing included), same seed.",
         f"- Fine-tuning: `--init-from` {entry.get('source')} (sha256 {str(entry.get('sha256'))[:12]}...), "
@@ -203,13 +274,13 @@ def main() -> int:
         "",
         *per_epoch,
         "",
-        "![fine-tuning vs scratch](finetune_curve.png)",
+        f"![fine-tuning vs scratch]({stem}_curve.png)",
         "",
     ]
-    _plot(logs, HERE / "results" / "finetune_curve.png")
-    out = HERE / "results" / "finetune.md"
-    out.write_text("\n".join(lines))
-    print(out.read_text())
+    _plot(logs, HERE / "results" / f"{stem}_curve.png", classes)
+    report = HERE / "results" / f"{stem}.md"
+    report.write_text("\n".join(lines))
+    print(report.read_text())
     return 0
 
 

@@ -432,7 +432,8 @@ def postprocess(run_dir: Path = typer.Argument(..., help="A run folder with vali
     """(Re)choose post-processing on a run's validation predictions; writes RUN_DIR/postprocessing.json.
 
     Each candidate (largest component, small-component removal, erosion, dilation) is tried per class and kept
-    only where it raises that class's mean validation Dice. Example: `focusseg postprocess runs/hippo`
+    only where it raises that class's mean validation Dice; a region-based run chooses per region (component
+    steps only, kept where no other region's Dice falls). Example: `focusseg postprocess runs/hippo`
     """
     import json
 

@@ -123,7 +123,10 @@ def test_tiny_region_run_train_predict_evaluate(tmp_path: Path, monkeypatch):
     assert epochs and set(epochs[-1]["val_dice"]) == {"1", "2"}  # per-region pseudo-Dice
     final = summary["final_validation"]
     assert set(final["dice_per_label"]) == {"1", "2"}
-    assert summary["postprocessing"]["steps"] == []
+    chosen = json.loads((run / "postprocessing.json").read_text())  # chosen per region, not per label
+    assert chosen["regions"] == [[1, 2], [2]] and set(chosen["dice_before"]) == {"1", "2"}
+    assert {t["label"] for t in chosen["trials"]} == {"foreground", 1, 2}
+    assert all(s.get("regions") for s in chosen["steps"])
     val = json.loads(Path(final["summary_json"]).read_text())
     assert val["regions"] == [[1, 2], [2]] and val["region_names"] == ["object", "cube"]
     pred = tmp_path / "pred"
@@ -151,9 +154,9 @@ def test_tiny_region_run_train_predict_evaluate(tmp_path: Path, monkeypatch):
     assert "regions" not in json.loads((ev / "summary.json").read_text())
 
 
-def test_crossval_pools_region_dice_and_chooses_no_postprocessing(tmp_path: Path):
+def test_crossval_pools_region_dice_and_chooses_postprocessing_per_region(tmp_path: Path):
     """A region-based cross-validation scores its pooled validation per region (as each fold does), not per
-    label, and chooses no component removal (it does not apply to overlapping regions)."""
+    label, and chooses its post-processing per region on the pool."""
     from focusseg.engine.crossval import run_crossval
 
     torch.set_num_threads(1)
@@ -167,4 +170,5 @@ def test_crossval_pools_region_dice_and_chooses_no_postprocessing(tmp_path: Path
     assert set(res["pooled"]["dice_per_label"]) == fold_regions == {"1", "2"}  # regions 1..R
     summary = json.loads((tmp_path / "cv" / "validation" / "summary.json").read_text())
     assert summary["regions"] == [[1, 2], [2]]
-    assert res["postprocessing"] is None
+    assert set(res["postprocessing"]["dice_before"]) == {1, 2}  # regions 1..R
+    assert json.loads((tmp_path / "cv" / "postprocessing.json").read_text())["regions"] == [[1, 2], [2]]

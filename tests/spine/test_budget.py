@@ -50,9 +50,40 @@ def test_a_budgeted_run_records_its_timing_and_ends_inside_the_budget(tmp_path: 
     log = read_log(tmp_path / "run")
     timing = log[0]["timing"]
     assert timing["iteration_s"] > 0 and timing["reserve_s"] > 0  # the final validation was reserved
-    assert log[0]["planned_iterations"] == summary["iterations"] or summary["train_seconds"] >= \
+    fitted = [r for r in log if "planned_iterations" in r]
+    assert len(fitted) >= min(2, len(log) - 1)  # refitted after every epoch but the last
+    assert fitted[-1]["planned_iterations"] == summary["iterations"] or summary["train_seconds"] >= \
         budget_min * 60 - timing["reserve_s"] - 1  # stopped by the plan, or by the clock at the reserve
     assert summary["total_seconds"] <= budget_min * 60 * 1.5  # loose: a shared 2-core machine
     state = torch.load(tmp_path / "run" / "checkpoint_latest.pt", weights_only=True)
     assert set(state["timing"]) == {"iteration_s", "validation_s", "val_every", "reserve_s"}  # kept for resume
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final_validation"]["mean_dice"] is not None
+
+
+def test_epoch_costs_leave_the_warm_up_epoch_out():
+    from focusseg.engine.loop import epoch_costs
+
+    first = {"iteration": 100, "train_time_s": 40.0, "val_time_s": 4.0}
+    assert epoch_costs([first], 100) == (0.4, 4.0)  # one epoch: all there is
+    history = [first, {"iteration": 200, "train_time_s": 25.0, "val_time_s": 2.0},
+               {"iteration": 250, "train_time_s": 12.5}]  # a partial epoch without validation
+    assert epoch_costs(history, 100) == (37.5 / 150, 2.0)
+    assert epoch_costs([{"iteration": 30, "train_time_s": 3.0}], 100) == (0.1, None)
+
+
+def test_a_slow_first_epoch_no_longer_shortens_the_schedule():
+    """The schedule is refitted from the later epochs: after a warm-up epoch twice as slow as the rest, the first
+    fit plans 540 iterations into a 300 s budget; the refit after the second epoch plans the 900 that fit."""
+    from focusseg.engine.loop import epoch_costs
+
+    t = _trainer(iteration=100, elapsed=55.0)
+    t.history = [{"iteration": 100, "train_time_s": 50.0, "val_time_s": 5.0}]
+    it_s, _ = epoch_costs(t.history, 100)
+    t.timing["iteration_s"] = it_s
+    after_first = fit_iterations(t, 300.0, 10**6)
+    t.history.append({"iteration": 200, "train_time_s": 25.0, "val_time_s": 5.0})
+    t.iteration, t.elapsed = 200, 85.0
+    t.timing["iteration_s"], _ = epoch_costs(t.history, 100)
+    refitted = fit_iterations(t, 300.0, 10**6)
+    assert t.timing["iteration_s"] == 0.25
+    assert (after_first, refitted) == (100 + 4 * 100 + 40, 200 + 7 * 100)

@@ -149,7 +149,7 @@ def find_best(cv_dirs: list[str | Path], out_dir: str | Path, pairs: bool = True
             summary = evaluate_for_plan(pred_dir, ref_dir, folder / "validation", ens.plan, progress)
             post = None
             if chooses_postprocessing(ens.plan):
-                post = choose_postprocessing_for_run(folder, labels)["steps"]
+                post = choose_postprocessing_for_run(folder, labels, regions=ens.plan.get("regions"))["steps"]
             candidates.append({"name": f"{na}+{nb}", "members": [str(a), str(b)],
                                "mean_dice": mean_foreground_dice(summary),
                                "dice_per_label": {k: v["dice"]["mean"] for k, v in summary["per_label"].items()},

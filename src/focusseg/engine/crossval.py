@@ -240,7 +240,7 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
         pooled.update(mean_dice=mean_foreground_dice(summary),
                       dice_per_label={k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()})
         if chooses_postprocessing(plan):
-            res = choose_postprocessing_for_run(cv_dir, labels)
+            res = choose_postprocessing_for_run(cv_dir, labels, regions=plan.get("regions"))
             post = {"steps": res["steps"], "dice_before": res["dice_before"], "dice_after": res["dice_after"]}
     result = {"folds": per_fold, "pooled": pooled, "postprocessing": post, "plan_sha256": hashes[done[0].name],
               "recipe": plan.get("recipe"), "recipe_form": plan.get("recipe_form"),

@@ -556,12 +556,9 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
                                "train_seconds": round(trainer.elapsed, 1)}
     if final_validation and val_ids:
         summary["final_validation"] = validate_raw(run_dir, data_dir, val_ids, dev, progress)
-        if plan.get("regions"):  # the selection removes components per label, not per region: not chosen
-            summary["postprocessing"] = {"steps": [], "note": "not chosen for region-based training"}
-            EpochLog(run_dir).event("postprocessing", note="not chosen for region-based training (per-label "
-                                    "component removal does not apply to overlapping regions)")
-        elif plan.get("inference", {}).get("postprocessing", "auto") == "auto":
-            summary["postprocessing"] = choose_run_postprocessing(run_dir, spec.foreground_labels)
+        if chooses_postprocessing(plan):  # per label, or per region for region-based training
+            summary["postprocessing"] = choose_run_postprocessing(run_dir, spec.foreground_labels,
+                                                                  plan.get("regions"))
     summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
     summary = sanitize(summary)  # strict JSON: a run that never validated has best None, not -Infinity
     if world is not None and world.active:
@@ -644,16 +641,16 @@ def evaluate_for_plan(pred_dir: Path, ref_dir: Path, out: Path, plan: dict, prog
 
 
 def chooses_postprocessing(plan: dict) -> bool:
-    """Whether post-processing is chosen for this plan: ``inference.postprocessing`` "auto" and no regions
-    (component removal per label does not apply to overlapping regions)."""
-    return plan.get("inference", {}).get("postprocessing", "auto") == "auto" and not plan.get("regions")
+    """Whether post-processing is chosen on validation for this plan: ``inference.postprocessing`` "auto" (per
+    label, or per region when the plan has regions: :mod:`focusseg.inference.postprocess_selection`)."""
+    return plan.get("inference", {}).get("postprocessing", "auto") == "auto"
 
 
-def choose_run_postprocessing(run_dir: Path, labels: list[int]) -> dict:
+def choose_run_postprocessing(run_dir: Path, labels: list[int], regions: list[list[int]] | None = None) -> dict:
     """Choose post-processing on the raw validation predictions (``postprocessing.json``) and summarise it."""
     from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
 
-    res = choose_postprocessing_for_run(run_dir, labels)
+    res = choose_postprocessing_for_run(run_dir, labels, regions=regions)
     return {"steps": res["steps"], "dice_before": res["dice_before"], "dice_after": res["dice_after"]}
 
 

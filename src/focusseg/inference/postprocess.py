@@ -10,6 +10,12 @@
   classes are dilated one after another in the order of ``labels``, so an earlier class wins a voxel
   that two classes reach.
 
+Regions (nnU-Net's region-based training, :mod:`focusseg.regions`): the two component steps also take
+``regions`` instead of ``labels`` -- lists of label values, each processed as the mask ``seg ∈ region`` (the
+union of its labels), its removed voxels becoming background whatever label they held, one region after the
+other on the result so far (nnU-Net's ``remove_all_but_largest_component_from_segmentation`` reading). Erosion and
+dilation stay per label: which label a region's dilation should claim is not defined.
+
 Connectivity follows cc3d: 6/18/26 in 3D, 4/8 in 2D; ``None`` means the full neighbourhood (26/8) for
 components and the cross (6/4) for morphology. The structuring element of connectivity 6/4 is the cross
 (``generate_binary_structure(ndim, 1)``), 18 rank 2, 26/8 the full cube/square.
@@ -47,6 +53,22 @@ def _labels(seg: np.ndarray, labels: Iterable[int] | None) -> list[int]:
     return [int(v) for v in (np.unique(seg) if labels is None else labels) if int(v) != 0]
 
 
+def _component_masks(out: np.ndarray, labels: Sequence[int] | None, regions: Sequence[Sequence[int]] | None):
+    """The masks a component step processes, each computed on ``out`` as it stands when its turn comes: one per
+    label (``seg == l``), or one per region (``seg ∈ region``)."""
+    if regions is not None and labels is not None:
+        raise ValueError("give labels or regions, not both")
+    if regions is None:
+        for label in _labels(out, labels):
+            yield out == label
+        return
+    for region in regions:
+        values = [int(v) for v in (region if isinstance(region, (list, tuple)) else [region]) if int(v) != 0]
+        if not values:
+            raise ValueError(f"a region is a non-empty list of foreground label values, got {region!r}")
+        yield np.isin(out, values)
+
+
 def _check(seg: np.ndarray, connectivity: int | None, full: bool) -> int:
     """Validated connectivity; ``None`` -> the full neighbourhood (26/8) if ``full`` else the cross (6/4)."""
     if seg.ndim not in _RANK:
@@ -67,16 +89,18 @@ def _components(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.nda
 
 @POSTPROCESSORS.register("keep_largest_component")
 def keep_largest_component(
-    seg: np.ndarray, labels: Sequence[int] | None = None, connectivity: int | None = None
+    seg: np.ndarray, labels: Sequence[int] | None = None, connectivity: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """Keep, for each class in ``labels`` (default: all non-zero present), its largest component only.
+    """Keep, for each class in ``labels`` (default: all non-zero present) or each of ``regions``, its largest
+    component only.
 
     Ties between equally large components keep the one with the lowest cc3d id (first in raster order).
     """
     connectivity = _check(seg, connectivity, full=True)
     out = seg.copy()
-    for label in _labels(seg, labels):
-        cc, sizes = _components(seg == label, connectivity)
+    for mask in _component_masks(out, labels, regions):
+        cc, sizes = _components(mask, connectivity)
         if len(sizes) <= 2:  # zero or one component
             continue
         largest = int(np.argmax(sizes[1:])) + 1
@@ -92,8 +116,9 @@ def remove_small_components(
     unit: str = "voxels",
     spacing: Sequence[float] | None = None,
     connectivity: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> np.ndarray:
-    """Set to background every component of a class whose volume is ``< min_size``.
+    """Set to background every component of a class (or of each of ``regions``) whose volume is ``< min_size``.
 
     Args:
         min_size: threshold, ``>= 0``, in voxels or ml (``unit``).
@@ -110,8 +135,8 @@ def remove_small_components(
     else:
         raise ValueError(f"unit must be 'voxels' or 'ml', got {unit!r}")
     out = seg.copy()
-    for label in _labels(seg, labels):
-        cc, sizes = _components(seg == label, connectivity)
+    for mask in _component_masks(out, labels, regions):
+        cc, sizes = _components(mask, connectivity)
         small = np.flatnonzero(sizes * voxel_volume < min_size)
         small = small[small != 0]
         if small.size:

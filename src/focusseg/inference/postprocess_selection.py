@@ -15,6 +15,15 @@ or was not chosen (``postprocessing.json``, written by :func:`choose_postprocess
 Ignore label (nnU-Net v2's; a run's plan ``ignore_label``): the steps act on the whole prediction, and each Dice
 is then computed on the annotated voxels only (both maps set to background where the reference holds the ignore
 value), as evaluation does.
+
+Regions (nnU-Net's region-based training; ``regions``: lists of label values, evaluated 1..R as ``evaluate``
+does). Regions overlap, so a step on one region changes the others (removing a whole-tumour component removes the
+tumour core inside it). Reading chosen here, after nnU-Net v2's ``determine_postprocessing`` and stricter than it:
+first keep the largest component of the whole foreground (the union of every region), kept when it raises the
+mean region Dice; then, region by region in the declared order, the component candidates (largest component,
+small-component removal; erosion and dilation do not apply to regions, :mod:`focusseg.inference.postprocess`),
+a step being kept only when it raises that region's Dice by more than ``min_gain`` *and lowers no other
+region's Dice* (nnU-Net checks the region alone). Each trial records every region's Dice after it.
 """
 
 from __future__ import annotations
@@ -53,6 +62,78 @@ def _mean_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], label: i
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _region_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], region: Sequence[int],
+                 ignored: Sequence[np.ndarray | None] | None = None) -> float:
+    """Mean Dice over the cases of the masks ``pred ∈ region`` and ``ref ∈ region`` (NaN-aware; ``ignored``
+    voxels left out of both)."""
+    from focusseg.metrics import dice_per_class
+
+    vals = []
+    for i, (p, r) in enumerate(zip(preds, refs)):
+        pm, rm = np.isin(p, region), np.isin(r, region)
+        if ignored is not None and ignored[i] is not None:
+            pm, rm = pm & ~ignored[i], rm & ~ignored[i]
+        vals.append(dice_per_class(pm.astype(np.uint8), rm.astype(np.uint8), [1])[1])
+    vals = [v for v in vals if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+#: The post-processors that take ``regions`` (component removal on region masks).
+REGION_STEPS = ("keep_largest_component", "remove_small_components")
+
+
+def _choose_for_regions(current: list[np.ndarray], refs: list[np.ndarray], regions: Sequence[Sequence[int]],
+                        cands: list[dict[str, Any]], min_gain: float, sp: list, ignored) -> dict[str, Any]:
+    """The region reading of the module docstring; ``refs`` already have the ignore label set to background."""
+    regions = [[int(v) for v in r] for r in regions]
+    keys = list(range(1, len(regions) + 1))
+
+    def scores(preds: list[np.ndarray]) -> dict[int, float]:
+        return {k: _region_dice(preds, refs, r, ignored) for k, r in zip(keys, regions)}
+
+    def mean(d: dict[int, float]) -> float:
+        vals = [v for v in d.values() if np.isfinite(v)]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    usable = [c for c in cands if c["name"] in REGION_STEPS]
+    now = scores(current)
+    before = dict(now)
+    steps: list[dict[str, Any]] = []
+    trials: list[dict[str, Any]] = []
+    union = sorted({v for r in regions for v in r})
+    scopes: list[tuple[int | str, list[int], list[dict[str, Any]]]] = [
+        ("foreground", union, [{"name": "keep_largest_component"}])]
+    scopes += [(k, r, usable) for k, r in zip(keys, regions)]
+    for key, region, options in scopes:
+        target = (lambda d: mean(d)) if key == "foreground" else (lambda d, k=key: d[k])
+        base = target(now)
+        best: tuple[float, dict[str, Any], list[np.ndarray], dict[str, Any], dict[int, float]] | None = None
+        for cand in options:
+            step = {**cand, "regions": [region]}
+            try:
+                out = [apply_postprocessing(p, [step], s) for p, s in zip(current, sp)]
+            except (TypeError, ValueError) as exc:
+                from focusseg.errors import UsageError
+
+                raise UsageError(f"candidate step {cand} cannot be applied ({' '.join(str(exc).split())})") from exc
+            after = scores(out)
+            d = target(after)
+            others_worse = [k for k in keys if k != key and np.isfinite(now[k]) and after[k] < now[k] - 1e-12]
+            trial = {"label": key, "region": region, "step": cand, "dice_before": base, "dice_after": d,
+                     "dice_per_region_after": after, "lowers_other_regions": others_worse, "accepted": False}
+            trials.append(trial)
+            if np.isfinite(d) and not others_worse and (best is None or d > best[0]):
+                best = (d, step, out, trial, after)
+        if best is not None and np.isfinite(base) and best[0] > base + min_gain:
+            steps.append(best[1])
+            current = best[2]
+            best[3]["accepted"] = True
+            now = best[4]
+    return {"steps": steps, "trials": trials, "dice_before": before, "dice_after": now, "min_gain": min_gain,
+            "regions": regions,
+            "not_for_regions": [c for c in cands if c["name"] not in REGION_STEPS]}
+
+
 def choose_postprocessing(
     predictions: Sequence[np.ndarray],
     references: Sequence[np.ndarray],
@@ -61,6 +142,7 @@ def choose_postprocessing(
     min_gain: float = 0.0,
     spacings: Sequence[Sequence[float]] | None = None,
     ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Greedy per-class choice of post-processing steps (module docstring).
 
@@ -72,10 +154,12 @@ def choose_postprocessing(
         min_gain: a step is kept only if it raises the class's mean Dice by more than this.
         spacings: per case voxel spacing, for steps with ``unit="ml"``.
         ignore_label: reference value of unannotated voxels, left out of every Dice (never a class to process).
+        regions: choose per region instead of per label (module docstring); ``labels`` is then unused.
 
     Returns:
         ``{"steps": [...], "trials": [...], "dice_before": {l: d}, "dice_after": {l: d}}`` where ``steps`` is the
-        list to pass to ``apply_postprocessing`` (each with ``labels=[l]``).
+        list to pass to ``apply_postprocessing`` (each with ``labels=[l]``, or ``regions=[region]``; the keys
+        are then region numbers 1..R).
     """
     if len(predictions) != len(references) or not predictions:
         raise ValueError(f"need matching, non-empty case lists: {len(predictions)} predictions, "
@@ -93,6 +177,11 @@ def choose_postprocessing(
         refs = [r if m is None else np.where(m, 0, r).astype(r.dtype) for r, m in zip(refs, ignored)]
         labels = [v for v in labels if int(v) != int(ignore_label)]
     sp = list(spacings) if spacings is not None else [None] * len(current)
+    if regions:
+        out = _choose_for_regions(current, refs, regions, cands, min_gain, sp, ignored)
+        if ignore_label is not None:
+            out["ignore_label"] = int(ignore_label)
+        return out
     steps: list[dict[str, Any]] = []
     trials: list[dict[str, Any]] = []
     before: dict[int, float] = {}
@@ -151,13 +240,14 @@ def choose_postprocessing_for_run(
     candidates: Sequence[Mapping[str, Any]] | None = None,
     min_gain: float = 0.0,
     ignore_label: int | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Choose on ``run_dir/validation/{predictions,reference}`` (written by the trainer's final validation) and
     write ``run_dir/postprocessing.json`` atomically; returns its content.
 
     Only predictions that have a reference are used (``cases`` lists them, ``skipped_without_reference`` the
-    others); temporaries, dot files and side outputs are ignored. ``ignore_label`` None: the run's
-    ``plan.json`` ``ignore_label`` (none when the plan has none or cannot be read)."""
+    others); temporaries, dot files and side outputs are ignored. ``ignore_label`` / ``regions`` None: the run's
+    ``plan.json`` ``ignore_label`` / ``regions`` (none when the plan has none or cannot be read)."""
     from focusseg.errors import MissingFileError
     from focusseg.planning.fingerprint import save_json
 
@@ -173,11 +263,25 @@ def choose_postprocessing_for_run(
         raise MissingFileError("no validation predictions with a reference", pred_dir, hint=hint)
     if ignore_label is None:
         ignore_label = _plan_ignore_label(run_dir)
-    result = choose_postprocessing(preds, refs, labels, candidates, min_gain, spacings, ignore_label)
+    if regions is None:
+        regions = _plan_regions(run_dir)
+    result = choose_postprocessing(preds, refs, labels, candidates, min_gain, spacings, ignore_label, regions)
     result["cases"] = names
     result["skipped_without_reference"] = skipped
     save_json(result, run_dir / "postprocessing.json")
     return result
+
+
+def _plan_regions(run_dir: Path) -> list[list[int]] | None:
+    """The ``regions`` of ``run_dir/plan.json``; None without them (or without a readable plan)."""
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    regions = plan.get("regions") if isinstance(plan, dict) else None
+    ok = isinstance(regions, list) and regions and all(
+        isinstance(r, list) and r and all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in regions)
+    return regions if ok else None
 
 
 def _plan_ignore_label(run_dir: Path) -> int | None:
