@@ -66,6 +66,26 @@ def region_rows(run: Path) -> tuple[dict, dict]:
     return summary, val
 
 
+def _post_line(run: Path) -> str:
+    """What ``postprocessing.json`` says: the steps kept and the mean region Dice before / after."""
+    f = run / "postprocessing.json"
+    if not f.is_file():
+        return "none (no postprocessing.json)"
+    post = json.loads(f.read_text())
+    trials = post.get("trials", [])
+    kept = [f"{t['step']['name']} on {t['region']} "
+            f"({t['label'] if t['label'] == 'foreground' else 'region ' + str(t['label'])})"
+            for t in trials if t.get("accepted")]
+    refused = sum(1 for t in trials if t.get("lowers_other_regions"))
+
+    def d(x: dict) -> str:
+        return ", ".join(f"{k}: {v:.4f}" for k, v in x.items() if v is not None)
+
+    return (f"{'; '.join(kept) or 'no step kept'} ({len(trials)} trials, {refused} raised their region but lowered "
+            f"another and were refused); region Dice before {d(post.get('dice_before', {}))}, after "
+            f"{d(post.get('dice_after', {}))}. The table below is before post-processing (the raw final validation).")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=5, help="time budget of the training run (CPU)")
@@ -114,8 +134,7 @@ def main() -> int:
         f"{summary.get('train_seconds')} s training of a {args.minutes:g}-minute budget "
         f"(total {summary.get('total_seconds')} s{'' if wall is None else f', wall {wall:.0f} s'}); best per-epoch "
         f"region pseudo-Dice (mean) {summary.get('best_val_mean_dice')}",
-        "- Post-processing: not chosen for region-based training (per-label component removal does not apply to "
-        "overlapping regions).",
+        f"- Post-processing chosen per region on the held-out cases: {_post_line(run)}",
         *([f"- Note: {args.note}"] if args.note else []),
         "",
         "Final validation: the held-out cases predicted from the raw images (best checkpoint, sigmoid > 0.5 per "

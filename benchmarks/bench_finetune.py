@@ -18,14 +18,16 @@ Two pairs (nnU-Net's pretraining_and_finetuning reading: the plans are aligned f
   network, the lesion benchmark's 64^3 patch, 0.95 foreground oversampling and no mirror TTA. The first convolution
   and the head are re-initialised.
 
-Both target arms use the same plan, seed and ``--time-budget``: ``scratch`` (random initialisation) and
-``finetune`` (``--init-from`` the source run, ``--warmup-epochs`` (default 1), ``--freeze-encoder-epochs``
-(default 0)). Measured: per epoch the training loss and the validation pseudo-Dice (fixed held-out patches), the
-iteration at which each arm first reaches 90 % of the from-scratch arm's best pseudo-Dice, the mean pseudo-Dice
-over the epochs (area under the curve), and the final validation of ``focusseg train`` (the held-out cases
+All target arms use the same plan, seed and ``--time-budget``: ``scratch`` (random initialisation) and
+``finetune`` (``--init-from`` the source run, ``--warmup-epochs``, ``--freeze-encoder-epochs`` (default 0));
+several warm-up values give one fine-tuning arm each (default ``0 1``: ``finetune_w0``, ``finetune_w1``).
+Measured: per epoch the training loss and the validation pseudo-Dice (fixed held-out patches), the iteration at
+which each arm first reaches 90 % of the from-scratch arm's best pseudo-Dice and the one at which it first reaches
+that best itself (the convergence figure, also as a share of scratch's iterations), the mean pseudo-Dice over the
+epochs (area under the curve), and the final validation of ``focusseg train`` (the held-out cases
 predicted from the raw images with the best checkpoint, scored in their original geometry).
 
-Both target arms pay their own fingerprint and preprocessing inside the budget (``train_seconds`` says how much of
+All target arms pay their own fingerprint and preprocessing inside the budget (``train_seconds`` says how much of
 it trained). Writes benchmarks/results/finetune.md (hippocampus-parts) or finetune_ms.md (ms) and the curve beside
 it. Without ../shared/data the script prints why it skips and exits 0.
 """
@@ -44,7 +46,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHARED = (REPO / ".." / "shared" / "data").resolve()
 HIPPOCAMPUS = "Dataset004_Hippocampus"
-ARMS = ("scratch", "finetune")
 #: pair -> (what both target arms share besides the source's network, result file stem, what the Dice is of).
 PAIRS = {
     "hippocampus-parts": ([], "finetune", "anterior, posterior"),
@@ -170,7 +171,8 @@ def main() -> int:
     ap.add_argument("--source-run", type=Path, default=None, help="a trained source run to reuse")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "finetune")
     ap.add_argument("--pair", choices=sorted(PAIRS), default="hippocampus-parts")
-    ap.add_argument("--warmup-epochs", type=int, default=1)
+    ap.add_argument("--warmup-epochs", type=int, nargs="+", default=[0, 1],
+                    help="one fine-tuning arm per value (arms finetune_wN when more than one)")
     ap.add_argument("--freeze-encoder-epochs", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--from-runs", action="store_true", help="report the runs already in --out")
@@ -191,7 +193,9 @@ def main() -> int:
     else:
         source_data, target_data = build_hippocampus_pair(out / "data")
     source = args.source_run or out / "source"
-    runs = {arm: out / arm for arm in ARMS}
+    tuned = {("finetune" if len(args.warmup_epochs) == 1 else f"finetune_w{w}"): w for w in args.warmup_epochs}
+    arms = ["scratch", *tuned]
+    runs = {arm: out / arm for arm in arms}
     commands: dict[str, str] = {}
     if not args.from_runs:
         if args.source_run is None:
@@ -200,42 +204,50 @@ def main() -> int:
         network = json.loads((source / "plan.json").read_text())["network"]
         shared = [x for s in target_set + ["network=" + json.dumps({"_replace": True, **network})]
                   for x in ("--set", s)]
-        ft = ["--init-from", str(source), "--warmup-epochs", str(args.warmup_epochs),
-              "--freeze-encoder-epochs", str(args.freeze_encoder_epochs)]
-        for arm in ARMS:
-            cmd = _train(target_data, runs[arm], args.minutes, args.device,
-                         ["--overwrite", *shared, *(ft if arm == "finetune" else [])])
+        for arm in arms:
+            ft = [] if arm == "scratch" else [
+                "--init-from", str(source), "--warmup-epochs", str(tuned[arm]),
+                "--freeze-encoder-epochs", str(args.freeze_encoder_epochs)]
+            cmd = _train(target_data, runs[arm], args.minutes, args.device, ["--overwrite", *shared, *ft])
             commands[arm] = shlex.join(cmd[3:])
-    summaries = {arm: json.loads((runs[arm] / "summary.json").read_text()) for arm in ARMS}
+        (out / "commands.json").write_text(json.dumps(commands, indent=1))
+    elif (out / "commands.json").is_file():
+        commands = json.loads((out / "commands.json").read_text())
+    summaries = {arm: json.loads((runs[arm] / "summary.json").read_text()) for arm in arms}
     logs, events = {}, {}
-    for arm in ARMS:
+    for arm in arms:
         logs[arm], events[arm] = _log(runs[arm])
-    plan = json.loads((runs["finetune"] / "plan.json").read_text())
+    first_tuned = arms[1]
+    plan = json.loads((runs[first_tuned] / "plan.json").read_text())
     src_summary = json.loads((source / "summary.json").read_text()) if (source / "summary.json").is_file() else {}
-    init = next((e for e in events["finetune"] if e["event"] == "init_from"), {})
+    init = next((e for e in events[first_tuned] if e["event"] == "init_from"), {})
     best_scratch = max((r["val_mean_dice"] for r in logs["scratch"] if r.get("val_mean_dice") is not None),
                        default=None)
     level = 0.9 * best_scratch if best_scratch else None
+    iterations = {arm: summaries[arm]["iterations"] for arm in arms}
 
     def row(arm: str) -> str:
         s, log = summaries[arm], logs[arm]
         vals = [r["val_mean_dice"] for r in log if r.get("val_mean_dice") is not None]
         reach = _first_reaching(log, level) if level else None
+        match = _first_reaching(log, best_scratch) if best_scratch else None
+        of_scratch = f" ({100.0 * match / iterations['scratch']:.0f} %)" if match else ""
         fv = (s.get("final_validation") or {}).get("mean_dice")
         first, last = (log[0].get("train_loss"), log[-1].get("train_loss")) if log else (None, None)
         return (f"| {arm} | {s['iterations']} | {s['epochs']} | {s['train_seconds']:.0f} | {_fmt(first)} | "
                 f"{_fmt(last)} | {_fmt(max(vals) if vals else None)} | "
-                f"{_fmt(sum(vals) / len(vals) if vals else None)} | {_fmt(reach)} | {_fmt(fv)} |")
+                f"{_fmt(sum(vals) / len(vals) if vals else None)} | {_fmt(reach)} | {_fmt(match)}{of_scratch} | "
+                f"{_fmt(fv)} |")
 
-    n = max(len(logs["scratch"]), len(logs["finetune"]))
-    per_epoch = ["| epoch | iteration (scratch / finetune) | train loss scratch | train loss finetune | "
-                 "pseudo-Dice scratch | pseudo-Dice finetune |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    n = max(len(logs[a]) for a in arms)
+    per_epoch = ["| epoch | iteration (" + " / ".join(arms) + ") | " + " | ".join(f"train loss {a}" for a in arms)
+                 + " | " + " | ".join(f"pseudo-Dice {a}" for a in arms) + " |",
+                 "| ---: | ---: |" + " ---: |" * (2 * len(arms))]
     for e in range(n):
-        a = logs["scratch"][e] if e < len(logs["scratch"]) else {}
-        b = logs["finetune"][e] if e < len(logs["finetune"]) else {}
-        per_epoch.append(f"| {e} | {a.get('iteration', '-')} / {b.get('iteration', '-')} | "
-                         f"{_fmt(a.get('train_loss'))} | {_fmt(b.get('train_loss'))} | "
-                         f"{_fmt(a.get('val_mean_dice'))} | {_fmt(b.get('val_mean_dice'))} |")
+        recs = [logs[a][e] if e < len(logs[a]) else {} for a in arms]
+        per_epoch.append(f"| {e} | " + " / ".join(str(r.get("iteration", "-")) for r in recs) + " | "
+                         + " | ".join(_fmt(r.get("train_loss")) for r in recs) + " | "
+                         + " | ".join(_fmt(r.get("val_mean_dice")) for r in recs) + " |")
     entry = plan["training"].get("init_from", {})
     share = 100.0 * init.get("loaded_values", 0) / max(1, init.get("total_values", 1))
     mismatched = ", ".join(m["name"] for m in init.get("mismatched_tensors", []))
@@ -247,7 +259,8 @@ def main() -> int:
         + (f"--source-run {args.source_run} " if args.source_run else "")
         + f"--minutes {args.minutes:g}"
         + (f" --source-minutes {args.source_minutes:g}" if args.source_minutes else "")
-        + f" --warmup-epochs {args.warmup_epochs} --freeze-encoder-epochs {args.freeze_encoder_epochs}`",
+        + f" --warmup-epochs {' '.join(map(str, args.warmup_epochs))} "
+        f"--freeze-encoder-epochs {args.freeze_encoder_epochs}`",
         *[f"  - {arm}: `focusseg {c}`" for arm, c in commands.items()],
         f"- Machine: {machine_line()}",
         f"- Source: {source_data.name} fold 0 ({source}), network {plan['network']}"
@@ -258,19 +271,20 @@ def main() -> int:
         "(fingerprint and preprocessing included), same seed.",
         f"- Fine-tuning: `--init-from` {entry.get('source')} (sha256 {str(entry.get('sha256'))[:12]}...), "
         f"{init.get('loaded')} tensors loaded ({share:.1f} % of the values), {init.get('mismatched')} mismatched "
-        f"and re-initialised ({mismatched}); warmup {entry.get('warmup_epochs')} epoch(s), encoder frozen "
-        f"{entry.get('freeze_encoder_epochs')} epoch(s).",
+        f"and re-initialised ({mismatched}); warmup "
+        + ", ".join(f"{tuned[a]} epoch(s) ({a})" for a in tuned)
+        + f", encoder frozen {entry.get('freeze_encoder_epochs')} epoch(s).",
         *([f"- Note: {args.note}"] if args.note else []),
         "",
         "| arm | iterations | epochs | train s | first-epoch loss | last-epoch loss | best pseudo-Dice | "
-        "mean pseudo-Dice over epochs | iteration reaching 90 % of scratch's best | final validation Dice |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        row("scratch"),
-        row("finetune"),
+        "mean pseudo-Dice over epochs | iteration reaching 90 % of scratch's best | "
+        "iteration reaching scratch's best (share of scratch's iterations) | final validation Dice |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *[row(a) for a in arms],
         "",
         f"90 % of the from-scratch arm's best pseudo-Dice = {_fmt(level)}. Pseudo-Dice: fixed validation patches of "
         "the held-out case(s), preprocessed grid; final validation: the raw held-out case(s), best checkpoint, "
-        "original geometry, no TTA.",
+        f"original geometry, mirror TTA over axes {plan['inference'].get('mirror_axes')}.",
         "",
         *per_epoch,
         "",
