@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_finetune.py --minutes 4 --source-minutes 8     # pair hippocampus-parts
     .venv/bin/python benchmarks/bench_finetune.py --pair ms --source-run runs/hippo_fold0 --minutes 5
+    .venv/bin/python benchmarks/bench_finetune.py --source-run runs/finetune/hippocampus-parts/source --seed 1
     .venv/bin/python benchmarks/bench_finetune.py --from-runs        # only the report, from the finished runs
 
 Two pairs (nnU-Net's pretraining_and_finetuning reading: the plans are aligned first, then the weights transfer):
@@ -175,6 +176,8 @@ def main() -> int:
                     help="one fine-tuning arm per value (arms finetune_wN when more than one)")
     ap.add_argument("--freeze-encoder-epochs", type=int, default=0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="training seed of every target arm (not 0: runs <arm>_seedN, report <stem>_seedN.md)")
     ap.add_argument("--from-runs", action="store_true", help="report the runs already in --out")
     ap.add_argument("--note", default="", help="a line about the conditions of the run")
     args = ap.parse_args()
@@ -182,6 +185,8 @@ def main() -> int:
     from machine import machine_line
 
     target_set, stem, classes = PAIRS[args.pair]
+    suffix = f"_seed{args.seed}" if args.seed else ""
+    stem += suffix
     needed = [SHARED / HIPPOCAMPUS] + ([SHARED / "Dataset101_MSLesionLjubljana"] if args.pair == "ms" else [])
     for d in needed:
         if not d.is_dir() and not args.from_runs:
@@ -195,14 +200,15 @@ def main() -> int:
     source = args.source_run or out / "source"
     tuned = {("finetune" if len(args.warmup_epochs) == 1 else f"finetune_w{w}"): w for w in args.warmup_epochs}
     arms = ["scratch", *tuned]
-    runs = {arm: out / arm for arm in arms}
+    runs = {arm: out / f"{arm}{suffix}" for arm in arms}
     commands: dict[str, str] = {}
     if not args.from_runs:
         if args.source_run is None:
             cmd = _train(source_data, source, args.source_minutes or args.minutes, args.device, ["--overwrite"])
             commands["source"] = shlex.join(cmd[3:])
         network = json.loads((source / "plan.json").read_text())["network"]
-        shared = [x for s in target_set + ["network=" + json.dumps({"_replace": True, **network})]
+        shared = [x for s in target_set + ["network=" + json.dumps({"_replace": True, **network}),
+                                           f"training.seed={args.seed}"]
                   for x in ("--set", s)]
         for arm in arms:
             ft = [] if arm == "scratch" else [
@@ -210,9 +216,9 @@ def main() -> int:
                 "--freeze-encoder-epochs", str(args.freeze_encoder_epochs)]
             cmd = _train(target_data, runs[arm], args.minutes, args.device, ["--overwrite", *shared, *ft])
             commands[arm] = shlex.join(cmd[3:])
-        (out / "commands.json").write_text(json.dumps(commands, indent=1))
-    elif (out / "commands.json").is_file():
-        commands = json.loads((out / "commands.json").read_text())
+        (out / f"commands{suffix}.json").write_text(json.dumps(commands, indent=1))
+    elif (out / f"commands{suffix}.json").is_file():
+        commands = json.loads((out / f"commands{suffix}.json").read_text())
     summaries = {arm: json.loads((runs[arm] / "summary.json").read_text()) for arm in arms}
     logs, events = {}, {}
     for arm in arms:
@@ -253,12 +259,13 @@ def main() -> int:
     mismatched = ", ".join(m["name"] for m in init.get("mismatched_tensors", []))
     lines = [
         f"## Fine-tuning vs from scratch at the same budget (issue 15 part 6): {source_data.name} -> "
-        f"{target_data.name}",
+        f"{target_data.name}" + (f", training seed {args.seed}" if args.seed else ""),
         "",
         f"- Command: `.venv/bin/python benchmarks/bench_finetune.py --pair {args.pair} "
         + (f"--source-run {args.source_run} " if args.source_run else "")
         + f"--minutes {args.minutes:g}"
         + (f" --source-minutes {args.source_minutes:g}" if args.source_minutes else "")
+        + (f" --seed {args.seed}" if args.seed else "")
         + f" --warmup-epochs {' '.join(map(str, args.warmup_epochs))} "
         f"--freeze-encoder-epochs {args.freeze_encoder_epochs}`",
         *[f"  - {arm}: `focusseg {c}`" for arm, c in commands.items()],
@@ -268,7 +275,8 @@ def main() -> int:
            f"{_fmt(src_summary.get('best_val_mean_dice'))}" if src_summary else ""),
         f"- Target: {target_data.name} fold 0, patch {plan['patch_size']}, batch {plan['batch_size']}, "
         f"{plan['training']['iterations_per_epoch']} iterations/epoch, {args.minutes:g}-minute budget per arm "
-        "(fingerprint and preprocessing included), same seed.",
+        "(fingerprint and preprocessing included), "
+        f"same training seed ({args.seed}) in every arm.",
         f"- Fine-tuning: `--init-from` {entry.get('source')} (sha256 {str(entry.get('sha256'))[:12]}...), "
         f"{init.get('loaded')} tensors loaded ({share:.1f} % of the values), {init.get('mismatched')} mismatched "
         f"and re-initialised ({mismatched}); warmup "

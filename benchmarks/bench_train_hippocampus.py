@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_train_hippocampus.py            # trains (30 min) and writes the report
     .venv/bin/python benchmarks/bench_train_hippocampus.py --from-run runs/hippo_fold0   # report of a finished run
 
-Writes benchmarks/results/train_hippocampus.md and benchmarks/results/hippocampus_curve.png. The reported Dice is
+Writes benchmarks/results/train_hippocampus.md and benchmarks/results/hippocampus_curve.png (``--stem S``:
+benchmarks/results/S.md and S_curve.png, e.g. a re-measurement beside the first one). The reported Dice is
 the final validation of `focusseg train`: the 42 fold-0 held-out cases predicted from the raw images with the
 best checkpoint (mirror TTA as planned) and scored in their original geometry by `focusseg.metrics`.
 """
@@ -25,12 +26,22 @@ REPO = HERE.parent
 DATA = (REPO / ".." / "shared" / "data" / "Dataset004_Hippocampus").resolve()
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (as the command is typed there)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--from-run", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "hippo_fold0")
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--note", default="", help="a line about the conditions of the run")
+    ap.add_argument("--stem", default="train_hippocampus", help="the report's name under benchmarks/results")
+    ap.add_argument("--heading", default="", help="added to the report's title (what this measurement checks)")
     ap.add_argument("--baseline-run", type=Path, default=None,
                     help="a run of the same command with --set training.validation=volumes (the former per-epoch "
                          "whole-volume validation), measured on the same machine: compared side by side")
@@ -43,7 +54,8 @@ def main() -> None:
     from machine import machine_line
 
     run = args.from_run
-    cmd = (f"focusseg train ../shared/data/Dataset004_Hippocampus --out runs/hippo_fold0 --fold 0 "
+    curve = "hippocampus_curve.png" if args.stem == "train_hippocampus" else f"{args.stem}_curve.png"
+    cmd = (f"focusseg train ../shared/data/Dataset004_Hippocampus --out {_shown(args.out)} --fold 0 "
            f"--time-budget {args.minutes:g}")
     if run is None:
         if not DATA.is_dir():
@@ -57,10 +69,11 @@ def main() -> None:
     plan = json.loads((run / "plan.json").read_text())
     log = read_log(run)
     fv = summary["final_validation"]
-    shutil.copy(run / "training_curve.png", HERE / "results" / "hippocampus_curve.png")
+    shutil.copy(run / "training_curve.png", HERE / "results" / curve)
     best = max((r for r in log if "val_mean_dice" in r), key=lambda r: r["val_mean_dice"])
     lines = [
-        "## Training: MSD Hippocampus, fold 0, default plan, CPU, 30-minute budget (issue 3)",
+        "## Training: MSD Hippocampus, fold 0, default plan, CPU, 30-minute budget (issue 3)"
+        + (f": {args.heading}" if args.heading else ""),
         "",
         f"- Command: `{cmd}` (report: `python benchmarks/bench_train_hippocampus.py --from-run {run}`)",
         f"- Machine: {machine_line()}",
@@ -86,10 +99,10 @@ def main() -> None:
     lines += [f"| **mean foreground Dice** | **{fv['mean_dice']:.4f}** |", "",
               "Peer (DEVELOPERS.md field notes, same machine type): nnU-Net v2 default plan trained 30 min on this "
               "CPU finishes one epoch and scores mean Dice 0.84.", "",
-              "![training curve](benchmarks/results/hippocampus_curve.png)", ""]
+              f"![training curve](benchmarks/results/{curve})", ""]
     if args.baseline_run is not None:
         lines += _ab_lines(run, args.baseline_run)
-    (HERE / "results" / "train_hippocampus.md").write_text("\n".join(lines))
+    (HERE / "results" / f"{args.stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

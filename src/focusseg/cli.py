@@ -371,7 +371,8 @@ def ensemble(pred_dirs: list[Path] = typer.Argument(..., help="Prediction folder
              weights: str | None = typer.Option(None, help="Comma-separated weights, one per folder (default equal)."),
              save_probabilities: bool = typer.Option(False, "--save-probabilities",
                                                      help="Also write the ensemble's mean probabilities.")) -> None:
-    """Ensemble prediction folders from their saved probabilities (weighted mean, argmax).
+    """Ensemble prediction folders from their saved probabilities (weighted mean, argmax; region-based runs:
+    each region where the mean sigmoid > 0.5, painted in regions_class_order).
 
     Example: `focusseg ensemble preds/unet preds/stunet --out preds/ensemble`
     """

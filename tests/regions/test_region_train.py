@@ -152,6 +152,28 @@ def test_tiny_region_run_train_predict_evaluate(tmp_path: Path, monkeypatch):
                                    "none"])
     assert res.exit_code == 0, res.output
     assert "regions" not in json.loads((ev / "summary.json").read_text())
+    # saved probabilities of a region run are region sigmoids, marked so (and ensembled as such)
+    from focusseg.inference.probabilities import SUFFIX, load_probabilities
+    from focusseg.regions import regions_to_labels
+
+    raw = tmp_path / "raw"
+    res = CliRunner().invoke(app, ["predict", str(run), str(data / "imagesTs"), str(raw), "--save-probabilities",
+                                   "--no-postprocess"])
+    assert res.exit_code == 0, res.output
+    for seg_file in sorted(raw.glob("*.nii.gz")):
+        probs, _, labels, _, kind = load_probabilities(raw / f"{seg_file.name[:-7]}{SUFFIX}")
+        assert kind == "regions" and labels == plan["regions_class_order"] and probs.shape[0] == 2
+        seg = np.asarray(nib.load(seg_file).dataobj)
+        # float16 rounds a sigmoid within 2^-11 of 0.5 (this barely trained network has many) onto 0.5 itself
+        clear = (np.abs(probs - 0.5) > 2.0**-10).all(0)
+        assert clear.mean() > 0.5
+        np.testing.assert_array_equal(regions_to_labels(probs > 0.5, labels)[clear], seg[clear])
+    res = CliRunner().invoke(app, ["ensemble", str(raw), str(raw), "--out", str(tmp_path / "ens")])
+    assert res.exit_code == 0, res.output
+    for seg_file in sorted(raw.glob("*.nii.gz")):
+        got = np.asarray(nib.load(tmp_path / "ens" / seg_file.name).dataobj)
+        probs = load_probabilities(raw / f"{seg_file.name[:-7]}{SUFFIX}")[0]
+        np.testing.assert_array_equal(got, regions_to_labels(probs > 0.5, plan["regions_class_order"]))
 
 
 def test_crossval_pools_region_dice_and_chooses_postprocessing_per_region(tmp_path: Path):

@@ -473,10 +473,11 @@ def _read_input(files: list[Path], n_ch: int) -> tuple[np.ndarray, Geometry]:
     return image, geo
 
 
-def _save_probabilities(path: Path, probs: np.ndarray, geo: Geometry, labels: list[int], ending: str) -> Path:
+def _save_probabilities(path: Path, probs: np.ndarray, geo: Geometry, labels: list[int], ending: str,
+                        kind: str) -> Path:
     from focusseg.inference.probabilities import save_probabilities
 
-    return save_probabilities(path, probs, geo, labels, ending)
+    return save_probabilities(path, probs, geo, labels, ending, kind)
 
 
 def _write(fn, path: Path, array: np.ndarray, geo: Geometry) -> Path:
@@ -624,7 +625,9 @@ def predict_folder(
 
                 from focusseg.inference import probabilities as saved
 
-                write_probs = partial(_save_probabilities, labels=list(range(probs.shape[0])), ending=end)
+                order = predictor.plan.get("regions_class_order") if predictor.plan.get("regions") else None
+                write_probs = partial(_save_probabilities, ending=end, kind="regions" if order else "softmax",
+                                      labels=[int(v) for v in order] if order else list(range(probs.shape[0])))
                 _write(write_probs, safe_child(out_dir, f"{case}{saved.SUFFIX}"), probs, geo)
                 del probs
             pending_write = pool.submit(_write, write_seg, target, seg, geo)

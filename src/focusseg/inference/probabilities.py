@@ -10,15 +10,21 @@
     shape          int64 (3,)           the original grid's shape
     labels         int64 (K,)           the label value of each probability channel
     ending         str                  the segmentation's file ending (".nii.gz", ".mha", ...)
+    kind           str                  "softmax" (the channels sum to 1; the segmentation is their argmax) or
+                                        "regions" (region-based runs: one sigmoid per region, 0 outside the crop;
+                                        ``labels`` holds ``regions_class_order``, the value each region paints)
+
+A file without ``kind`` (written before it existed) is read as "softmax".
 
 float16 keeps probabilities to ~1e-3 (eps 2^-11 near 1) at half the size of float32; nnU-Net saves float32
 (``.npz``) and a pickle of properties, which focusseg never loads (nothing read from a file can run code:
 ``np.load(..., allow_pickle=False)``).
 
 ``focusseg ensemble DIR_A DIR_B ... --out DIR [--weights ...]`` averages the saved probabilities of the cases
-present in every folder (weighted mean, default equal weights), takes the argmax, maps channels to label values
-and writes ``DIR/<case><ending>`` with the saved geometry (and the mean probabilities with
-``--save-probabilities``). Folders whose cases, label channels or grids differ are refused, naming the case.
+present in every folder (weighted mean, default equal weights), takes the argmax and maps channels to label values
+(region files: each region where the mean sigmoid > 0.5, painted in ``regions_class_order`` order, as ``predict``
+does), and writes ``DIR/<case><ending>`` with the saved geometry (and the mean probabilities with
+``--save-probabilities``). Folders whose cases, kinds, label channels or grids differ are refused, naming the case.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from focusseg.io.image import Geometry
 
 SUFFIX = "_probabilities.npz"
 KEYS = ("probabilities", "affine", "shape", "labels", "ending")
+KINDS = ("softmax", "regions")
 
 
 def probabilities_path(out_dir: str | Path, case: str) -> Path:
@@ -41,11 +48,14 @@ def probabilities_path(out_dir: str | Path, case: str) -> Path:
 
 
 def save_probabilities(path: str | Path, probabilities: np.ndarray, geometry: Geometry, labels: Sequence[int],
-                       ending: str) -> Path:
-    """Write ``probabilities`` ``(K, *geometry.shape)`` as float16 with the geometry, atomically."""
+                       ending: str, kind: str = "softmax") -> Path:
+    """Write ``probabilities`` ``(K, *geometry.shape)`` as float16 with the geometry, atomically. ``kind``:
+    "softmax", or "regions" with ``labels`` = ``regions_class_order`` (module docstring)."""
     from focusseg.io.atomic import atomic_path
 
     path = Path(path)
+    if kind not in KINDS:
+        raise ValueError(f"{path}: probability kind {kind!r} is not one of {KINDS}")
     probs = np.asarray(probabilities)
     if probs.shape[1:] != tuple(geometry.shape) or probs.shape[0] != len(labels):
         raise ValueError(f"{path}: probabilities {probs.shape} do not fit {len(labels)} labels on grid "
@@ -53,13 +63,13 @@ def save_probabilities(path: str | Path, probabilities: np.ndarray, geometry: Ge
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy appends no ".npz"
         np.savez_compressed(f, probabilities=probs.astype(np.float16), affine=np.asarray(geometry.affine, np.float64),
                             shape=np.asarray(geometry.shape, np.int64), labels=np.asarray(labels, np.int64),
-                            ending=np.asarray(str(ending)))
+                            ending=np.asarray(str(ending)), kind=np.asarray(kind))
     return path
 
 
-def load_probabilities(path: str | Path) -> tuple[np.ndarray, Geometry, list[int], str]:
-    """``(probabilities float32 (K, *shape), geometry, labels, ending)``; a file that is not one of ours, or holds
-    non-finite values, is a :class:`DatasetError` naming it."""
+def load_probabilities(path: str | Path) -> tuple[np.ndarray, Geometry, list[int], str, str]:
+    """``(probabilities float32 (K, *shape), geometry, labels, ending, kind)``; a file that is not one of ours,
+    of an unknown kind, or holding non-finite values, is a :class:`DatasetError` naming it."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -69,6 +79,7 @@ def load_probabilities(path: str | Path) -> tuple[np.ndarray, Geometry, list[int
             probs = z["probabilities"].astype(np.float32)
             affine, shape = z["affine"].astype(np.float64), tuple(int(s) for s in z["shape"])
             labels, ending = [int(v) for v in z["labels"]], str(z["ending"])
+            kind = str(z["kind"]) if "kind" in z.files else "softmax"
     except DatasetError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # truncated, pickled objects
@@ -78,9 +89,11 @@ def load_probabilities(path: str | Path) -> tuple[np.ndarray, Geometry, list[int
             probs.shape[0] != len(labels):
         raise DatasetError(f"inconsistent probability file: probabilities {probs.shape}, grid {shape}, "
                            f"{len(labels)} labels", path)
+    if kind not in KINDS:
+        raise DatasetError(f"probability file of unknown kind {kind!r} (expected one of {', '.join(KINDS)})", path)
     if not np.isfinite(probs).all():
         raise DatasetError("probability file holds NaN/inf values", path)
-    return probs, Geometry(affine, shape), labels, ending
+    return probs, Geometry(affine, shape), labels, ending, kind
 
 
 def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None,
@@ -118,22 +131,30 @@ def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, weights
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("ensembling", total=len(per_dir[0]))
         for case in sorted(per_dir[0]):
-            total, geo0, labels0, ending0 = None, None, None, None
+            total, geo0, labels0, ending0, kind0 = None, None, None, None, None
             for cases, weight in zip(per_dir, w):
-                probs, geo, labels, ending = load_probabilities(cases[case])
+                probs, geo, labels, ending, kind = load_probabilities(cases[case])
                 if total is None:
-                    total, geo0, labels0, ending0 = probs * weight, geo, labels, ending
+                    total, geo0, labels0, ending0, kind0 = probs * weight, geo, labels, ending, kind
                     continue
+                if kind != kind0:
+                    raise DatasetError(f"case {case!r}: {kind} probabilities, but {kind0} ones in "
+                                       f"{per_dir[0][case]}", cases[case],
+                                       hint="ensemble region-based runs only with region-based runs")
                 if labels != labels0 or not geo.matches(geo0):
                     raise DatasetError(f"case {case!r}: other label channels {labels} or grid than in "
                                        f"{per_dir[0][case]}", cases[case])
                 total += probs * weight
             assert total is not None and geo0 is not None and labels0 is not None and ending0 is not None
             total /= sum(w)
-            lut = np.asarray(labels0, dtype=np.int64)
-            seg = lut[total.argmax(0)]
+            if kind0 == "regions":
+                from focusseg.regions import regions_to_labels
+
+                seg = regions_to_labels(total > 0.5, labels0)
+            else:
+                seg = np.asarray(labels0, dtype=np.int64)[total.argmax(0)]
             written.append(write_segmentation(safe_child(out, f"{case}{ending0}"), seg, geo0))
             if save_probabilities_too:
-                save_probabilities(safe_child(out, f"{case}{SUFFIX}"), total, geo0, labels0, ending0)
+                save_probabilities(safe_child(out, f"{case}{SUFFIX}"), total, geo0, labels0, ending0, kind0)
             bar.advance(task)
     return written
