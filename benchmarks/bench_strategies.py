@@ -27,8 +27,8 @@ from pathlib import Path
 import monai
 import torch
 
-from focusseg.engine.types import PatchRequest, StepOutput
 from focusseg.nets import build_network
+from focusseg.roles import PatchRequest, StepOutput
 from focusseg.strategies import OPTIMIZERS, FocusedPracticeSampler
 
 RESULTS = Path(__file__).resolve().parent / "results" / "strategies.md"

@@ -95,9 +95,10 @@ def bench_training(store: Any, plan: dict, case_ids: list[str], device: torch.de
                    warmup: int, data_loading: bool = True) -> dict:
     """The loop body of ``engine/loop.py`` for ``iterations`` timed iterations after ``warmup``."""
     from focusseg.data.loader import build_loader
-    from focusseg.engine.build import build_parts, build_sampler
+    from focusseg.engine.build import build_sampler
     from focusseg.engine.loop import DeviceWeights, cuda_speedups
     from focusseg.engine.syncs import sync_counter
+    from focusseg.engine.task import build_parts
 
     torch.manual_seed(0)
     total = warmup + iterations

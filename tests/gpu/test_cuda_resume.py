@@ -130,7 +130,7 @@ def test_scaler_state_fresh_loaded_or_ignored():
 def test_cpu_checkpoint_into_a_scaler_task_gets_a_fresh_scaler(data: Path, tmp_path: Path):
     """The task half of CPU -> CUDA fp16: a CPU task state (empty scaler state) loads into a task whose scaler
     is enabled (stood in for by a CPU GradScaler) and reports a fresh scaler."""
-    from focusseg.engine.build import build_parts
+    from focusseg.engine.task import build_parts
 
     run = tmp_path / "run"
     _stopped(data, run, at=2)

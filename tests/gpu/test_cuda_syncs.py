@@ -16,10 +16,11 @@ import pytest
 import torch
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.engine.build import amp_dtype, build_parts
+from focusseg.engine.build import amp_dtype
 from focusseg.engine.loop import DeviceWeights, cuda_speedups
 from focusseg.engine.run import run_training
 from focusseg.engine.syncs import CudaSyncCounter, HostReadCounter
+from focusseg.engine.task import build_parts
 
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,

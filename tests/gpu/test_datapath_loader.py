@@ -18,9 +18,9 @@ from focusseg.data.loader import (
     label_patch_instances,
     parse_loader_spec,
 )
-from focusseg.engine.types import PatchRequest
 from focusseg.errors import DatasetError, PlanError
 from focusseg.preprocessing.store import PreprocessedStore
+from focusseg.roles import PatchRequest
 
 SHAPE = (12, 10, 8)
 PATCH = (8, 8, 8)

@@ -20,8 +20,8 @@ from torch import nn
 from focusseg.augment import AugmentConfig, BatchAugmenter
 from focusseg.data.loader import PatchLoader
 from focusseg.engine.syncs import CudaSyncCounter, HostReadCounter
-from focusseg.engine.types import PatchRequest
 from focusseg.losses import BlobLoss, DeepSupervisionLoss, build_loss
+from focusseg.roles import PatchRequest
 from focusseg.strategies.cycle import class_counts
 
 from .test_datapath_loader import make_store

@@ -46,10 +46,10 @@ def test_cycle_stats_are_logged_and_reported(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from focusseg.engine.report import EpochLog, read_log
-    from focusseg.engine.types import StepOutput
     from focusseg.reporting import write_report
     from focusseg.reporting.collect import read_log_lines
     from focusseg.reporting.observers import CycleStats
+    from focusseg.roles import StepOutput
     from focusseg.strategies.cycle import cycle_select
 
     gen = torch.Generator().manual_seed(0)

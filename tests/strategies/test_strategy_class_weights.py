@@ -8,7 +8,7 @@ import pytest
 import torch
 from strategy_helpers import through_torch_save
 
-from focusseg.engine.types import ClassWeighter
+from focusseg.roles import ClassWeighter
 from focusseg.strategies import CBSWeighter, PCFWeighter, TCFWeighter
 
 # Class 1 rises, then stalls: 0.805 at epoch 4 is its best; epochs 4-6 stay within 0.01 of it.

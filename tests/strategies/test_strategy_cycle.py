@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from strategy_helpers import through_torch_save
 from torch import nn
 
-from focusseg.engine.types import PatchRequest
+from focusseg.roles import PatchRequest
 from focusseg.strategies import CycleTask, cycle_select, ensemble_logits, keep_schedule
 
 

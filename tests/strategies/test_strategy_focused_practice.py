@@ -7,7 +7,7 @@ import pytest
 import torch
 from strategy_helpers import through_torch_save
 
-from focusseg.engine.types import PatchRequest, Sampler, StepOutput
+from focusseg.roles import PatchRequest, Sampler, StepOutput
 from focusseg.strategies import SAMPLERS, FocusedPracticeSampler, otsu_threshold
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from strategy_helpers import through_torch_save
 
-from focusseg.engine.types import LRController
+from focusseg.roles import LRController
 from focusseg.strategies import LR_CONTROLLERS, CosineLR, MetricDrivenLR, PolyLR
 
 

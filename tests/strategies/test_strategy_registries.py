@@ -6,7 +6,7 @@ import pytest
 import torch
 from strategy_helpers import through_torch_save
 
-from focusseg.engine.types import ClassWeighter, LRController, Sampler, StepOutput
+from focusseg.roles import ClassWeighter, LRController, Sampler, StepOutput
 from focusseg.strategies import CLASS_WEIGHTERS, LR_CONTROLLERS, OPTIMIZERS, SAMPLERS
 
 

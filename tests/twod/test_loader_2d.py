@@ -11,9 +11,9 @@ from focusseg.data.loader import PatchLoader, build_loader
 from focusseg.data.samplers import patch_with_slice, sampling_patch
 from focusseg.engine.build import build_sampler
 from focusseg.engine.run import _finish_plan, plan_dataset
-from focusseg.engine.types import PatchRequest
 from focusseg.engine.validation import PatchValidator
 from focusseg.preprocessing import preprocess_dataset
+from focusseg.roles import PatchRequest
 
 
 @pytest.fixture(scope="module")

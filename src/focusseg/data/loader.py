@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from focusseg.engine.types import PatchRequest
 from focusseg.errors import DatasetError, PlanError
 from focusseg.preprocessing.store import PreprocessedStore
+from focusseg.roles import PatchRequest
 
 MODES = ("threads", "processes")
 INSTANCE_ID_MAX = 32767  # ids of one patch in an int16 instance map

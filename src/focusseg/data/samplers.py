@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from focusseg.engine.types import PatchRequest, StepOutput
 from focusseg.preprocessing.preprocess import ANNOTATED
 from focusseg.registry import Registry
+from focusseg.roles import PatchRequest, StepOutput
 
 SAMPLERS: Registry = Registry("sampler")
 

@@ -1,23 +1,17 @@
 """Build the parts of a run from its plan: network, loss, optimiser, LR controller, augmenter, sampler and
-class weighter. Every name resolves through a registry, so a recipe can name anything registered."""
+class weighter. Every name resolves through a registry, so a recipe can name anything registered.
+
+The layer below the tasks: :mod:`focusseg.engine.task` builds a task from these and assembles a run's
+:class:`~focusseg.engine.task.Parts`; nothing here imports the task module."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from focusseg.registry import split_spec
-
-
-@dataclass
-class Parts:
-    task: Any  # SupervisedTask | CycleTrainingTask (focusseg.engine.task)
-    lr: Any
-    augmenter: Any
-    weighter: Any | None
 
 
 def spatial_dims(plan: dict) -> int:
@@ -102,13 +96,6 @@ def build_sampler(plan: dict, case_shapes: dict, locations: dict) -> Any:
     kwargs.setdefault("p_foreground", plan["training"].get("foreground_oversampling", 0.33))
     return SAMPLERS.build({"name": name, **kwargs}, case_shapes=case_shapes,
                           patch_size=sampling_patch(plan), locations=locations)  # 2D: (1, H, W) at slice_axis
-
-
-def build_parts(plan: dict, total_iterations: int, device: torch.device) -> Parts:
-    from focusseg.engine.task import build_task
-
-    task, lr = build_task(plan, device, total_iterations, amp_dtype(plan, device))
-    return Parts(task=task, lr=lr, augmenter=build_augmenter(plan), weighter=build_weighter(plan))
 
 
 def cpu_has_native_bf16() -> bool:

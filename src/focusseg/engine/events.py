@@ -5,7 +5,7 @@ losses in ``step.per_sample_loss``), ``after_batch(trainer, step)``, ``after_val
 (per-class Dice), ``on_epoch_end(trainer, record)``, ``on_train_end(trainer, summary)``.
 
 Observers never change training; strategies that do (samplers, class weighters, LR controllers) have roles
-of their own in :mod:`focusseg.engine.types`.
+of their own in :mod:`focusseg.roles`.
 """
 
 from __future__ import annotations

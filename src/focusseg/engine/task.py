@@ -37,14 +37,24 @@ divergence): only a non-finite loss counts as a non-finite step.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from focusseg.engine.types import PatchRequest, StepOutput
+from focusseg.engine.build import (
+    amp_dtype,
+    build_augmenter,
+    build_loss_from_plan,
+    build_lr_controller,
+    build_network_from_plan,
+    build_optimizer,
+    build_weighter,
+)
 from focusseg.regions import plan_regions
 from focusseg.registry import split_spec
+from focusseg.roles import PatchRequest, StepOutput
 
 
 class MeanEnsemble(nn.Module):
@@ -322,8 +332,6 @@ class CycleTrainingTask:
 
 def build_inference_module(plan: dict) -> nn.Module:
     """The module a run exports: its network, or the mean ensemble of a cycle run's three networks."""
-    from focusseg.engine.build import build_network_from_plan
-
     name, _ = split_spec(plan["training"].get("task") or "supervised")
     if name == "cycle":
         return MeanEnsemble([build_network_from_plan(plan) for _ in range(3)])
@@ -332,13 +340,6 @@ def build_inference_module(plan: dict) -> nn.Module:
 
 def build_task(plan: dict, device: torch.device, total_iterations: int, amp: torch.dtype | None):
     """The task and the optimisers' LR controller named by the plan (``training.task``: supervised | cycle)."""
-    from focusseg.engine.build import (
-        build_loss_from_plan,
-        build_lr_controller,
-        build_network_from_plan,
-        build_optimizer,
-    )
-
     tr = plan["training"]
     name, kwargs = split_spec(tr.get("task") or "supervised")
     per_sample = build_loss_from_plan(plan, reduction="none")
@@ -396,3 +397,18 @@ class LRGroup:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for c, s in zip(self.controllers, state["controllers"]):
             c.load_state_dict(s)
+
+
+@dataclass
+class Parts:
+    """What the loop trains with: the task, the LR controller, the augmenter and the class weighter (or None)."""
+
+    task: SupervisedTask | CycleTrainingTask
+    lr: Any
+    augmenter: Any
+    weighter: Any | None
+
+
+def build_parts(plan: dict, total_iterations: int, device: torch.device) -> Parts:
+    task, lr = build_task(plan, device, total_iterations, amp_dtype(plan, device))
+    return Parts(task=task, lr=lr, augmenter=build_augmenter(plan), weighter=build_weighter(plan))

@@ -52,9 +52,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from focusseg.engine.types import PatchRequest
 from focusseg.preprocessing.store import PreprocessedStore
 from focusseg.regions import dice_from_region_counts, plan_regions, region_counts
+from focusseg.roles import PatchRequest
 
 MODES = ("patches", "volumes")
 #: Default number of validation patches (at least one per validation case).

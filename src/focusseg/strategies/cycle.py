@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from focusseg.engine.types import PatchRequest, StepOutput
+from focusseg.roles import PatchRequest, StepOutput
 
 CRITERIA = ("agreement", "small_loss", "intersection")
 

@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from focusseg.engine.types import PatchRequest, StepOutput
 from focusseg.inference.windows import compute_steps
+from focusseg.roles import PatchRequest, StepOutput
 
 
 def otsu_threshold(values: torch.Tensor | np.ndarray | Sequence[float], bins: int = 256, edge: bool = False) -> float:
