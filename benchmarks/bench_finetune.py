@@ -230,14 +230,13 @@ def main() -> int:
     best_scratch = max((r["val_mean_dice"] for r in logs["scratch"] if r.get("val_mean_dice") is not None),
                        default=None)
     level = 0.9 * best_scratch if best_scratch else None
-    iterations = {arm: summaries[arm]["iterations"] for arm in arms}
 
     def row(arm: str) -> str:
         s, log = summaries[arm], logs[arm]
         vals = [r["val_mean_dice"] for r in log if r.get("val_mean_dice") is not None]
         reach = _first_reaching(log, level) if level else None
         match = _first_reaching(log, best_scratch) if best_scratch else None
-        of_scratch = f" ({100.0 * match / iterations['scratch']:.0f} %)" if match else ""
+        of_scratch = f" ({100.0 * match / summaries['scratch']['iterations']:.0f} %)" if match else ""
         fv = (s.get("final_validation") or {}).get("mean_dice")
         first, last = (log[0].get("train_loss"), log[-1].get("train_loss")) if log else (None, None)
         return (f"| {arm} | {s['iterations']} | {s['epochs']} | {s['train_seconds']:.0f} | {_fmt(first)} | "

@@ -80,6 +80,13 @@ def regions_to_labels(masks: torch.Tensor | np.ndarray, class_order: Sequence[in
     return arr
 
 
+def labels_from_region_probabilities(probabilities: torch.Tensor | np.ndarray,
+                                     class_order: Sequence[int]) -> torch.Tensor | np.ndarray:
+    """Label map from ``(R, *spatial)`` region sigmoids: region ``r`` where ``p > 0.5``, painted in
+    ``class_order`` order (:func:`regions_to_labels`). The one rule ``predict`` and ``focusseg ensemble`` share."""
+    return regions_to_labels(probabilities > 0.5, class_order)
+
+
 def region_counts(logits: torch.Tensor, labels: torch.Tensor, regions: Regions) -> torch.Tensor:
     """``(3, R)`` int64 TP, FP, FN per region over a batch: prediction ``logit > 0`` (sigmoid > 0.5) of
     ``(B, R, *spatial)`` logits against the region masks of the label map; on the device, no host sync."""

@@ -32,7 +32,7 @@ from focusseg.errors import (
 )
 from focusseg.io import Geometry, read_case, write_image, write_segmentation
 from focusseg.preprocessing.preprocess import preprocess_array
-from focusseg.regions import plan_regions, regions_to_labels
+from focusseg.regions import labels_from_region_probabilities, plan_regions
 
 CHECKPOINTS = ("best", "final", "latest")
 #: Plan fields inference needs; a checkpoint whose plan lacks one is refused when loaded, not mid-prediction.
@@ -389,10 +389,9 @@ class EnsemblePredictor:
         return self.predict(image, geometry, overlap, tta)[0]
 
     def _region_labels(self, probs: torch.Tensor) -> torch.Tensor:
-        """Region probabilities ``(R, ...)`` -> label map: each region where ``p > 0.5``, painted in
-        ``regions_class_order`` order, later regions overwriting earlier ones
-        (:func:`~focusseg.regions.regions_to_labels`)."""
-        return regions_to_labels(probs > 0.5, self.plan["regions_class_order"])
+        """Region probabilities ``(R, ...)`` -> label map
+        (:func:`~focusseg.regions.labels_from_region_probabilities`)."""
+        return labels_from_region_probabilities(probs, self.plan["regions_class_order"])
 
 
 def _input_cases(
@@ -588,6 +587,8 @@ def predict_folder(
                                 out_dir) from exc
     from rich.progress import Progress
 
+    # saved probabilities of a region run are region sigmoids, labelled with the values they paint
+    region_order = [int(v) for v in predictor.plan["regions_class_order"]] if plan_regions(predictor.plan) else None
     with ThreadPoolExecutor(2) as pool, Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("predicting", total=len(outputs))
         pending_write = None
@@ -625,9 +626,8 @@ def predict_folder(
 
                 from focusseg.inference import probabilities as saved
 
-                order = predictor.plan.get("regions_class_order") if predictor.plan.get("regions") else None
-                write_probs = partial(_save_probabilities, ending=end, kind="regions" if order else "softmax",
-                                      labels=[int(v) for v in order] if order else list(range(probs.shape[0])))
+                write_probs = partial(_save_probabilities, ending=end, kind="regions" if region_order else "softmax",
+                                      labels=region_order or list(range(probs.shape[0])))
                 _write(write_probs, safe_child(out_dir, f"{case}{saved.SUFFIX}"), probs, geo)
                 del probs
             pending_write = pool.submit(_write, write_seg, target, seg, geo)

@@ -148,9 +148,9 @@ def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, weights
             assert total is not None and geo0 is not None and labels0 is not None and ending0 is not None
             total /= sum(w)
             if kind0 == "regions":
-                from focusseg.regions import regions_to_labels
+                from focusseg.regions import labels_from_region_probabilities
 
-                seg = regions_to_labels(total > 0.5, labels0)
+                seg = labels_from_region_probabilities(total, labels0)
             else:
                 seg = np.asarray(labels0, dtype=np.int64)[total.argmax(0)]
             written.append(write_segmentation(safe_child(out, f"{case}{ending0}"), seg, geo0))
