@@ -25,7 +25,7 @@ DATA = (REPO / ".." / "shared" / "data" / "Dataset004_Hippocampus").resolve()
 
 def train(config: str, out: Path, minutes: float) -> dict:
     """One fold-0 run of ``config`` ("3d" or "2d") into ``out/<config>`` with the shared store; its summary."""
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     over = {"configuration": config} if config == "2d" else None
     t0 = time.perf_counter()

@@ -124,7 +124,7 @@ def comm() -> list[str]:
     sys.path.insert(0, str(REPO / "tests"))
     from spine.test_recipe_forms import SYNTHETIC, gpu_plan
 
-    from focusseg.engine.build import build_network_from_plan
+    from focusseg.nets.from_plan import build_network_from_plan
 
     rows = []
     for name, fp_name in RECIPE_DATA.items():

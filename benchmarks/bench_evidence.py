@@ -96,9 +96,11 @@ def dataset_for(comp: Comparison, args: argparse.Namespace, runs: Path) -> Path:
 
 
 def run_comparison(comp: Comparison, args: argparse.Namespace, runs: Path, results: Path, cmd: str) -> Path:
-    from focusseg.engine.run import plan_dataset, resolve_device, run_training
-    from focusseg.planning.fingerprint import save_json
+    from focusseg.devices import resolve_device
+    from focusseg.io.atomic import save_json
     from focusseg.preprocessing import preprocess_dataset
+    from focusseg.workflows.plan import plan_dataset
+    from focusseg.workflows.train import run_training
 
     data = dataset_for(comp, args, runs)
     root = runs / comp.name

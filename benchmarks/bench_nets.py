@@ -24,14 +24,8 @@ from pathlib import Path
 import monai
 import torch
 
-from focusseg.nets import (
-    build_network,
-    count_parameters,
-    estimate_activation_bytes,
-    estimate_flops,
-    network_names,
-    time_training_step,
-)
+from focusseg.nets import build_network, network_names
+from focusseg.planning.profile import count_parameters, estimate_activation_bytes, estimate_flops, time_training_step
 
 ORDER = ["unet", "basic_unet", "dynunet", "vnet", "unetr", "swin_unetr", "lambda3d"]
 

@@ -57,9 +57,9 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.nn.functional as F
 
-    from focusseg.engine.task import build_inference_module
     from focusseg.inference.predictor import Predictor
     from focusseg.io import Geometry
+    from focusseg.nets.from_plan import build_inference_module
 
     torch.set_num_threads(args.threads)
     plan = make_plan(args.classes, args.patch)

@@ -30,8 +30,8 @@ def main() -> None:
     import torch
     from machine import machine_line
 
-    from focusseg.engine.run import run_training
     from focusseg.recipes import load_recipe, recipe_names
+    from focusseg.workflows.train import run_training
 
     data = SHARED / args.dataset
     if not data.is_dir():

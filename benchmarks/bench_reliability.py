@@ -31,7 +31,7 @@ def run_corpus() -> tuple[list[dict], float]:
     from reliability.corpus import CORPUS
 
     from focusseg.cli import main
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()

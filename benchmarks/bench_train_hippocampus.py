@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from focusseg.engine.report import read_log
+from focusseg.runfolder import read_log
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

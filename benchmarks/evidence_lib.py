@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from focusseg.engine.report import read_log
 from focusseg.recipes import load_recipe
+from focusseg.runfolder import read_log
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

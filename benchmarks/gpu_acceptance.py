@@ -75,8 +75,8 @@ def make_data(root: Path, smoke: bool) -> Path:
 
 def recipe_plan(base: dict, name: str, smoke: bool, device_type: str = "cpu") -> dict:
     """The recipe's plan as training makes it on ``device_type`` (its GPU form on cuda), tiny in smoke mode."""
-    from focusseg.engine.run import _finish_plan
     from focusseg.recipes import load_recipe
+    from focusseg.workflows.plan import finish_plan
 
     recipe = load_recipe(name)
     over: dict[str, Any] = json.loads(json.dumps(SMOKE_PLAN)) if smoke else {
@@ -86,7 +86,7 @@ def recipe_plan(base: dict, name: str, smoke: bool, device_type: str = "cpu") ->
         over["patch_size"] = [32, 32, 32]
     if not smoke and name == "default":
         over.update(patch_size=[128, 128, 128], batch_size=2)  # the acceptance criterion's setting
-    plan = _finish_plan(base, recipe, over, device_type)
+    plan = finish_plan(base, recipe, over, device_type)
     plan["recipe"] = name
     return plan
 
@@ -160,8 +160,8 @@ def bench_sliding_window(plan: dict, device: torch.device, smoke: bool) -> dict:
     """focusseg's sliding window vs MONAI's on the default plan's network (random weights, eval mode)."""
     from monai.inferers import sliding_window_inference
 
-    from focusseg.engine.build import build_network_from_plan
     from focusseg.inference import sliding_window_predict
+    from focusseg.nets.from_plan import build_network_from_plan
 
     torch.manual_seed(0)
     net = build_network_from_plan(plan).to(device).eval()
@@ -286,8 +286,8 @@ def render(res: dict, command: str, machine: str) -> str:
 
 
 def run(device: torch.device, smoke: bool, out: Path, pytest_timeout: int, run_tests: bool = True) -> dict:
-    from focusseg.engine.run import plan_dataset
     from focusseg.preprocessing import preprocess_dataset
+    from focusseg.workflows.plan import plan_dataset
 
     sys.path.insert(0, str(HERE))
     from machine import machine_line

@@ -59,11 +59,12 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
     `focusseg plan DATA --device cuda --gpu-memory 80 --preset l --out plan.json`,
     `focusseg plan DATA --device cuda --gpu-memory 80 --recipe fp-pet --out plan.json`
     """
-    from focusseg.engine.run import _finish_plan, resolve_device
+    from focusseg.devices import resolve_device
     from focusseg.errors import UsageError
     from focusseg.planning.fingerprint import compute_fingerprint
     from focusseg.planning.planner import make_plan
     from focusseg.recipes import FORMS, load_recipe
+    from focusseg.workflows.plan import finish_plan
 
     overrides = _parse_set(set_, configuration)
     if recipe_form is not None and recipe_form not in FORMS:
@@ -85,12 +86,12 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
 
     p = make_plan(compute_fingerprint(data, progress=True), device=dev, gpu_memory_gb=gpu_memory, preset=preset,
                   spec=load_dataset_spec(data))  # the spec carries region-based labels (focusseg.regions)
-    p = _finish_plan(p, chosen_recipe, overrides, dev, recipe_form)  # as training finishes it
+    p = finish_plan(p, chosen_recipe, overrides, dev, recipe_form)  # as training finishes it
     if chosen_recipe is not None:
         p["recipe"] = chosen_recipe["name"]
     text = json.dumps(p, indent=2)
     if out:
-        from focusseg.planning.fingerprint import save_json
+        from focusseg.io.atomic import save_json
 
         save_json(p, out)
         console.print(f"plan written to {out}")
@@ -137,10 +138,10 @@ def train(ctx: typer.Context, data: Path = DATA,
     schedule/inference changes such as `--set training.max_epochs=...` are accepted) or `--overwrite`.
     Example: `focusseg train ../shared/data/Dataset004_Hippocampus --out runs/hippo --fold 0 --time-budget 30`
     """
-    from focusseg.engine.run import run_training
     from focusseg.errors import UsageError
     from focusseg.recipes import FORMS, load_recipe
     from focusseg.reporting.observers import make_loggers
+    from focusseg.workflows.train import run_training
 
     if devices != 1:
         from focusseg.engine.distributed import World, launch_self
@@ -217,9 +218,10 @@ def crossval(data: Path = DATA, out: Path = typer.Option(..., help="The cross-va
     """
     from rich.table import Table
 
-    from focusseg.engine.crossval import describe_rows, run_crossval
     from focusseg.errors import UsageError
     from focusseg.recipes import load_recipe
+    from focusseg.runfolder import describe_rows
+    from focusseg.workflows.crossval import run_crossval
 
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other (continue the folds, or start them again)")
@@ -255,8 +257,8 @@ def best(cv_dirs: list[Path] = typer.Argument(..., help="Cross-validation folder
     """
     from rich.table import Table
 
-    from focusseg.engine.best import find_best
-    from focusseg.engine.run import resolve_device
+    from focusseg.devices import resolve_device
+    from focusseg.workflows.best import find_best
 
     result = find_best(cv_dirs, out, pairs=pairs, device=resolve_device(device))
     table = Table("rank", "candidate", "cases", "pooled mean Dice", "post-processing",
@@ -312,7 +314,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
     DICOM: `focusseg predict runs/hippo dicom/ preds/ --output-format dicom-seg` (dicom/CASE/ holds one series;
     multi-channel: dicom/CASE/0000/, dicom/CASE/0001/ ...; a case lacking a channel folder fails in one line)
     """
-    from focusseg.engine.run import resolve_device
+    from focusseg.devices import resolve_device
     from focusseg.errors import UsageError
     from focusseg.inference.predictor import OUTPUT_FORMATS, EnsemblePredictor, Predictor, predict_folder
 
@@ -332,7 +334,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
         w = [float(x) for x in weights.split(",")] if weights else None
     except ValueError as exc:
         raise UsageError(f"--weights must be comma-separated numbers, got {weights!r}") from exc
-    from focusseg.engine.crossval import crossval_predictor, is_crossval_dir
+    from focusseg.inference.predictor import crossval_predictor
+    from focusseg.runfolder import is_crossval_dir
 
     if run_dir.suffix.lower() == ".zip":  # a model bundle (`focusseg export`): verified, no run folder needed
         from focusseg.export import load_bundle
@@ -515,7 +518,7 @@ def demo(out: Path = typer.Option(Path("runs/demo"), help="Folder for the demo d
 
     Example: `focusseg demo --out runs/demo`
     """
-    from focusseg.demo import run_demo
+    from focusseg.workflows.demo import run_demo
 
     run_demo(out, minutes=minutes, console=console)
 
@@ -565,13 +568,13 @@ def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated
     """
     from rich.table import Table
 
-    from focusseg.engine.run import resolve_device
+    from focusseg.devices import resolve_device
 
     dev = resolve_device(device)
     timed = dev.type == "cuda" if time_steps is None else time_steps
     if plan_file is not None:
         from focusseg.errors import PlanError
-        from focusseg.nets.profile import describe_plan
+        from focusseg.planning.profile import describe_plan
 
         try:
             planned = json.loads(Path(plan_file).read_text())
@@ -581,7 +584,7 @@ def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated
                                                                              "channel_names", "n_classes")):
             raise PlanError("not a focusseg plan (needs network, patch_size, channel_names, n_classes)", plan_file)
         try:
-            from focusseg.engine.run import fit_patch_to_network
+            from focusseg.workflows.plan import fit_patch_to_network
 
             planned = fit_patch_to_network(planned)  # as training does: a recipe's network may need a rounder patch
             row = describe_plan(planned, dev, measure_time=timed)
@@ -599,7 +602,7 @@ def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated
         console.print(table)
         return
     from focusseg.nets import network_names
-    from focusseg.nets.profile import describe_networks
+    from focusseg.planning.profile import describe_networks
 
     size = tuple(int(x) for x in patch.split(","))
     chosen = names.split(",") if names else network_names()
@@ -630,8 +633,8 @@ def _parse_set(assignments: list[str], configuration: str | None = None) -> dict
 
 def _check_or_fail(data: Path, workers: int = 2, progress: bool = False) -> None:
     """Run the dataset check; raise :class:`CheckFailed` with every problem (one ``error:`` line each)."""
+    from focusseg.data.check import check_dataset
     from focusseg.errors import CheckFailed
-    from focusseg.io.check import check_dataset
 
     problems = check_dataset(data, workers=workers, progress=progress)
     if problems:

@@ -65,7 +65,7 @@ class ImageError(DatasetError):
 
 class CheckFailed(DatasetError):
     """``focusseg check`` found problems before any work started. ``problems`` holds one
-    :class:`~focusseg.io.check.Problem` (or any object whose ``str`` is ``"<file>: <problem>"``) per line; the CLI
+    :class:`~focusseg.data.check.Problem` (or any object whose ``str`` is ``"<file>: <problem>"``) per line; the CLI
     prints every one as ``error: <file>: <problem>``."""
 
     def __init__(self, problems: list, path: str | Path | None = None, hint: str | None = None) -> None:

@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
     data, run, plan, resume, kill_rank, kill_at, dump = sys.argv[1:8]
     kill_rank, kill_at = int(kill_rank), int(kill_at)
 

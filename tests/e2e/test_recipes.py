@@ -9,8 +9,8 @@ import pytest
 import torch
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.engine.run import run_training
 from focusseg.recipes import load_recipe, recipe_names
+from focusseg.workflows.train import run_training
 
 SMOKE = {"patch_size": [16, 16, 16], "batch_size": 2,
          "training": {"max_epochs": 2, "iterations_per_epoch": 2, "augmentation": "light", "amp": "none"},

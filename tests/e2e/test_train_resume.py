@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
     data, run, kill_at, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 
     class Killer:
@@ -53,7 +53,7 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path: Path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
-    from focusseg.engine.report import read_log
+    from focusseg.runfolder import read_log
 
     assert [r["epoch"] for r in read_log(tmp_path / "killed")] == [0, 1, 2, 3]
 
@@ -108,7 +108,7 @@ def test_train_predict_evaluate_keeps_geometry(tmp_path: Path):
 
 
 def test_time_budget_stops_inside_an_epoch_and_keeps_best(tmp_path: Path):
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     data = write_tiny_dataset(tmp_path / "D", n_cases=4)
     over = {**TINY, "training": {**TINY["training"], "max_epochs": 50, "iterations_per_epoch": 10_000}}
@@ -116,7 +116,7 @@ def test_time_budget_stops_inside_an_epoch_and_keeps_best(tmp_path: Path):
                            final_validation=False)
     assert 1 <= summary["iterations"] < 10_000 and summary["epochs"] == 1
     assert (tmp_path / "run" / "checkpoint_best.pt").is_file()
-    from focusseg.engine.report import read_log
+    from focusseg.runfolder import read_log
 
     assert "val_mean_dice" in read_log(tmp_path / "run")[-1]
 
@@ -125,7 +125,7 @@ def test_weighted_ensemble_cli_with_uncertainty(tmp_path: Path):
     from typer.testing import CliRunner
 
     from focusseg.cli import app
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     data = write_tiny_dataset(tmp_path / "D", n_cases=4, with_test=True)
     other = {**TINY, "network": {"name": "unet", "channels": [8, 16], "strides": [2], "num_res_units": 0}}

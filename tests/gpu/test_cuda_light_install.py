@@ -36,7 +36,7 @@ def _python(code: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_import_does_not_load_simpleitk():
     res = _python("""
-        import focusseg, focusseg.cli, focusseg.io, focusseg.engine.run, focusseg.inference.predictor
+        import focusseg, focusseg.cli, focusseg.io, focusseg.workflows.train, focusseg.inference.predictor
         assert "SimpleITK" not in sys.modules, "SimpleITK imported"
         print("ok")
     """)

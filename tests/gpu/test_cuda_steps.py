@@ -10,8 +10,8 @@ import pytest
 import torch
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.engine import checkpoint as ckpt
-from focusseg.engine.run import run_training
+from focusseg.io import checkpoint as ckpt
+from focusseg.workflows.train import run_training
 
 pytestmark = pytest.mark.cuda
 

@@ -16,11 +16,11 @@ import pytest
 import torch
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.engine.build import amp_dtype
 from focusseg.engine.loop import DeviceWeights, cuda_speedups
-from focusseg.engine.run import run_training
 from focusseg.engine.syncs import CudaSyncCounter, HostReadCounter
 from focusseg.engine.task import build_parts
+from focusseg.nets.from_plan import amp_dtype
+from focusseg.workflows.train import run_training
 
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,
@@ -97,7 +97,7 @@ def test_class_weights_are_copied_only_when_they_change():
 
 def test_amp_auto_is_fp32_on_cpu_and_explicit_values_stay():
     cpu = torch.device("cpu")
-    from focusseg.engine.build import cpu_has_native_bf16
+    from focusseg.devices import cpu_has_native_bf16
 
     # auto on the CPU: bf16 only where the CPU computes it natively (11x slower than fp32 on AVX2-only CPUs)
     assert amp_dtype({"training": {"amp": "auto"}}, cpu) == (torch.bfloat16 if cpu_has_native_bf16() else None)

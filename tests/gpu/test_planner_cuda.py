@@ -14,9 +14,9 @@ import pytest
 import torch
 from focusseg_testdata import SHARED_DATA
 
-from focusseg.engine.build import build_loss_from_plan, build_network_from_plan
+from focusseg.engine.build import build_loss_from_plan
 from focusseg.errors import PlanError
-from focusseg.nets import count_parameters, estimate_activation_bytes
+from focusseg.nets.from_plan import build_network_from_plan
 from focusseg.planning.planner import (
     GPU_PRESETS,
     dynunet_feature_elements,
@@ -29,6 +29,7 @@ from focusseg.planning.planner import (
     pool_and_conv_props,
     stride_divisors,
 )
+from focusseg.planning.profile import count_parameters, estimate_activation_bytes
 
 #: (median shape after crop, median spacing, n_classes): thin slabs, 1-voxel axes, 1024^3, huge anisotropy.
 EXTREME = {

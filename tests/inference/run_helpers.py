@@ -43,7 +43,7 @@ def tiny_plan(n_channels: int = 1) -> dict:
 
 def tiny_weights(plan: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     """Seeded random weights of the plan's network; the last layer's bias favours no class, so argmax varies."""
-    from focusseg.engine.task import build_inference_module
+    from focusseg.nets.from_plan import build_inference_module
 
     torch.manual_seed(seed)
     return build_inference_module(plan).state_dict()
@@ -52,7 +52,7 @@ def tiny_weights(plan: dict, seed: int = 0) -> dict[str, torch.Tensor]:
 def make_run(run_dir: Path, plan: dict | None = None, seed: int = 0, checkpoint: str = "best",
              state: dict | None = None) -> Path:
     """A run folder (``plan.json`` + ``checkpoint_<checkpoint>.pt``) as ``focusseg train`` leaves it."""
-    from focusseg.engine.checkpoint import save_atomic
+    from focusseg.io.checkpoint import save_atomic
 
     plan = plan or tiny_plan()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,7 @@ def test_region_probabilities_ensemble_by_threshold_and_paint_order(tmp_path: Pa
 
 def test_saved_probabilities_match_the_segmentation_and_ensemble(tmp_path: Path):
     from focusseg.cli import main
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     torch.set_num_threads(1)
     data = write_tiny_dataset(tmp_path / "D", n_cases=4, with_test=True)

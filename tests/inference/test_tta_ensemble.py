@@ -127,10 +127,10 @@ def test_streaming_single_run_path_equals_probability_path(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from focusseg_testdata import write_tiny_dataset
 
-    from focusseg.engine.run import plan_dataset
-    from focusseg.engine.task import build_inference_module
     from focusseg.inference.predictor import EnsemblePredictor, Predictor
     from focusseg.io import read_case
+    from focusseg.nets.from_plan import build_inference_module
+    from focusseg.workflows.plan import plan_dataset
 
     data = write_tiny_dataset(tmp_path / "D", n_cases=3)
     plan = plan_dataset(data, "cpu", None, tmp_path / "fp.json", progress=False)
@@ -159,12 +159,12 @@ def test_predictor_noise_tta_from_the_plan(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from focusseg_testdata import write_tiny_dataset
 
-    from focusseg.engine.run import plan_dataset
-    from focusseg.engine.task import build_inference_module
     from focusseg.inference.predictor import Predictor
     from focusseg.inference.tta import tta_predict
     from focusseg.io import read_case
+    from focusseg.nets.from_plan import build_inference_module
     from focusseg.preprocessing.preprocess import preprocess_array
+    from focusseg.workflows.plan import plan_dataset
 
     data = write_tiny_dataset(tmp_path / "D", n_cases=3)
     plan = plan_dataset(data, "cpu", None, tmp_path / "fp.json", progress=False)

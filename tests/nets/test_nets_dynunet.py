@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focusseg.nets import build_network, estimate_flops, network_divisor, supports_deep_supervision
+from focusseg.nets import build_network, network_divisor, supports_deep_supervision
+from focusseg.planning.profile import estimate_flops
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focusseg.nets import estimate_flops
 from focusseg.nets.lambda3d import LambdaLayer
+from focusseg.planning.profile import estimate_flops
 
 
 def test_position_lambdas_are_translation_equivariant() -> None:

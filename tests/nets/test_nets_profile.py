@@ -5,13 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focusseg.nets import (
-    build_network,
-    count_parameters,
-    describe_networks,
-    estimate_activation_bytes,
-    estimate_flops,
-)
+from focusseg.nets import build_network
+from focusseg.planning.profile import count_parameters, describe_networks, estimate_activation_bytes, estimate_flops
 
 
 def test_flops_on_meta_equal_flops_on_cpu() -> None:

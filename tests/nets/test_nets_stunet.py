@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focusseg.nets import build_network, count_parameters, network_divisors
+from focusseg.nets import build_network, network_divisors
 from focusseg.nets.stunet import STUNET_PAPER_PARAMS, BasicResBlock
+from focusseg.planning.profile import count_parameters
 
 
 @pytest.mark.parametrize("size", ["s", "b", "l", "h"])

@@ -17,15 +17,15 @@ BRIEF = {"training": {"max_epochs": 1, "iterations_per_epoch": 2, "augmentation"
 
 
 def test_check_real_datasets_are_clean():
-    from focusseg.io.check import check_dataset
+    from focusseg.data.check import check_dataset
 
     for name in ["Dataset101_MSLesionLjubljana", "Dataset105_SpleenCase8", "Dataset102_BraTS2015Subset"]:
         assert check_dataset(shared_dataset(name)) == [], name
 
 
 def test_ms_lesion_four_channels_train_and_predict(tmp_path: Path):
-    from focusseg.engine.run import run_training
     from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.workflows.train import run_training
 
     data = shared_dataset("Dataset101_MSLesionLjubljana")
     over = {**BRIEF, "patch_size": [64, 64, 64], "batch_size": 2}
@@ -44,8 +44,8 @@ def test_ms_lesion_four_channels_train_and_predict(tmp_path: Path):
 
 
 def test_hippocampus_predict_keeps_geometry(tmp_path: Path):
-    from focusseg.engine.run import run_training
     from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.workflows.train import run_training
 
     data = shared_dataset("Dataset004_Hippocampus")
     run_training(data, tmp_path / "run", fold=0, overrides=BRIEF, progress=False, final_validation=False)

@@ -15,7 +15,7 @@ REGIONS = {"background": 0, "whole_tumor": [1, 2, 3, 4], "tumor_core": [1, 3, 4]
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_brats_regions_train_a_few_iterations(tmp_path: Path, monkeypatch):
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     source = shared_dataset("Dataset102_BraTS2015Subset")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -57,8 +57,8 @@ def test_msd_layout_refuses_regions(tmp_path: Path):
 
 
 def test_plan_records_regions_and_refuses_class_tools(tmp_path: Path):
-    from focusseg.engine.run import plan_dataset
     from focusseg.planning.planner import validate_plan
+    from focusseg.workflows.plan import plan_dataset
 
     data = write_region_dataset(tmp_path / "Dataset900_Regions", n_cases=2)
     spec = load_dataset_spec(data)
@@ -67,7 +67,7 @@ def test_plan_records_regions_and_refuses_class_tools(tmp_path: Path):
     assert plan["region_names"] == ["object", "cube"] and plan["n_classes"] == 3
     assert plan["training"]["loss"]["name"] == "region_dice_bce"
     validate_plan(plan, spec)
-    from focusseg.engine.build import build_network_from_plan
+    from focusseg.nets.from_plan import build_network_from_plan
 
     net = build_network_from_plan({**plan, "network": {"name": "unet", "channels": [4, 8], "strides": [2],
                                                        "num_res_units": 1}})

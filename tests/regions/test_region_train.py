@@ -110,7 +110,7 @@ def test_tiny_region_run_train_predict_evaluate(tmp_path: Path, monkeypatch):
     from typer.testing import CliRunner
 
     from focusseg.cli import app
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     data = write_region_dataset(tmp_path / "Dataset901_Regions", n_cases=4, with_test=True)
@@ -179,7 +179,7 @@ def test_tiny_region_run_train_predict_evaluate(tmp_path: Path, monkeypatch):
 def test_crossval_pools_region_dice_and_chooses_postprocessing_per_region(tmp_path: Path):
     """A region-based cross-validation scores its pooled validation per region (as each fold does), not per
     label, and chooses its post-processing per region on the pool."""
-    from focusseg.engine.crossval import run_crossval
+    from focusseg.workflows.crossval import run_crossval
 
     torch.set_num_threads(1)
     data = write_region_dataset(tmp_path / "Dataset902_Regions", n_cases=4)

@@ -43,7 +43,7 @@ def _one_thread() -> Iterator[None]:
 
 def train_tiny(data: Path, run: Path, overrides: dict | None = None, **kwargs) -> dict:
     """``run_training`` on one thread with the tiny plan (or ``overrides``), no progress bars."""
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     with one_torch_thread():
         return run_training(data, run, fold=kwargs.pop("fold", 0), overrides=overrides or TINY_PLAN,

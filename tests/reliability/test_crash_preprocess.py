@@ -67,7 +67,7 @@ def _assert_same(a: dict, b: dict) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    from focusseg.engine.run import plan_dataset
+    from focusseg.workflows.plan import plan_dataset
 
     root = tmp_path_factory.mktemp("crash_preprocess")
     data = write_tiny_dataset(root / "D", n_cases=6)

@@ -29,8 +29,8 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    import focusseg.engine.checkpoint as ck
-    from focusseg.engine.run import run_training
+    import focusseg.io.checkpoint as ck
+    from focusseg.workflows.train import run_training
     data, run, kill, resume, over = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", sys.argv[5]
     kind, _, at = kill.partition(":")
     at = int(at or -1)
@@ -91,7 +91,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), f"{k} differs after kills and resume"
-    from focusseg.engine.report import read_log
+    from focusseg.runfolder import read_log
 
     la, lb = read_log(a), read_log(b)
     keys = ("epoch", "iteration", "train_loss", "val_mean_dice", "lr", "nonfinite_steps")
@@ -104,7 +104,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
 def straight(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("crash_train")
     data = write_tiny_dataset(root / "D", n_cases=5)
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the child processes: same threads, same floating-point sums

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.io.check import check_dataset
+from focusseg.data.check import check_dataset
 
 
 def _problems(root: Path) -> list[str]:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from focusseg_testdata import write_tiny_dataset
 
+from focusseg.data.check import check_dataset
 from focusseg.errors import DatasetError, FocussegError, MissingFileError
 from focusseg.io import discover_cases, discover_images, load_dataset_spec
-from focusseg.io.check import check_dataset
 
 GOOD = {"name": "T", "channel_names": {"0": "MR"}, "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}
 

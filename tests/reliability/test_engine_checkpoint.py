@@ -12,9 +12,9 @@ import pytest
 import torch
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.engine import checkpoint as ckpt
-from focusseg.engine.run import run_training
 from focusseg.errors import CheckpointError, MissingFileError, RunFolderError
+from focusseg.io import checkpoint as ckpt
+from focusseg.workflows.train import run_training
 
 from .conftest import Payload, one_torch_thread
 
@@ -183,7 +183,7 @@ def test_resume_falls_back_to_previous(tmp_path: Path, trained, capsys, damage: 
     a = ckpt.load_checkpoint(trained[1] / "checkpoint_final.pt")["network"]
     b = ckpt.load_checkpoint(run / "checkpoint_final.pt")["network"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    from focusseg.engine.report import read_log
+    from focusseg.runfolder import read_log
 
     assert [r["epoch"] for r in read_log(run)] == [0, 1]
 

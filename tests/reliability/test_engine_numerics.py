@@ -12,9 +12,9 @@ import pytest
 import torch
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.engine.report import dumps_line, read_log
-from focusseg.engine.run import run_training
 from focusseg.errors import TrainingError
+from focusseg.runfolder import dumps_line, read_log
+from focusseg.workflows.train import run_training
 
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.engine import checkpoint as ckpt
-from focusseg.engine.report import read_log
-from focusseg.engine.run import plan_hash, run_lock, run_training
 from focusseg.errors import CheckFailed, DatasetError, RunFolderError, UsageError
+from focusseg.io import checkpoint as ckpt
+from focusseg.runfolder import plan_hash, read_log, run_lock
+from focusseg.workflows.train import run_training
 
 from .conftest import one_torch_thread
 
@@ -139,7 +139,7 @@ def test_validation_holds_only_this_runs_cases(run_copy):
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from focusseg.engine.run import run_lock
+    from focusseg.workflows.train import run_lock
     with run_lock(Path(sys.argv[1])):
         print("locked", flush=True)
         time.sleep(60)
@@ -188,7 +188,7 @@ def test_train_checks_the_dataset_first(tmp_path: Path):
 
 
 def test_no_check_skips_it(tmp_path: Path, monkeypatch):
-    import focusseg.io.check as check
+    import focusseg.data.check as check
 
     def boom(*a, **k):
         raise AssertionError("check_dataset ran although check=False")

@@ -16,7 +16,7 @@ def tiny_run(root: Path, n_cases: int = 10) -> Path:
     """Train a 3-epoch run (CBS class weights) on a tiny generated dataset into ``root/run`` (a few seconds)."""
     from focusseg_testdata import write_tiny_dataset
 
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     data = write_tiny_dataset(root / "Dataset001_Tiny", n_cases=n_cases)
     run_training(data, root / "run", fold=0, recipe={"name": "tiny", "plan": json.loads(json.dumps(TINY))},

@@ -188,7 +188,7 @@ def test_compare_page(runs: dict[str, Path], tmp_path: Path, capsys: pytest.Capt
 def test_tensorboard_scalars_match_the_log(runs: dict[str, Path]) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from focusseg.engine.report import read_log
+    from focusseg.runfolder import read_log
 
     tb = runs["cbs"] / "tensorboard"
     assert any(tb.glob("events.out.tfevents.*")), "no TensorBoard event file"

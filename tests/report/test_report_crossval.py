@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_crossval_report(tmp_path: Path) -> None:
     from focusseg_testdata import write_tiny_dataset
 
-    from focusseg.engine.crossval import run_crossval
     from focusseg.reporting import write_compare, write_report
+    from focusseg.workflows.crossval import run_crossval
 
     data = write_tiny_dataset(tmp_path / "Dataset001_Tiny", n_cases=10)
     plan = json.loads(json.dumps(TINY))
@@ -45,11 +45,11 @@ def test_cycle_stats_are_logged_and_reported(tmp_path: Path) -> None:
     """The observer measures the committee's selection of real :func:`cycle_select` masks; the report draws it."""
     from types import SimpleNamespace
 
-    from focusseg.engine.report import EpochLog, read_log
     from focusseg.reporting import write_report
     from focusseg.reporting.collect import read_log_lines
     from focusseg.reporting.observers import CycleStats
     from focusseg.roles import StepOutput
+    from focusseg.runfolder import EpochLog, read_log
     from focusseg.strategies.cycle import cycle_select
 
     gen = torch.Generator().manual_seed(0)

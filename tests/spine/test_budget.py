@@ -36,8 +36,8 @@ def test_fit_iterations_fills_the_budget_inside_the_last_epoch():
 def test_a_budgeted_run_records_its_timing_and_ends_inside_the_budget(tmp_path: Path):
     from focusseg_testdata import write_tiny_dataset
 
-    from focusseg.engine.report import read_log
-    from focusseg.engine.run import run_training
+    from focusseg.runfolder import read_log
+    from focusseg.workflows.train import run_training
 
     torch.set_num_threads(1)
     data = write_tiny_dataset(tmp_path / "D", n_cases=5)

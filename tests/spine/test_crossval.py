@@ -11,8 +11,9 @@ import pytest
 import torch
 from focusseg_testdata import write_tiny_dataset
 
-from focusseg.engine.crossval import fold_dirs, parse_folds, run_crossval
 from focusseg.errors import UsageError
+from focusseg.runfolder import fold_dirs
+from focusseg.workflows.crossval import parse_folds, run_crossval
 
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,
@@ -74,7 +75,7 @@ def test_crossval_trains_pools_and_predicts_as_an_ensemble(tmp_path: Path):
     assert main(["predict", str(cv), str(data / "imagesTs"), str(out), "--device", "cpu"]) == 0
     written = sorted(out.iterdir())
     assert written
-    from focusseg.engine.crossval import crossval_predictor
+    from focusseg.inference.predictor import crossval_predictor
 
     ens = crossval_predictor(cv)
     assert len(ens.members) == 3 and ens.weights == pytest.approx([1 / 3] * 3)  # equal per fold
@@ -98,7 +99,7 @@ def test_crossval_cli_and_errors(tmp_path: Path, capsys):
 
 def test_best_ranks_configurations_and_their_ensemble(tmp_path: Path):
     from focusseg.cli import main
-    from focusseg.engine.best import find_best
+    from focusseg.workflows.best import find_best
 
     torch.set_num_threads(1)
     data = write_tiny_dataset(tmp_path / "D", n_cases=5, with_test=True)
@@ -116,7 +117,7 @@ def test_best_ranks_configurations_and_their_ensemble(tmp_path: Path):
     assert json.loads((tmp_path / "best" / "best.json").read_text())["best"] == res["best"]
     assert pair["postprocessing_file"] and Path(pair["postprocessing_file"]).is_file()
     # the printed command runs as printed
-    from focusseg.engine.best import predict_command
+    from focusseg.workflows.best import predict_command
 
     cmd = predict_command(pair).replace("IN_DIR", str(data / "imagesTs")).replace("OUT_DIR", str(tmp_path / "p"))
     assert main(cmd.split()[1:] + ["--device", "cpu"]) == 0

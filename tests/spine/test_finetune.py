@@ -17,10 +17,10 @@ import torch
 from focusseg_testdata import write_tiny_dataset
 
 from focusseg.engine import finetune
-from focusseg.engine.build import build_network_from_plan
-from focusseg.engine.checkpoint import load_checkpoint
-from focusseg.engine.run import run_training
+from focusseg.io.checkpoint import load_checkpoint
 from focusseg.nets import build_network
+from focusseg.nets.from_plan import build_network_from_plan
+from focusseg.workflows.train import run_training
 
 UNET = {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
 TINY = {"network": UNET, "patch_size": [16, 16, 16], "batch_size": 2,

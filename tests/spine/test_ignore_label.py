@@ -253,7 +253,7 @@ def test_a_misplaced_ignore_label_is_refused_in_one_line(tmp_path: Path, capsys,
 
 def test_the_check_accepts_a_partially_annotated_dataset(tmp_path: Path, capsys):
     from focusseg.cli import main
-    from focusseg.io.check import check_dataset
+    from focusseg.data.check import check_dataset
 
     root = write_partially_annotated_dataset(tmp_path / "P", n_cases=2)
     assert check_dataset(root, workers=1) == []
@@ -293,7 +293,7 @@ def test_plan_records_the_ignore_label_apart(tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("ignore")
@@ -304,9 +304,9 @@ def trained(tmp_path_factory):
 
 
 def test_training_validation_and_prediction_on_a_partially_annotated_dataset(trained):
-    from focusseg.engine.report import read_log
     from focusseg.inference.predictor import Predictor
     from focusseg.io import discover_cases, read_case
+    from focusseg.runfolder import read_log
 
     data, run, summary = trained
     plan = json.loads((run / "plan.json").read_text())
@@ -365,10 +365,10 @@ def test_store_and_sampler_never_centre_foreground_on_ignored_voxels(trained):
 
 def test_validation_counts_and_scores_only_annotated_voxels(trained):
     from focusseg.data.loader import PatchLoader
-    from focusseg.engine.task import build_inference_module
     from focusseg.engine.validation import PatchValidator, masked_argmax, validate_volumes
     from focusseg.inference import sliding_window_predict
     from focusseg.metrics import dice_per_class
+    from focusseg.nets.from_plan import build_inference_module
     from focusseg.preprocessing.store import PreprocessedStore
 
     _, run, _ = trained

@@ -41,7 +41,7 @@ def test_preprocess_resamples_to_target_spacing():
 
 
 def test_store_roundtrip_and_class_locations(tiny_dataset: Path, tmp_path: Path):
-    from focusseg.engine.run import plan_dataset
+    from focusseg.workflows.plan import plan_dataset
 
     plan = plan_dataset(tiny_dataset, "cpu", progress=False)
     store = preprocess_dataset(tiny_dataset, plan, tmp_path / "pre", workers=1, progress=False)
@@ -81,7 +81,7 @@ def test_foreground_sampler_rate_and_padding():
 
 
 def test_patch_loader_shapes(tiny_dataset: Path, tmp_path: Path):
-    from focusseg.engine.run import plan_dataset
+    from focusseg.workflows.plan import plan_dataset
 
     plan = plan_dataset(tiny_dataset, "cpu", progress=False)
     store = preprocess_dataset(tiny_dataset, plan, tmp_path / "pre", workers=1, progress=False)

@@ -1,7 +1,7 @@
 """Recipe forms (issue 13, part 5): each recipe's CPU (scaled-down) form and GPU (the paper's) form.
 
 No training and no GPU: a CUDA plan is made for an 80 GB card from synthetic fingerprints (and from Hippocampus
-when ``../shared/data`` is present), the GPU form is applied as training applies it (``engine.run._finish_plan``
+when ``../shared/data`` is present), the GPU form is applied as training applies it (``engine.run.finish_plan``
 with device ``cuda``), the network is built on the meta device and ``nets.profile.estimate_plan_memory`` must fit
 80 GB (three networks for cycle training, which holds all three on the card).
 """
@@ -16,14 +16,15 @@ import pytest
 import torch
 from focusseg_testdata import shared_dataset
 
-from focusseg.engine.build import build_loss_from_plan, build_lr_controller, build_network_from_plan
-from focusseg.engine.run import _finish_plan
+from focusseg.engine.build import build_loss_from_plan, build_lr_controller
 from focusseg.errors import PlanError, UsageError
-from focusseg.nets.profile import estimate_plan_memory
+from focusseg.nets.from_plan import build_network_from_plan
 from focusseg.planning import planner
 from focusseg.planning.planner import deep_merge, make_plan, stride_divisors
+from focusseg.planning.profile import estimate_plan_memory
 from focusseg.recipes import load_recipe, merge_overrides, recipe_names, recipe_plan, resolve_network_topology
 from focusseg.strategies.lr import PolyLR
+from focusseg.workflows.plan import finish_plan
 
 CARD_GB = 80
 RECIPES = ["blob-valdo", "cycle-flare21", "default", "flare21-fast", "fp-pet", "runtime-freezing"]
@@ -57,7 +58,7 @@ def hippocampus_fp() -> dict:
 
 def gpu_plan(fp: dict, name: str) -> dict:
     """The plan a CUDA run trains with recipe ``name`` on an 80 GB card."""
-    return _finish_plan(make_plan(fp, device="cuda", gpu_memory_gb=CARD_GB), load_recipe(name), None, "cuda")
+    return finish_plan(make_plan(fp, device="cuda", gpu_memory_gb=CARD_GB), load_recipe(name), None, "cuda")
 
 
 def training_memory_gb(plan: dict) -> float:
@@ -177,15 +178,15 @@ def test_cpu_form_is_unchanged(name: str) -> None:
     over, form = recipe_plan(r, "cpu")
     assert form == "cpu" and over == r["plan"]  # the CPU form is the recipe's "plan", nothing added
     fp = SYNTHETIC["abdomen_ct"]
-    plan = _finish_plan(make_plan(fp, device="cpu"), r, None, "cpu")
+    plan = finish_plan(make_plan(fp, device="cpu"), r, None, "cpu")
     assert plan["recipe_form"] == "cpu"
     net_name, key, value = CPU_NETWORKS[name]
     assert plan["network"]["name"] == net_name
     if key is not None:
         assert plan["network"][key] == value
-    forced = _finish_plan(make_plan(fp, device="cuda", gpu_memory_gb=CARD_GB), r, None, "cuda", form="cpu")
+    forced = finish_plan(make_plan(fp, device="cuda", gpu_memory_gb=CARD_GB), r, None, "cuda", form="cpu")
     assert forced["recipe_form"] == "cpu"
-    assert forced == _finish_plan(make_plan(fp, device="cuda", gpu_memory_gb=CARD_GB), {**r, "form": "cpu"}, None,
+    assert forced == finish_plan(make_plan(fp, device="cuda", gpu_memory_gb=CARD_GB), {**r, "form": "cpu"}, None,
                                   "cuda")
 
 
@@ -198,7 +199,7 @@ def test_form_follows_the_device_unless_forced() -> None:
     assert recipe_plan(None, "cuda") == ({}, "gpu")
     with pytest.raises(UsageError, match="form"):
         recipe_plan(r, "cpu", "tpu")
-    cpu_plan = _finish_plan(make_plan(SYNTHETIC["pet_ct"], device="cpu"), None, None, "cpu")
+    cpu_plan = finish_plan(make_plan(SYNTHETIC["pet_ct"], device="cpu"), None, None, "cpu")
     assert cpu_plan["recipe_form"] == "cpu"
 
 
@@ -312,7 +313,9 @@ class _StubTrainer:
 def _stub_training(monkeypatch: pytest.MonkeyPatch, device: str) -> list[dict]:
     """Run ``run_training``'s planning and resume rules without training: the loop, the checkpoint reader and
     the device are stubbed; returns the plans handed to the loop."""
-    from focusseg.engine import checkpoint, loop, run
+    from focusseg.engine import loop
+    from focusseg.io import checkpoint
+    from focusseg.workflows import train as run
 
     seen: list[dict] = []
 
@@ -332,7 +335,7 @@ TINY_PATCH = {"patch_size": [16, 16, 16], "batch_size": 2}
 
 def test_resume_keeps_the_stored_form_and_accepts_plans_without_one(tiny_dataset: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     seen = _stub_training(monkeypatch, "cpu")
     run_dir = tmp_path / "run"
@@ -359,7 +362,7 @@ def test_resume_keeps_the_stored_form_and_accepts_plans_without_one(tiny_dataset
 
 def test_a_fresh_cuda_run_gets_the_gpu_form(tiny_dataset: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    from focusseg.engine.run import run_training
+    from focusseg.workflows.train import run_training
 
     seen = _stub_training(monkeypatch, "cuda")
     run_dir = tmp_path / "run"

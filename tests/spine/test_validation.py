@@ -133,8 +133,8 @@ def test_undeclared_indices_never_win_and_counts():
 def test_loop_scores_patches_every_epoch_and_volumes_every_k(tmp_path: Path):
     from focusseg_testdata import write_tiny_dataset
 
-    from focusseg.engine.report import read_log
-    from focusseg.engine.run import run_training
+    from focusseg.runfolder import read_log
+    from focusseg.workflows.train import run_training
 
     data = write_tiny_dataset(tmp_path / "D", n_cases=5)
     plan = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
@@ -160,8 +160,8 @@ def test_loop_scores_patches_every_epoch_and_volumes_every_k(tmp_path: Path):
 def test_bad_validation_settings_are_refused(tmp_path: Path):
     from focusseg_testdata import write_tiny_dataset
 
-    from focusseg.engine.run import run_training
     from focusseg.errors import PlanError
+    from focusseg.workflows.train import run_training
 
     data = write_tiny_dataset(tmp_path / "D", n_cases=4)
     base = {"network": {"name": "unet", "channels": [4, 8], "strides": [2], "num_res_units": 0},

@@ -57,7 +57,7 @@ def test_files_geometry_and_dtypes(dataset: Path) -> None:
 
 def test_lead_io_reads_it_without_problems(dataset: Path) -> None:
     """The dataset passes focusseg.io's discovery and checks (train and test split)."""
-    from focusseg.io.check import check_case
+    from focusseg.data.check import check_case
     from focusseg.io.dataset import discover_cases, load_dataset_spec
 
     spec = load_dataset_spec(dataset)

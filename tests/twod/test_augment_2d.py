@@ -6,8 +6,8 @@ import torch
 
 from focusseg.augment import AugmentConfig, BatchAugmenter
 from focusseg.engine.build import build_augmenter
-from focusseg.engine.run import _finish_plan
 from focusseg.planning.planner import make_plan
+from focusseg.workflows.plan import finish_plan
 
 
 def _batch(seed: int = 0):
@@ -22,7 +22,7 @@ def _plan_2d():
           "median_spacing": [1.0, 1.0, 3.0], "spacing_percentile_10": [1.0, 1.0, 3.0],
           "median_shape_after_crop": [40, 40, 20], "median_crop_fraction": 1.0,
           "intensity": [{"channel": "MR", "mean": 0.0, "std": 1.0, "percentile_00_5": -1.0, "percentile_99_5": 1.0}]}
-    return _finish_plan(make_plan(fp), None, {"configuration": "2d"})
+    return finish_plan(make_plan(fp), None, {"configuration": "2d"})
 
 
 def test_plan_builds_a_2d_augmenter_with_nnunet_2d_rotation():

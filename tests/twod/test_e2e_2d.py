@@ -64,8 +64,8 @@ def test_cli_refuses_an_unknown_configuration(tmp_path: Path):
 
 
 def test_cycle_training_on_2d_batches(tmp_path: Path):
-    from focusseg.engine.run import run_training
     from focusseg.recipes import load_recipe
+    from focusseg.workflows.train import run_training
 
     data = write_tiny_dataset(tmp_path / "D", n_cases=4)
     recipe = load_recipe("cycle-flare21")

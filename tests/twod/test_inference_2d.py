@@ -67,17 +67,17 @@ def test_slicewise_refuses_bad_arguments():
 
 
 def test_predictor_on_a_2d_plan_gives_3d_probabilities(tmp_path):
-    from focusseg.engine.build import build_network_from_plan
-    from focusseg.engine.run import _finish_plan
     from focusseg.inference.predictor import Predictor
     from focusseg.io.image import Geometry
+    from focusseg.nets.from_plan import build_network_from_plan
     from focusseg.planning.planner import make_plan
+    from focusseg.workflows.plan import finish_plan
 
     fp = {"dataset": "s", "n_cases": 10, "channel_names": {"0": "MR"}, "labels": {"background": 0, "a": 1},
           "median_spacing": [1.0, 1.0, 2.0], "spacing_percentile_10": [1.0, 1.0, 2.0],
           "median_shape_after_crop": [16, 12, 7], "median_crop_fraction": 1.0,
           "intensity": [{"channel": "MR", "mean": 0.0, "std": 1.0, "percentile_00_5": -1.0, "percentile_99_5": 1.0}]}
-    plan = _finish_plan(make_plan(fp), None, {"configuration": "2d", "training": {"amp": "none"},
+    plan = finish_plan(make_plan(fp), None, {"configuration": "2d", "training": {"amp": "none"},
                                              "network": {"channels": [4, 8, 16], "strides": [2, 2]}})
     net = build_network_from_plan(plan)
     pred = Predictor(plan, net.state_dict(), device="cpu")

@@ -10,10 +10,10 @@ from focusseg_testdata import write_tiny_dataset
 from focusseg.data.loader import PatchLoader, build_loader
 from focusseg.data.samplers import patch_with_slice, sampling_patch
 from focusseg.engine.build import build_sampler
-from focusseg.engine.run import _finish_plan, plan_dataset
 from focusseg.engine.validation import PatchValidator
 from focusseg.preprocessing import preprocess_dataset
 from focusseg.roles import PatchRequest
+from focusseg.workflows.plan import finish_plan, plan_dataset
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def store_and_plan(tmp_path_factory):
     root = tmp_path_factory.mktemp("twod")
     data = write_tiny_dataset(root / "D", n_cases=3, shape=(20, 24, 16))
     base = plan_dataset(data, "cpu", progress=False)
-    plan = _finish_plan(base, None, {"configuration": "2d", "batch_size": 4})
+    plan = finish_plan(base, None, {"configuration": "2d", "batch_size": 4})
     store = preprocess_dataset(data, plan, root / "pre", workers=1, progress=False)
     return store, plan
 
@@ -95,7 +95,7 @@ def test_focused_practice_indexes_each_slice_once(store_and_plan):
 
 def test_patch_validator_scores_slices(store_and_plan):
     store, plan = store_and_plan
-    from focusseg.engine.build import build_network_from_plan
+    from focusseg.nets.from_plan import build_network_from_plan
 
     validator = PatchValidator(store, store.case_ids(), plan, torch.device("cpu"), n_patches=6)
     assert all(r.start[plan["slice_axis"]] >= 0 for r in validator.requests)

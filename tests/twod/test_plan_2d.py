@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from focusseg.engine.build import build_network_from_plan
-from focusseg.engine.run import _finish_plan
 from focusseg.errors import PlanError
 from focusseg.nets.base import NetworkInfo
+from focusseg.nets.from_plan import build_network_from_plan
 from focusseg.planning import planner
 from focusseg.planning.planner import choose_slice_axis, make_plan, plan_configuration
 from focusseg.preprocessing.store import store_fields
+from focusseg.workflows.plan import finish_plan
 
 
 def _fp(shape, spacing, n_classes=3, n_cases=40):
@@ -64,7 +64,7 @@ def test_large_slices_are_capped_and_elongated_patches_rotate_less():
 
 def test_2d_network_builds_and_forward_has_the_slice_shape():
     plan = make_plan(_fp([64, 48, 20], [1.0, 1.0, 3.0]), configuration="2d")
-    plan = _finish_plan(plan, None, {"network": {"channels": [4, 8, 16], "strides": [2, 2]}})
+    plan = finish_plan(plan, None, {"network": {"channels": [4, 8, 16], "strides": [2, 2]}})
     net = build_network_from_plan(plan)
     h, w = plan["patch_size"]
     with torch.no_grad():
@@ -90,12 +90,12 @@ def test_cuda_2d_plan_is_a_2d_dynunet_within_the_budget():
 
 def test_set_configuration_on_a_3d_plan_plans_2d_and_keeps_explicit_overrides():
     base = make_plan(_fp([64, 48, 20], [1.0, 1.0, 3.0]))
-    plan = _finish_plan(base, None, {"configuration": "2d", "batch_size": 5})
+    plan = finish_plan(base, None, {"configuration": "2d", "batch_size": 5})
     assert plan["configuration"] == "2d" and plan["batch_size"] == 5 and len(plan["patch_size"]) == 2
-    plan = _finish_plan(base, {"name": "r", "plan": {"patch_size": [32, 32]}}, {"configuration": "2d"})
+    plan = finish_plan(base, {"name": "r", "plan": {"patch_size": [32, 32]}}, {"configuration": "2d"})
     assert plan["patch_size"] == [32, 32]
-    three_d = _finish_plan(base, None, {"configuration": "3d"})
-    assert {**_finish_plan(base, None, None), "configuration": "3d"} == three_d
+    three_d = finish_plan(base, None, {"configuration": "3d"})
+    assert {**finish_plan(base, None, None), "configuration": "3d"} == three_d
     with pytest.raises(PlanError, match="2d configuration"):
         plan_configuration(plan, {"configuration": "3d"})
     with pytest.raises(PlanError, match="not one of"):

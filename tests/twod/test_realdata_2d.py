@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 
 def test_hippocampus_trains_and_predicts_in_2d(tmp_path: Path):
-    from focusseg.engine.run import run_training
     from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.workflows.train import run_training
 
     data = shared_dataset("Dataset004_Hippocampus")
     over = {"configuration": "2d", "training": {"max_epochs": 2, "iterations_per_epoch": 5, "val_max_cases": 2}}

@@ -126,14 +126,3 @@ def _uniform(case_shapes, patch_size, locations=None, **_: Any) -> ForegroundSam
     return ForegroundSampler(case_shapes, patch_size, locations or {}, 0.0)
 
 
-@SAMPLERS.register("focused_practice")
-def _focused_practice(case_shapes, patch_size, locations=None, p_foreground: float = 0.33, **kwargs: Any):
-    """Focused Practice (FP-PET §1.2) over a grid index of patches; foreground oversampling picks among the
-    grid patches that contain a stored foreground location."""
-    from focusseg.strategies.focused_practice import FocusedPracticeSampler
-
-    probe = FocusedPracticeSampler(case_shapes, patch_size, **kwargs)
-    keys = [k for c in probe.cases for cls, locs in (locations or {}).get(c, {}).items() if len(locs) and int(cls) >= 0
-            for k in probe.keys_containing(c, locs)]
-    return FocusedPracticeSampler(case_shapes, patch_size, foreground_keys=keys,
-                                  foreground_fraction=p_foreground if keys else 0.0, **kwargs)

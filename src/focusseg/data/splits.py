@@ -92,7 +92,7 @@ def load_or_create_splits(path: Path, case_ids: list[str], n_folds: int = 5) -> 
     if path.is_file():
         return read_splits(path, case_ids)
     splits = make_splits(case_ids, n_folds)
-    from focusseg.planning.fingerprint import save_json
+    from focusseg.io.atomic import save_json
 
     save_json(splits, path)  # type: ignore[arg-type]
     return _with_path(splits, path)

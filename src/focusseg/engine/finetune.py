@@ -3,7 +3,7 @@
 ``focusseg train DATA --out RUN --init-from SOURCE [--freeze-encoder-epochs N] [--warmup-epochs N]``
 
 SOURCE is a run folder (its ``checkpoint_best.pt``, else ``checkpoint_final.pt``) or a ``.pt`` file, loaded with
-:func:`focusseg.engine.checkpoint.load_checkpoint` (``weights_only=True``, onto the CPU). The weights are taken
+:func:`focusseg.io.checkpoint.load_checkpoint` (``weights_only=True``, onto the CPU). The weights are taken
 from the checkpoint's ``network`` entry (focusseg's exported and latest checkpoints), ``task.network`` (a latest
 checkpoint), ``network_weights`` (nnU-Net v2's key; its architectures name their tensors otherwise than focusseg's
 networks, so only a network with the same names matches) or, failing those, a plain ``{name: tensor}`` state dict;
@@ -143,7 +143,7 @@ def network_weights(state: dict[str, Any], path: str | Path | None = None) -> di
 
 def read_source(path: str | Path) -> Source:
     """Resolve, load (``weights_only``, CPU) and hash a source checkpoint."""
-    from focusseg.engine.checkpoint import load_checkpoint
+    from focusseg.io.checkpoint import load_checkpoint
 
     file = resolve_source(path)
     state = load_checkpoint(file)
@@ -382,7 +382,7 @@ def keep_on_resume(stored: dict, requested: dict, options: dict[str, Any] | None
 
 def _planned_shapes(plan: dict) -> dict[str, torch.Size]:
     """Name -> shape of one planned network, built on the meta device (no memory), else on the CPU."""
-    from focusseg.engine.build import build_network_from_plan
+    from focusseg.nets.from_plan import build_network_from_plan
 
     try:
         with torch.device("meta"):
@@ -413,7 +413,7 @@ class InitFrom:
         self.reports: list[LoadReport] = []
 
     def on_train_start(self, trainer: Any) -> None:
-        from focusseg.engine.report import EpochLog
+        from focusseg.runfolder import EpochLog
 
         source = self.source
         assert source is not None
@@ -494,7 +494,7 @@ def _no_encoder_error(plan: dict) -> PlanError:
 
 def planned_encoder_names(plan: dict) -> list[str]:
     """:func:`encoder_parameter_names` of the plan's network, probed on the meta device at the plan's patch."""
-    from focusseg.engine.build import build_network_from_plan
+    from focusseg.nets.from_plan import build_network_from_plan
 
     with torch.device("meta"):
         net = build_network_from_plan(plan)
@@ -544,7 +544,7 @@ class FreezeEncoder:
             self._sync(trainer)
 
     def _sync(self, trainer: Any) -> None:
-        from focusseg.engine.report import EpochLog
+        from focusseg.runfolder import EpochLog
 
         want = trainer.epoch < self.epochs
         if want and not self.frozen:

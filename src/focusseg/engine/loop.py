@@ -57,14 +57,15 @@ import numpy as np
 import torch
 
 from focusseg.data.loader import build_loader
-from focusseg.engine import checkpoint as ckpt
-from focusseg.engine.build import amp_dtype, build_sampler
+from focusseg.engine.build import build_sampler
 from focusseg.engine.distributed import World, seed_for_rank
 from focusseg.engine.events import call
-from focusseg.engine.report import EpochLog
 from focusseg.engine.task import Parts, build_parts
 from focusseg.engine.validation import DEFAULT_FULL_EVERY, MODES, PatchValidator, dice_from_counts, validate_volumes
+from focusseg.io import checkpoint as ckpt
+from focusseg.nets.from_plan import amp_dtype
 from focusseg.preprocessing.store import PreprocessedStore
+from focusseg.runfolder import EpochLog
 
 
 @dataclass

@@ -44,30 +44,16 @@ import torch
 from torch import nn
 
 from focusseg.engine.build import (
-    amp_dtype,
     build_augmenter,
     build_loss_from_plan,
     build_lr_controller,
-    build_network_from_plan,
     build_optimizer,
     build_weighter,
 )
+from focusseg.nets.from_plan import MeanEnsemble, amp_dtype, build_network_from_plan
 from focusseg.regions import plan_regions
-from focusseg.registry import split_spec
 from focusseg.roles import PatchRequest, StepOutput
-
-
-class MeanEnsemble(nn.Module):
-    """Mean of the members' logits (main output only); in training mode too, for simplicity of export."""
-
-    def __init__(self, members: list[nn.Module]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [m(x) for m in self.members]
-        outs = [o[0] if isinstance(o, (list, tuple)) else o for o in outs]
-        return torch.stack(outs).mean(0)
+from focusseg.settings import training_settings
 
 
 def as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor | list[torch.Tensor]:
@@ -330,28 +316,19 @@ class CycleTrainingTask:
         return []
 
 
-def build_inference_module(plan: dict) -> nn.Module:
-    """The module a run exports: its network, or the mean ensemble of a cycle run's three networks."""
-    name, _ = split_spec(plan["training"].get("task") or "supervised")
-    if name == "cycle":
-        return MeanEnsemble([build_network_from_plan(plan) for _ in range(3)])
-    return build_network_from_plan(plan)
-
-
 def build_task(plan: dict, device: torch.device, total_iterations: int, amp: torch.dtype | None):
     """The task and the optimisers' LR controller named by the plan (``training.task``: supervised | cycle)."""
-    tr = plan["training"]
-    name, kwargs = split_spec(tr.get("task") or "supervised")
+    tr = training_settings(plan)
+    name, kwargs = tr.task_name, ({} if tr.task is None else tr.task.split()[1])
     per_sample = build_loss_from_plan(plan, reduction="none")
-    clip = tr.get("grad_clip", 12.0)
-    k, clip = int(plan["n_classes"]), float("inf") if clip is None else float(clip)  # None: no clipping
+    k, clip = int(plan["n_classes"]), float("inf") if tr.grad_clip is None else tr.grad_clip  # None: no clipping
     ignore = plan.get("ignore_label")  # no class: the loss masks it, the step's class counts leave it out
     if name == "supervised":
         net = build_network_from_plan(plan).to(device)
         opt = build_optimizer(plan, net, total_iterations)
-        channels_last = bool(tr.get("channels_last", False)) and len(plan["patch_size"]) == 3
+        channels_last = tr.channels_last and len(plan["patch_size"]) == 3
         task = SupervisedTask(net, opt, build_loss_from_plan(plan), k, amp, clip, per_sample_loss=per_sample,
-                              channels_last=channels_last, compile_spec=tr.get("compile"), ignore_label=ignore,
+                              channels_last=channels_last, compile_spec=tr.compile_spec(), ignore_label=ignore,
                               regions=plan_regions(plan))
         return task, build_lr_controller(plan, opt, total_iterations)
     if name == "cycle":
@@ -360,7 +337,7 @@ def build_task(plan: dict, device: torch.device, total_iterations: int, amp: tor
 
             raise PlanError("the cycle task selects samples by softmax class counts; region-based training uses "
                             "the supervised task (set training.task=supervised)")
-        if tr.get("compile") or tr.get("channels_last"):
+        if tr.compile or tr.channels_last:
             from focusseg.errors import PlanError
 
             raise PlanError("training.compile and training.channels_last apply to the supervised task; the cycle "

@@ -11,7 +11,7 @@ Layout (every member is listed in the manifest with its SHA-256 and size)::
       members/<name>/weights.safetensors   its network weights (safetensors: tensors only, no pickle)
 
 A single run has one member (``model``); a cross-validation folder one per finished fold (``fold_K``, weight
-``1/n_folds`` as :func:`~focusseg.engine.crossval.crossval_predictor` gives them), so a bundle predicts exactly
+``1/n_folds`` as :func:`~focusseg.inference.predictor.crossval_predictor` gives them), so a bundle predicts exactly
 as ``focusseg predict RUN_OR_CV`` did with the same checkpoint.
 
 Reading (:func:`read_bundle`) never extracts to disk and trusts nothing: every name must be a plain relative
@@ -69,8 +69,8 @@ def load_source(source: str | Path, checkpoint: str = "best") -> ExportSource:
         MissingFileError / CheckpointError / UsageError: as :meth:`Predictor.from_run` (no run, bad checkpoint,
             unknown ``checkpoint``); RunFolderError: a cross-validation folder without a finished fold.
     """
-    from focusseg.engine.crossval import crossval_predictor, fold_dirs, is_crossval_dir
-    from focusseg.inference.predictor import Predictor, _select_checkpoint
+    from focusseg.inference.predictor import Predictor, _select_checkpoint, crossval_predictor
+    from focusseg.runfolder import fold_dirs, is_crossval_dir
 
     path = Path(source)
     if is_crossval_dir(path):

@@ -242,9 +242,9 @@ def export_graphs(source: str | Path, out: str | Path, fmt: str = "onnx", checkp
     """Export every member of a run / cross-validation folder as ``fmt`` (onnx or torchscript) into the zip
     ``out`` (module docstring), atomically. Returns the spec written."""
     from focusseg import __version__
-    from focusseg.engine.task import build_inference_module
     from focusseg.export.bundle import load_source
     from focusseg.io.atomic import atomic_path
+    from focusseg.nets.from_plan import build_inference_module
 
     if fmt not in ("onnx", "torchscript"):
         raise UsageError(f"graph format must be onnx or torchscript, got {fmt!r}")

@@ -249,7 +249,7 @@ def choose_postprocessing_for_run(
     others); temporaries, dot files and side outputs are ignored. ``ignore_label`` / ``regions`` None: the run's
     ``plan.json`` ``ignore_label`` / ``regions`` (none when the plan has none or cannot be read)."""
     from focusseg.errors import MissingFileError
-    from focusseg.planning.fingerprint import save_json
+    from focusseg.io.atomic import save_json
 
     run_dir = Path(run_dir)
     pred_dir = run_dir / "validation" / "predictions"

@@ -13,9 +13,10 @@ predict without stopping the others (:class:`~focusseg.errors.PartialFailure` at
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from focusseg.errors import (
     ImageError,
     MissingFileError,
     PartialFailure,
+    RunFolderError,
     UsageError,
 )
 from focusseg.io import Geometry, read_case, write_image, write_segmentation
@@ -84,7 +86,7 @@ def checkpoint_parts(state: Mapping, path: str | Path | None = None) -> tuple[di
 def _build_network(plan: dict, state_dict: Mapping[str, torch.Tensor], source: str | Path | None) -> torch.nn.Module:
     """The plan's inference module with ``state_dict`` loaded, on the CPU; weights that are not finite or do not
     fit the network are a :class:`CheckpointError` naming ``source``."""
-    from focusseg.engine.task import build_inference_module
+    from focusseg.nets.from_plan import build_inference_module
 
     for name, t in state_dict.items():
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -112,7 +114,7 @@ class Predictor:
 
     def __init__(self, plan: dict, state_dict: dict, device: str | torch.device | None = None,
                  postprocessing: list[dict] | None = None, source: str | Path | None = None) -> None:
-        from focusseg.engine.build import amp_dtype
+        from focusseg.nets.from_plan import amp_dtype
 
         self.plan = plan
         self.postprocessing = list(postprocessing or [])  # steps for apply_postprocessing (chosen on validation)
@@ -127,7 +129,7 @@ class Predictor:
     def from_run(
         cls, run_dir: str | Path, checkpoint: str = "best", device: str | torch.device | None = None
     ) -> Predictor:
-        """Load a run without executing code from it (:func:`focusseg.engine.checkpoint.load_checkpoint`); its
+        """Load a run without executing code from it (:func:`focusseg.io.checkpoint.load_checkpoint`); its
         post-processing is the plan's fixed list or the steps chosen on validation (``postprocessing.json``, see
         :mod:`focusseg.inference.postprocess_selection`).
 
@@ -138,8 +140,8 @@ class Predictor:
                 unreadable ``postprocessing.json``. Each names the file.
             UsageError: ``checkpoint`` not one of best, final, latest.
         """
-        from focusseg.engine.checkpoint import load_checkpoint
         from focusseg.inference.postprocess_selection import load_run_postprocessing
+        from focusseg.io.checkpoint import load_checkpoint
 
         run_dir = Path(run_dir)
         path = _select_checkpoint(run_dir, checkpoint)
@@ -661,3 +663,37 @@ def _read_ahead(
         result = fut.result()
         fut = pool.submit(read, items[i + 1][1]) if i + 1 < len(items) else None
         yield case, result
+
+
+def crossval_predictor(cv_dirs: str | Path | Sequence[str | Path], checkpoint: str = "best", device: Any = "cpu",
+                       uncertainty: str | None = None, postprocess: bool = True,
+                       postprocessing_file: str | Path | None = None) -> Any:
+    """An :class:`~focusseg.inference.predictor.EnsemblePredictor` of every finished fold of one or more
+    cross-validation folders: equal weights per fold within a CV (nnU-Net's default) and equal total weight per CV.
+    Post-processing: ``postprocessing_file`` when given (e.g. ``focusseg best``'s choice for an ensemble of CVs),
+    else a single CV's own (chosen on its pooled validation), else none; nothing when ``postprocess`` is false."""
+    import torch
+
+    from focusseg.inference.postprocess_selection import load_run_postprocessing, read_postprocessing_file
+    from focusseg.runfolder import fold_dirs
+
+    cvs = [Path(cv_dirs)] if isinstance(cv_dirs, (str, Path)) else [Path(c) for c in cv_dirs]
+    dev = torch.device(device) if isinstance(device, str) else device
+    members, weights = [], []
+    for cv in cvs:
+        folds = fold_dirs(cv)
+        if not folds:
+            raise RunFolderError("no finished fold to predict with", cv,
+                                 hint="train folds first: focusseg crossval DATA --out CV")
+        members += [Predictor.from_run(d, checkpoint, dev) for d in folds]
+        weights += [1.0 / len(folds)] * len(folds)
+    if not postprocess:
+        steps: list[dict] = []
+    elif postprocessing_file is not None:
+        steps = read_postprocessing_file(postprocessing_file)
+    elif len(cvs) == 1:
+        steps = load_run_postprocessing(cvs[0], members[0].plan)
+    else:
+        steps = []
+    return EnsemblePredictor(members, weights, uncertainty, postprocessing=steps)
+

@@ -7,6 +7,7 @@ every reader that skips dot files skips them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -89,3 +90,12 @@ def append_line(path: str | Path, line: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def save_json(obj: dict, path: str | Path) -> Path:
+    """Write JSON atomically (human-readable, 2-space indent)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
+

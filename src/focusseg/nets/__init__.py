@@ -1,4 +1,4 @@
-"""Networks for focusseg: a registry of builders (MONAI nets, DynUNet, STU-Net, Lambda3D) and cost tools.
+"""Networks for focusseg: a registry of builders (MONAI nets, DynUNet, STU-Net, Lambda3D).
 
 ``build_network(name, in_channels, out_channels, spatial_dims=3, deep_supervision=False, **kwargs)``;
 with deep supervision a network returns, in training mode, a list of logits highest resolution first.
@@ -20,24 +20,12 @@ from focusseg.nets.base import (
     register_network,
     supports_deep_supervision,
 )
-from focusseg.nets.profile import (
-    count_parameters,
-    describe_networks,
-    estimate_activation_bytes,
-    estimate_flops,
-    time_training_step,
-)
 
 __all__ = [
     "NETWORKS",
     "NetworkInfo",
     "build_network",
-    "count_parameters",
     "deep_supervision_names",
-    "describe_networks",
-    "estimate_activation_bytes",
-    "estimate_flops",
-    "time_training_step",
     "network_divisor",
     "network_divisors",
     "network_info",

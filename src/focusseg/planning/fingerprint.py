@@ -22,6 +22,7 @@ import numpy as np
 
 from focusseg.errors import DatasetError
 from focusseg.io import CaseFiles, DatasetSpec, discover_cases, load_dataset_spec, read_case
+from focusseg.io.atomic import save_json
 from focusseg.io.dataset import case_sources
 from focusseg.preprocessing.transforms import crop, nonzero_bbox
 
@@ -183,11 +184,3 @@ def load_or_compute_fingerprint(data_dir: str | Path, path: str | Path, progress
     return fp
 
 
-def save_json(obj: dict, path: str | Path) -> Path:
-    """Write JSON atomically (human-readable, 2-space indent)."""
-    from focusseg.io.atomic import atomic_path
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    return path

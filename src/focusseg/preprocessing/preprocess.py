@@ -19,7 +19,7 @@ import numpy as np
 from focusseg.errors import DatasetError
 from focusseg.io import CaseFiles, Geometry, discover_cases, load_dataset_spec, read_case
 from focusseg.io.dataset import case_sources
-from focusseg.preprocessing.store import PreprocessedStore, store_fields, store_key
+from focusseg.preprocessing.store import MAX_LOCATIONS_PER_CLASS, PreprocessedStore, store_fields, store_key
 from focusseg.preprocessing.transforms import (
     crop,
     nonzero_bbox,
@@ -29,7 +29,6 @@ from focusseg.preprocessing.transforms import (
     resampled_shape,
 )
 
-MAX_LOCATIONS_PER_CLASS = 10_000
 #: Location key of the annotated voxels (every voxel that is not the ignore label), stored only when the plan has
 #: an ignore label: nnU-Net centres its non-foreground patches on them (``annotated_classes_key``).
 ANNOTATED = -1

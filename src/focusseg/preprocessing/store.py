@@ -33,12 +33,13 @@ PREPROCESSING_FIELDS = ("target_spacing", "normalization", "resample_order_image
 KEY_FILE = "store.json"
 _HINT = "delete the preprocessed folder to rebuild it"
 
+#: At most this many foreground voxel coordinates are stored per class (a random subset beyond it).
+MAX_LOCATIONS_PER_CLASS = 10_000
+
 
 def store_fields(plan: dict) -> dict:
     """The values that determine what preprocessing writes (defaults made explicit, so an absent field and
     its default give the same key)."""
-    from focusseg.preprocessing.preprocess import MAX_LOCATIONS_PER_CLASS
-
     fields = {k: plan.get(k) for k in PREPROCESSING_FIELDS}
     fields["resample_order_image"] = int(plan.get("resample_order_image", 3))
     fields["labels"] = {str(k): int(v) for k, v in (plan.get("labels") or {}).items()}

@@ -1,7 +1,7 @@
 """What a report reads from a run or cross-validation folder, tolerant of a run in progress.
 
 Everything is read, nothing executed or changed: JSON files and ``log.jsonl`` (the epoch records and event
-lines of :class:`focusseg.engine.report.EpochLog`), ``validation/metrics.csv`` and ``validation/summary.json``
+lines of :class:`focusseg.runfolder.EpochLog`), ``validation/metrics.csv`` and ``validation/summary.json``
 (:func:`focusseg.metrics.evaluate_folders`). A file that is absent is simply absent from the report (a run that
 has not validated yet); a file that exists but cannot be read is recorded in ``problems`` (shown on the page,
 naming the file) instead of stopping the report. Only a folder that is no run at all is an error.
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focusseg.engine.report import finite
 from focusseg.errors import MissingFileError, RunFolderError
+from focusseg.runfolder import finite
 
 
 @dataclass
@@ -183,7 +183,7 @@ def load_run(run_dir: str | Path) -> RunData:
 def load_crossval(cv_dir: str | Path) -> CrossvalData:
     """Read a cross-validation folder: ``crossval.json`` (absent before pooling), every ``fold_K`` run folder
     (finished or not), the pooled ``validation/``."""
-    from focusseg.engine.crossval import CROSSVAL_JSON, fold_dirs
+    from focusseg.runfolder import CROSSVAL_JSON, fold_dirs
 
     cv_dir = Path(cv_dir)
     problems: list[str] = []

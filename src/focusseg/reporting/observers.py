@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from focusseg.engine.report import finite
 from focusseg.errors import UsageError
+from focusseg.runfolder import finite
 
 TENSORBOARD_DIR = "tensorboard"
 LOGGERS = ("none", "tensorboard")
@@ -129,7 +129,7 @@ class CycleStats:
         if not self._n or not _is_main(trainer):
             self._kept, self._dis, self._n = None, None, 0
             return
-        from focusseg.engine.report import EpochLog
+        from focusseg.runfolder import EpochLog
 
         EpochLog(trainer.run_dir).event("cycle", epoch=int(record["epoch"]), kept_fraction=float(self._kept) / self._n,
                                         disagreement=float(self._dis) / self._n, keep_planned=self._keep,

@@ -424,7 +424,7 @@ def run_report_html(run: RunData) -> str:
 
 def crossval_report_html(cv: CrossvalData) -> str:
     """The whole page of a cross-validation: per-fold table, pooled metrics, pooled validation, each fold."""
-    from focusseg.engine.crossval import describe_rows
+    from focusseg.runfolder import describe_rows
 
     title = f"focusseg cross-validation report: {cv.cv_dir.name}"
     parts = [f"<h1>{h.esc(title)}</h1>", h.note(str(cv.cv_dir.resolve()))]

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from focusseg.data.samplers import SAMPLERS
 from focusseg.inference.windows import compute_steps
 from focusseg.roles import PatchRequest, StepOutput
 
@@ -227,3 +228,15 @@ class FocusedPracticeSampler:
             raise ValueError(f"state has {state['n_patches']} patches, this index has {self.n_patches}")
         for name in ("losses", "sample_weights", "hard", "excluded", "foreground"):
             setattr(self, name, torch.as_tensor(state[name]).clone())
+
+
+@SAMPLERS.register("focused_practice")
+def build_focused_practice_sampler(case_shapes, patch_size, locations=None, p_foreground: float = 0.33, **kwargs: Any):
+    """Focused Practice (FP-PET §1.2) over a grid index of patches; foreground oversampling picks among the
+    grid patches that contain a stored foreground location."""
+    probe = FocusedPracticeSampler(case_shapes, patch_size, **kwargs)
+    keys = [k for c in probe.cases for cls, locs in (locations or {}).get(c, {}).items() if len(locs) and int(cls) >= 0
+            for k in probe.keys_containing(c, locs)]
+    return FocusedPracticeSampler(case_shapes, patch_size, foreground_keys=keys,
+                                  foreground_fraction=p_foreground if keys else 0.0, **kwargs)
+

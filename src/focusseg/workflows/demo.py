@@ -21,11 +21,11 @@ DEMO_OVERRIDES = {
 
 def run_demo(out: Path, minutes: float = 2.5, console: Console | None = None, n_cases: int = 24,
              progress: bool = True) -> dict:
-    from focusseg.engine.run import run_training
+    from focusseg.data.check import check_dataset
     from focusseg.inference.predictor import Predictor, predict_folder
-    from focusseg.io.check import check_dataset
     from focusseg.metrics import evaluate_folders
     from focusseg.synth import generate_phantom_dataset
+    from focusseg.workflows.train import run_training
 
     console = console or Console()
     t0 = time.perf_counter()

@@ -15,20 +15,13 @@ the final validation and writes the summary, which every rank returns.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import shutil
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from focusseg.engine.checkpoint import LATEST, PREVIOUS
+from focusseg.devices import resolve_device
 from focusseg.errors import (
     CheckFailed,
     DatasetError,
@@ -38,8 +31,20 @@ from focusseg.errors import (
     UsageError,
 )
 from focusseg.io import discover_cases, load_dataset_spec
-from focusseg.planning.fingerprint import compute_fingerprint, save_json
-from focusseg.planning.planner import make_plan, match_deep_supervision
+from focusseg.io.atomic import save_json
+from focusseg.io.checkpoint import LATEST, PREVIOUS
+from focusseg.planning.planner import match_deep_supervision
+from focusseg.runfolder import (
+    clean_run_folder,
+    fold_name,
+    plan_hash,
+    read_plan,
+    read_run_info,
+    run_lock,
+    write_run_info,
+)
+from focusseg.workflows.plan import finish_plan, plan_dataset, validate_plan_for
+from focusseg.workflows.validate import choose_run_postprocessing, chooses_postprocessing, validate_raw
 
 #: Plan keys that ``resume`` may change (more epochs, validation settings, loading, anything of inference);
 #: any other difference between the stored and the requested plan is refused. The time budget is safe too.
@@ -47,164 +52,6 @@ SAFE_ON_RESUME = ("training.max_epochs", "training.val_every", "training.val_max
                   "training.validation", "training.val_patches", "training.val_full_every", "training.compile",
                   "training.channels_last", "training.loader")
 SAFE_PREFIXES_ON_RESUME = ("inference.",)
-#: What ``overwrite`` removes from a run folder: focusseg's own products (and their temporaries), nothing else.
-PRODUCT_FILES = (LATEST, PREVIOUS, "checkpoint_best.pt", "checkpoint_final.pt", "log.jsonl", "run.json",
-                 "plan.json", "summary.json", "postprocessing.json", "training_curve.png", "fingerprint.json",
-                 "splits_final.json", "report.html")
-PRODUCT_DIRS = ("validation", "preprocessed", "tensorboard")
-RUN_JSON = "run.json"
-LOCK = ".lock"
-
-
-def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but torch sees no CUDA device", hint="use --device cpu or auto")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise UsageError(f"--device {device!r} is not a device torch knows (cpu, cuda, cuda:N, auto)") from exc
-
-
-def _fingerprint(data_dir: Path, fingerprint_path: Path | None, progress: bool) -> dict:
-    """The dataset's fingerprint; cached at ``fingerprint_path`` only under a key made of the source files
-    (``planning.fingerprint.load_or_compute_fingerprint``). Without that keyed cache, never reuse one."""
-    if fingerprint_path is None:
-        return compute_fingerprint(data_dir, progress=progress)
-    try:
-        from focusseg.planning.fingerprint import load_or_compute_fingerprint  # type: ignore[attr-defined]
-    except ImportError:  # no content key available: a cached fingerprint could be of other data
-        fp = compute_fingerprint(data_dir, progress=progress)
-        save_json(fp, fingerprint_path)
-        return fp
-    return load_or_compute_fingerprint(data_dir, fingerprint_path, progress)
-
-
-def plan_dataset(data_dir: Path, device: str = "cpu", overrides: dict | None = None,
-                 fingerprint_path: Path | None = None, progress: bool = True) -> dict:
-    """Fingerprint (cached at ``fingerprint_path`` when given, keyed by the source files) and plan a dataset."""
-    return make_plan(_fingerprint(Path(data_dir), fingerprint_path, progress), device=device, overrides=overrides,
-                     spec=load_dataset_spec(data_dir))  # the spec carries region-based labels (focusseg.regions)
-
-
-def apply_normalization_scheme(plan: dict) -> dict:
-    """``"normalization_scheme": "quantile"`` (a recipe does not know how many channels a dataset has) sets that
-    scheme on every channel."""
-    scheme = plan.pop("normalization_scheme", None)
-    if scheme:
-        plan["normalization"] = [{"scheme": scheme} for _ in plan["normalization"]]
-    return plan
-
-
-def fit_patch_to_network(plan: dict) -> dict:
-    """Round the patch up so the plan's network accepts it: each size a multiple of the network's divisor and at
-    least twice it (a bottleneck of >= 2 voxels per axis, which instance norm needs). A recipe can name any
-    network without knowing the dataset's patch."""
-    from focusseg.nets import network_divisors
-    from focusseg.registry import split_spec
-
-    name, kwargs = split_spec(plan["network"])
-    kwargs.pop("deep_supervision", None)
-    divs = network_divisors(name, len(plan["patch_size"]), **kwargs)
-    patch = [max(2 * d, -(-int(p) // d) * d) for p, d in zip(plan["patch_size"], divs)]
-    if patch != list(plan["patch_size"]):
-        plan["patch_size_planned"] = list(plan["patch_size"])
-        plan["patch_size"] = patch
-    return plan
-
-
-def plan_hash(plan: dict) -> str:
-    """sha256 of the plan's content (canonical JSON: key order and formatting do not matter)."""
-    return hashlib.sha256(json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` exclusively (``flock``, released when the process dies, and on any exception);
-    the holder's PID and host are written in it. A second holder gets :class:`RunFolderError` naming them."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): no lock
-        yield
-        return
-    path = run_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
-            who = f"PID {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
-            raise RunFolderError(f"run folder in use by {who} (another focusseg train is writing into it)", run_dir,
-                                 hint="wait for it to finish, or use another --out") from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def read_run_info(run_dir: Path) -> dict | None:
-    """``run_dir/run.json`` (None when absent); unreadable -> :class:`RunFolderError`."""
-    path = run_dir / RUN_JSON
-    if not path.is_file():
-        return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"unreadable run record ({type(exc).__name__}: {' '.join(str(exc).split())})", path,
-                             hint="start the run again with --overwrite, or use another --out") from exc
-    if not isinstance(info, dict):
-        raise RunFolderError("not a focusseg run record (expected a JSON object)", path,
-                             hint="start the run again with --overwrite, or use another --out")
-    return info
-
-
-def write_run_info(run_dir: Path, data_dir: Path, fold: str, plan: dict, time_budget_min: float | None) -> None:
-    from focusseg import __version__
-
-    save_json({"fold": fold, "plan_sha256": plan_hash(plan), "data_dir": str(data_dir.resolve()),
-               "time_budget_min": time_budget_min, "focusseg_version": __version__}, run_dir / RUN_JSON)
-
-
-def clean_run_folder(run_dir: Path, preprocessed_dir: Path | None = None) -> list[Path]:
-    """Remove focusseg's own products from a run folder (:data:`PRODUCT_FILES`, their temporaries,
-    :data:`PRODUCT_DIRS`, and ``preprocessed_dir`` when it lies inside the run folder); nothing else."""
-    from focusseg.io.paths import is_inside
-
-    removed: list[Path] = []
-    for entry in sorted(run_dir.iterdir()):
-        name = entry.name
-        own = name in PRODUCT_FILES or any(name.startswith(f".{p}.") and ".tmp" in name for p in PRODUCT_FILES)
-        if own and (entry.is_file() or entry.is_symlink()):
-            entry.unlink()
-            removed.append(entry)
-    dirs = [run_dir / d for d in PRODUCT_DIRS]
-    if preprocessed_dir is not None and is_inside(preprocessed_dir, run_dir) and \
-            Path(preprocessed_dir).resolve() != run_dir.resolve():
-        dirs.append(Path(preprocessed_dir))
-    for d in dirs:
-        if d.is_symlink():
-            d.unlink()
-        elif d.is_dir():
-            shutil.rmtree(d)
-        else:
-            continue
-        removed.append(d)
-    return removed
-
-
-def _fold(fold: str | int) -> str:
-    text = str(fold).strip()
-    if text == "all" or (text.isdigit() and not text.startswith("-")):
-        return text if text == "all" else str(int(text))
-    raise UsageError(f"fold {fold!r} is neither a fold number (0, 1, ...) nor 'all'")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -229,49 +76,6 @@ def plan_changes(stored: dict, requested: dict) -> dict[str, dict[str, Any]]:
 def safe_on_resume(key: str) -> bool:
     return key in SAFE_ON_RESUME or key.startswith(SAFE_PREFIXES_ON_RESUME) or any(
         key.startswith(s + ".") for s in SAFE_ON_RESUME)
-
-
-def _read_plan(path: Path) -> dict:
-    try:
-        plan = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise MissingFileError("no such plan file", path) from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"unreadable plan ({type(exc).__name__}: {' '.join(str(exc).split())})", path) from exc
-    if not isinstance(plan, dict):
-        raise PlanError("not a plan (expected a JSON object)", path)
-    return plan
-
-
-def _finish_plan(plan: dict, recipe: dict | None, overrides: dict | None, device_type: str = "cpu",
-                 form: str | None = None, match_heads: bool = True) -> dict:
-    """The plan a run trains: the planner's ``plan`` + the recipe's form for ``device_type`` (GPU form on CUDA,
-    CPU form otherwise; ``form`` or the recipe's ``"form"`` forces one: ``recipes.recipe_plan``) + ``overrides``
-    (``--set``), in the configuration they ask for (``configuration: "2d"``: ``planner.plan_configuration``);
-    then the normalisation scheme, a recipe's ``network.topology``, as many deep-supervision heads as
-    nonzero weights (``match_heads``; a resumed plan stored before heads were matched keeps its heads) and a patch
-    the network accepts. Records ``recipe_form``."""
-    from focusseg.planning.planner import plan_configuration
-    from focusseg.recipes import recipe_plan, resolve_network_topology
-
-    recipe_overrides, chosen = recipe_plan(recipe, device_type, form)
-    plan = plan_configuration(plan, recipe_overrides, overrides or {})  # configuration "2d": planned in 2D first
-    plan = apply_normalization_scheme(plan)
-    plan = resolve_network_topology(plan)
-    if match_heads:
-        plan = match_deep_supervision(plan)
-    plan = fit_patch_to_network(plan)
-    plan["recipe_form"] = chosen
-    return plan
-
-
-def _validate_plan(plan: dict, spec: Any) -> None:
-    """The planner's check that ``plan`` can work on this dataset (:class:`PlanError` before any work)."""
-    try:
-        from focusseg.planning.planner import validate_plan
-    except ImportError:  # an older planner without the check
-        return
-    validate_plan(plan, spec)
 
 
 def _splits(data_dir: Path, run_dir: Path, case_ids: list[str], fold: str,
@@ -343,7 +147,7 @@ def run_training(data_dir: str | Path, run_dir: str | Path, fold: str | int = 0,
                                                                      or (Path(run_dir) / PREVIOUS).is_file()):
         resume = args["resume"] = True  # torchrun restarted the workers after a failure: continue the run
         if world.is_main:
-            from focusseg.engine.report import EpochLog
+            from focusseg.runfolder import EpochLog
 
             EpochLog(Path(run_dir)).event("torchrun_restart", restart=int(os.environ["TORCHELASTIC_RESTART_COUNT"]))
     if not world.is_main:
@@ -386,7 +190,7 @@ def _run_main(args: dict, world: Any, handoff: dict | None) -> dict:
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other (continue the run, or start it again)")
     fine_tune = finetune.check_options(init_from, freeze_encoder_epochs, warmup_epochs, run_dir, resume)
-    fold = _fold(fold)
+    fold = fold_name(fold)
     if not data_dir.is_dir():
         raise MissingFileError("no such dataset folder", data_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -410,10 +214,10 @@ def _run_follower(run_dir: Path, device: str | None, resume: bool, progress: boo
                   world: Any) -> dict:
     """:func:`run_training` on a rank other than 0: wait for rank 0's plan, store and splits, train with them
     (writing nothing), and return the summary rank 0 wrote."""
-    from focusseg.engine import checkpoint as ckpt
     from focusseg.engine import finetune
     from focusseg.engine.loop import train
     from focusseg.errors import TrainingError
+    from focusseg.io import checkpoint as ckpt
     from focusseg.preprocessing.store import PreprocessedStore
 
     msg = world.broadcast_object(None, planning=True)
@@ -430,17 +234,16 @@ def _run_follower(run_dir: Path, device: str | None, resume: bool, progress: boo
     return world.broadcast_object(None, planning=True)
 
 
-
 def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, overrides: dict | None,
                 time_budget_min: float | None, device: str | None, resume: bool, preprocessed_dir: Path | None,
                 plan_path: Path | None, final_validation: bool, progress: bool, callbacks: list[Any] | None,
                 check: bool, overwrite: bool, t_start: float, fine_tune: dict | None = None,
                 splits_path: Path | None = None, world: Any = None, handoff: dict | None = None) -> dict:
-    from focusseg.engine import checkpoint as ckpt
     from focusseg.engine import finetune
     from focusseg.engine.loop import train
-    from focusseg.engine.report import EpochLog, sanitize
+    from focusseg.io import checkpoint as ckpt
     from focusseg.preprocessing import preprocess_dataset
+    from focusseg.runfolder import EpochLog, sanitize
 
     dev = world.device(resolve_device(device)) if world is not None else resolve_device(device)
     plan_file = run_dir / "plan.json"
@@ -465,7 +268,7 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
                                  hint="continue it with --resume, start it again with --overwrite, or use another "
                                       "--out")
     if check:
-        from focusseg.io.check import check_dataset
+        from focusseg.data.check import check_dataset
 
         problems = check_dataset(data_dir)
         if problems:
@@ -476,7 +279,7 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
     replan = False
     changes: dict[str, dict[str, Any]] = {}
     if resume:
-        stored = _read_plan(plan_file)
+        stored = read_plan(plan_file)
         if recipe is not None and not recipe.get("plan") and not (recipe.get("gpu") or {}).get("plan"):
             recipe = None  # the default recipe (an empty plan) asks for nothing: keep the stored recipe
         # the stored form, not this device's: a run resumes as it started (a plan from before recipe forms had
@@ -486,14 +289,14 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
             matched = match_deep_supervision(stored) == stored
         except PlanError:
             matched = False
-        requested = _finish_plan(_read_plan(plan_path) if plan_path is not None else stored, recipe, overrides,
+        requested = finish_plan(read_plan(plan_path) if plan_path is not None else stored, recipe, overrides,
                                  dev.type, form, match_heads=matched)
         requested["recipe"] = recipe.get("name", "default") if recipe is not None else stored.get("recipe")
         finetune.keep_on_resume(stored, requested, fine_tune)  # the recorded init_from stays; never re-applied
         if "recipe_form" not in stored and requested["recipe_form"] == "cpu":
             del requested["recipe_form"]  # an older plan: the CPU form, unrecorded; not a change
         changes = plan_changes(stored, requested)
-        _validate_plan(requested, spec)
+        validate_plan_for(requested, spec)
         stored_budget = (info or {}).get("time_budget_min")
         if time_budget_min is None:
             time_budget_min = stored_budget
@@ -519,15 +322,15 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
                 ckpt.save_atomic(exported, best)
     else:
         if plan_path is not None:
-            plan = _read_plan(plan_path)
+            plan = read_plan(plan_path)
         else:
             plan = plan_dataset(data_dir, dev.type, None, run_dir / "fingerprint.json", progress)
-        plan = _finish_plan(plan, recipe, overrides, dev.type)
+        plan = finish_plan(plan, recipe, overrides, dev.type)
         plan["recipe"] = (recipe or {}).get("name", "default")
         source = finetune.prepare(plan, fine_tune)  # records training.init_from; fails before preprocessing
-        _validate_plan(plan, spec)
+        validate_plan_for(plan, spec)
         if info is not None and info.get("plan_sha256") != plan_hash(plan):
-            diff = plan_changes(_read_plan(plan_file), plan) if plan_file.is_file() else {}
+            diff = plan_changes(read_plan(plan_file), plan) if plan_file.is_file() else {}
             what = ""
             if diff:
                 key, v = next(iter(diff.items()))
@@ -572,90 +375,3 @@ def _run_locked(data_dir: Path, run_dir: Path, fold: str, recipe: dict | None, o
     return summary
 
 
-def _clear_stale(folder: Path, keep: set[str]) -> None:
-    """Remove every file in ``folder`` that is not named in ``keep`` (cases of another fold or run)."""
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        if p.name not in keep and (p.is_file() or p.is_symlink()):
-            p.unlink()
-
-
-def replace_link(target: Path, link: Path) -> None:
-    """``link`` -> ``target``, replaced atomically."""
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.parent / f".{link.name}.{os.getpid()}.tmplink"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    tmp.symlink_to(target)
-    os.replace(tmp, link)
-
-
-def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torch.device, progress: bool = True
-                 ) -> dict:
-    """Predict the raw held-out cases with the best checkpoint (with the plan's TTA, without post-processing:
-    these predictions are what post-processing is chosen on) into ``run_dir/validation`` and evaluate them
-    against the raw labels (original geometry). ``validation/`` holds only these cases: predictions and
-    references of any other case (another fold, an earlier run) are removed first."""
-    from focusseg.inference.predictor import Predictor
-    from focusseg.io import read_case, write_segmentation
-    from focusseg.io.paths import safe_child
-    from focusseg.metrics import evaluate_folders
-
-    spec = load_dataset_spec(data_dir)
-    cases = {c.case_id: c for c in discover_cases(data_dir, spec)}
-    predictor = Predictor.from_run(run_dir, "best", device)
-    out = run_dir / "validation"
-    pred_dir, gt_dir = out / "predictions", out / "reference"
-    names = {f"{cid}{spec.file_ending}" for cid in val_ids}
-    _clear_stale(pred_dir, names)
-    _clear_stale(gt_dir, names)
-    for cid in val_ids:
-        image, label, geo = read_case(list(cases[cid].images), cases[cid].label)
-        name = f"{cid}{spec.file_ending}"
-        write_segmentation(safe_child(pred_dir, name), predictor.segment(image, geo, postprocess=False), geo)
-        replace_link(Path(cases[cid].label).resolve(), gt_dir / name)
-    if spec.regions:  # region-based labels: Dice per region (focusseg.regions), rows labelled 1..R
-        summary = evaluate_folders(pred_dir, gt_dir, out, progress=progress, regions=spec.region_list,
-                                   region_names=list(spec.regions))
-    else:
-        summary = evaluate_folders(pred_dir, gt_dir, out, labels=spec.foreground_labels, progress=progress,
-                                   ignore_label=spec.ignore_label)
-    return {"metrics_csv": str(out / "metrics.csv"), "summary_json": str(out / "summary.json"),
-            "mean_dice": mean_foreground_dice(summary),
-            "dice_per_label": {k: v["dice"]["mean"] for k, v in summary.get("per_label", {}).items()}}
-
-
-def evaluate_for_plan(pred_dir: Path, ref_dir: Path, out: Path, plan: dict, progress: bool = True) -> dict:
-    """Score a folder of predictions as the plan trains: per region for a region-based plan (``regions``,
-    :mod:`focusseg.regions`), else per foreground label with the plan's ignore label. Cross-validation and
-    ``best`` pool their validation with it."""
-    from focusseg.metrics import evaluate_folders
-
-    if plan.get("regions"):
-        return evaluate_folders(pred_dir, ref_dir, out, progress=progress, regions=plan["regions"],
-                                region_names=plan.get("region_names"))
-    labels = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
-    return evaluate_folders(pred_dir, ref_dir, out, labels=labels, progress=progress,
-                            ignore_label=plan.get("ignore_label"))
-
-
-def chooses_postprocessing(plan: dict) -> bool:
-    """Whether post-processing is chosen on validation for this plan: ``inference.postprocessing`` "auto" (per
-    label, or per region when the plan has regions: :mod:`focusseg.inference.postprocess_selection`)."""
-    return plan.get("inference", {}).get("postprocessing", "auto") == "auto"
-
-
-def choose_run_postprocessing(run_dir: Path, labels: list[int], regions: list[list[int]] | None = None) -> dict:
-    """Choose post-processing on the raw validation predictions (``postprocessing.json``) and summarise it."""
-    from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
-
-    res = choose_postprocessing_for_run(run_dir, labels, regions=regions)
-    return {"steps": res["steps"], "dice_before": res["dice_before"], "dice_after": res["dice_after"]}
-
-
-def mean_foreground_dice(summary: dict) -> float | None:
-    """Mean foreground Dice as nnU-Net reports it: the mean over labels of each label's mean over cases."""
-    means = [v["dice"]["mean"] for v in summary.get("per_label", {}).values() if v.get("dice", {}).get("mean")
-             is not None]
-    return float(sum(means) / len(means)) if means else None

@@ -186,7 +186,7 @@ def estimate_plan_memory(plan: Mapping[str, Any], model: nn.Module | None = None
         est = pl.estimate_training_memory(patch, batch, in_ch, n_cls, ks, st, feats, dsn, amp)
         return {"total_gb": est["total_gb"], "activations_gb": est["activations_gb"], "fixed_gb": est["fixed_gb"],
                 "parameters": est["parameters"], "method": "analytic (DynUNet topology)"}
-    from focusseg.engine.build import build_network_from_plan
+    from focusseg.nets.from_plan import build_network_from_plan
 
     if model is None or _device_of(model).type != "meta":
         with torch.device("meta"):
@@ -206,7 +206,7 @@ def describe_plan(plan: Mapping[str, Any], device: str | torch.device = "cpu", m
     meta device), ``train_memory_gb`` (:func:`estimate_plan_memory`), ``budget_gb`` (the plan's
     ``gpu_memory_gb``, None for a CPU plan) and ``step_s`` (a timed training step on ``device`` when
     ``measure_time``, else None)."""
-    from focusseg.engine.build import build_network_from_plan
+    from focusseg.nets.from_plan import build_network_from_plan
 
     patch = tuple(int(p) for p in plan["patch_size"])
     in_ch, n_cls = len(plan["channel_names"]), int(plan["n_classes"])

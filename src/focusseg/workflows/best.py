@@ -27,7 +27,7 @@ from focusseg.errors import RunFolderError, UsageError
 
 
 def _crossval(cv: Path) -> dict[str, Any]:
-    from focusseg.engine.crossval import CROSSVAL_JSON
+    from focusseg.runfolder import CROSSVAL_JSON
 
     path = cv / CROSSVAL_JSON
     if not path.is_file():
@@ -81,14 +81,14 @@ def find_best(cv_dirs: list[str | Path], out_dir: str | Path, pairs: bool = True
     """Rank the CVs and their pairwise ensembles (module docstring); returns and writes ``out_dir/best.json``."""
     import torch
 
-    from focusseg.engine.crossval import fold_dirs
-    from focusseg.engine.run import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice, replace_link
     from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
     from focusseg.inference.predictor import EnsemblePredictor, Predictor
     from focusseg.io import read_case, write_segmentation
+    from focusseg.io.atomic import save_json
     from focusseg.io.dataset import discover_cases, load_dataset_spec
     from focusseg.io.paths import is_inside, safe_child
-    from focusseg.planning.fingerprint import save_json
+    from focusseg.runfolder import fold_dirs, replace_link
+    from focusseg.workflows.validate import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice
 
     cvs = [Path(c) for c in cv_dirs]
     if not cvs:

@@ -12,7 +12,7 @@
       postprocessing.json    chosen on the pooled validation predictions; `predict CV` applies it to the ensemble
       crossval.json          per-fold and pooled Dice, the folds, the plan's hash, the recipe
 
-* Each fold is trained by :func:`focusseg.engine.run.run_training` with the same planner plan, recipe and
+* Each fold is trained by :func:`focusseg.workflows.train.run_training` with the same planner plan, recipe and
   overrides, the shared store and the shared split file, so every fold's ``plan.json`` is the same plan.
 * ``folds``: a list (``0,1,2``), a range (``0-4``), ``all`` (every fold of the split file) or one fold (``3``): a fold
   can be trained or resumed alone, on another machine, into the same CV folder (one lock per fold folder).
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from focusseg.errors import RunFolderError, UsageError
+from focusseg.runfolder import CROSSVAL_JSON, fold_dirs
 
-CROSSVAL_JSON = "crossval.json"
 PLANNER_PLAN = "plan_planner.json"
 
 
@@ -65,28 +65,10 @@ def parse_folds(text: str | Sequence[int] | int, n_folds: int) -> list[int]:
     return sorted(set(folds))
 
 
-def is_crossval_dir(path: str | Path) -> bool:
-    return (Path(path) / CROSSVAL_JSON).is_file()
-
-
-def fold_dirs(cv_dir: str | Path, finished_only: bool = True) -> list[Path]:
-    """The CV folder's fold run folders (``fold_K``), sorted by K; ``finished_only``: those with a
-    ``summary.json`` and a best checkpoint."""
-    cv = Path(cv_dir)
-    out = []
-    for p in cv.glob("fold_*"):
-        if not p.is_dir() or not p.name[5:].isdigit():
-            continue
-        if finished_only and not ((p / "summary.json").is_file() and (p / "checkpoint_best.pt").is_file()):
-            continue
-        out.append(p)
-    return sorted(out, key=lambda p: int(p.name[5:]))
-
-
 def _shared_plan(data_dir: Path, cv_dir: Path, device_type: str, progress: bool) -> Path:
     """The planner's plan for the CV, made once (``plan_planner.json``); later calls reuse it."""
-    from focusseg.engine.run import plan_dataset
-    from focusseg.planning.fingerprint import save_json
+    from focusseg.io.atomic import save_json
+    from focusseg.workflows.plan import plan_dataset
 
     path = cv_dir / PLANNER_PLAN
     if not path.is_file():
@@ -115,9 +97,10 @@ def run_crossval(data_dir: str | Path, cv_dir: str | Path, folds: str | Sequence
                  on_fold: Any = None) -> dict[str, Any]:
     """Train ``folds`` into ``cv_dir/fold_K`` (module docstring), pool every finished fold and write
     ``crossval.json``. ``on_fold(fold, status, summary)`` is called after each fold (for progress output)."""
-    from focusseg.engine.run import resolve_device, run_training
+    from focusseg.devices import resolve_device
     from focusseg.io.dataset import discover_cases, load_dataset_spec
     from focusseg.io.paths import is_inside
+    from focusseg.workflows.train import run_training
 
     data_dir, cv_dir = Path(data_dir), Path(cv_dir)
     if not data_dir.is_dir():
@@ -130,8 +113,8 @@ def run_crossval(data_dir: str | Path, cv_dir: str | Path, folds: str | Sequence
     if cv_dir.exists() and not cv_dir.is_dir():
         raise UsageError("the CV folder exists and is not a folder", cv_dir)
     if check:
+        from focusseg.data.check import check_dataset
         from focusseg.errors import CheckFailed
-        from focusseg.io.check import check_dataset
 
         problems = check_dataset(data_dir)
         if problems:
@@ -182,16 +165,11 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
     ``cv_dir/validation``, evaluate them together, choose post-processing on them, and write
     ``crossval.json`` (returned). Every fold must have been trained with the same plan."""
     from focusseg import __version__
-    from focusseg.engine.run import (
-        chooses_postprocessing,
-        evaluate_for_plan,
-        mean_foreground_dice,
-        plan_hash,
-        replace_link,
-    )
     from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
+    from focusseg.io.atomic import save_json
     from focusseg.metrics.files import label_files
-    from focusseg.planning.fingerprint import save_json
+    from focusseg.runfolder import plan_hash, replace_link
+    from focusseg.workflows.validate import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice
 
     cv_dir = Path(cv_dir)
     done = fold_dirs(cv_dir)
@@ -258,56 +236,4 @@ def _data_dir_of(run_dir: Path) -> str | None:
         return None
 
 
-def crossval_predictor(cv_dirs: str | Path | Sequence[str | Path], checkpoint: str = "best", device: Any = "cpu",
-                       uncertainty: str | None = None, postprocess: bool = True,
-                       postprocessing_file: str | Path | None = None) -> Any:
-    """An :class:`~focusseg.inference.predictor.EnsemblePredictor` of every finished fold of one or more
-    cross-validation folders: equal weights per fold within a CV (nnU-Net's default) and equal total weight per CV.
-    Post-processing: ``postprocessing_file`` when given (e.g. ``focusseg best``'s choice for an ensemble of CVs),
-    else a single CV's own (chosen on its pooled validation), else none; nothing when ``postprocess`` is false."""
-    import torch
-
-    from focusseg.inference.postprocess_selection import load_run_postprocessing, read_postprocessing_file
-    from focusseg.inference.predictor import EnsemblePredictor, Predictor
-
-    cvs = [Path(cv_dirs)] if isinstance(cv_dirs, (str, Path)) else [Path(c) for c in cv_dirs]
-    dev = torch.device(device) if isinstance(device, str) else device
-    members, weights = [], []
-    for cv in cvs:
-        folds = fold_dirs(cv)
-        if not folds:
-            raise RunFolderError("no finished fold to predict with", cv,
-                                 hint="train folds first: focusseg crossval DATA --out CV")
-        members += [Predictor.from_run(d, checkpoint, dev) for d in folds]
-        weights += [1.0 / len(folds)] * len(folds)
-    if not postprocess:
-        steps: list[dict] = []
-    elif postprocessing_file is not None:
-        steps = read_postprocessing_file(postprocessing_file)
-    elif len(cvs) == 1:
-        steps = load_run_postprocessing(cvs[0], members[0].plan)
-    else:
-        steps = []
-    return EnsemblePredictor(members, weights, uncertainty, postprocessing=steps)
-
-
-def describe_rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Rows ``(fold, cases, label Dice..., mean)`` for a table: one per fold, then ``pooled``."""
-    labels = sorted({k for f in result["folds"].values() for k in (f.get("dice_per_label") or {})}
-                    | set(result["pooled"].get("dice_per_label") or {}), key=lambda s: int(s))
-
-    def fmt(v: Any) -> str:
-        return "-" if v is None else f"{float(v):.4f}"
-
-    rows = []
-    for k, f in sorted(result["folds"].items(), key=lambda kv: int(kv[0])):
-        d = f.get("dice_per_label") or {}
-        rows.append((k, str(f["val_cases"]), *[fmt(d.get(lab)) for lab in labels], fmt(f.get("mean_dice"))))
-    p = result["pooled"]
-    d = p.get("dice_per_label") or {}
-    rows.append(("pooled", str(p["cases"]), *[fmt(d.get(lab)) for lab in labels], fmt(p.get("mean_dice"))))
-    return [("fold", "cases", *[f"label {lab}" for lab in labels], "mean"), *rows]
-
-
-__all__ = ["CROSSVAL_JSON", "crossval_predictor", "describe_rows", "fold_dirs", "is_crossval_dir", "parse_folds",
-           "pool_crossval", "run_crossval"]
+__all__ = ["parse_folds", "pool_crossval", "run_crossval"]
