@@ -21,11 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from focusseg.errors import MissingFileError, PlanError, RunFolderError, UsageError
+from focusseg.errors import MissingFileError, PlanError, RunFolderError, UsageError, one_line
 from focusseg.io.atomic import append_line, atomic_write_text, save_json
 from focusseg.io.checkpoint import LATEST, PREVIOUS
+from focusseg.settings import inference_settings, network_settings, training_settings
 
 RUN_JSON = "run.json"
+#: The plan a run trains (written when the run starts, rewritten when a resume changes it).
+PLAN_JSON = "plan.json"
 
 
 LOCK = ".lock"
@@ -84,7 +87,7 @@ def read_run_info(run_dir: Path) -> dict | None:
     try:
         info = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"unreadable run record ({type(exc).__name__}: {' '.join(str(exc).split())})", path,
+        raise RunFolderError(f"unreadable run record ({one_line(exc, typed=True)})", path,
                              hint="start the run again with --overwrite, or use another --out") from exc
     if not isinstance(info, dict):
         raise RunFolderError("not a focusseg run record (expected a JSON object)", path,
@@ -133,15 +136,33 @@ def fold_name(fold: str | int) -> str:
     raise UsageError(f"fold {fold!r} is neither a fold number (0, 1, ...) nor 'all'")
 
 
-def read_plan(path: Path) -> dict:
+def read_plan(path: str | Path) -> dict:
+    """The one reader of a plan file: the JSON object, its ``training``, ``inference`` and ``network`` sections
+    checked by :mod:`focusseg.settings` (types, ranges, unknown keys), so a plan read from any file passes one
+    gate before anything is built from it.
+
+    Args:
+        path: the plan file (``run_dir / PLAN_JSON`` or a ``--plan`` file).
+
+    Returns:
+        the plan as read (a dict; the typed sections are parsed where they are used).
+
+    Raises:
+        MissingFileError: no such file.
+        PlanError: unreadable (OS error, not UTF-8, not JSON), not a JSON object, or a section out of its
+            bounds (the message names the field).
+    """
     try:
         plan = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise MissingFileError("no such plan file", path) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"unreadable plan ({type(exc).__name__}: {' '.join(str(exc).split())})", path) from exc
+        raise PlanError(f"unreadable plan ({one_line(exc, typed=True)})", path) from exc
     if not isinstance(plan, dict):
         raise PlanError("not a plan (expected a JSON object)", path)
+    training_settings(plan, path)
+    inference_settings(plan, path)
+    network_settings(plan, path)
     return plan
 
 

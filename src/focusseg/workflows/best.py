@@ -24,11 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from focusseg.errors import RunFolderError, UsageError
+from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
+from focusseg.inference.predictor import EnsemblePredictor, Predictor
+from focusseg.io import read_case, write_segmentation
+from focusseg.io.atomic import save_json
+from focusseg.io.dataset import discover_cases, load_dataset_spec
+from focusseg.io.paths import is_inside, safe_child
+from focusseg.metrics.files import label_files
+from focusseg.runfolder import CROSSVAL_JSON, fold_dirs, replace_link
+from focusseg.workflows.validate import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice
 
 
 def _crossval(cv: Path) -> dict[str, Any]:
-    from focusseg.runfolder import CROSSVAL_JSON
-
     path = cv / CROSSVAL_JSON
     if not path.is_file():
         raise RunFolderError("not a cross-validation folder (no crossval.json)", cv,
@@ -45,8 +52,6 @@ def _crossval(cv: Path) -> dict[str, Any]:
 
 def _held_out(cv: Path, fold: str) -> list[str]:
     """The case ids fold ``fold`` of ``cv`` held out (its validation predictions)."""
-    from focusseg.metrics.files import label_files
-
     return sorted(label_files(cv / f"fold_{fold}" / "validation" / "predictions"))
 
 
@@ -80,15 +85,6 @@ def find_best(cv_dirs: list[str | Path], out_dir: str | Path, pairs: bool = True
               progress: bool = True) -> dict[str, Any]:
     """Rank the CVs and their pairwise ensembles (module docstring); returns and writes ``out_dir/best.json``."""
     import torch
-
-    from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
-    from focusseg.inference.predictor import EnsemblePredictor, Predictor
-    from focusseg.io import read_case, write_segmentation
-    from focusseg.io.atomic import save_json
-    from focusseg.io.dataset import discover_cases, load_dataset_spec
-    from focusseg.io.paths import is_inside, safe_child
-    from focusseg.runfolder import fold_dirs, replace_link
-    from focusseg.workflows.validate import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice
 
     cvs = [Path(c) for c in cv_dirs]
     if not cvs:

@@ -30,8 +30,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from focusseg.errors import RunFolderError, UsageError
-from focusseg.runfolder import CROSSVAL_JSON, fold_dirs
+from focusseg import __version__
+from focusseg.data.check import check_dataset
+from focusseg.data.splits import load_or_create_splits
+from focusseg.devices import resolve_device
+from focusseg.errors import CheckFailed, DatasetError, MissingFileError, RunFolderError, UsageError
+from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
+from focusseg.io.atomic import save_json
+from focusseg.io.dataset import discover_cases, load_dataset_spec
+from focusseg.io.paths import is_inside
+from focusseg.metrics.files import label_files
+from focusseg.runfolder import CROSSVAL_JSON, fold_dirs, plan_hash, replace_link
+from focusseg.workflows.plan import plan_dataset
+from focusseg.workflows.train import run_training
+from focusseg.workflows.validate import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice
 
 PLANNER_PLAN = "plan_planner.json"
 
@@ -67,9 +79,6 @@ def parse_folds(text: str | Sequence[int] | int, n_folds: int) -> list[int]:
 
 def _shared_plan(data_dir: Path, cv_dir: Path, device_type: str, progress: bool) -> Path:
     """The planner's plan for the CV, made once (``plan_planner.json``); later calls reuse it."""
-    from focusseg.io.atomic import save_json
-    from focusseg.workflows.plan import plan_dataset
-
     path = cv_dir / PLANNER_PLAN
     if not path.is_file():
         save_json(plan_dataset(data_dir, device_type, None, cv_dir / "fingerprint.json", progress), path)
@@ -77,15 +86,11 @@ def _shared_plan(data_dir: Path, cv_dir: Path, device_type: str, progress: bool)
 
 
 def _splits_file(data_dir: Path, cv_dir: Path, case_ids: list[str]) -> tuple[Path, int]:
-    from focusseg.data.splits import load_or_create_splits
-
     own = data_dir / "splits_final.json"
     path = own if own.is_file() else cv_dir / "splits_final.json"
     try:
         splits = load_or_create_splits(path, case_ids)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        from focusseg.errors import DatasetError
-
         raise DatasetError(f"unreadable splits file ({' '.join(str(exc).split())})", path) from exc
     return path, len(splits)
 
@@ -97,15 +102,8 @@ def run_crossval(data_dir: str | Path, cv_dir: str | Path, folds: str | Sequence
                  on_fold: Any = None) -> dict[str, Any]:
     """Train ``folds`` into ``cv_dir/fold_K`` (module docstring), pool every finished fold and write
     ``crossval.json``. ``on_fold(fold, status, summary)`` is called after each fold (for progress output)."""
-    from focusseg.devices import resolve_device
-    from focusseg.io.dataset import discover_cases, load_dataset_spec
-    from focusseg.io.paths import is_inside
-    from focusseg.workflows.train import run_training
-
     data_dir, cv_dir = Path(data_dir), Path(cv_dir)
     if not data_dir.is_dir():
-        from focusseg.errors import MissingFileError
-
         raise MissingFileError("no such dataset folder", data_dir)
     if is_inside(data_dir, cv_dir):
         raise UsageError(f"the CV folder contains the dataset {data_dir}: training would write into the input",
@@ -113,9 +111,6 @@ def run_crossval(data_dir: str | Path, cv_dir: str | Path, folds: str | Sequence
     if cv_dir.exists() and not cv_dir.is_dir():
         raise UsageError("the CV folder exists and is not a folder", cv_dir)
     if check:
-        from focusseg.data.check import check_dataset
-        from focusseg.errors import CheckFailed
-
         problems = check_dataset(data_dir)
         if problems:
             raise CheckFailed(problems)
@@ -164,13 +159,6 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
     """Pool every finished fold of ``cv_dir``: link each fold's held-out predictions and references into
     ``cv_dir/validation``, evaluate them together, choose post-processing on them, and write
     ``crossval.json`` (returned). Every fold must have been trained with the same plan."""
-    from focusseg import __version__
-    from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
-    from focusseg.io.atomic import save_json
-    from focusseg.metrics.files import label_files
-    from focusseg.runfolder import plan_hash, replace_link
-    from focusseg.workflows.validate import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice
-
     cv_dir = Path(cv_dir)
     done = fold_dirs(cv_dir)
     if not done:

@@ -12,6 +12,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from focusseg.data.check import check_dataset
+from focusseg.inference.predictor import Predictor, predict_folder
+from focusseg.metrics import evaluate_folders
+from focusseg.synth import generate_phantom_dataset
+from focusseg.workflows.train import run_training
+
 DEMO_OVERRIDES = {
     "training": {"iterations_per_epoch": 40, "val_every": 2, "augmentation": "light", "max_epochs": 100,
                  "foreground_oversampling": 0.5},
@@ -21,12 +27,6 @@ DEMO_OVERRIDES = {
 
 def run_demo(out: Path, minutes: float = 2.5, console: Console | None = None, n_cases: int = 24,
              progress: bool = True) -> dict:
-    from focusseg.data.check import check_dataset
-    from focusseg.inference.predictor import Predictor, predict_folder
-    from focusseg.metrics import evaluate_folders
-    from focusseg.synth import generate_phantom_dataset
-    from focusseg.workflows.train import run_training
-
     console = console or Console()
     t0 = time.perf_counter()
     out = Path(out)

@@ -5,25 +5,20 @@ deep-supervision heads and a patch the network accepts)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from focusseg.io import load_dataset_spec
-from focusseg.io.atomic import save_json
-from focusseg.planning.fingerprint import compute_fingerprint
-from focusseg.planning.planner import make_plan, match_deep_supervision
+from focusseg.nets import network_divisors
+from focusseg.planning.fingerprint import compute_fingerprint, load_or_compute_fingerprint
+from focusseg.planning.planner import make_plan, match_deep_supervision, plan_configuration
+from focusseg.recipes import recipe_plan, resolve_network_topology
+from focusseg.registry import split_spec
 
 
 def _fingerprint(data_dir: Path, fingerprint_path: Path | None, progress: bool) -> dict:
     """The dataset's fingerprint; cached at ``fingerprint_path`` only under a key made of the source files
-    (``planning.fingerprint.load_or_compute_fingerprint``). Without that keyed cache, never reuse one."""
+    (:func:`~focusseg.planning.fingerprint.load_or_compute_fingerprint`)."""
     if fingerprint_path is None:
         return compute_fingerprint(data_dir, progress=progress)
-    try:
-        from focusseg.planning.fingerprint import load_or_compute_fingerprint  # type: ignore[attr-defined]
-    except ImportError:  # no content key available: a cached fingerprint could be of other data
-        fp = compute_fingerprint(data_dir, progress=progress)
-        save_json(fp, fingerprint_path)
-        return fp
     return load_or_compute_fingerprint(data_dir, fingerprint_path, progress)
 
 
@@ -47,9 +42,6 @@ def fit_patch_to_network(plan: dict) -> dict:
     """Round the patch up so the plan's network accepts it: each size a multiple of the network's divisor and at
     least twice it (a bottleneck of >= 2 voxels per axis, which instance norm needs). A recipe can name any
     network without knowing the dataset's patch."""
-    from focusseg.nets import network_divisors
-    from focusseg.registry import split_spec
-
     name, kwargs = split_spec(plan["network"])
     kwargs.pop("deep_supervision", None)
     divs = network_divisors(name, len(plan["patch_size"]), **kwargs)
@@ -68,9 +60,6 @@ def finish_plan(plan: dict, recipe: dict | None, overrides: dict | None, device_
     then the normalisation scheme, a recipe's ``network.topology``, as many deep-supervision heads as
     nonzero weights (``match_heads``; a resumed plan stored before heads were matched keeps its heads) and a patch
     the network accepts. Records ``recipe_form``."""
-    from focusseg.planning.planner import plan_configuration
-    from focusseg.recipes import recipe_plan, resolve_network_topology
-
     recipe_overrides, chosen = recipe_plan(recipe, device_type, form)
     plan = plan_configuration(plan, recipe_overrides, overrides or {})  # configuration "2d": planned in 2D first
     plan = apply_normalization_scheme(plan)
@@ -80,13 +69,3 @@ def finish_plan(plan: dict, recipe: dict | None, overrides: dict | None, device_
     plan = fit_patch_to_network(plan)
     plan["recipe_form"] = chosen
     return plan
-
-
-def validate_plan_for(plan: dict, spec: Any) -> None:
-    """The planner's check that ``plan`` can work on this dataset (:class:`PlanError` before any work)."""
-    try:
-        from focusseg.planning.planner import validate_plan
-    except ImportError:  # an older planner without the check
-        return
-    validate_plan(plan, spec)
-

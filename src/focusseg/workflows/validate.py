@@ -8,7 +8,11 @@ from pathlib import Path
 
 import torch
 
-from focusseg.io import discover_cases, load_dataset_spec
+from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
+from focusseg.inference.predictor import Predictor
+from focusseg.io import discover_cases, load_dataset_spec, read_case, write_segmentation
+from focusseg.io.paths import safe_child
+from focusseg.metrics import evaluate_folders
 from focusseg.runfolder import clear_stale, replace_link
 
 
@@ -18,11 +22,6 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
     these predictions are what post-processing is chosen on) into ``run_dir/validation`` and evaluate them
     against the raw labels (original geometry). ``validation/`` holds only these cases: predictions and
     references of any other case (another fold, an earlier run) are removed first."""
-    from focusseg.inference.predictor import Predictor
-    from focusseg.io import read_case, write_segmentation
-    from focusseg.io.paths import safe_child
-    from focusseg.metrics import evaluate_folders
-
     spec = load_dataset_spec(data_dir)
     cases = {c.case_id: c for c in discover_cases(data_dir, spec)}
     predictor = Predictor.from_run(run_dir, "best", device)
@@ -51,8 +50,6 @@ def evaluate_for_plan(pred_dir: Path, ref_dir: Path, out: Path, plan: dict, prog
     """Score a folder of predictions as the plan trains: per region for a region-based plan (``regions``,
     :mod:`focusseg.regions`), else per foreground label with the plan's ignore label. Cross-validation and
     ``best`` pool their validation with it."""
-    from focusseg.metrics import evaluate_folders
-
     if plan.get("regions"):
         return evaluate_folders(pred_dir, ref_dir, out, progress=progress, regions=plan["regions"],
                                 region_names=plan.get("region_names"))
@@ -69,8 +66,6 @@ def chooses_postprocessing(plan: dict) -> bool:
 
 def choose_run_postprocessing(run_dir: Path, labels: list[int], regions: list[list[int]] | None = None) -> dict:
     """Choose post-processing on the raw validation predictions (``postprocessing.json``) and summarise it."""
-    from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
-
     res = choose_postprocessing_for_run(run_dir, labels, regions=regions)
     return {"steps": res["steps"], "dice_before": res["dice_before"], "dice_after": res["dice_after"]}
 
