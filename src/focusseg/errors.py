@@ -1,24 +1,13 @@
 """The errors focusseg expects: bad input, everyday mistakes, unusable files.
 
 Every expected failure is a :class:`FocussegError` whose message names the file (or folder) and the problem in
-one line; ``focusseg``'s single CLI handler prints it as ``error: <path>: <problem>`` (plus ``hint: ...`` where
-one helps) and exits with :attr:`FocussegError.exit_code`, never with a traceback. Anything else is a bug: the
-handler prints one short line and the traceback only with ``--debug``.
+one line; the CLI prints it as ``error: <path>: <problem>`` (plus ``hint: ...`` where one helps) and exits with
+:attr:`FocussegError.exit_code`, never with a traceback. Anything else is a bug: the handler prints one short line
+and the traceback only with ``--debug``.
 
 The classes also derive from the built-in exception a caller would have caught before (``ValueError``,
-``FileNotFoundError``), so ``except ValueError`` keeps working.
-
-    FocussegError
-    ├── DatasetError        dataset.json, folder layout, case ids, splits, labels          (ValueError)
-    │   ├── ImageError      one image/label file: unreadable, NaN, geometry, size limits  (ValueError)
-    │   └── CheckFailed     the dataset check before train/plan found problems (``.problems``)
-    │   └── MissingFileError  a file or folder that should exist does not          (FileNotFoundError)
-    ├── PlanError           a plan that cannot work (patch, network, labels)                (ValueError)
-    ├── CheckpointError     a checkpoint or artefact that cannot be loaded safely           (ValueError)
-    ├── UsageError          arguments that contradict each other or the run folder          (ValueError)
-    │   └── RunFolderError  a run folder in use (lock), or made for another fold/plan
-    ├── TrainingError       training cannot go on (non-finite loss N steps in a row)      (RuntimeError)
-    └── PartialFailure      some cases of a folder failed, the others were done (``.failures``)
+``FileNotFoundError``, ``RuntimeError``), so ``except ValueError`` keeps working. The hierarchy, with what each
+class is for: ``docs/errors.md``.
 """
 
 from __future__ import annotations
@@ -42,10 +31,27 @@ class FocussegError(Exception):
 
     def one_line(self) -> str:
         """The message with any embedded newlines folded, as the CLI prints it."""
-        return " ".join(str(self).split())
+        return one_line(self)
 
     def __reduce__(self):  # survive process pools with path, hint and extra fields (problems, failures)
         return (_rebuild, (type(self), self.args, self.__dict__.copy()))
+
+
+def one_line(exc: BaseException, typed: bool = False) -> str:
+    """An exception's message on one line: every run of whitespace (newlines, tabs, indentation of a wrapped
+    library message) folded to one space, so it fits an ``error:`` line, a report cell or a log record.
+
+    Args:
+        exc: the exception (any object whose ``str`` is its message).
+        typed: prefix the exception's class name, ``"<TypeName>: <message>"``, where the type says more than
+            the text (``KeyError: 'x'``, an empty ``OSError``).
+
+    Returns:
+        ``" ".join(str(exc).split())``, with ``"<TypeName>: "`` in front when ``typed``; empty for an empty
+        message (callers that need a word there add their own fallback).
+    """
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if typed else text
 
 
 def _rebuild(cls: type, args: tuple, state: dict) -> FocussegError:
@@ -132,4 +138,5 @@ __all__ = [
     "RunFolderError",
     "TrainingError",
     "UsageError",
+    "one_line",
 ]

@@ -1,21 +1,15 @@
 """Region-based training (nnU-Net v2's ``documentation/region_based_training.md``): shared helpers.
 
 A region is a set of label values; regions may overlap (BraTS: whole tumour ⊇ tumour core ⊇ enhancing tumour).
-``dataset.json`` declares them as list-valued labels plus ``regions_class_order``
-(:func:`focusseg.io.dataset.load_dataset_spec`); a plan records ``regions`` (a list of lists of label values, in
-``dataset.json`` order), ``regions_class_order`` and ``region_names``.
+A plan records ``regions`` (lists of label values, ``dataset.json`` order), ``regions_class_order`` and
+``region_names``; ``n_classes`` keeps its meaning (max label value + 1), so the data path is unchanged.
 
-* **Network outputs**: one sigmoid channel per region, no background channel (:func:`output_channels`). The plan's
-  ``n_classes`` keeps its meaning (max label value + 1: the range of values a label map holds, which the loader
-  checks and the fingerprint counts), so region plans and label plans share the data path unchanged.
-* **Targets**: region ``r`` of a voxel is ``label ∈ regions[r]`` (:func:`region_masks`), built on the device from
-  the integer label map (the loader keeps delivering label maps; nearest resizing for deep supervision commutes
-  with this test, so the deep-supervision targets are exact).
-* **Prediction -> label map** (:func:`regions_to_labels`): region ``r`` is predicted where ``sigmoid > 0.5``
-  (logit > 0); regions are painted in order, later ones overwriting earlier ones, with the value
-  ``regions_class_order[r]`` (nnU-Net's ``convert_probabilities_to_segmentation`` for regions).
-* **Scores** are per region, keyed by the region number ``r + 1`` (1-based, ``dataset.json`` order):
-  ``2 TP_r / (2 TP_r + FP_r + FN_r)`` on the region masks (:func:`region_counts`).
+* Network outputs: one sigmoid channel per region, no background channel (:func:`output_channels`).
+* Targets: ``label ∈ regions[r]`` (:func:`region_masks`), built on the device (exact under nearest resizing).
+* Prediction -> labels (:func:`regions_to_labels`): region ``r`` where logit > 0, painted in order with the value
+  ``regions_class_order[r]``, later regions overwriting earlier ones (nnU-Net's reading).
+* Scores per region, keyed ``r + 1``: ``2 TP_r / (2 TP_r + FP_r + FN_r)`` (:func:`region_counts`).
+Details: ``docs/regions.md``.
 """
 
 from __future__ import annotations

@@ -27,6 +27,18 @@ class Registry(Generic[T]):
         self._builders: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator that registers a builder under ``name``.
+
+        Args:
+            name: the name specs use to refer to the builder.
+
+        Returns:
+            A decorator that records the function and returns it unchanged.
+
+        Raises:
+            KeyError: when the decorated function is registered while ``name`` is already taken.
+        """
+
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             if name in self._builders:
                 raise KeyError(f"{self.kind} {name!r} is already registered")
@@ -36,12 +48,30 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Callable[..., T]:
+        """The builder registered as ``name``.
+
+        Raises:
+            KeyError: for an unknown name; the message lists the known ones.
+        """
         try:
             return self._builders[name]
         except KeyError:
             raise KeyError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._builders))}") from None
 
     def build(self, spec: str | Mapping[str, Any], **extra: Any) -> T:
+        """Build from a spec.
+
+        Args:
+            spec: a name (``"dice"``) or a mapping ``{"name": "dice", **kwargs}``.
+            extra: keyword arguments passed to the builder; they win over the spec's own.
+
+        Returns:
+            What the builder returns.
+
+        Raises:
+            ValueError: when ``spec`` is neither a name nor a mapping with a ``"name"`` key.
+            KeyError: for an unknown name.
+        """
         name, kwargs = split_spec(spec)
         kwargs = {**kwargs, **extra}
         return self.get(name)(**kwargs)
@@ -54,7 +84,19 @@ class Registry(Generic[T]):
 
 
 def split_spec(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``"x"`` -> ("x", {}); ``{"name": "x", "a": 1}`` -> ("x", {"a": 1})."""
+    """Split a spec into its name and keyword arguments.
+
+    ``"x"`` -> ("x", {}); ``{"name": "x", "a": 1}`` -> ("x", {"a": 1}).
+
+    Args:
+        spec: a name or a mapping with a ``"name"`` key.
+
+    Returns:
+        ``(name, kwargs)``; ``kwargs`` is a new dict.
+
+    Raises:
+        ValueError: when ``spec`` is neither a string nor a mapping with a ``"name"`` key.
+    """
     if isinstance(spec, str):
         return spec, {}
     if not isinstance(spec, Mapping) or "name" not in spec:

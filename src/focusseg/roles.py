@@ -1,9 +1,8 @@
-"""Typed roles that strategies play in the training loop (see ARCHITECTURE.md, "Roles a strategy can play").
+"""Typed roles that strategies play in the training loop (``Sampler``, ``ClassWeighter``, ``LRController``).
 
 The loop calls these at fixed points; each part is small and stateful, with ``state_dict``/``load_state_dict``
 so that ``--resume`` continues exactly. This module depends on torch alone: the data layer (loader, samplers),
-the strategies and the engine all import it, and it imports none of them (it lived in ``engine/types.py``, which
-made the lower layers import the engine package).
+the strategies and the engine all import it, and it imports none of them.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def write_array(path: Path, data: np.ndarray, aff: np.ndarray | None = None) -> 
     if path.name.endswith((".nii.gz", ".nii")):
         nib.save(nib.Nifti1Image(data, aff), str(path))
     else:
-        from focusseg.io.image import Geometry, write_image, write_segmentation
+        from focusseg.io import Geometry, write_image, write_segmentation
 
         geo = Geometry(aff, tuple(data.shape[:3]))
         if np.issubdtype(data.dtype, np.integer):

@@ -13,7 +13,7 @@ from focusseg_testdata import write_tiny_dataset
 
 from focusseg.errors import DatasetError
 from focusseg.inference.probabilities import SUFFIX, ensemble_folders, load_probabilities, save_probabilities
-from focusseg.io.image import Geometry
+from focusseg.io.geometry import Geometry
 
 TINY = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
         "patch_size": [16, 16, 16], "batch_size": 2,

@@ -9,7 +9,7 @@ import torch
 from loss_helpers import blob_target, loop_blob
 
 from focusseg.losses import BlobLoss, build_loss
-from focusseg.losses._instances import log1m_softmax
+from focusseg.losses.instances import log1m_softmax
 
 
 def logit(p):
@@ -157,10 +157,10 @@ def test_blob_options_are_checked():
 
 @pytest.mark.parametrize("chunk", [16, 1 << 16])
 def test_fused_sigmoid_sums_match_autograd(chunk, monkeypatch):
-    from focusseg.losses import _fused
-    from focusseg.losses._fused import SigmoidSums
+    from focusseg.losses import fused
+    from focusseg.losses.fused import SigmoidSums
 
-    monkeypatch.setattr(_fused, "CHUNK", chunk)  # 16: several chunks per row
+    monkeypatch.setattr(fused, "CHUNK", chunk)  # 16: several chunks per row
     x = torch.randn(3, 50, dtype=torch.float64, requires_grad=True)
     lin = torch.tensor([0, 7, 61, 149])
     assert torch.autograd.gradcheck(lambda v: SigmoidSums.apply(v, lin), (x,))

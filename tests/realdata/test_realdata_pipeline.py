@@ -24,7 +24,8 @@ def test_check_real_datasets_are_clean():
 
 
 def test_ms_lesion_four_channels_train_and_predict(tmp_path: Path):
-    from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.inference.folders import predict_folder
+    from focusseg.inference.predictor import Predictor
     from focusseg.workflows.train import run_training
 
     data = shared_dataset("Dataset101_MSLesionLjubljana")
@@ -44,7 +45,8 @@ def test_ms_lesion_four_channels_train_and_predict(tmp_path: Path):
 
 
 def test_hippocampus_predict_keeps_geometry(tmp_path: Path):
-    from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.inference.folders import predict_folder
+    from focusseg.inference.predictor import Predictor
     from focusseg.workflows.train import run_training
 
     data = shared_dataset("Dataset004_Hippocampus")

@@ -56,7 +56,8 @@ KILLER = textwrap.dedent("""
 PREDICT = KILLER + textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
-    from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.inference.folders import predict_folder
+    from focusseg.inference.predictor import Predictor
 
     mode, arg, run, in_dir, out_dir = sys.argv[1:6]
     predictor = Predictor.from_run(run, device="cpu")
@@ -96,7 +97,8 @@ def _temporaries(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def predict_setup(tmp_path_factory):
     """A tiny run, four input cases and the outputs of an uninterrupted ``predict``."""
-    from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.inference.folders import predict_folder
+    from focusseg.inference.predictor import Predictor
 
     root = tmp_path_factory.mktemp("crash_predict")
     run = make_run(root / "run")
@@ -107,7 +109,8 @@ def predict_setup(tmp_path_factory):
 
 
 def _rerun_predict_and_compare(root: Path, run: Path, out: Path, inputs: dict, straight: dict) -> None:
-    from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.inference.folders import predict_folder
+    from focusseg.inference.predictor import Predictor
 
     assert set(label_files(out)) <= {f"case{i:03d}" for i in range(N_CASES)}  # temporaries are not cases
     predict_folder(Predictor.from_run(run, device="cpu"), root / "in", out, progress=False)

@@ -79,7 +79,7 @@ def test_unchanged_where_the_old_planner_terminated():
 
 
 def _old_plan_patch(median_shape, voxel_budget):
-    from focusseg.planning.planner import _n_pool
+    from focusseg.planning.planner import pooling_steps as _n_pool
 
     patch = np.array([max(8.0, s) for s in median_shape], dtype=float)
     while np.prod(patch) > voxel_budget:

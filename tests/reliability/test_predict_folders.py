@@ -21,7 +21,8 @@ from inference.run_helpers import (
 )
 
 from focusseg.errors import DatasetError, ImageError, MissingFileError, PartialFailure, UsageError
-from focusseg.inference.predictor import EnsemblePredictor, Predictor, predict_folder
+from focusseg.inference.folders import predict_folder
+from focusseg.inference.predictor import EnsemblePredictor, Predictor
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_cycle_stats_are_logged_and_reported(tmp_path: Path) -> None:
 
     gen = torch.Generator().manual_seed(0)
     obs = CycleStats()
-    trainer = SimpleNamespace(run_dir=tmp_path, iteration=0)
+    trainer = SimpleNamespace(run_dir=tmp_path, iteration=0, log=EpochLog(tmp_path))
     expect_kept, expect_dis = [], []
     for _ in range(4):
         losses = torch.rand(3, 8, generator=gen)

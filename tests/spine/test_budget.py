@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from focusseg.engine.loop import Trainer, fit_iterations
+from focusseg.engine.budget import fit_iterations
+from focusseg.engine.state import Trainer
 
 
 def _trainer(ipe: int = 100, iteration: int = 100, elapsed: float = 30.0, **timing: float) -> Trainer:
@@ -61,7 +62,7 @@ def test_a_budgeted_run_records_its_timing_and_ends_inside_the_budget(tmp_path: 
 
 
 def test_epoch_costs_leave_the_warm_up_epoch_out():
-    from focusseg.engine.loop import epoch_costs
+    from focusseg.engine.budget import epoch_costs
 
     first = {"iteration": 100, "train_time_s": 40.0, "val_time_s": 4.0}
     assert epoch_costs([first], 100) == (0.4, 4.0)  # one epoch: all there is
@@ -74,7 +75,7 @@ def test_epoch_costs_leave_the_warm_up_epoch_out():
 def test_a_slow_first_epoch_no_longer_shortens_the_schedule():
     """The schedule is refitted from the later epochs: after a warm-up epoch twice as slow as the rest, the first
     fit plans 540 iterations into a 300 s budget; the refit after the second epoch plans the 900 that fit."""
-    from focusseg.engine.loop import epoch_costs
+    from focusseg.engine.budget import epoch_costs
 
     t = _trainer(iteration=100, elapsed=55.0)
     t.history = [{"iteration": 100, "train_time_s": 50.0, "val_time_s": 5.0}]

@@ -20,6 +20,7 @@ from focusseg.engine import finetune
 from focusseg.io.checkpoint import load_checkpoint
 from focusseg.nets import build_network
 from focusseg.nets.from_plan import build_network_from_plan
+from focusseg.runfolder import EpochLog
 from focusseg.workflows.train import run_training
 
 UNET = {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1}
@@ -199,7 +200,7 @@ def test_reinitialised_encoder_tensors_train_while_the_rest_is_frozen(tmp_path):
 
     plan = {"network": UNET, "channel_names": {"0": "a", "1": "b"}, "n_classes": 3, "patch_size": [16, 16, 16]}
     net = build_network_from_plan(plan)
-    trainer = SimpleNamespace(epoch=0, run_dir=tmp_path, plan=plan, parts=SimpleNamespace(
+    trainer = SimpleNamespace(epoch=0, run_dir=tmp_path, log=EpochLog(tmp_path), plan=plan, parts=SimpleNamespace(
         task=SimpleNamespace(network=net)))
     cb = finetune.FreezeEncoder(1, plan, keep_trainable=FIRST_CONV)
     cb.on_train_start(trainer)

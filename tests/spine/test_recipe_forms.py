@@ -313,8 +313,6 @@ class _StubTrainer:
 def _stub_training(monkeypatch: pytest.MonkeyPatch, device: str) -> list[dict]:
     """Run ``run_training``'s planning and resume rules without training: the loop, the checkpoint reader and
     the device are stubbed; returns the plans handed to the loop."""
-    from focusseg.engine import loop
-    from focusseg.io import checkpoint
     from focusseg.workflows import train as run
 
     seen: list[dict] = []
@@ -324,8 +322,8 @@ def _stub_training(monkeypatch: pytest.MonkeyPatch, device: str) -> list[dict]:
         (Path(run_dir) / "checkpoint_latest.pt").write_bytes(b"stub")
         return _StubTrainer()
 
-    monkeypatch.setattr(loop, "train", fake_train)
-    monkeypatch.setattr(checkpoint, "load_resume_state", lambda run_dir: ({}, Path(run_dir)))
+    monkeypatch.setattr(run, "train", fake_train)
+    monkeypatch.setattr(run, "load_resume_state", lambda run_dir: ({}, Path(run_dir)))
     monkeypatch.setattr(run, "resolve_device", lambda d: torch.device(device))
     return seen
 

@@ -68,7 +68,7 @@ def test_slicewise_refuses_bad_arguments():
 
 def test_predictor_on_a_2d_plan_gives_3d_probabilities(tmp_path):
     from focusseg.inference.predictor import Predictor
-    from focusseg.io.image import Geometry
+    from focusseg.io.geometry import Geometry
     from focusseg.nets.from_plan import build_network_from_plan
     from focusseg.planning.planner import make_plan
     from focusseg.workflows.plan import finish_plan

@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 
 
 def test_hippocampus_trains_and_predicts_in_2d(tmp_path: Path):
-    from focusseg.inference.predictor import Predictor, predict_folder
+    from focusseg.inference.folders import predict_folder
+    from focusseg.inference.predictor import Predictor
     from focusseg.workflows.train import run_training
 
     data = shared_dataset("Dataset004_Hippocampus")

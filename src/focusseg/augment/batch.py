@@ -1,16 +1,14 @@
 """Batched augmentation on the training device: draw every random parameter first, then apply them.
 
 ``draw`` uses a CPU ``torch.Generator`` and returns an :class:`AugmentParams` (CPU tensors), so a batch's
-augmentation is reproducible, can be logged and replayed, and the batched result equals augmenting each
-sample alone with its row of the parameters (torchio's split of ``get_params`` from ``apply_transform``).
-``apply`` runs on the images' device with vectorised ops over the batch, in nnU-Net v2's order:
+augmentation is reproducible and equals augmenting each sample alone with its row of the parameters (torchio's
+split of ``get_params`` from ``apply_transform``). ``apply`` runs vectorised on the images' device, in nnU-Net v2's
+order: rotation+scaling -> noise -> blur -> brightness -> contrast -> low resolution -> gamma (inverted) -> gamma
+-> mirroring.
 
-    rotation+scaling -> noise -> blur -> brightness -> contrast -> low resolution -> gamma (inverted)
-    -> gamma -> mirroring
-
-Every parameter is drawn, in a fixed order, whether its transform is enabled or not (a disabled transform only
-clears its mask), so switching one transform off does not change the draws of the others.
-Images are processed in float32 and returned in their input dtype (bf16 works); labels keep their dtype.
+Every parameter is drawn, in a fixed order, whether its transform is enabled or not, so switching one transform
+off does not change the draws of the others. Images are processed in float32 and returned in their input dtype;
+labels keep theirs. Details: ``docs/augmentation.md``.
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
 """Augmentation recipe: a frozen dataclass with nnU-Net v2's default probabilities and ranges.
 
-The defaults follow nnU-Net v2 ``nnUNetTrainer.get_training_transforms`` (batchgenerators), which the
-nnU-Net paper (Isensee et al., Nat. Methods 2021, Suppl. Note 4) describes:
-
-=====================  =======  =========================  ==============================================
-transform              p        range                      granularity
-=====================  =======  =========================  ==============================================
-rotation               0.2      +-30 deg per axis (3D)      per sample; 2D: in-plane only
-scaling                0.2      0.7 - 1.4                   per sample, same factor on every axis
-Gaussian noise         0.1      "variance" 0 - 0.1          per sample (used as the std, see intensity.py)
-Gaussian blur          0.2      sigma 0.5 - 1.0             per sample, then each channel with p 0.5
-brightness (mult.)     0.15     0.75 - 1.25                 per sample, factor per channel
-contrast               0.15     0.75 - 1.25                 per sample, factor per channel
-low resolution         0.25     zoom 0.5 - 1.0              per sample, then each channel with p 0.5
-gamma (inverted)       0.1      0.7 - 1.5                   per sample, gamma per channel
-gamma                  0.3      0.7 - 1.5                   per sample, gamma per channel
-mirroring              0.5      each spatial axis           per sample and axis
-=====================  =======  =========================  ==============================================
-
-Reading chosen where nnU-Net's 2D default differs: nnU-Net rotates 2D patches by up to +-180 deg; we keep one
-``rotation_deg`` range for both (+-30 deg) so a recipe means the same thing in 2D and 3D; set it in the recipe.
+The defaults follow nnU-Net v2 ``nnUNetTrainer.get_training_transforms`` (batchgenerators; Isensee et al.,
+Nat. Methods 2021, Suppl. Note 4); the table of probabilities, ranges and granularities is in
+``docs/augmentation.md``. Reading chosen where nnU-Net's 2D default differs: one ``rotation_deg`` range
+(+-30 deg) for 2D and 3D, so a recipe means the same thing in both (nnU-Net rotates 2D patches by up to
++-180 deg; set it in the recipe).
 
 Recipes are JSON: ``AugmentConfig.from_dict({"preset": "light", "p_noise": 0.2})`` starts from a preset and
 overrides fields; ``to_dict()`` writes every field (tuples as lists) and round-trips.

@@ -1,29 +1,13 @@
 """Intensity transforms on the rows of a batch (one row = one channel of one sample), on the data's device.
 
-Each function takes ``x`` of shape ``(R, *S)`` (float32, the selected rows only) and per-row parameters as a
-CPU tensor ``(R,)``, and returns the transformed rows; :func:`apply_rows` gathers the rows a mask selects,
-calls the function once for all of them and scatters the result back (no loop over samples). The formulas are
-batchgenerators' (nnU-Net v2 defaults), with mean/min/max/std taken per row:
-
-- brightness:  ``x * m``
-- contrast:    ``clip((x - mean) * f + mean, min, max)``   (``preserve_range=True``)
-- gamma:       ``x' = ((x - min) / (max - min + 1e-7)) ** g * (max - min) + min``, then the mean and std of
-  ``x`` are restored (``retain_stats=True``: ``(x' - mean') / (std' + 1e-8) * std + mean``); the inverted
-  variant applies it to ``-x`` and negates back.
-- Gaussian blur: separable kernel ``exp(-t^2 / 2 sigma^2)`` normalised, radius ``int(4 sigma_max + 0.5)``
-  (scipy's ``truncate=4``); border: whole-sample mirror (scipy ``mirror``) instead of scipy's default
-  half-sample ``reflect``. Written as one banded ``n x n`` matrix per row and axis, like low resolution.
-- low resolution: nearest-neighbour downsampling to ``round(n * zoom)`` voxels per axis, then cubic
-  upsampling back to ``n``. Reading chosen: both steps are one ``n x n`` matrix per row and axis (Keys cubic
-  convolution, ``a = -0.75`` as in ``torch`` bicubic, instead of scipy's cubic B-spline), so rows with
-  different zooms are processed together by one ``einsum``.
-- Device: the per-row parameter vectors are the only host-to-device copies (a few floats each, non-blocking);
-  the ``n x n`` matrices are built on the data's device from them, once per axis length (a cubic patch builds
-  one matrix set for its three axes), never on the host and copied.
-- Gaussian noise (per sample, :func:`add_noise`): ``x + sigma * n``, ``n ~ N(0, 1)``. batchgenerators draws a
-  "variance" from ``noise_variance`` and passes it to ``np.random.normal`` as the *standard deviation*; we
-  keep that behaviour so nnU-Net's range (0, 0.1) means what it means there. The noise field is generated on
-  the device from a per-sample seed, so a sample gets the same noise whether it is augmented alone or in a batch.
+Each function takes ``x`` of shape ``(R, *S)`` (float32, the selected rows only) and per-row parameters ``(R,)``;
+:func:`apply_rows` gathers the rows a mask selects, transforms them in one call and scatters them back. The
+formulas are batchgenerators' (nnU-Net v2 defaults), with mean/min/max/std per row: brightness ``x * m``, contrast
+``clip((x - mean) * f + mean, min, max)``, gamma with ``retain_stats``, Gaussian blur and low resolution as one
+banded ``n x n`` matrix per row and axis, Gaussian noise ``x + sigma * n`` (per sample).
+Readings chosen: blur mirrors the whole sample at the border (scipy ``mirror``); low resolution upsamples with
+Keys cubic convolution (``a = -0.75``, torch bicubic) instead of scipy's B-spline; the noise "variance" range is
+used as the standard deviation, as batchgenerators does. Formulas in full: ``docs/augmentation.md``.
 """
 
 from __future__ import annotations

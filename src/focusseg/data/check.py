@@ -1,16 +1,13 @@
 """``focusseg check DATA``: find every problem in a dataset before anything is trained.
 
-Each problem is one line that names the file: ``dataset.json`` malformed (missing/mistyped fields, hostile
-``file_ending``, region-based labels), case ids that cannot name a file, unreadable/empty/truncated files and
-corrupt gzip, headers that declare more voxels than the limit or more data than the file holds, zero or NaN
-spacing, 5D images, 4D images in the nnU-Net layout (one 3D file per channel), the wrong number of channels in an
-MSD image, missing channels and channel files ``dataset.json`` does not declare, NaN/inf voxels, label files
-without images (and images without labels), channel/label shape or affine mismatch, 4D labels, label values that
-are not integers, negative, above 32767 (labels are stored as int16) or not declared in ``dataset.json``, no
-labelled case at all, and a ``splits_final.json`` that is malformed or names a case the dataset lacks.
+Each problem is one line that names the file: a malformed ``dataset.json``, case ids that cannot name a file,
+unreadable, truncated or oversized files, bad spacing or dimensionality, missing or undeclared channels, NaN/inf
+voxels, images without labels (and labels without images), shape or affine mismatches, label values that are not
+integers, negative, above 32767 (labels are stored as int16) or undeclared, no labelled case, and a malformed
+``splits_final.json``. The full list: ``docs/data.md``.
 
-Ignore label (nnU-Net v2's): a label named ``ignore`` must be the highest label value (else one ``dataset.json``
-problem); its value is then a declared value a label file may hold (partially annotated cases), not a class.
+Ignore label (nnU-Net v2's): a label named ``ignore`` must be the highest label value; its value is then one a
+label file may hold (partially annotated cases), not a class.
 """
 
 from __future__ import annotations
@@ -22,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from focusseg.data.splits import read_splits
 from focusseg.errors import DatasetError, FocussegError, ImageError, UsageError
 from focusseg.io.atomic import is_temp_name
-from focusseg.io.dataset import CaseFiles, DatasetSpec, channel_of, discover_cases, load_dataset_spec
-from focusseg.io.image import MAX_LABEL_VALUE, read_image
+from focusseg.io.dataset import MAX_LABEL_VALUE, CaseFiles, DatasetSpec, channel_of, discover_cases, load_dataset_spec
+from focusseg.io.image import read_image
 
 
 @dataclass(frozen=True)
@@ -151,8 +149,6 @@ def _split_problems(data_dir: Path, cases: list[CaseFiles]) -> list[Problem]:
     path = data_dir / "splits_final.json"
     if not path.is_file():
         return []
-    from focusseg.data.splits import read_splits
-
     try:
         read_splits(path, [c.case_id for c in cases if c.label is not None])
     except DatasetError as exc:

@@ -2,30 +2,12 @@
 batches on worker threads or processes while the model trains: the sampler decides in the main process, workers
 only read.
 
-Host side of the data path (issue 13, "never data-bound"):
-
-* **Labels checked once per case.** The first time a case is read its whole label array is checked against
-  ``0..n_classes-1`` and the plan's ignore label, if any (numpy ``min``/``max`` on the host, in the worker); a
-  value outside raises a
-  :class:`~focusseg.errors.DatasetError` naming the case and its ``_seg.npy`` file. The losses then skip their
-  per-call value checks (``validate_labels=False``, no host sync per loss part and deep-supervision level).
-* **Compact labels.** With ``n_classes`` known, labels leave the loader as uint8 (``n_classes <= 255``) or int16
-  (8x / 4x fewer bytes than int64 to copy to the device); the losses widen them on the device. With a blob loss's
-  instance map the pair is int16 (ids up to 32767 per patch).
-* **Pinned batches.** ``pin_memory=True`` (what :func:`build_loader` sets for a CUDA device) pins each batch in
-  the worker, so the loop's ``.to(device, non_blocking=True)`` is a real asynchronous DMA copy (a fresh pinned
-  block per batch: nothing is overwritten while a copy is in flight).
-* **Parallelism** ``training.loader = {"workers": N, "mode": "threads" | "processes"}``; default
-  :func:`default_workers` threads (``max(2, min(4, cpu_count - 1))``: 2 on a 2-core machine as before, 4 on a
-  workstation). Threads share the memory-mapped arrays (numpy releases the GIL while copying); processes
-  (``spawn``, started once per loader and kept across epochs) suit CPU-heavy host work such as the blob
-  loss's labelling on large patches.
-* **Blob-loss instances off the critical path.** With ``instances={"connectivity": c, "binary": b}`` the worker
-  labels every patch's connected components with cc3d (the same call the loss would make, on the same patch)
-  and returns labels ``(B, 2, *P)``: channel 0 the labels, channel 1 the instance ids; the augmentation carries
-  both channels with nearest interpolation, and :class:`~focusseg.losses.blob.BlobLoss` indexes the ready map on
-  the device without a sync. A patch with more than 32767 instances makes that batch fall back to a one-channel
-  target (the loss labels it itself).
+The host side is built so that training is never data-bound (details: ``docs/data.md``): labels are checked once
+per case against ``0..n_classes-1`` and the plan's ignore label (a :class:`~focusseg.errors.DatasetError` names the
+case), so the losses skip their per-call checks; labels leave as uint8/int16; batches are pinned for a CUDA
+device; ``training.loader = {"workers": N, "mode": "threads" | "processes"}`` sets the parallelism (default
+:func:`default_workers` threads); with ``instances=`` the workers label each patch's connected components for the
+blob loss and return them as a second label channel.
 """
 
 from __future__ import annotations
@@ -42,11 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from focusseg.data.samplers import patch_with_slice
 from focusseg.errors import DatasetError, PlanError
+from focusseg.losses.instances import CONNECTIVITY
 from focusseg.preprocessing.store import PreprocessedStore
 from focusseg.roles import PatchRequest
+from focusseg.settings import LOADER_MODES, thaw, training_settings
 
-MODES = ("threads", "processes")
+MODES = LOADER_MODES
 INSTANCE_ID_MAX = 32767  # ids of one patch in an int16 instance map
 
 
@@ -81,7 +66,7 @@ def label_patch_instances(labels: np.ndarray, connectivity: int, binary: bool = 
     """Connected components of one label patch ``(*P)`` as blob loss defines its instances: per label value
     (components of different labels never join), or of ``label > 0`` with ``binary`` (one sigmoid channel).
     Returns the instance map (0 = background, ids ``1..n``) and ``n``. The call the loss makes itself
-    (:func:`focusseg.losses._instances.label_instances`), so both give the same ids."""
+    (:func:`focusseg.losses.instances.label_instances`), so both give the same ids."""
     import cc3d
 
     code = labels > 0 if binary else labels
@@ -149,8 +134,6 @@ class PatchLoader:
                  n_classes: int | None = None, compact_labels: bool | None = None, workers: int | None = None,
                  mode: str = "threads", pin_memory: bool = False, instances: Mapping[str, Any] | None = None,
                  ignore_label: int | None = None, slice_axis: int | None = None) -> None:
-        from focusseg.data.samplers import patch_with_slice
-
         self.store = store
         self.patch_size = tuple(patch_size)
         self.slice_axis = None if slice_axis is None else int(slice_axis)
@@ -313,15 +296,10 @@ def blob_instance_options(plan: Mapping[str, Any]) -> dict[str, Any] | None:
     under ``training.deep_supervision``): the loss's connectivity (default 26 in 3D, 8 in 2D) and whether it
     labels ``label > 0`` as one class (sigmoid with one channel). None for any other loss (a compound with a
     blob part keeps labelling in the loss: its other parts take one-channel targets)."""
-    from focusseg.losses._instances import CONNECTIVITY
-    from focusseg.registry import split_spec
-
-    spec = plan["training"].get("loss")
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if not isinstance(spec, Mapping) or spec.get("name") != "blob":
+    spec = training_settings(plan).loss
+    if spec is None or spec.name != "blob":
         return None
-    _, opts = split_spec(dict(spec))
+    opts = thaw(spec.kwargs)
     dims = len(plan["patch_size"])
     conn = opts.get("connectivity") or CONNECTIVITY[dims][-1]
     binary = opts.get("activation", "sigmoid") == "sigmoid" and int(plan["n_classes"]) == 1
@@ -332,9 +310,9 @@ def build_loader(store: PreprocessedStore, plan: Mapping[str, Any], device: torc
     """The training loader a plan asks for: ``training.loader`` parallelism, ``training.in_memory``, compact
     labels checked against ``n_classes`` (and the plan's ``ignore_label``), pinned batches on CUDA, blob-loss
     instances labelled in the workers, slices along ``slice_axis`` for the 2D configuration."""
-    tr = plan["training"]
-    workers, mode = parse_loader_spec(tr.get("loader"))
-    return PatchLoader(store, tuple(plan["patch_size"]), in_memory=bool(tr.get("in_memory", False)),
+    tr = training_settings(plan)
+    workers, mode = parse_loader_spec(tr.loader)
+    return PatchLoader(store, tuple(plan["patch_size"]), in_memory=tr.in_memory,
                        n_classes=int(plan["n_classes"]), workers=workers, mode=mode,
                        pin_memory=torch.device(device).type == "cuda", instances=blob_instance_options(plan),
                        ignore_label=plan.get("ignore_label"),

@@ -1,21 +1,12 @@
 """Patch samplers (the ``Sampler`` role): which case and where to crop, drawn in the main process.
 
 ``ForegroundSampler``: each sample picks a case uniformly; with probability ``p_foreground`` (nnU-Net 1/3, the
-blob-loss paper 0.95) the patch is centred on a random voxel of a random foreground class present in the case
-(classes chosen uniformly, so rare classes are seen as often as common ones), otherwise it starts uniformly
-anywhere such that it overlaps the volume. Volumes smaller than the patch are padded by the loader.
-nnU-Net forces exactly the last ``round(B * p)`` samples of a batch to foreground; we draw per sample,
-which gives the same expected fraction and also works for ``p`` values a batch size cannot express.
-
-2D configuration: samplers place the 3D box :func:`sampling_patch` (extent 1 along the plan's ``slice_axis``), so
-a request names the slice and the in-plane corner, and foreground oversampling picks a slice holding foreground.
-
-Ignore label (nnU-Net v2): the foreground classes are the plan's classes only -- the ignore label has no locations
-(``engine.build.build_sampler`` drops any), so a foreground patch is never centred on an ignored voxel. When the
-store holds annotated-voxel locations (key :data:`~focusseg.preprocessing.preprocess.ANNOTATED`, written for plans
-with an ignore label), the other patches are centred on a random annotated voxel instead of placed uniformly, as
-nnU-Net's loader does with its ``annotated_classes_key`` (with sparse annotations, e.g. scribbles, a uniformly
-placed patch often holds no annotated voxel and so no loss); a case without annotated voxels falls back to uniform.
+blob-loss paper 0.95) the patch is centred on a random voxel of a random foreground class present in the case,
+otherwise it is placed uniformly so that it overlaps the volume. Reading chosen: the choice is drawn per sample
+(the expected fraction of nnU-Net's forced last ``round(B * p)`` samples, for any ``p``).
+2D plans place the 3D box :func:`sampling_patch` (extent 1 along ``slice_axis``). With an ignore label the
+foreground classes exclude it, and the other patches are centred on an annotated voxel when the store holds their
+locations (nnU-Net's ``annotated_classes_key``). Details: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -94,10 +85,10 @@ class ForegroundSampler:
         """The start of a patch centred on a random voxel of ``locs``, kept inside the volume."""
         centre = locs[int(torch.randint(len(locs), (1,), generator=generator))]
         start = tuple(int(c) - p // 2 for c, p in zip(centre, self.patch_size))
-        return tuple(self._clamp(st, s, p) for st, s, p in zip(start, shape, self.patch_size))
+        return tuple(self.clamp(st, s, p) for st, s, p in zip(start, shape, self.patch_size))
 
     @staticmethod
-    def _clamp(start: int, size: int, patch: int) -> int:
+    def clamp(start: int, size: int, patch: int) -> int:
         """Keep the patch inside the volume where the volume is larger than the patch."""
         if size >= patch:
             return min(max(start, 0), size - patch)

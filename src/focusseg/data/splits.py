@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from focusseg.errors import DatasetError
+from focusseg.errors import DatasetError, one_line
+from focusseg.io.atomic import save_json
 
 
 class Splits(list):
@@ -80,7 +81,7 @@ def read_splits(path: str | Path, case_ids: list[str] | None = None) -> Splits:
     try:
         raw = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"not valid JSON ({' '.join(str(exc).split())})", path) from exc
+        raise DatasetError(f"not valid JSON ({one_line(exc)})", path) from exc
     except OSError as exc:
         raise DatasetError(f"cannot be read ({exc.strerror or exc})", path) from exc
     return _with_path(validate_splits(raw, path, case_ids), path)
@@ -92,8 +93,6 @@ def load_or_create_splits(path: Path, case_ids: list[str], n_folds: int = 5) -> 
     if path.is_file():
         return read_splits(path, case_ids)
     splits = make_splits(case_ids, n_folds)
-    from focusseg.io.atomic import save_json
-
     save_json(splits, path)  # type: ignore[arg-type]
     return _with_path(splits, path)
 

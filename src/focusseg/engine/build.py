@@ -11,16 +11,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from focusseg.augment import AugmentConfig, BatchAugmenter
+from focusseg.data.samplers import SAMPLERS, sampling_patch
+from focusseg.losses import DeepSupervisionLoss, build_loss
 from focusseg.nets.from_plan import spatial_dims
 from focusseg.settings import training_settings
+from focusseg.strategies import CLASS_WEIGHTERS, LR_CONTROLLERS, OPTIMIZERS
 
 
 def build_loss_from_plan(plan: dict, reduction: str = "mean") -> nn.Module:
     """The training loss (``reduction="none"``: per-sample losses, for strategies), wrapped for deep
     supervision when the plan asks for it. With a plan ``ignore_label`` every part is built with it (the
     ignored voxels are masked out of every loss, as nnU-Net v2); without one the loss is built as before."""
-    from focusseg.losses import DeepSupervisionLoss, build_loss
-
     tr = training_settings(plan)
     extra = {} if plan.get("ignore_label") is None else {"ignore_label": int(plan["ignore_label"])}
     if plan.get("regions"):  # a region plan's loss gets its regions (focusseg.losses.regions)
@@ -33,8 +35,6 @@ def build_loss_from_plan(plan: dict, reduction: str = "mean") -> nn.Module:
 
 
 def build_optimizer(plan: dict, network: nn.Module, total_iterations: int) -> torch.optim.Optimizer:
-    from focusseg.strategies import OPTIMIZERS
-
     name, kwargs = training_settings(plan).need("optimizer").split()
     lr = kwargs.pop("lr", 0.01)
     return OPTIMIZERS.build({"name": name, **kwargs}, params=network.parameters(), lr=lr,
@@ -42,8 +42,6 @@ def build_optimizer(plan: dict, network: nn.Module, total_iterations: int) -> to
 
 
 def build_lr_controller(plan: dict, optimizer: torch.optim.Optimizer, total_iterations: int) -> Any:
-    from focusseg.strategies import LR_CONTROLLERS
-
     tr = training_settings(plan)
     name, kwargs = tr.need("lr_schedule").split()
     lr0 = tr.lr
@@ -54,8 +52,6 @@ def build_lr_controller(plan: dict, optimizer: torch.optim.Optimizer, total_iter
 
 
 def build_augmenter(plan: dict) -> Any:
-    from focusseg.augment import AugmentConfig, BatchAugmenter
-
     cfg = AugmentConfig.from_dict(training_settings(plan).augmentation_options())
     return BatchAugmenter(cfg, spatial_dims=spatial_dims(plan))
 
@@ -64,8 +60,6 @@ def build_weighter(plan: dict) -> Any | None:
     spec = training_settings(plan).class_weighter
     if spec is None:
         return None
-    from focusseg.strategies import CLASS_WEIGHTERS
-
     return CLASS_WEIGHTERS.build(spec.to_value(), n_classes=int(plan["n_classes"]))
 
 
@@ -73,9 +67,6 @@ def build_sampler(plan: dict, case_shapes: dict, locations: dict) -> Any:
     """The plan's sampler over the training cases. ``locations`` are the store's; a plan ``ignore_label`` never
     has locations of its own (it is no class: foreground patches are never centred on ignored voxels), even in a
     store written otherwise."""
-    from focusseg.data.samplers import SAMPLERS, sampling_patch
-    from focusseg.strategies import focused_practice  # noqa: F401  (registers the "focused_practice" sampler)
-
     ignore = plan.get("ignore_label")
     if ignore is not None:
         locations = {c: {k: v for k, v in (locs or {}).items() if int(k) != int(ignore)}

@@ -1,40 +1,14 @@
 """Training on several processes (``torchrun``, DistributedDataParallel): everything distributed behind one object.
 
-:class:`World` is the one place that knows about ranks. On one process it is a no-op (``World()``: rank 0 of 1,
-every gather returns its input, every broadcast its argument), so the loop calls it unconditionally and never asks
-``if rank == 0``. Under ``torchrun`` (or any launcher that sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and the
-rendezvous variables) :meth:`World.from_env` joins the process group: NCCL on CUDA (one GPU per rank, from
-``LOCAL_RANK``), Gloo on the CPU.
+:class:`World` is the one place that knows about ranks. On one process it is a no-op (rank 0 of 1, every gather
+returns its input), so the loop calls it unconditionally. Under ``torchrun`` :meth:`World.from_env` joins the
+process group: NCCL on CUDA (one GPU per rank, from ``LOCAL_RANK``), Gloo on the CPU.
 
-How the strategies stay exact across ranks (issue 14 part 4):
-
-- **Batches.** ``batch_size`` in the plan is the *global* batch (as nnU-Net's ``-num_gpus``: the batch is split
-  over the GPUs, the first ``B mod W`` ranks taking one sample more). Every rank holds the same sampler and draws the
-  same global list of patch requests from the same seeded generator; rank ``r`` trains on its contiguous slice of
-  ``b_r`` requests (:meth:`World.local_slice`), so no two ranks train on the same patch. Augmentation streams are
-  seeded per rank.
-- **Gradients.** DistributedDataParallel averages gradients over ranks; each rank's mean loss is scaled by
-  ``W * b_r / B`` (:meth:`World.loss_scale`, 1 for an even split), so for a loss that is a mean over samples the
-  ranks step exactly as one process with the ``B`` samples (tested to float tolerance, even and uneven). A
-  batch-Dice loss (Dice over the whole batch's voxels, nnU-Net's ``batch_dice``) is computed per rank over the
-  rank's ``B/W`` samples, as nnU-Net v2's DDP does without its all-gather of the Dice statistics: this is the one
-  approximation, stated here.
-- **Step feedback.** :meth:`World.merge_step` all-gathers each step's per-sample losses (in global request order)
-  and the step's loss, so the sampler update (Focused Practice's loss memory, then its Otsu split and exclusions at
-  the epoch end) sees the global batch identically on every rank; rank 0's "time is up" flag travels in the same
-  gather, so the budget stop is decided once. The NaN guard is consistent without extra communication: a NaN loss
-  on one rank makes every rank's averaged gradient NaN, and every rank skips the step.
-- **Cycle training** selects on the global batch: each network's per-sample losses are all-gathered, the committee
-  selection runs on the global vectors, each rank back-propagates the sum of its selected samples' losses divided
-  by the global count (times ``W``, since DDP averages), i.e. the global mean (:class:`GlobalSelection`).
-- **Validation** is sharded: each rank predicts its share of the validation patches (or volumes) and the per-class
-  TP/FP/FN are all-reduced (per-case Dice all-gathered for volumes), so class weighters, the metric-driven LR and
-  the ``best`` decision see the same numbers everywhere.
-- **Schedules.** The measured timing and the fitted number of iterations are broadcast from rank 0.
-
-Rank 0 writes (checkpoints, log, plots, progress bar, summary); checkpoints carry every rank's RNG streams
-(``rng_ranks``) so ``--resume`` with the same world size is exact; another world size resumes (not bit-exact: the
-batch slices and augmentation streams differ) and a ``world_size_changed`` event line says so.
+``batch_size`` is the global batch, split over the ranks; each rank's loss is scaled by ``W * b_r / B``
+(:meth:`World.loss_scale`), so the ranks step as one process with ``B`` samples. The one approximation: batch
+Dice is computed per rank (as nnU-Net v2's DDP). Step feedback, cycle selection and validation counts are
+gathered, so every strategy sees the global batch; rank 0 writes. How each part stays exact:
+``docs/distributed.md``.
 """
 
 from __future__ import annotations
@@ -49,7 +23,7 @@ from typing import Any
 
 import torch
 
-from focusseg.errors import UsageError
+from focusseg.errors import UsageError, one_line
 
 #: Collective timeout while training (seconds): a rank that stops answering ends the others within this. A dead
 #: rank's sockets close at once, so Gloo and torchrun's agent usually end the others within seconds.
@@ -381,7 +355,7 @@ _PEER_MESSAGES = ("connection closed by peer", "connection reset by peer", "brok
 def peer_failure(exc: BaseException) -> str | None:
     """One line for an error raised because another rank died or stopped answering (None for other errors)."""
     name = type(exc).__name__
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     dist_error = name in ("DistBackendError", "DistNetworkError", "DistStoreError", "DistError")
     if not dist_error and not (isinstance(exc, RuntimeError) and any(m in text.lower() for m in _PEER_MESSAGES)
                                and ("gloo" in text.lower() or "nccl" in text.lower() or "c10d" in text.lower()

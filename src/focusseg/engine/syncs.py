@@ -1,17 +1,13 @@
-"""Counting host synchronisations (issue 13: "at most one host sync per iteration in the default path").
+"""Counting host synchronisations: the default training path reads the device at most once per iteration.
 
 Two counters, one interface (``count``, ``by_thread``, ``reset``; used as a context manager):
 
 - :class:`HostReadCounter` (any device, the CPU tests): counts every call that would make the host wait for a
-  CUDA device if the tensor lived there -- ``Tensor.item``, ``tolist``, ``cpu``, ``numpy``, ``__bool__``,
-  ``__float__``, ``__int__``, ``__index__``, and ``Tensor.to`` the CPU from another device (``x.to(y.device)``
-  cannot be told from a host copy on a CPU machine: not counted there) -- on tensors of the watched device
-  types (``("cpu", "cuda")`` by default: on a CPU machine every such read is counted, so the count is an upper
-  bound of what the same code costs on a GPU; tensors that are host data by design, e.g. a generator's draw,
-  count too). Counts are kept per thread (the loader's threads apart from the training loop's).
+  CUDA device if the tensor lived there (``item``, ``tolist``, ``cpu``, ``numpy``, ``__bool__``, ``__float__``,
+  ...) on tensors of the watched device types, per thread; on a CPU machine the count is an upper bound of what
+  the same code costs on a GPU. The exact list: ``docs/tasks.md``.
 - :class:`CudaSyncCounter` (CUDA only): ``torch.cuda.set_sync_debug_mode("warn")`` and counts the
-  "synchronizing CUDA operation" warnings: every real sync, including those inside torch (``nonzero``, boolean
-  indexing, ``bincount``), none that is not one.
+  "synchronizing CUDA operation" warnings: every real sync, including those inside torch, none that is not one.
 """
 
 from __future__ import annotations

@@ -1,37 +1,15 @@
-"""Tasks own the network(s) and the step (ARCHITECTURE.md: "Task — owns the network(s) and the step").
+"""Tasks own the network(s) and the step.
 
-- ``SupervisedTask``: one network; forward under autocast, the loss with class weights and its batch definition
-  (``reduction="mean"``: batch Dice and TopK over all B*X*Y*Z voxels are not means of per-sample losses), plus
-  the detached per-sample losses strategies rank samples by; backward with gradient clipping (and a GradScaler
-  for fp16 on CUDA).
+- ``SupervisedTask``: one network; forward under autocast, the loss with class weights and its batch definition,
+  and the detached per-sample losses strategies rank samples by; backward with gradient clipping (and a
+  GradScaler for fp16 on CUDA).
 - ``CycleTrainingTask``: three networks trained together (paper 004, :mod:`focusseg.strategies.cycle`); each
   learns from the samples its two peers select; it predicts as the mean of the three networks' logits.
 
-Region-based training (plan ``regions``, :mod:`focusseg.regions`): the network has one sigmoid output per region,
-the loss (``region_dice_bce``, built by ``engine.build`` with the plan's regions) builds the binary region targets
-from the integer label map on the device, and the step's TP / FP / FN are per region (``logit > 0`` against the
-region masks, :func:`focusseg.regions.region_counts`), shape ``(R,)``. Per-sample losses are kept as for classes
-(Focused Practice ranks patches by them). The cycle task is refused for region plans
-(:func:`focusseg.planning.planner.validate_plan`; also here): its committee works on softmax class counts.
-
-A task exposes ``inference_module()`` (what validation and export use), ``optimizers`` (the LR controller
-drives all of them), ``step(...) -> StepOutput`` and ``state_dict``/``load_state_dict``.
-
-Numerical guard: a step whose loss or (clipped) gradient norm is NaN/inf does not update the weights (its
-gradients are dropped) and reports ``StepOutput.finite = False``; the loop counts such steps.
-
-Host synchronisations (issue 13): the supervised step reads the device exactly once -- the loss and the gradient
-norm that clipping computes anyway, stacked into one tensor and copied together (:func:`read_step_scalars`).
-That one read gives both the exact finite check and the loss value, so the loss is known every step at no
-extra cost. Per-sample losses and the TP/FP/FN counts stay on the device (a sampler that needs them on the host,
-e.g. Focused Practice, copies them itself). A non-finite loss is still backpropagated (its gradients are NaN and
-dropped): deciding before backward would cost a second sync.
-
-fp16 + GradScaler (CUDA): the scaler unscales the gradients (recording inf/NaN on the device), the same one read
-says whether the norm is finite; finite -> ``optimizer.step()`` (what ``scaler.step`` does when no inf was
-found, without its own ``.item()``), else the step is skipped; ``scaler.update()`` then lowers or grows the
-scale on the device. As before, inf gradients under fp16 are the scaler's business (an overflow, not a
-divergence): only a non-finite loss counts as a non-finite step.
+A task exposes ``inference_module()``, ``optimizers``, ``step(...) -> StepOutput`` and ``state_dict``. A step whose
+loss or gradient norm is not finite does not update the weights (``StepOutput.finite = False``). The supervised
+step reads the device once (loss and gradient norm together, :func:`read_step_scalars`). Region plans, fp16 and
+the host syncs: ``docs/tasks.md``.
 """
 
 from __future__ import annotations
@@ -50,10 +28,14 @@ from focusseg.engine.build import (
     build_optimizer,
     build_weighter,
 )
+from focusseg.engine.distributed import GlobalSelection, has_unused_parameters
+from focusseg.errors import PlanError
 from focusseg.nets.from_plan import MeanEnsemble, amp_dtype, build_network_from_plan
-from focusseg.regions import plan_regions
+from focusseg.regions import plan_regions, region_counts
 from focusseg.roles import PatchRequest, StepOutput
 from focusseg.settings import training_settings
+from focusseg.strategies.cycle import CycleTask
+from focusseg.strategies.cycle import class_counts as counts
 
 
 def as_float(out: torch.Tensor | list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor | list[torch.Tensor]:
@@ -66,8 +48,6 @@ def class_counts(logits: torch.Tensor, labels: torch.Tensor, k: int, ignore_labe
     """Per-class TP, FP, FN voxel counts of the argmax prediction over a batch, on the logits' device without a
     host sync (:func:`focusseg.strategies.cycle.class_counts`: only channel 0 of a (labels, instances) target);
     voxels of the ``ignore_label`` are not counted."""
-    from focusseg.strategies.cycle import class_counts as counts
-
     return counts(logits, labels, k, ignore_label)
 
 
@@ -108,8 +88,6 @@ def training_forward(network: nn.Module, compile_spec: Any = None, channels_last
         network.to(memory_format=torch.channels_last_3d)
     if compile_spec in (None, False):
         return network
-    from focusseg.errors import PlanError
-
     if compile_spec is True:
         kwargs: dict[str, Any] = {}
     elif isinstance(compile_spec, dict):
@@ -152,8 +130,6 @@ class SupervisedTask:
         scaled so the average is the global batch's mean); the network itself (its state dict, inference) is
         unchanged. ``probe_shape``: an input shape to find parameters that get no gradient
         (:func:`~focusseg.engine.distributed.has_unused_parameters`)."""
-        from focusseg.engine.distributed import has_unused_parameters
-
         self.loss_scale = world.loss_scale(global_batch)
         unused = find_unused_parameters or (probe_shape is not None and has_unused_parameters(self.network,
                                                                                               probe_shape))
@@ -179,8 +155,6 @@ class SupervisedTask:
                 per_sample = loss.detach().expand(labels.shape[0])
             main = outputs[0] if isinstance(outputs, list) else outputs
             if self.regions:
-                from focusseg.regions import region_counts
-
                 tp, fp, fn = region_counts(main.detach(), labels, self.regions).unbind(0)
             else:
                 tp, fp, fn = class_counts(main.detach(), labels, self.k, self.ignore_label)
@@ -253,8 +227,6 @@ class CycleTrainingTask:
     def __init__(self, networks: list[nn.Module], optimizers: list[torch.optim.Optimizer], loss: nn.Module,
                  n_classes: int, amp: torch.dtype | None, grad_clip: float = 12.0, ignore_label: int | None = None,
                  **cycle: Any) -> None:
-        from focusseg.strategies.cycle import CycleTask
-
         self.networks, self.optimizers, self.k = networks, optimizers, n_classes
         self.ignore_label = ignore_label
         self.amp = amp if amp != torch.float16 else torch.bfloat16
@@ -279,8 +251,6 @@ class CycleTrainingTask:
         ``probe_shape`` leaves a parameter without gradient); the committee selects on the global batch
         (:class:`~focusseg.engine.distributed.GlobalSelection`; its normalisation by the global count is exact
         for any split of the batch)."""
-        from focusseg.engine.distributed import GlobalSelection, has_unused_parameters
-
         self._cycle.forwards = [world.wrap(n, find_unused_parameters or (
             probe_shape is not None and has_unused_parameters(n, probe_shape))) for n in self.networks]
         self._cycle.selection = GlobalSelection(world, global_batch)
@@ -333,13 +303,9 @@ def build_task(plan: dict, device: torch.device, total_iterations: int, amp: tor
         return task, build_lr_controller(plan, opt, total_iterations)
     if name == "cycle":
         if plan_regions(plan):
-            from focusseg.errors import PlanError
-
             raise PlanError("the cycle task selects samples by softmax class counts; region-based training uses "
                             "the supervised task (set training.task=supervised)")
         if tr.compile or tr.channels_last:
-            from focusseg.errors import PlanError
-
             raise PlanError("training.compile and training.channels_last apply to the supervised task; the cycle "
                             "task trains three networks through its own step (set them to false)")
         nets = [build_network_from_plan(plan).to(device) for _ in range(3)]

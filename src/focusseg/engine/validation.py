@@ -1,44 +1,12 @@
-"""Validation during training: a cheap per-epoch score on fixed validation patches, and whole held-out volumes
-every ``K`` epochs (issue 13, "validation that costs little").
+"""Validation during training: pseudo-Dice on fixed validation patches every epoch, whole held-out volumes every
+``training.val_full_every`` epochs.
 
-**Per-epoch patch validation** (``training.validation = "patches"``, the default). Before the first epoch a
-fixed set of validation patches is drawn once (seeded, so every epoch and every resume scores the same patches):
-``n = max(len(cases), training.val_patches)`` patches spread evenly over the validation cases (``val_max_cases``
-caps the cases), patch ``j`` of a case centred on a random voxel of a foreground class present in the case
-(classes taken in turn) when ``j`` is even and placed uniformly at random when ``j`` is odd (so background is seen
-too); volumes smaller than the patch are padded as in training. Each epoch the network predicts them in batches
-of the training batch size (no augmentation, the training autocast dtype), takes the argmax on the device
-(undeclared label indices never win) and accumulates per-class TP / FP / FN on the device; the scores are read
-with one host copy per validation:
-
-    pseudo-Dice_c = 2 TP_c / (2 TP_c + FP_c + FN_c)   over all validation patches together (NaN when 0/0),
-
-nnU-Net v2's per-epoch "pseudo dice" (``on_validation_epoch_end``: TP/FP/FN summed over its validation
-batches). These scores drive what needs a number every epoch: the class weighters (TCF/PCF/CBS), the
-metric-driven learning rate and the ``best`` checkpoint. nnU-Net draws new random validation batches every epoch
-and smooths its best-checkpoint criterion with an EMA; we keep the patches fixed instead, so epoch-to-epoch changes
-are the network's, not the draw's, and compare raw values.
-
-**Whole-volume validation** (:func:`validate_volumes`): Gaussian sliding window over each preprocessed held-out
-case, argmax on the device, per-case Dice from the per-class counts, mean over cases per class (a case where a class
-is absent from both prediction and reference does not count for it). It runs every ``training.val_full_every``
-epochs (default 10; 0: never during training) and is logged as ``val_volume_dice`` / ``val_volume_mean_dice``; the
-run's final validation (``engine.run``) scores whole volumes at the end in the original geometry.
-``training.validation = "volumes"`` restores whole-volume validation every ``val_every`` epochs as the per-epoch
-score (what focusseg did before; slower on large volumes).
-
-**Regions** (plan ``regions``, nnU-Net's region-based training, :mod:`focusseg.regions`): the network's outputs are
-sigmoid regions; a region is predicted where its logit is > 0 (sigmoid > 0.5) and TP / FP / FN are counted per
-region against the region masks of the label map (:func:`focusseg.regions.region_counts`), so both validators
-return ``{r + 1: pseudo-Dice of region r}`` (region numbers 1..R in ``dataset.json`` order) instead of per label:
-the patch validator's counts are ``(3, R + 1)`` with region ``r`` in column ``r + 1`` (column 0 unused) and its
-``labels`` are ``1..R``, so :func:`dice_from_counts` reads them as it reads class counts.
-
-**Ignore label** (plan ``ignore_label``, nnU-Net v2's): validation counts annotated voxels only -- a voxel whose
-reference is the ignore label adds to no TP, FP or FN (:func:`confusion_counts`), as nnU-Net's validation and
-evaluation ("metric computation is only done on annotated pixels"). The network has no channel for it, so it is
-never predicted. Patches: foreground patches are centred on voxels of the classes only and, when the store has
-annotated-voxel locations, the other patches on an annotated voxel (as the training sampler).
+:class:`PatchValidator` draws its patches once (seeded: every epoch and every resume scores the same ones) and
+accumulates per-class TP / FP / FN on the device, read with one host copy per validation:
+``pseudo-Dice_c = 2 TP_c / (2 TP_c + FP_c + FN_c)`` over all patches together (nnU-Net v2's per-epoch "pseudo
+dice"). :func:`validate_volumes` scores whole preprocessed volumes with the sliding window. Region plans count per
+region, an ignore label's voxels count nowhere. ``docs/training-loop.md`` ("Validation") has the details; the epoch
+loop's use of the scores is :mod:`focusseg.engine.epoch_validation`.
 """
 
 from __future__ import annotations
@@ -52,15 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from focusseg.data.loader import PatchLoader
+from focusseg.data.samplers import ForegroundSampler, patch_with_slice, sampling_patch
+from focusseg.inference import sliding_window_predict
+from focusseg.inference.windows import compute_steps
+from focusseg.planning.planner import slice_axis_of
+from focusseg.preprocessing.preprocess import ANNOTATED
 from focusseg.preprocessing.store import PreprocessedStore
 from focusseg.regions import dice_from_region_counts, plan_regions, region_counts
 from focusseg.roles import PatchRequest
+from focusseg.settings import DEFAULT_VAL_PATCHES, inference_settings, training_settings
+from focusseg.strategies.cycle import label_counts
 
-MODES = ("patches", "volumes")
-#: Default number of validation patches (at least one per validation case).
-DEFAULT_VAL_PATCHES = 32
-#: Default: whole-volume validation every 10 epochs during training (0: never).
-DEFAULT_FULL_EVERY = 10
 #: Validation patches are kept in host memory up to this many bytes (else re-read from the store each epoch).
 CACHE_BYTES = 2**30
 
@@ -89,8 +60,6 @@ def confusion_counts(pred: torch.Tensor, labels: torch.Tensor, k: int, ignore_la
     from a ``K x K`` confusion matrix by scatter-add (no host sync; label values outside ``0..K-1`` are clamped).
     Voxels whose label is ``ignore_label`` are not counted at all (one extra bin, dropped). One implementation
     with the training step's counts (:func:`focusseg.strategies.cycle.label_counts`)."""
-    from focusseg.strategies.cycle import label_counts
-
     return torch.stack(label_counts(pred, labels, k, ignore_label))
 
 
@@ -131,19 +100,17 @@ def validate_volumes(network: nn.Module, store: PreprocessedStore, case_ids: lis
     ``2 TP / (2 TP + FP + FN)``, equal to :func:`focusseg.metrics.dice_per_class` (tested); with a plan
     ``ignore_label`` over the annotated voxels only. ``world`` (:class:`~focusseg.engine.distributed.World`):
     each rank predicts its share of the cases and the per-case scores are gathered (every rank returns the same)."""
-    from focusseg.inference import sliding_window_predict
-    from focusseg.planning.planner import slice_axis_of
-
     declared = declared_labels(plan)
     regions = plan_regions(plan)
     labels = [v for v in declared if v != 0] if not regions else list(range(1, len(regions) + 1))
     k = max(int(plan["n_classes"]), max(declared) + 1)
     ignore = plan.get("ignore_label")
+    inf = inference_settings(plan)
     per_case: list[dict[int, float]] = []
     for cid in (world.shard(case_ids) if world is not None else case_ids):
         image = torch.from_numpy(np.ascontiguousarray(store.image(cid)))
-        logits = sliding_window_predict(network, image, plan["patch_size"], overlap=plan["inference"]["overlap"],
-                                        mirror_axes=mirror_axes, batch_size=plan["inference"].get("batch_size", 2),
+        logits = sliding_window_predict(network, image, plan["patch_size"], overlap=inf.need("overlap"),
+                                        mirror_axes=mirror_axes, batch_size=inf.batch_size,
                                         device=device, amp_dtype=amp, out_device=device,
                                         slice_axis=slice_axis_of(plan))  # the 2D configuration: slice by slice
         ref = torch.from_numpy(np.ascontiguousarray(store.label(cid))).to(device)
@@ -161,17 +128,10 @@ def validate_volumes(network: nn.Module, store: PreprocessedStore, case_ids: lis
     return out
 
 
-#: The historical name (whole-volume validation).
-validate = validate_volumes
-
-
 def window_voxels(shape: Sequence[int], patch: Sequence[int], overlap: float, slice_axis: int | None = None) -> int:
     """Voxels a sliding window over a volume of ``shape`` runs through the network: windows x patch voxels
     (volumes smaller than the patch are padded to it, as the sliding window does). A 2D ``patch`` on a 3D shape
     (the 2D configuration) is the window ``(1, H, W)`` at ``slice_axis`` (default: the last axis)."""
-    from focusseg.data.samplers import patch_with_slice
-    from focusseg.inference.windows import compute_steps
-
     if len(patch) == len(shape) - 1 == 2:
         patch = patch_with_slice(list(patch), len(shape) - 1 if slice_axis is None else int(slice_axis))
 
@@ -181,23 +141,33 @@ def window_voxels(shape: Sequence[int], patch: Sequence[int], overlap: float, sl
 
 
 #: Final validation: the network passes x 1.25 (Gaussian weighting, resampling to the original grid) plus a fixed
-#: 0.6 s per case for reading, preprocessing, writing, evaluating (surface metrics) and choosing post-processing:
-#: measured on Hippocampus, 2-core AVX2 EPYC, 2026-12-02 (42 cases: 33 s after training, of which ~9.5 s were the
-#: network passes the patch validation predicted).
+#: 0.6 s per case for reading, preprocessing, writing, evaluating (surface metrics) and choosing post-processing,
+#: as measured on Hippocampus (``docs/training-loop.md``, "Time budget").
 FINAL_VALIDATION_OVERHEAD = 1.25
 FINAL_VALIDATION_PER_CASE_S = 0.6
 
 
 def estimate_final_validation_s(store: PreprocessedStore, case_ids: Sequence[str], plan: dict,
                                 seconds_per_voxel: float) -> float:
-    """Seconds the run's final validation will take (``engine.run.validate_raw``: every held-out case, whole
-    volume, the plan's mirror TTA): ``s_vox * sum_c windows_c * |patch| * 2^|mirror axes| * 1.25 + 0.6 s * cases``,
-    where
-    ``s_vox`` is the network's measured seconds per voxel in this run's own validation, plus
-    :data:`FINAL_VALIDATION_PER_CASE_S` per case."""
-    inf = plan.get("inference") or {}
-    mirrors = 2 ** len(inf.get("mirror_axes") or [])
-    voxels = sum(window_voxels(store.shape(c), plan["patch_size"], float(inf.get("overlap", 0.5)),
+    """Seconds the run's final validation will take (:func:`focusseg.workflows.validate.validate_raw`: every
+    held-out case, whole volume, the plan's mirror TTA)::
+
+        s_vox * sum_c windows_c * |patch| * 2^|mirror axes| * 1.25 + 0.6 s * cases
+
+    where ``s_vox`` is the network's measured seconds per voxel in this run's own validation (1.25:
+    :data:`FINAL_VALIDATION_OVERHEAD`; 0.6 s: :data:`FINAL_VALIDATION_PER_CASE_S`).
+
+    Args:
+        store: the preprocessed store (case shapes).
+        case_ids: the held-out cases.
+        plan: the run's plan (``patch_size``, ``inference.overlap``, ``inference.mirror_axes``, ``slice_axis``).
+        seconds_per_voxel: ``s_vox``.
+
+    Returns:
+        the estimate in seconds."""
+    inf = inference_settings(plan)
+    mirrors = 2 ** len(inf.mirror_axes)
+    voxels = sum(window_voxels(store.shape(c), plan["patch_size"], 0.5 if inf.overlap is None else inf.overlap,
                                plan.get("slice_axis")) for c in case_ids)
     return float(seconds_per_voxel * voxels * mirrors * FINAL_VALIDATION_OVERHEAD
                  + FINAL_VALIDATION_PER_CASE_S * len(case_ids))
@@ -214,9 +184,6 @@ def draw_validation_patches(store: PreprocessedStore, case_ids: Sequence[str], p
     per case; even-numbered ones centred on a foreground voxel (classes in turn), odd ones uniformly placed -- or,
     when the store has annotated-voxel locations (an ignore label), centred on an annotated voxel. The
     ``ignore_label`` never counts as a foreground class."""
-    from focusseg.data.samplers import ForegroundSampler
-    from focusseg.preprocessing.preprocess import ANNOTATED
-
     cases = list(case_ids)
     if not cases:
         return []
@@ -242,7 +209,7 @@ def draw_validation_patches(store: PreprocessedStore, case_ids: Sequence[str], p
                 locs = annotated
             if locs is not None:
                 centre = locs[int(torch.randint(len(locs), (1,), generator=g))]
-                start = [ForegroundSampler._clamp(int(c) - p // 2, s, p) for c, s, p in zip(centre, shape, patch)]
+                start = [ForegroundSampler.clamp(int(c) - p // 2, s, p) for c, s, p in zip(centre, shape, patch)]
             out.append(PatchRequest(case, tuple(start)))
     return out
 
@@ -255,9 +222,7 @@ class PatchValidator:
     def __init__(self, store: PreprocessedStore, case_ids: Sequence[str], plan: dict, device: torch.device,
                  amp: torch.dtype | None = None, n_patches: int | None = None, seed: int | None = None,
                  batch_size: int | None = None, shard: tuple[int, int] = (0, 1)) -> None:
-        from focusseg.data.loader import PatchLoader
-
-        tr = plan["training"]
+        tr = training_settings(plan)
         self.plan, self.device, self.amp = plan, torch.device(device), amp
         self.declared = declared_labels(plan)
         self.regions = plan_regions(plan)  # region plan: region r counted in column r + 1 (module docstring)
@@ -265,12 +230,9 @@ class PatchValidator:
                        else list(range(1, len(self.regions) + 1)))
         self.k = max(int(plan["n_classes"]), max(self.declared) + 1) if not self.regions else len(self.regions) + 1
         self.ignore_label = plan.get("ignore_label")
-        n = int(n_patches if n_patches is not None else tr.get("val_patches") or DEFAULT_VAL_PATCHES)
-        from focusseg.data.samplers import sampling_patch
-        from focusseg.planning.planner import slice_axis_of
-
+        n = int(n_patches if n_patches is not None else tr.val_patches)
         self.requests = draw_validation_patches(store, case_ids, sampling_patch(plan), n,  # 2D: (1, H, W) boxes
-                                                int(tr.get("seed", 0) if seed is None else seed), self.ignore_label)
+                                                int(tr.seed if seed is None else seed), self.ignore_label)
         self.requests = self.requests[int(shard[0])::max(1, int(shard[1]))]  # training on several processes: a share
         self.batch_size = max(1, int(batch_size or plan.get("batch_size", 2)))
         self.loader = PatchLoader(store, tuple(plan["patch_size"]), n_classes=int(plan["n_classes"]), workers=1,

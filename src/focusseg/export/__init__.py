@@ -1,4 +1,4 @@
-"""Portable models (issue 16 part 3): ``focusseg export RUN_OR_CV --out model.zip``.
+"""Portable models: ``focusseg export RUN_OR_CV --out model.zip``.
 
 * :mod:`focusseg.export.bundle`: a self-contained, checksummed zip (``manifest.json``, a ``plan.json`` and
   safetensors weights per member, the chosen post-processing) that ``focusseg predict model.zip IN OUT`` runs

@@ -1,25 +1,14 @@
 """The focusseg model bundle: one zip that holds everything ``focusseg predict`` needs, and nothing that runs code.
 
-Layout (every member is listed in the manifest with its SHA-256 and size)::
+Members: ``manifest.json`` (format, versions, members and their weights, every file's SHA-256 and size, labels,
+channels, preprocessing), ``postprocessing.json`` (the chosen steps) and, per member, ``members/<name>/plan.json``
+and ``members/<name>/weights.safetensors``. A run has one member (``model``), a cross-validation folder one per
+finished fold (weight ``1/n_folds``), so a bundle predicts exactly as ``focusseg predict RUN_OR_CV`` did.
 
-    model.zip
-      manifest.json                    format, format_version, focusseg_version, created (UTC, ISO 8601),
-                                       source, members [{name, weight, plan, weights, checkpoint}], files
-                                       {member: {sha256, size}}, model (labels, channels, preprocessing spec)
-      postprocessing.json              {"steps": [...]}: the steps the run / cross-validation chose (or [])
-      members/<name>/plan.json         the member's full plan (network, normalisation, spacing, patch, inference)
-      members/<name>/weights.safetensors   its network weights (safetensors: tensors only, no pickle)
-
-A single run has one member (``model``); a cross-validation folder one per finished fold (``fold_K``, weight
-``1/n_folds`` as :func:`~focusseg.inference.predictor.crossval_predictor` gives them), so a bundle predicts exactly
-as ``focusseg predict RUN_OR_CV`` did with the same checkpoint.
-
-Reading (:func:`read_bundle`) never extracts to disk and trusts nothing: every name must be a plain relative
-path (no ``..``, no absolute path, no backslash, no duplicate: zip-slip), every file in the zip must be listed in
-the manifest and every listed file present, sizes are capped (:data:`MAX_MEMBER_BYTES`, :data:`MAX_JSON_BYTES`;
-a member is read with a cap, so a lying header or a zip bomb cannot exhaust memory), every SHA-256 must match,
-weights are read by ``safetensors`` and plans as JSON. Any problem is one :class:`~focusseg.errors.CheckpointError`
-line naming the bundle, the member and the problem.
+Reading (:func:`read_bundle`) never extracts to disk and trusts nothing: plain relative names only (zip-slip), the
+zip and the manifest list the same files, sizes are capped (:data:`MAX_MEMBER_BYTES`, :data:`MAX_JSON_BYTES`),
+every SHA-256 must match, and nothing is unpickled. Any problem is one :class:`~focusseg.errors.CheckpointError`
+line naming the bundle, the member and the problem. The layout in full: ``docs/export.md``.
 """
 
 from __future__ import annotations
@@ -35,7 +24,13 @@ from typing import Any
 
 import torch
 
-from focusseg.errors import CheckpointError, MissingFileError, UsageError
+from focusseg import __version__
+from focusseg.errors import CheckpointError, MissingFileError, UsageError, one_line
+from focusseg.inference.loading import checkpoint_parts, select_checkpoint
+from focusseg.inference.postprocess_selection import check_steps, read_postprocessing_file
+from focusseg.inference.predictor import EnsemblePredictor, Predictor, crossval_predictor
+from focusseg.io.atomic import atomic_path
+from focusseg.runfolder import fold_dirs, is_crossval_dir
 
 BUNDLE_FORMAT = "focusseg-bundle"
 #: Bumped when the layout changes incompatibly; a bundle from a newer format is refused, not half-read.
@@ -69,17 +64,12 @@ def load_source(source: str | Path, checkpoint: str = "best") -> ExportSource:
         MissingFileError / CheckpointError / UsageError: as :meth:`Predictor.from_run` (no run, bad checkpoint,
             unknown ``checkpoint``); RunFolderError: a cross-validation folder without a finished fold.
     """
-    from focusseg.inference.predictor import Predictor, _select_checkpoint, crossval_predictor
-    from focusseg.runfolder import fold_dirs, is_crossval_dir
-
     path = Path(source)
     if is_crossval_dir(path):
         ens = crossval_predictor(path, checkpoint, torch.device("cpu"))
         names = [d.name for d in fold_dirs(path)]
         kind = "crossval"
     else:
-        from focusseg.inference.predictor import EnsemblePredictor
-
         ens = EnsemblePredictor([Predictor.from_run(path, checkpoint, torch.device("cpu"))])
         names = ["model"]
         kind = "run"
@@ -87,7 +77,7 @@ def load_source(source: str | Path, checkpoint: str = "best") -> ExportSource:
     for name, member, weight in zip(names, ens.members, ens.weights):
         run_dir = member.run_dir if member.run_dir is not None else path
         members.append({"name": name, "plan": member.plan, "state_dict": member.network.state_dict(),
-                        "weight": float(weight), "checkpoint": _select_checkpoint(Path(run_dir), checkpoint).name})
+                        "weight": float(weight), "checkpoint": select_checkpoint(Path(run_dir), checkpoint).name})
     return ExportSource(kind, path, checkpoint, members, list(ens.postprocessing))
 
 
@@ -111,9 +101,6 @@ def write_bundle(source: str | Path | ExportSource, out: str | Path, checkpoint:
     """Write ``source`` (a run folder, a cross-validation folder, or a loaded :class:`ExportSource`) as a bundle
     at ``out`` (must end in ``.zip``), atomically (:func:`focusseg.io.atomic.atomic_path`). Returns ``out``."""
     from safetensors.torch import save as save_safetensors
-
-    from focusseg import __version__
-    from focusseg.io.atomic import atomic_path
 
     out = Path(out)
     if out.suffix.lower() != ".zip":
@@ -168,7 +155,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, bundle:
         with zf.open(info) as fh:
             data = fh.read(limit + 1)
     except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
-        raise CheckpointError(f"member {info.filename} cannot be read ({' '.join(str(exc).split())}): a damaged "
+        raise CheckpointError(f"member {info.filename} cannot be read ({one_line(exc)}): a damaged "
                               "or changed bundle", bundle) from exc
     if len(data) > limit or len(data) != info.file_size:
         raise CheckpointError(f"member {info.filename} holds {len(data)} bytes, its header says {info.file_size}",
@@ -180,7 +167,7 @@ def _parse_json(data: bytes, member: str, bundle: Path) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"member {member} is not valid JSON ({' '.join(str(exc).split())})", bundle) from exc
+        raise CheckpointError(f"member {member} is not valid JSON ({one_line(exc)})", bundle) from exc
 
 
 @dataclass
@@ -203,16 +190,13 @@ def read_bundle(path: str | Path) -> Bundle:
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
-    from focusseg.inference.postprocess_selection import _check_steps
-    from focusseg.inference.predictor import checkpoint_parts
-
     bundle = Path(path)
     if not bundle.is_file():
         raise MissingFileError("no such model bundle", bundle, hint="export one: focusseg export RUN --out model.zip")
     try:
         zf = zipfile.ZipFile(bundle)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise CheckpointError(f"not a readable zip bundle ({' '.join(str(exc).split())}): truncated or not a "
+        raise CheckpointError(f"not a readable zip bundle ({one_line(exc)}): truncated or not a "
                               "focusseg export", bundle) from exc
     with zf:
         infos = zf.infolist()
@@ -266,7 +250,7 @@ def read_bundle(path: str | Path) -> Bundle:
     steps = post.get("steps") if isinstance(post, dict) else None
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise CheckpointError(f"member {post_name} holds no list of 'steps'", bundle)
-    _check_steps(steps, bundle, post_name)
+    check_steps(steps, bundle, post_name)
     entries = manifest.get("members")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise CheckpointError(f"{MANIFEST} lists no members", bundle)
@@ -277,7 +261,7 @@ def read_bundle(path: str | Path) -> Bundle:
             state = load_safetensors(member_file(e.get("weights"), "weights"))
         except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
             raise CheckpointError(f"member {e.get('weights')} is not readable safetensors "
-                                  f"({' '.join(str(exc).split())[:200]})", bundle) from exc
+                                  f"({one_line(exc)[:200]})", bundle) from exc
         plan, state = checkpoint_parts({"plan": plan, "network": state}, f"{bundle}:{e.get('plan')}")
         weight = e.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
@@ -292,9 +276,6 @@ def load_bundle(path: str | Path, device: str | torch.device | None = None, unce
     """An :class:`~focusseg.inference.predictor.EnsemblePredictor` of a verified bundle's members, with the
     bundle's post-processing (``postprocessing_file``'s steps instead when given; none if ``postprocess`` is
     false) -- what ``focusseg predict model.zip IN OUT`` runs."""
-    from focusseg.inference.postprocess_selection import read_postprocessing_file
-    from focusseg.inference.predictor import EnsemblePredictor, Predictor
-
     b = read_bundle(path)
     members = [Predictor(m["plan"], m["state_dict"], device, b.postprocessing, source=m["source"])
                for m in b.members]

@@ -1,33 +1,15 @@
 """Export a run's (or every fold's) network as an ONNX or TorchScript graph, plus a JSON spec of what surrounds it.
 
-The archive written (one zip, atomically, at ``--out``)::
+One zip (written atomically at ``--out``) holds ``spec.json`` and one graph per member (``model`` for a run,
+``fold_K`` per fold). The graph maps ``image (B, C, *patch)`` float32, normalised and resampled as the spec says,
+to ``logits (B, K, *patch)``; everything around it (normalisation, resampling, Gaussian sliding window, mirrors,
+activation, argmax, post-processing) is the consumer's, as the spec describes.
 
-    model_onnx.zip
-      spec.json          format, focusseg_version, created, members [{name, file, weight, sha256, verified...}],
-                         input (name, layout [batch, channel, x, y(, z)], patch, dtype), output (name, logits),
-                         channels, labels, normalisation, target spacing, resampling order, sliding window
-                         (patch, overlap, Gaussian sigma = patch / 8, batch), activation (softmax over axis 1, or a
-                         sigmoid per region), TTA (mirror axes, averaged on logits before the activation),
-                         post-processing steps
-      <member>.onnx      (or <member>.pt for TorchScript) one per member: ``model`` for a run, ``fold_K`` per fold
-
-The graph maps ``image (B, C, *patch)`` float32, normalised and resampled as the spec says, to ``logits (B, K,
-*patch)``; everything else (crop to non-zero, normalisation, resampling, Gaussian sliding window, mirrors, softmax,
-resampling back, argmax, post-processing) is the consumer's, as described in the spec -- focusseg's own
-``focusseg predict model.zip`` (the bundle) does all of it.
-
-ONNX (opset 17 legacy / 18 dynamo): the legacy TorchScript-based exporter is tried first (fast, no extra
-dependency; except for :data:`DYNAMO_FIRST`), then the dynamo exporter (``torch.export``; needs ``onnxscript``).
-Each graph is checked with ONNX Runtime against PyTorch on a seeded random patch (batch 1 and 2): the maximum
-absolute logit difference is recorded in the spec and must be at most :data:`ONNX_TOLERANCE` (+
-:data:`RELATIVE_TOLERANCE` of the logits' magnitude). A network neither exporter can export within
-that tolerance raises :class:`NotExportable` with each exporter's reason. Known case: ``lambda3d`` with the legacy
-exporter only (``exporter="legacy"``) -- its ``movedim(1, -1)`` around LayerNorm becomes an ONNX ``Transpose`` with
-a negative ``perm`` (``{0, -1, 1, 2, 3}``), which ONNX Runtime rejects; the dynamo exporter handles it. With
-``onnxscript`` installed every registered network exports (tested in ``tests/export``).
-
-TorchScript: ``torch.jit.trace`` in eval mode (shapes of the patch are baked in where the network computes with
-them), checked against the eager network on the same patch to the same tolerance.
+ONNX: the legacy exporter first (except for :data:`DYNAMO_FIRST`), then the dynamo exporter (needs
+``onnxscript``); each graph is checked with ONNX Runtime against PyTorch on a seeded patch, within
+:data:`ONNX_TOLERANCE` (+ :data:`RELATIVE_TOLERANCE` of the logits' magnitude), else :class:`NotExportable`.
+TorchScript: ``torch.jit.trace`` in eval mode, checked the same way. Spec fields and exporter limits:
+``docs/export.md``.
 """
 
 from __future__ import annotations
@@ -45,7 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from focusseg.errors import FocussegError, UsageError
+from focusseg import __version__
+from focusseg.errors import FocussegError, UsageError, one_line
+from focusseg.export.bundle import load_source
+from focusseg.io.atomic import atomic_path
+from focusseg.nets.from_plan import build_inference_module
+from focusseg.settings import inference_settings, network_settings
 
 FORMATS = ("bundle", "onnx", "torchscript")
 EXPORTERS = ("auto", "legacy", "dynamo")
@@ -150,7 +137,7 @@ def network_to_onnx(network: nn.Module, in_channels: int, patch: tuple[int, ...]
         try:
             data = _onnx_bytes(network, x1, how, opset)
         except Exception as exc:  # exporters raise many types (torch.onnx errors, unsupported op, export guards)
-            reasons.append(f"{how} exporter: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            reasons.append(f"{how} exporter: {type(exc).__name__}: {one_line(exc)[:300]}")
             continue
         import onnx
 
@@ -164,7 +151,7 @@ def network_to_onnx(network: nn.Module, in_channels: int, patch: tuple[int, ...]
                        float(np.abs(onnx_runtime_logits(data, x2.numpy()) - ref2).max()))
         except Exception as exc:  # onnxruntime's own error types: the graph does not load or run
             reasons.append(f"{how} exporter: ONNX Runtime refuses the graph ({type(exc).__name__}: "
-                           f"{' '.join(str(exc).split())[:300]})")
+                           f"{one_line(exc)[:300]})")
             continue
         if not diff <= bound:
             reasons.append(f"{how} exporter: ONNX Runtime differs from PyTorch by {diff:.3g} (> {bound:.3g})")
@@ -202,7 +189,7 @@ def network_to_torchscript(network: nn.Module, in_channels: int, patch: tuple[in
                    float(np.abs(_eager(loaded, x2) - _eager(network, x2)).max()))
     except Exception as exc:  # tracing raises many types (data-dependent control flow, unsupported ops)
         raise NotExportable(name, "torchscript", f"torch.jit.trace fails ({type(exc).__name__}: "
-                                                 f"{' '.join(str(exc).split())[:300]})") from exc
+                                                 f"{one_line(exc)[:300]})") from exc
     if not diff <= tolerance:
         raise NotExportable(name, "torchscript", f"the traced graph differs from PyTorch by {diff:.3g} "
                                                  f"(> {tolerance}): the network's path depends on its input")
@@ -211,7 +198,8 @@ def network_to_torchscript(network: nn.Module, in_channels: int, patch: tuple[in
 
 def graph_spec(plan: dict[str, Any], postprocessing: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON spec of everything around the graph (module docstring), from the plan."""
-    inf = plan.get("inference", {})
+    inf = inference_settings(plan)
+    overlap = 0.5 if inf.overlap is None else inf.overlap  # the planner's value where a plan sets none
     regions = plan.get("regions")
     n_dims = len(plan["patch_size"])
     return {
@@ -226,13 +214,13 @@ def graph_spec(plan: dict[str, Any], postprocessing: list[dict[str, Any]]) -> di
             "normalization": plan["normalization"], "target_spacing": plan["target_spacing"],
             "resample_order_image": plan.get("resample_order_image", 3),
             "resample_back": "probabilities linearly to the cropped original grid, then argmax"},
-        "sliding_window": {"patch_size": list(plan["patch_size"]), "overlap": inf.get("overlap", 0.5),
-                           "gaussian_sigma_scale": 1.0 / 8, "batch_size": inf.get("batch_size", 2),
+        "sliding_window": {"patch_size": list(plan["patch_size"]), "overlap": overlap,
+                           "gaussian_sigma_scale": 1.0 / 8, "batch_size": inf.batch_size,
                            "weighting": "Gaussian importance map, sigma = patch * sigma_scale (nnU-Net)"},
         "activation": ({"name": "sigmoid", "per": "region"} if regions else {"name": "softmax", "axis": 1}),
-        "tta": {"mirror_axes": list(inf.get("mirror_axes", [])), "spatial_axes_from": 0,
+        "tta": {"mirror_axes": list(inf.mirror_axes), "spatial_axes_from": 0,
                 "average": "logits over all 2^n mirror subsets (identity included), before the activation",
-                "noise_passes": inf.get("noise_passes", 0)},
+                "noise_passes": inf.noise_passes},
         "postprocessing": postprocessing,
     }
 
@@ -241,11 +229,6 @@ def export_graphs(source: str | Path, out: str | Path, fmt: str = "onnx", checkp
                   exporter: str = "auto") -> dict[str, Any]:
     """Export every member of a run / cross-validation folder as ``fmt`` (onnx or torchscript) into the zip
     ``out`` (module docstring), atomically. Returns the spec written."""
-    from focusseg import __version__
-    from focusseg.export.bundle import load_source
-    from focusseg.io.atomic import atomic_path
-    from focusseg.nets.from_plan import build_inference_module
-
     if fmt not in ("onnx", "torchscript"):
         raise UsageError(f"graph format must be onnx or torchscript, got {fmt!r}")
     out = Path(out)
@@ -261,7 +244,7 @@ def export_graphs(source: str | Path, out: str | Path, fmt: str = "onnx", checkp
         plan = m["plan"]
         net = build_inference_module(plan)
         net.load_state_dict(m["state_dict"])
-        net_name = str(plan["network"]["name"] if isinstance(plan["network"], dict) else plan["network"])
+        net_name = network_settings(plan).name
         args = (net, len(plan["channel_names"]), tuple(plan["patch_size"]), net_name)
         if fmt == "onnx":
             data, info = network_to_onnx(*args, exporter=exporter)

@@ -1,6 +1,7 @@
 """Inference: Gaussian sliding window, test-time augmentation, ensembles, uncertainty, post-processing.
 
-The whole-case predictor (reading, preprocessing, resampling back, writing) lives in ``predictor.py``.
+The whole-case predictor (preprocessing, resampling back, ensembles) lives in ``predictor.py``, checkpoint loading
+in ``loading.py`` and predicting a folder of images (reading, writing) in ``folders.py``.
 """
 
 from focusseg.inference.ensemble import EnsembleMember, ensemble_predict

@@ -6,11 +6,9 @@ member ``m`` (``J_m`` of them, see :mod:`focusseg.inference.tta`)::
 
     p̄ = sum_m w_m (1/J_m) sum_j softmax(z_mj)  /  sum_m w_m
 
-Each member runs its own sliding window (its own patch size, padding and Gaussian), producing one
-``(K, *spatial)`` probability map at a time that is added to ONE shared accumulator and then freed, so
-memory does not grow with the number of members (the members' probabilities are never held together).
-With ``return_uncertainty`` a second accumulator of squares gives the weighted variance over all
-(member, pass) predictions (:class:`focusseg.inference.uncertainty.StreamingMoments`).
+Each member runs its own sliding window and adds one ``(K, *spatial)`` probability map at a time to ONE shared
+accumulator, so memory does not grow with the number of members. With ``return_uncertainty`` a second
+accumulator of squares gives the weighted variance (:class:`focusseg.inference.uncertainty.StreamingMoments`).
 """
 
 from __future__ import annotations

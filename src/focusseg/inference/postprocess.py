@@ -1,26 +1,14 @@
 """Post-processing of label maps (NumPy, pure: inputs are never modified).
 
-* :func:`keep_largest_component` -- per class, keep only its largest connected component.
-* :func:`remove_small_components` -- per class, drop components with volume ``< min_size``; the volume is
-  counted in voxels, or in ml as ``n_voxels * prod(spacing_mm) / 1000``.
-* :func:`erode` / :func:`dilate` -- binary morphology per class. FP-PET (paper 000, section 1.3) tried
-  erosion and dilation: they reduced the false-positive volume but raised the false-negative volume, so
-  the paper's final pipeline leaves them out; here they are options, off unless a recipe names them.
-  Eroded voxels become background (0). Dilation only claims background voxels, never another class;
-  classes are dilated one after another in the order of ``labels``, so an earlier class wins a voxel
-  that two classes reach.
+Steps, per class: :func:`keep_largest_component`, :func:`remove_small_components` (``min_size`` in voxels, or in
+ml as ``n_voxels * prod(spacing_mm) / 1000``), :func:`erode` and :func:`dilate`. FP-PET (paper 000, section 1.3)
+found that erosion and dilation traded false positives for false negatives and left them out, so here they are
+off unless a recipe names them. Removed voxels become background 0; dilation only claims background. The
+component steps also take ``regions`` (each processed as the mask ``seg ∈ region``, nnU-Net's reading).
+Connectivity follows cc3d (6/18/26 in 3D, 4/8 in 2D; ``None``: 26/8 for components, 6/4 for morphology).
 
-Regions (nnU-Net's region-based training, :mod:`focusseg.regions`): the two component steps also take
-``regions`` instead of ``labels`` -- lists of label values, each processed as the mask ``seg ∈ region`` (the
-union of its labels), its removed voxels becoming background whatever label they held, one region after the
-other on the result so far (nnU-Net's ``remove_all_but_largest_component_from_segmentation`` reading). Erosion and
-dilation stay per label: which label a region's dilation should claim is not defined.
-
-Connectivity follows cc3d: 6/18/26 in 3D, 4/8 in 2D; ``None`` means the full neighbourhood (26/8) for
-components and the cross (6/4) for morphology. The structuring element of connectivity 6/4 is the cross
-(``generate_binary_structure(ndim, 1)``), 18 rank 2, 26/8 the full cube/square.
-Removed voxels become background 0. The registry ``POSTPROCESSORS`` lets a recipe list steps
-(``[{"name": "remove_small_components", "min_size": 0.1, "unit": "ml"}]``) for :func:`apply_postprocessing`.
+The registry ``POSTPROCESSORS`` lets a recipe list steps for :func:`apply_postprocessing`
+(``[{"name": "remove_small_components", "min_size": 0.1, "unit": "ml"}]``). Details: ``docs/inference.md``.
 """
 
 from __future__ import annotations
@@ -188,7 +176,20 @@ def apply_postprocessing(
     steps: Sequence[str | Mapping[str, Any]],
     spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """Apply registered steps in order; ``spacing`` is passed to the steps that take one (unless given)."""
+    """Apply registered post-processing steps in order.
+
+    Args:
+        seg: integer label map (not modified).
+        steps: step specs, each a name or ``{"name": ..., **options}`` registered in ``POSTPROCESSORS``.
+        spacing: voxel spacing in mm, passed to the steps that take one unless the step names its own.
+
+    Returns:
+        The post-processed label map.
+
+    Raises:
+        KeyError: for an unknown step name.
+        ValueError: for a malformed step spec.
+    """
     for step in steps:
         name, kwargs = split_spec(step)
         fn = POSTPROCESSORS.get(name)

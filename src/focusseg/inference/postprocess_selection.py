@@ -1,29 +1,13 @@
-"""Choosing post-processing on validation, never applying it blindly (issue 8; nnU-Net's
-``determine_postprocessing`` idea, FP-PET section 1.3's erosion/dilation experiments).
+"""Choosing post-processing on validation, never applying it blindly (nnU-Net's ``determine_postprocessing``
+idea; FP-PET section 1.3's erosion/dilation experiments).
 
-Reading chosen here (greedy, one step per class at most): for each foreground class ``l`` in turn and each
-candidate step ``s`` (default :data:`DEFAULT_CANDIDATES`), apply ``s`` to class ``l`` only in every validation
-prediction and compute the class's mean Dice over the cases (NaN-aware: a case where ``l`` is absent from both
-maps does not count). The candidate with the highest mean Dice is kept for ``l`` only if it beats the class's
-current mean Dice by more than ``min_gain`` (default 0: any strict gain, as nnU-Net); it is then applied before
-the next class is tried. Steps on one class never change another class's Dice (erosion and component removal
-turn voxels into background; dilation claims background only), so the per-class choices are independent.
-
-Every trial is recorded (class, step, Dice before/after, accepted), so a run folder documents *why* a step was
-or was not chosen (``postprocessing.json``, written by :func:`choose_postprocessing_for_run`).
-
-Ignore label (nnU-Net v2's; a run's plan ``ignore_label``): the steps act on the whole prediction, and each Dice
-is then computed on the annotated voxels only (both maps set to background where the reference holds the ignore
-value), as evaluation does.
-
-Regions (nnU-Net's region-based training; ``regions``: lists of label values, evaluated 1..R as ``evaluate``
-does). Regions overlap, so a step on one region changes the others (removing a whole-tumour component removes the
-tumour core inside it). Reading chosen here, after nnU-Net v2's ``determine_postprocessing`` and stricter than it:
-first keep the largest component of the whole foreground (the union of every region), kept when it raises the
-mean region Dice; then, region by region in the declared order, the component candidates (largest component,
-small-component removal; erosion and dilation do not apply to regions, :mod:`focusseg.inference.postprocess`),
-a step being kept only when it raises that region's Dice by more than ``min_gain`` *and lowers no other
-region's Dice* (nnU-Net checks the region alone). Each trial records every region's Dice after it.
+Reading chosen (greedy, one step per class at most): for each foreground class in turn, each candidate step
+(:data:`DEFAULT_CANDIDATES`) is applied to that class in every validation prediction; the best is kept if it
+raises the class's mean Dice (NaN-aware) by more than ``min_gain`` (default 0, as nnU-Net). A step on one class
+never changes another class's Dice, so the choices are independent. Every trial is recorded
+(``postprocessing.json``, :func:`choose_postprocessing_for_run`). With an ignore label, Dice counts annotated
+voxels only. Regions overlap, so a step on a region is kept only if it also lowers no other region's Dice
+(stricter than nnU-Net). The procedure in full: ``docs/inference.md``.
 """
 
 from __future__ import annotations
@@ -35,7 +19,21 @@ from typing import Any
 
 import numpy as np
 
-from focusseg.inference.postprocess import apply_postprocessing
+from focusseg.errors import (
+    CheckpointError,
+    DatasetError,
+    FocussegError,
+    ImageError,
+    MissingFileError,
+    UsageError,
+    one_line,
+)
+from focusseg.inference.postprocess import POSTPROCESSORS, apply_postprocessing
+from focusseg.io.atomic import save_json
+from focusseg.metrics import dice_per_class
+from focusseg.metrics.files import check_folder, label_files, read_label_map
+from focusseg.runfolder import PLAN_JSON, read_plan
+from focusseg.settings import inference_settings, thaw
 
 DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"name": "keep_largest_component"},
@@ -45,16 +43,14 @@ DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"name": "dilate", "iterations": 1},
 ]
 
-__all__ = ["DEFAULT_CANDIDATES", "choose_postprocessing", "choose_postprocessing_for_run", "load_run_postprocessing",
-           "read_prediction_pairs"]
+__all__ = ["DEFAULT_CANDIDATES", "check_steps", "choose_postprocessing", "choose_postprocessing_for_run",
+           "load_run_postprocessing", "read_prediction_pairs"]
 
 
 def _mean_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], label: int,
                ignored: Sequence[np.ndarray | None] | None = None) -> float:
     """Mean Dice of ``label`` over the cases (NaN-aware); ``ignored``: per case the mask of unannotated voxels
     (counted as background in both maps) or None."""
-    from focusseg.metrics import dice_per_class
-
     if ignored is not None:
         preds = [p if m is None else np.where(m, 0, p) for p, m in zip(preds, ignored)]
     vals = [dice_per_class(p, r, [label])[label] for p, r in zip(preds, refs)]
@@ -66,8 +62,6 @@ def _region_dice(preds: Sequence[np.ndarray], refs: Sequence[np.ndarray], region
                  ignored: Sequence[np.ndarray | None] | None = None) -> float:
     """Mean Dice over the cases of the masks ``pred ∈ region`` and ``ref ∈ region`` (NaN-aware; ``ignored``
     voxels left out of both)."""
-    from focusseg.metrics import dice_per_class
-
     vals = []
     for i, (p, r) in enumerate(zip(preds, refs)):
         pm, rm = np.isin(p, region), np.isin(r, region)
@@ -113,9 +107,7 @@ def _choose_for_regions(current: list[np.ndarray], refs: list[np.ndarray], regio
             try:
                 out = [apply_postprocessing(p, [step], s) for p, s in zip(current, sp)]
             except (TypeError, ValueError) as exc:
-                from focusseg.errors import UsageError
-
-                raise UsageError(f"candidate step {cand} cannot be applied ({' '.join(str(exc).split())})") from exc
+                raise UsageError(f"candidate step {cand} cannot be applied ({one_line(exc)})") from exc
             after = scores(out)
             d = target(after)
             others_worse = [k for k in keys if k != key and np.isfinite(now[k]) and after[k] < now[k] - 1e-12]
@@ -195,9 +187,7 @@ def choose_postprocessing(
             try:
                 out = [apply_postprocessing(p, [step], s) for p, s in zip(current, sp)]
             except (TypeError, ValueError) as exc:
-                from focusseg.errors import UsageError
-
-                raise UsageError(f"candidate step {cand} cannot be applied ({' '.join(str(exc).split())})") from exc
+                raise UsageError(f"candidate step {cand} cannot be applied ({one_line(exc)})") from exc
             d = _mean_dice(out, refs, label, ignored)
             trial = {"label": label, "step": cand, "dice_before": base, "dice_after": d, "accepted": False}
             trials.append(trial)
@@ -218,9 +208,6 @@ def choose_postprocessing(
 def _candidates(candidates: object) -> list[dict[str, Any]]:
     """Candidate steps as dicts; anything that is not a list of ``{"name": <post-processor>, ...}`` is a
     :class:`~focusseg.errors.UsageError`."""
-    from focusseg.errors import UsageError
-    from focusseg.inference.postprocess import POSTPROCESSORS
-
     if not isinstance(candidates, (list, tuple)):
         raise UsageError(f"candidates must be a list of steps such as {{\"name\": \"erode\"}}, got {candidates!r}")
     out = []
@@ -248,9 +235,6 @@ def choose_postprocessing_for_run(
     Only predictions that have a reference are used (``cases`` lists them, ``skipped_without_reference`` the
     others); temporaries, dot files and side outputs are ignored. ``ignore_label`` / ``regions`` None: the run's
     ``plan.json`` ``ignore_label`` / ``regions`` (none when the plan has none or cannot be read)."""
-    from focusseg.errors import MissingFileError
-    from focusseg.io.atomic import save_json
-
     run_dir = Path(run_dir)
     pred_dir = run_dir / "validation" / "predictions"
     hint = "train with a validation fold first (focusseg train ... --fold 0)"
@@ -275,10 +259,10 @@ def choose_postprocessing_for_run(
 def _plan_regions(run_dir: Path) -> list[list[int]] | None:
     """The ``regions`` of ``run_dir/plan.json``; None without them (or without a readable plan)."""
     try:
-        plan = json.loads((run_dir / "plan.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        plan = read_plan(run_dir / PLAN_JSON)
+    except FocussegError:
         return None
-    regions = plan.get("regions") if isinstance(plan, dict) else None
+    regions = plan.get("regions")
     ok = isinstance(regions, list) and regions and all(
         isinstance(r, list) and r and all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in regions)
     return regions if ok else None
@@ -287,10 +271,10 @@ def _plan_regions(run_dir: Path) -> list[list[int]] | None:
 def _plan_ignore_label(run_dir: Path) -> int | None:
     """The ``ignore_label`` of ``run_dir/plan.json``; None without one (or without a readable plan)."""
     try:
-        plan = json.loads((run_dir / "plan.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        plan = read_plan(run_dir / PLAN_JSON)
+    except FocussegError:
         return None
-    value = plan.get("ignore_label") if isinstance(plan, dict) else None
+    value = plan.get("ignore_label")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -304,9 +288,6 @@ def read_prediction_pairs(
     A prediction without a reference is a :class:`~focusseg.errors.DatasetError` naming it, unless ``skipped``
     is a list: its name is then appended there and the prediction left out. Unreadable files, non-integer
     values and shape mismatches are :class:`~focusseg.errors.ImageError` naming the file."""
-    from focusseg.errors import DatasetError, ImageError
-    from focusseg.metrics.files import check_folder, label_files, read_label_map
-
     pred_dir = check_folder(pred_dir, "prediction")
     ref_files = label_files(ref_dir) if Path(ref_dir).is_dir() else {}
     names, preds, refs, spacings = [], [], [], []
@@ -339,13 +320,12 @@ def load_run_postprocessing(run_dir: str | Path, plan: Mapping[str, Any]) -> lis
     recipe), the steps chosen on validation (``postprocessing.json``) when it is ``"auto"`` (default), else none.
 
     An unreadable ``postprocessing.json``, or one whose steps are not known post-processors, is a
-    :class:`~focusseg.errors.CheckpointError` naming it (never applied half-understood)."""
-
-    inference = plan.get("inference", {}) if isinstance(plan, Mapping) else {}
-    spec = inference.get("postprocessing", "auto") if isinstance(inference, Mapping) else "auto"
-    if isinstance(spec, list):
-        steps = [dict(s) if isinstance(s, Mapping) else {"name": s} for s in spec]
-        _check_steps(steps, Path(run_dir) / "plan.json", "the plan's inference.postprocessing")
+    :class:`~focusseg.errors.CheckpointError` naming it (never applied half-understood); an ``inference`` section
+    that is not valid (:func:`~focusseg.settings.inference_settings`) is a :class:`~focusseg.errors.PlanError`."""
+    spec = inference_settings(plan, Path(run_dir) / "plan.json").postprocessing
+    if isinstance(spec, tuple):
+        steps = [thaw(s) if isinstance(s, Mapping) else {"name": s} for s in spec]
+        check_steps(steps, Path(run_dir) / "plan.json", "the plan's inference.postprocessing")
         return steps
     if spec == "auto":
         f = Path(run_dir) / "postprocessing.json"
@@ -357,29 +337,35 @@ def load_run_postprocessing(run_dir: str | Path, plan: Mapping[str, Any]) -> lis
 def read_postprocessing_file(f: str | Path) -> list[dict[str, Any]]:
     """The steps of a ``postprocessing.json`` (a run's, a cross-validation's, or an ensemble's from
     ``focusseg best``); unreadable, or steps that are not known post-processors: :class:`CheckpointError`."""
-    from focusseg.errors import CheckpointError, MissingFileError
-
     f = Path(f)
     if not f.is_file():
         raise MissingFileError("no such post-processing file", f)
     try:
         saved = json.loads(f.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"unreadable post-processing choice ({' '.join(str(exc).split())})", f,
+        raise CheckpointError(f"unreadable post-processing choice ({one_line(exc)})", f,
                               hint="re-choose it with `focusseg postprocess RUN_DIR`") from exc
     steps = saved.get("steps") if isinstance(saved, dict) else None
     if not isinstance(steps, list) or not all(isinstance(s, Mapping) for s in steps):
         raise CheckpointError("not a post-processing choice (no list of 'steps')", f,
                               hint="re-choose it with `focusseg postprocess RUN_DIR`")
     steps = [dict(s) for s in steps]
-    _check_steps(steps, f, "postprocessing.json")
+    check_steps(steps, f, "postprocessing.json")
     return steps
 
 
-def _check_steps(steps: list[dict[str, Any]], source: str | Path, what: str) -> None:
-    from focusseg.errors import CheckpointError
-    from focusseg.inference.postprocess import POSTPROCESSORS
+def check_steps(steps: list[dict[str, Any]], source: str | Path, what: str) -> None:
+    """Refuse post-processing steps that name no registered step, before any is applied: a choice read from a
+    file (``postprocessing.json``, a plan, a model bundle) may come from another focusseg version.
 
+    Args:
+        steps: the steps, one ``{"name": ..., **options}`` each.
+        source: the file they were read from, named in the error.
+        what: how the message names them (``"postprocessing.json"``).
+
+    Raises:
+        CheckpointError: a step whose name is not in :data:`~focusseg.inference.postprocess.POSTPROCESSORS`.
+    """
     known = set(POSTPROCESSORS.names())
     for s in steps:
         if s.get("name") not in known:

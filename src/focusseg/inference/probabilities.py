@@ -1,30 +1,14 @@
-"""Saved class probabilities and ensembling of prediction folders (issue 16 part 4; nnU-Net's
-``--save_probabilities`` and ``nnUNetv2_ensemble``).
+"""Saved class probabilities and ensembling of prediction folders (nnU-Net's ``--save_probabilities`` and
+``nnUNetv2_ensemble``).
 
-``focusseg predict ... --save-probabilities`` writes, beside each ``<case><ending>``, ``<case>_probabilities.npz``
-(numpy's compressed archive, no pickled objects):
+``focusseg predict ... --save-probabilities`` writes ``<case>_probabilities.npz`` beside each segmentation:
+float16 ``probabilities (K, *shape)`` on the case's original grid, ``affine``, ``shape``, ``labels``, ``ending``
+and ``kind`` (``"softmax"`` or ``"regions"``; a file without ``kind`` is read as softmax). float16 keeps
+probabilities to ~1e-3 at half the size of float32; nothing is unpickled (``allow_pickle=False``).
 
-    probabilities  float16 (K, *shape)  class probabilities on the case's original grid (the mean over TTA and
-                                        ensemble members; background = 1 outside the crop the network saw)
-    affine         float64 (4, 4)       the segmentation's voxel-to-world (RAS mm) affine
-    shape          int64 (3,)           the original grid's shape
-    labels         int64 (K,)           the label value of each probability channel
-    ending         str                  the segmentation's file ending (".nii.gz", ".mha", ...)
-    kind           str                  "softmax" (the channels sum to 1; the segmentation is their argmax) or
-                                        "regions" (region-based runs: one sigmoid per region, 0 outside the crop;
-                                        ``labels`` holds ``regions_class_order``, the value each region paints)
-
-A file without ``kind`` (written before it existed) is read as "softmax".
-
-float16 keeps probabilities to ~1e-3 (eps 2^-11 near 1) at half the size of float32; nnU-Net saves float32
-(``.npz``) and a pickle of properties, which focusseg never loads (nothing read from a file can run code:
-``np.load(..., allow_pickle=False)``).
-
-``focusseg ensemble DIR_A DIR_B ... --out DIR [--weights ...]`` averages the saved probabilities of the cases
-present in every folder (weighted mean, default equal weights), takes the argmax and maps channels to label values
-(region files: each region where the mean sigmoid > 0.5, painted in ``regions_class_order`` order, as ``predict``
-does), and writes ``DIR/<case><ending>`` with the saved geometry (and the mean probabilities with
-``--save-probabilities``). Folders whose cases, kinds, label channels or grids differ are refused, naming the case.
+``focusseg ensemble DIR_A DIR_B ... --out DIR [--weights ...]`` averages the saved probabilities of the cases in
+every folder, turns them into labels as ``predict`` does and writes them with the saved geometry; folders whose
+cases, kinds, label channels or grids differ are refused, naming the case. The file format: ``docs/inference.md``.
 """
 
 from __future__ import annotations
@@ -35,8 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from focusseg.errors import DatasetError, UsageError
-from focusseg.io.image import Geometry
+from focusseg.errors import DatasetError, UsageError, one_line
+from focusseg.io import write_segmentation
+from focusseg.io.atomic import atomic_path
+from focusseg.io.geometry import Geometry
+from focusseg.io.paths import is_inside, safe_child
+from focusseg.metrics.files import check_folder
+from focusseg.regions import labels_from_region_probabilities
 
 SUFFIX = "_probabilities.npz"
 KEYS = ("probabilities", "affine", "shape", "labels", "ending")
@@ -51,8 +40,6 @@ def save_probabilities(path: str | Path, probabilities: np.ndarray, geometry: Ge
                        ending: str, kind: str = "softmax") -> Path:
     """Write ``probabilities`` ``(K, *geometry.shape)`` as float16 with the geometry, atomically. ``kind``:
     "softmax", or "regions" with ``labels`` = ``regions_class_order`` (module docstring)."""
-    from focusseg.io.atomic import atomic_path
-
     path = Path(path)
     if kind not in KINDS:
         raise ValueError(f"{path}: probability kind {kind!r} is not one of {KINDS}")
@@ -83,7 +70,7 @@ def load_probabilities(path: str | Path) -> tuple[np.ndarray, Geometry, list[int
     except DatasetError:
         raise
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # truncated, pickled objects
-        raise DatasetError(f"unreadable probability file ({type(exc).__name__}: {' '.join(str(exc).split())})",
+        raise DatasetError(f"unreadable probability file ({one_line(exc, typed=True)})",
                            path) from exc
     if affine.shape != (4, 4) or probs.ndim != len(shape) + 1 or probs.shape[1:] != shape or \
             probs.shape[0] != len(labels):
@@ -100,10 +87,6 @@ def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, weights
                      save_probabilities_too: bool = False, progress: bool = True) -> list[Path]:
     """Ensemble saved probabilities (module docstring); returns the segmentations written."""
     from rich.progress import Progress
-
-    from focusseg.io import write_segmentation
-    from focusseg.io.paths import is_inside, safe_child
-    from focusseg.metrics.files import check_folder
 
     dirs = [check_folder(f, "prediction") for f in folders]
     if len(dirs) < 2:
@@ -148,8 +131,6 @@ def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, weights
             assert total is not None and geo0 is not None and labels0 is not None and ending0 is not None
             total /= sum(w)
             if kind0 == "regions":
-                from focusseg.regions import labels_from_region_probabilities
-
                 seg = labels_from_region_probabilities(total, labels0)
             else:
                 seg = np.asarray(labels0, dtype=np.int64)[total.argmax(0)]

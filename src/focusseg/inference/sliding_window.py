@@ -1,31 +1,14 @@
 """Gaussian-weighted sliding-window inference with mirror test-time augmentation (nnU-Net v2 style).
 
-For windows ``w`` with Gaussian weight ``g`` (see :mod:`focusseg.inference.windows`) and mirror set ``M``
-(all ``2^|mirror_axes|`` subsets of the axes, identity included), the logits at voxel ``x`` are::
+For windows ``w`` with Gaussian weight ``g`` (:mod:`focusseg.inference.windows`) and mirror set ``M`` (all
+``2^|mirror_axes|`` subsets of the axes, identity included), the logits at voxel ``x`` are::
 
     z(x) = sum_w g(x - o_w) * (1/|M|) sum_{m in M} m^-1(f(m(I_w)))(x)  /  sum_w g(x - o_w)
 
-i.e. mirrors are averaged on logits (nnU-Net ``_internal_maybe_mirror_and_predict``) and windows are
-Gaussian-averaged in a float32 accumulator on the compute device. Every (window, mirror) pair is one item
-and a forward pass holds at most ``batch_size`` items: with ``batch_size >= |M|`` a pass holds all mirrors
-of ``batch_size // |M|`` windows; otherwise ``batch_size`` windows under one mirror per pass (as nnU-Net).
-
-Speed options:
-
-* ``mask`` (spatial bool tensor, e.g. :func:`nonzero_mask`): windows containing no ``True`` voxel are not
-  run. Voxels that no run window covers get the *background* logits: ``BACKGROUND_LOGIT`` (20) for class 0
-  and 0 for the others (softmax probability of background ``>= 1 - (K-1) * 2e-9``); with a single output
-  channel (sigmoid networks) the value is ``-BACKGROUND_LOGIT``, again background.
-* ``channels_last_3d``: windows and network in ``torch.channels_last_3d`` memory format (3D only).
-* ``compile``: run ``torch.compile(network)`` (off by default; compilation is paid on every call, so
-  prefer compiling once outside and passing the compiled module).
-
-2D configuration (``slice_axis``): a 2D network on a 3D volume, slice by slice as nnU-Net's 2D predictor. The
-volume is viewed as ``(C, S, H, W)`` (``slice_axis`` first), the 2D network as a network on ``(1, H, W)`` windows
-(:class:`SlicesAsDepth`), and the same sliding window runs with window ``(1, *patch)``: every slice is predicted
-once (along an axis with window 1 the placement is every index), windows of consecutive slices share forward
-passes (``batch_size`` slice windows per pass), the Gaussian and the mirror TTA are in-plane (``mirror_axes`` are
-the 2D patch's axes), and the stacked logits are returned as ``(K, *spatial)`` of the input volume.
+accumulated in float32 on the compute device; a forward pass holds at most ``batch_size`` (window, mirror) items.
+Options: ``mask`` skips windows without a ``True`` voxel (voxels no window covers get background logits,
+:data:`BACKGROUND_LOGIT`), ``channels_last_3d``, ``compile``. With ``slice_axis`` a 2D network predicts a 3D
+volume slice by slice (:class:`SlicesAsDepth`, window ``(1, *patch)``). Details: ``docs/inference.md``.
 """
 
 from __future__ import annotations

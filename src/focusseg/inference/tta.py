@@ -1,18 +1,15 @@
 """Test-time augmentation: mirroring and Gaussian input noise, reduced to mean probabilities (+ variance).
 
-A *pass* is one sliding-window prediction of an augmented input. With ``noise_passes = n`` and noise
-level ``sigma`` (in units of the normalised intensity, i.e. of the z-score after preprocessing), pass ``j``
-predicts ``I + eps_j`` with ``eps_j ~ N(0, sigma^2)`` drawn independently for every voxel and channel; a clean
-pass (``eps = 0``) is added when ``include_clean`` (always when ``n = 0``). Within a pass, mirroring over
-``mirror_axes`` is averaged on logits by :func:`sliding_window_predict` (nnU-Net); with ``split_mirrors``
-every mirror combination becomes its own pass instead (the whole image is flipped, predicted and flipped
-back), so that the variance also covers the flips. Passes are averaged on probabilities::
+A *pass* is one sliding-window prediction of an augmented input: pass ``j`` predicts ``I + eps_j``,
+``eps_j ~ N(0, sigma^2)`` per voxel and channel (``sigma`` in units of the normalised intensity), plus a clean
+pass when ``include_clean`` (always when ``noise_passes = 0``). Mirrors are averaged on logits within a pass
+(nnU-Net), or become passes of their own with ``split_mirrors`` so that the variance covers them. Passes are
+averaged on probabilities::
 
     p̄ = (1 / J) sum_j act(z_j),      J = (n + [include_clean]) * (2^|mirror_axes| if split_mirrors else 1)
 
-VALDO task 3 (paper 001, section 1.6) uses "flips and slight Gaussian noise"; the paper gives no sigma,
-so the default ``noise_sigma = 0.1`` is a choice (a tenth of the intensity standard deviation). FLARE21
-(paper 002) reduces TTA to 2 passes: ``mirror_axes=(0,)``.
+VALDO task 3 (paper 001, section 1.6) uses "flips and slight Gaussian noise" without a sigma; the default
+``noise_sigma = 0.1`` is a choice. FLARE21 (paper 002) reduces TTA to 2 passes: ``mirror_axes=(0,)``.
 """
 
 from __future__ import annotations

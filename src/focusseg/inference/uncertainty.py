@@ -1,20 +1,13 @@
 """Probabilities from logits, streaming mean/variance over predictions, and voxel-wise uncertainty maps.
 
-Several predictions ``p_j`` (TTA passes, ensemble members) with weights ``w_j`` are reduced in a single
-streaming accumulator (memory: one or two ``(K, *spatial)`` float32 tensors, independent of the number of
-predictions)::
+Predictions ``p_j`` with weights ``w_j`` are reduced in one streaming accumulator (memory independent of their
+number): mean ``p̄ = sum_j w_j p_j / sum_j w_j``, variance ``sum_j w_j p_j^2 / sum_j w_j - p̄^2`` (per class,
+clamped at 0), entropy ``H = -sum_k p̄_k log p̄_k`` (divided by ``log K`` when normalised).
 
-    mean     p̄   = sum_j w_j p_j / sum_j w_j
-    variance v   = sum_j w_j p_j^2 / sum_j w_j - p̄^2          (per class, clamped at 0)
-    entropy  H   = -sum_k p̄_k log p̄_k                         (of the mean; / log K when normalised)
-
-VALDO task 3 (paper 001, section 1.6): "To generate the uncertainty map, we compute the absolute inverse
-of the model outputs." The sentence is vague. The literal ``1 / |z|`` of a logit ``z`` is large near the
-decision boundary ``z = 0`` but unbounded there. Reading chosen: the bounded, order-preserving version
-``u = 1 - |2p - 1|`` with ``p = sigmoid(z)``; since ``|2p - 1| = tanh(|z| / 2)``, ``u`` ranks voxels exactly
-as ``1/|z|`` does, lies in [0, 1], is 1 at ``p = 0.5`` and 0 at ``p in {0, 1}``. For K softmax classes
-it generalises to one minus the margin between the two most probable classes, ``u = 1 - (p_(1) - p_(2))``
-(for K = 2 the same as the binary formula). See :func:`inverse_confidence`.
+VALDO task 3 (paper 001, section 1.6) computes "the absolute inverse of the model outputs". Reading chosen
+(:func:`inverse_confidence`): the bounded, order-preserving ``u = 1 - |2p - 1|`` with ``p = sigmoid(z)``; since
+``|2p - 1| = tanh(|z| / 2)`` it ranks voxels as ``1/|z|`` does but lies in [0, 1]. For K softmax classes,
+``u = 1 - (p_(1) - p_(2))``, one minus the margin of the two most probable classes.
 """
 
 from __future__ import annotations

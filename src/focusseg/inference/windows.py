@@ -1,19 +1,13 @@
 """Window placement and the Gaussian importance map of nnU-Net's sliding-window inference.
 
-Window placement (nnU-Net v2 ``compute_steps_for_sliding_window``), per spatial axis with image size ``I``
-and patch size ``P <= I`` and step fraction ``s = 1 - overlap``::
+Placement (nnU-Net v2 ``compute_steps_for_sliding_window``), per axis with image size ``I``, patch ``P <= I`` and
+step fraction ``s = 1 - overlap``: ``n = ceil((I - P) / (P * s)) + 1`` windows starting at
+``round(i * (I - P) / (n - 1))`` (``np.round``, half to even), so the last one ends exactly at ``I``
+(I=110, P=64, overlap 0.5: 0/23/46; MONAI's placement gives 0/32/46).
 
-    n      = ceil((I - P) / (P * s)) + 1            (number of windows)
-    start_i = round(i * (I - P) / (n - 1)),  i = 0..n-1   (n = 1: start 0)
-
-so the windows are spread evenly and the last one ends exactly at ``I`` (I=110, P=64, overlap 0.5 gives
-0/23/46; MONAI's placement gives 0/32/46). ``round`` is round-half-to-even, as ``np.round`` in nnU-Net.
-
-Gaussian importance map (nnU-Net ``compute_gaussian``): a unit impulse at voxel ``P // 2`` filtered with a
-Gaussian of ``sigma = P * sigma_scale`` (``sigma_scale = 1/8``; ``scipy.ndimage.gaussian_filter``, constant
-border 0), divided by its maximum so the peak is 1 (nnU-Net scales the peak to 10; only ratios matter
-because the accumulated prediction is divided by the accumulated weights), and zeros replaced by the
-smallest non-zero value so that every voxel of a window gets a positive weight.
+Gaussian importance map (nnU-Net ``compute_gaussian``): a unit impulse at ``P // 2`` filtered with a Gaussian of
+``sigma = P * sigma_scale`` (1/8; scipy, constant border 0), scaled to peak 1 (nnU-Net uses 10; only ratios
+matter), zeros replaced by the smallest non-zero value so that every voxel of a window has a positive weight.
 """
 
 from __future__ import annotations

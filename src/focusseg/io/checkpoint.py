@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from focusseg.errors import CheckpointError, MissingFileError, RunFolderError
+from focusseg.errors import CheckpointError, MissingFileError, RunFolderError, one_line
 from focusseg.io.atomic import atomic_path, fsync_dir
 
 LATEST, PREVIOUS = "checkpoint_latest.pt", "checkpoint_previous.pt"
@@ -105,7 +105,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc)
         if "weights_only" in reason or "Unsupported global" in reason or "GLOBAL" in reason:
             raise UnsafeCheckpointError(
                 "refusing to load: it holds Python objects beyond tensors and plain data, which could run code "
@@ -113,7 +113,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 hint="only load checkpoints written by focusseg; a file from elsewhere may be malicious") from exc
         raise CheckpointError(f"corrupt checkpoint ({reason[:160]})", path) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as exc:
-        reason = " ".join(str(exc).split())
+        reason = one_line(exc)
         raise CheckpointError(f"truncated or corrupt checkpoint ({type(exc).__name__}: {reason[:160]})", path) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"not a focusseg checkpoint (holds a {type(state).__name__})", path)

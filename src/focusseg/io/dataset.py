@@ -1,37 +1,15 @@
 """Dataset discovery: nnU-Net v2 raw layout and Medical Segmentation Decathlon (MSD) layout.
 
 nnU-Net v2: ``dataset.json`` with ``channel_names``, ``labels`` (name -> int), ``file_ending``;
-``imagesTr/<case>_<CCCC><ending>`` one file per channel, ``labelsTr/<case><ending>``.
-MSD: ``dataset.json`` with ``modality`` and ``training: [{"image": ..., "label": ...}]``; 4D images whose
-4th axis holds the channels. Both give a list of :class:`CaseFiles`.
+``imagesTr/<case>_<CCCC><ending>`` one file per channel, ``labelsTr/<case><ending>``. MSD: ``dataset.json`` with
+``modality`` and ``training: [{"image": ..., "label": ...}]``, 4D images whose 4th axis holds the channels. Both
+give a list of :class:`CaseFiles`. ``dataset.json`` is validated field by field (a
+:class:`~focusseg.errors.DatasetError` naming the file and the field); case ids and the file ending are checked
+before they are joined to a path (:mod:`focusseg.io.paths`), and MSD image paths must stay inside the folder.
 
-**Ignore label** (nnU-Net v2's ``documentation/ignore_label.md``): a label named ``ignore`` (any case) marks voxels
-that are not annotated (sparse annotations: scribbles, a subset of slices, masked-out regions). Its value must be
-the highest label value (``"labels": {"background": 0, "a": 1, "b": 2, "ignore": 3}``); nnU-Net requires exactly
-``max(class values) + 1``, focusseg accepts any value above every class (class values need not be consecutive
-here). It is no class: :attr:`DatasetSpec.n_classes`, :attr:`~DatasetSpec.class_labels` and
-:attr:`~DatasetSpec.foreground_labels` leave it out (the network has no output channel for it, so it is never
-predicted), while :attr:`~DatasetSpec.label_values` keeps it (a label file may hold it). Training leaves its
-voxels out of every loss, of the foreground sampler, of validation and of evaluation.
-
-**Region-based labels** (nnU-Net v2's ``documentation/region_based_training.md``; :mod:`focusseg.regions`): a label
-whose value is a list of label values declares a *region* (``"whole_tumor": [1, 2, 3]``); once one label is a
-list, every non-background label is a region (an integer value ``3`` is the region ``[3]``), and
-``regions_class_order`` (one positive label value per region, in ``labels`` order) is required: it is the value
-region ``r`` paints when a prediction is turned back into a label map (later regions overwrite earlier ones).
-Rules, each refused with one line naming ``dataset.json``: background is the integer 0 and in no region; a region
-is a non-empty list of distinct values in ``1..32767``; no two regions hold the same values; every
-``regions_class_order`` value is a value of some region; ``regions_class_order`` without regions; no ignore label
-(not supported together with regions here). For such a dataset :attr:`DatasetSpec.regions` holds name -> values,
-:attr:`DatasetSpec.regions_class_order` the order, and :attr:`DatasetSpec.labels` the *label values* the files
-hold: ``background`` 0 and ``label_<v>`` for every value ``v`` of any region, so that :attr:`DatasetSpec.n_classes`
-stays "max label value + 1" (the value range of the label maps, which the loader checks). The network has one
-output per region instead (:func:`focusseg.regions.output_channels`). A value that a label file holds but no
-region lists is background for every region.
-
-``dataset.json`` is validated field by field (a :class:`~focusseg.errors.DatasetError` naming the file and the
-field); case ids and the file ending are checked before they are ever joined to a path
-(:mod:`focusseg.io.paths`), and MSD image paths must stay inside the dataset folder.
+Also read: nnU-Net v2's ignore label (a label named ``ignore`` with the highest value: no class, never predicted,
+left out of losses and metrics) and region-based labels (list-valued labels plus ``regions_class_order``,
+:mod:`focusseg.regions`). Their rules: ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -144,11 +122,18 @@ class CaseFiles:
 def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
     """Read and validate ``data_dir/dataset.json``.
 
-    Raises :class:`MissingFileError` when there is none and :class:`DatasetError` naming ``dataset.json`` and
-    the field for anything malformed: not JSON, not an object, missing or mistyped ``channel_names`` /
-    ``modality``, ``labels``, ``file_ending``, ``numTraining``; malformed region-based labels or
-    ``regions_class_order`` (module docstring; MSD datasets have no regions); an ignore label that is not the
-    highest label value (or declared twice).
+    Args:
+        data_dir: a dataset folder in the nnU-Net v2 or MSD layout.
+
+    Returns:
+        The dataset's :class:`DatasetSpec` (layout, channels, labels, file ending, ignore label, regions).
+
+    Raises:
+        MissingFileError: when the folder or its ``dataset.json`` does not exist.
+        DatasetError: naming ``dataset.json`` and the field for anything malformed: not JSON, not an object,
+            missing or mistyped ``channel_names`` / ``modality``, ``labels``, ``file_ending``, ``numTraining``;
+            malformed region-based labels or ``regions_class_order`` (``docs/data.md``; MSD datasets have no
+            regions); an ignore label that is not the highest label value (or declared twice).
     """
     data_dir = Path(data_dir)
     path = data_dir / "dataset.json"
@@ -380,6 +365,17 @@ def discover_cases(data_dir: str | Path, spec: DatasetSpec | None = None, split:
 
     Missing channels are not an error here (``focusseg check`` reports them); such a case lists the channels
     it has, so that callers can see the gap.
+
+    Args:
+        data_dir: the dataset folder.
+        spec: its :class:`DatasetSpec`; read from ``dataset.json`` when None.
+        split: ``"Tr"`` or ``"Ts"``.
+
+    Returns:
+        One :class:`CaseFiles` per case (label None where the case has no label file).
+
+    Raises:
+        MissingFileError: when the images folder does not exist.
     """
     data_dir = Path(data_dir)
     spec = spec or load_dataset_spec(data_dir)

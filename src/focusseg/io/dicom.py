@@ -1,27 +1,14 @@
 """DICOM input (one series per case folder, read with SimpleITK/GDCM) and DICOM Segmentation output (highdicom).
 
-Input layout (``focusseg predict RUN IN OUT``): an input folder that holds **no image files** but subfolders is a
-DICOM folder; every subfolder is one case, its name the case id:
+Input (``focusseg predict RUN IN OUT``): an input folder with no image files but subfolders is a DICOM folder;
+each subfolder is a case (``IN/<case>/*.dcm``, or ``IN/<case>/<CCCC>/*.dcm`` per channel). A case folder holds
+exactly one series; several series, uneven or duplicated slice positions, gantry tilt, mixed orientations,
+multi-frame and colour images are refused with one line naming the folder (a dropped slice would shift every
+voxel after it). Geometry is converted as for a ``.mha`` (``(z, y, x)`` -> ``(x, y, z)``, LPS -> RAS), so a series
+gives the same array and affine as the NIfTI that SimpleITK or dcm2niix writes from it.
 
-    IN/<case>/*.dcm                 one series: a single-channel case
-    IN/<case>/<CCCC>/*.dcm          one series per channel folder 0000, 0001, ... (multi-channel runs)
-
-A case folder holds the files of exactly one series (any file names; GDCM groups them by SeriesInstanceUID and
-sorts them by ImagePositionPatient along the slice normal). Two series in one folder, files that are not
-images of the series, uneven or duplicated slice positions, sheared stacks (gantry tilt), mixed orientations,
-multi-frame files and colour images are refused with one line naming the folder: a silently dropped slice
-would shift every voxel after it.
-
-Geometry is SimpleITK's (LPS, the index order of the sorted slices) converted exactly as
-:func:`focusseg.io.image._read_sitk` converts a ``.mha``/``.nrrd``: the ``(z, y, x)`` array transposed to
-``(x, y, z)`` (x = DICOM column, y = row, z = slice) and the affine ``diag(-1, -1, 1) @ [direction * spacing |
-origin]`` (LPS -> RAS). A DICOM series of a case therefore gives the same array and affine as the NIfTI that
-SimpleITK / dcm2niix would write from it, and focusseg predicts the same segmentation from both.
-
-Output: :func:`write_dicom_seg` writes a DICOM Segmentation object (``<case>.dcm``) that references the source
-series (same Frame of Reference, one frame per source slice and segment), one segment per foreground label
-named as in the dataset, algorithm identification ``focusseg <version>``. It needs the optional extra
-``focusseg[dicom]`` (pydicom, highdicom).
+Output: :func:`write_dicom_seg` writes a DICOM Segmentation (``<case>.dcm``) that references the source series,
+one segment per foreground label; it needs the extra ``focusseg[dicom]`` (pydicom, highdicom). ``docs/io.md``.
 """
 
 from __future__ import annotations
@@ -37,9 +24,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from focusseg.errors import DatasetError, FocussegError, ImageError, MissingFileError, UsageError
+from focusseg.errors import DatasetError, FocussegError, ImageError, MissingFileError, UsageError, one_line
 from focusseg.io.atomic import atomic_path, is_temp_name
-from focusseg.io.image import Geometry, ImageReadError, _check_affine, _check_declared_shape, voxel_limit
+from focusseg.io.geometry import Geometry, ImageReadError, check_affine, check_declared_shape, voxel_limit
 
 #: The ending of a DICOM Segmentation output (``predict --output-format dicom-seg``).
 DICOM_SEG_ENDING = ".dcm"
@@ -90,7 +77,7 @@ def _sitk(what: str = "read DICOM series"):
 
 
 def _one_line(exc: BaseException, limit: int = 240) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -280,14 +267,14 @@ def read_series(folder: str | Path, dtype: type = np.float32, max_voxels: int | 
                 ) -> tuple[np.ndarray, Geometry]:
     """The single series of ``folder`` as ``(X, Y, Z)`` array (rescale slope/intercept applied) and geometry
     (RAS affine), converted exactly as :mod:`focusseg.io.image` converts a SimpleITK image. The voxel count is
-    checked against the limit (:func:`focusseg.io.image.voxel_limit`) before any voxel is read; NaN/inf and
+    checked against the limit (:func:`focusseg.io.geometry.voxel_limit`) before any voxel is read; NaN/inf and
     non-positive spacing are refused. Errors name the folder."""
     sitk = _sitk()
     series = find_series(folder)
     folder = series.folder
     _check_stack(series, sitk)
     size = _slice_geometry(sitk, series.files[0])[2]
-    _check_declared_shape(folder, (size[0], size[1], len(series.files)), voxel_limit(max_voxels))
+    check_declared_shape(folder, (size[0], size[1], len(series.files)), voxel_limit(max_voxels))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(p) for p in series.files])
     reader.SetOutputPixelType(sitk.sitkFloat32)  # each slice rescaled on its own, never cast to the first's type
@@ -304,7 +291,7 @@ def read_series(folder: str | Path, dtype: type = np.float32, max_voxels: int | 
     affine[:3, :3] = direction * spacing[None, :]
     affine[:3, 3] = np.asarray(img.GetOrigin(), dtype=np.float64)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS
-    _check_affine(folder, affine)
+    check_affine(folder, affine)
     if arr.ndim != 3:
         raise ImageReadError(f"read an array of shape {arr.shape}, expected a 3D volume", folder)
     return arr.astype(dtype, copy=False), Geometry(affine, tuple(int(s) for s in arr.shape))

@@ -1,18 +1,13 @@
 """Image I/O that keeps geometry: NIfTI through nibabel, other formats (``.mha``, ``.nrrd``...) through SimpleITK.
 
-Arrays keep the file's voxel axis order (nibabel's i, j, k): no transposition, so the affine of the input
-file maps prediction voxels exactly as it maps image voxels. SimpleITK images (z, y, x arrays, LPS physical
-space) are transposed to (x, y, z) and given the equivalent RAS affine, so both paths return the same thing.
+Arrays keep the file's voxel axis order (nibabel's i, j, k), so the input's affine maps prediction voxels exactly
+as it maps image voxels; SimpleITK images (z, y, x, LPS) are transposed to (x, y, z) with the equivalent RAS affine.
 
-Reading is bounded: the header is read first and checked before any voxel is allocated: the declared voxel
-count (every axis, channels included) against a limit (:data:`DEFAULT_MAX_VOXELS`, ``max_voxels=`` or the
-``FOCUSSEG_MAX_VOXELS`` environment variable), the declared data size against the file size (uncompressed
-NIfTI) or against what a gzip stream of that size can possibly hold (``.nii.gz``, deflate cannot exceed
-1032:1), zero/negative/NaN spacing, and the number of axes (2D files are read as 3D with a singleton axis;
-trailing singleton axes are dropped; 4D keeps its 4th axis; 5D and more is refused). A ``.nii.gz`` is
-decompressed once, exactly the declared bytes, and then to the end of the stream so that gzip's CRC check runs
-(a corrupt stream that still inflates is refused, not read as garbage); an uncompressed ``.mha`` must hold the
-bytes its header declares.
+Reading is bounded: the header is checked before any voxel is allocated (:mod:`focusseg.io.geometry`: the voxel
+count against :func:`~focusseg.io.geometry.voxel_limit`, the spacing, the affine), the declared data size against
+what the file (or its gzip stream, at most 1032:1) can hold, and the number of axes (2D read as 3D, 4D keeps its
+4th axis, 5D refused). A ``.nii.gz`` is read to the end of the stream so that gzip's CRC check runs.
+Details: ``docs/io.md``.
 """
 
 from __future__ import annotations
@@ -20,74 +15,34 @@ from __future__ import annotations
 import gzip
 import io
 import math
-import os
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from focusseg.errors import ImageError, UsageError
+from focusseg.errors import one_line
 from focusseg.io.atomic import atomic_path
 from focusseg.io.dataset import MAX_LABEL_VALUE
+from focusseg.io.geometry import (
+    Geometry,
+    ImageReadError,
+    check_affine,
+    check_declared_shape,
+    shape_text,
+    voxel_limit,
+)
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 
-#: Default limit on the voxels a header may declare (all axes): 2**29 = 536,870,912 (2 GiB as float32).
-DEFAULT_MAX_VOXELS = 1024**3 // 2
-#: Environment variable that raises (or lowers) the limit, e.g. ``FOCUSSEG_MAX_VOXELS=2000000000``.
-MAX_VOXELS_ENV = "FOCUSSEG_MAX_VOXELS"
 #: Deflate's largest possible compression ratio: a gzip file of S bytes decompresses to at most ~1032 * S.
 _GZIP_MAX_RATIO = 1032
 
 
-class ImageReadError(ImageError):
-    """A file that cannot be read, or whose content is not a usable image. ``str(e)`` is ``"<file>: <problem>"``
-    (constructed either as ``ImageReadError(problem, path)`` or, as before, with one ``"<file>: <problem>"``
-    string)."""
-
-
-def voxel_limit(max_voxels: int | None = None) -> int:
-    """The voxel limit in force: ``max_voxels`` if given, else ``$FOCUSSEG_MAX_VOXELS``, else the default."""
-    if max_voxels is not None:
-        if int(max_voxels) <= 0:
-            raise UsageError(f"max_voxels must be positive, got {max_voxels}")
-        return int(max_voxels)
-    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_MAX_VOXELS
-    try:
-        value = float(raw.replace("_", ""))
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 1 or value != int(value):
-        raise UsageError(f"{MAX_VOXELS_ENV}={raw!r} is not a positive whole number of voxels",
-                         hint=f"unset it for the default ({DEFAULT_MAX_VOXELS}) or give e.g. 2000000000")
-    return int(value)
-
-
 def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = one_line(exc) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "x".join(str(int(s)) for s in shape)
-
-
-def _check_declared_shape(path: Path, shape: Sequence[int], limit: int) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    if not shape:
-        raise ImageReadError("header declares no axes", path)
-    if any(s <= 0 for s in shape):
-        raise ImageReadError(f"header declares an empty axis (shape {_shape_text(shape)})", path)
-    n = math.prod(shape)
-    if n > limit:
-        raise ImageReadError(f"header declares {_shape_text(shape)} = {n} voxels, above the limit of {limit} "
-                             f"(set {MAX_VOXELS_ENV} to raise it)", path)
-    return shape
 
 
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -96,41 +51,9 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
     while len(out) > 3 and out[-1] == 1:
         out.pop()
     if len(out) > 4:
-        raise ImageReadError(f"{len(out)}D image (shape {_shape_text(shape)}): focusseg reads 3D images "
+        raise ImageReadError(f"{len(out)}D image (shape {shape_text(shape)}): focusseg reads 3D images "
                              "(4D only as channels in the MSD layout)", path)
     return tuple(out) + (1,) * (3 - len(out))
-
-
-def _check_affine(path: Path, affine: np.ndarray) -> None:
-    if not np.isfinite(affine).all():
-        raise ImageReadError("affine holds NaN/inf values", path)
-    norms = np.linalg.norm(affine[:3, :3], axis=0)
-    if (norms <= 0).any():
-        raise ImageReadError(f"zero voxel spacing {tuple(round(float(s), 6) for s in norms)} "
-                             "(the affine has a zero column)", path)
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where an array's voxels lie: 4x4 voxel-to-world (RAS mm) affine and the spatial shape."""
-
-    affine: np.ndarray
-    shape: tuple[int, ...]
-
-    @property
-    def spacing(self) -> tuple[float, ...]:
-        """Voxel size in mm per array axis: the norms of the affine's columns."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, : len(self.shape)], axis=0))
-
-    def matches(self, other: Geometry, atol: float = 1e-4) -> bool:
-        return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=atol, rtol=1e-5)
-
-    def to_dict(self) -> dict:
-        return {"affine": np.asarray(self.affine).tolist(), "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Geometry:
-        return cls(np.asarray(d["affine"], dtype=np.float64), tuple(int(s) for s in d["shape"]))
 
 
 def _is_nifti(path: Path) -> bool:
@@ -165,7 +88,7 @@ def _check_nifti_header(path: Path, hdr: nib.Nifti1Header, limit: int) -> tuple[
     dim = [int(d) for d in hdr["dim"]]
     if not 1 <= dim[0] <= 7:
         raise ImageReadError(f"header declares {dim[0]} dimensions (NIfTI allows 1 to 7)", path)
-    shape = _check_declared_shape(path, dim[1 : dim[0] + 1], limit)
+    shape = check_declared_shape(path, dim[1 : dim[0] + 1], limit)
     try:
         dtype = hdr.get_data_dtype()
     except Exception as exc:
@@ -182,11 +105,11 @@ def _check_nifti_header(path: Path, hdr: nib.Nifti1Header, limit: int) -> tuple[
     size = path.stat().st_size
     if path.name.endswith(".gz"):
         if need > _GZIP_MAX_RATIO * size + 65536:
-            raise ImageReadError(f"header declares {need} bytes ({_shape_text(shape)} x {dtype.itemsize}-byte "
+            raise ImageReadError(f"header declares {need} bytes ({shape_text(shape)} x {dtype.itemsize}-byte "
                                  f"voxels) but a gzip file of {size} bytes cannot hold more than "
                                  f"{_GZIP_MAX_RATIO * size} (truncated file or wrong header)", path)
     elif need > size:
-        raise ImageReadError(f"truncated: header declares {need} bytes ({_shape_text(shape)} x "
+        raise ImageReadError(f"truncated: header declares {need} bytes ({shape_text(shape)} x "
                              f"{dtype.itemsize}-byte voxels from offset {int(offset)}), the file holds {size}", path)
     return shape
 
@@ -237,12 +160,20 @@ def _read_nifti_gz(path: Path, hdr: nib.Nifti1Header, shape: tuple[int, ...], dt
 
 def read_image(path: str | Path, dtype: type = np.float32, max_voxels: int | None = None
                ) -> tuple[np.ndarray, Geometry]:
-    """Read one image file. Returns ``(array, geometry)``: a 3D array, or 4D with the 4th axis last (the
-    channels of an MSD image); 1D/2D files get singleton axes, trailing singleton axes are dropped.
+    """Read one image file; the header is checked before the voxels are read (module docstring).
 
-    The header is checked before the voxels are read (see the module docstring; ``max_voxels`` overrides the
-    limit). Raises ``ImageReadError`` naming the file when it is missing, empty, truncated, corrupt, too large
-    for the limit, 5D, or has zero/negative/NaN spacing.
+    Args:
+        path: a NIfTI file (``.nii``, ``.nii.gz``) or any format SimpleITK reads.
+        dtype: the array's dtype after the header's scaling.
+        max_voxels: overrides the voxel-count limit (:func:`voxel_limit`).
+
+    Returns:
+        ``(array, geometry)``: a 3D array, or 4D with the 4th axis last (the channels of an MSD image); 1D/2D
+        files get singleton axes, trailing singleton axes are dropped. ``geometry`` holds the affine and shape.
+
+    Raises:
+        ImageReadError: naming the file when it is missing, empty, truncated, corrupt, too large for the limit,
+            5D, or has zero/negative/NaN spacing.
     """
     path = Path(path)
     if not path.is_file():
@@ -257,7 +188,7 @@ def read_image(path: str | Path, dtype: type = np.float32, max_voxels: int | Non
         try:
             img = nib.load(str(path))
             affine = np.asarray(img.affine, dtype=np.float64)
-            _check_affine(path, affine)
+            check_affine(path, affine)
             if path.name.endswith(".gz"):
                 data = _read_nifti_gz(path, hdr, shape, dtype)
             else:
@@ -327,7 +258,7 @@ def _read_sitk(path: Path, dtype: type, limit: int) -> tuple[np.ndarray, np.ndar
         spacing = np.asarray(reader.GetSpacing(), dtype=np.float64)
     except Exception as exc:
         raise ImageReadError(f"unreadable header ({_one_line(exc)})", path) from exc
-    _check_declared_shape(path, size + ((comps,) if comps > 1 else ()), limit)
+    check_declared_shape(path, size + ((comps,) if comps > 1 else ()), limit)
     if path.name.lower().endswith(".mha"):
         _check_mha_size(path, math.prod(size) * comps)
     if not np.isfinite(spacing).all() or (spacing[:3] <= 0).any():
@@ -353,7 +284,7 @@ def _read_sitk(path: Path, dtype: type, limit: int) -> tuple[np.ndarray, np.ndar
     affine[:sdim, :sdim] = direction * spacing[None, :sdim]
     affine[:sdim, 3] = origin
     affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS
-    _check_affine(path, affine)
+    check_affine(path, affine)
     arr = arr.reshape(_spatial_shape(path, arr.shape))
     return arr.astype(dtype, copy=False), affine
 
@@ -433,7 +364,19 @@ def read_label(path: Path, geometry: Geometry | None = None, label_values: Seque
 
 
 def write_segmentation(path: str | Path, seg: np.ndarray, geometry: Geometry) -> Path:
-    """Write a label map with exactly the reference geometry, atomically (temp file + rename)."""
+    """Write a label map with exactly the reference geometry, atomically (temp file + rename).
+
+    Args:
+        path: the output file; its ending picks the format (NIfTI through nibabel, others through SimpleITK).
+        seg: integer label map of shape ``geometry.shape``; stored as uint8 when its values fit, else int16.
+        geometry: the reference image's geometry (affine, shape).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: when ``seg``'s shape differs from ``geometry.shape``.
+    """
     path = Path(path)
     if tuple(seg.shape) != tuple(geometry.shape):
         raise ValueError(f"{path}: segmentation shape {seg.shape} != reference shape {geometry.shape}")
@@ -450,7 +393,19 @@ def write_segmentation(path: str | Path, seg: np.ndarray, geometry: Geometry) ->
 
 
 def write_image(path: str | Path, image: np.ndarray, geometry: Geometry) -> Path:
-    """Write a float32 map (probability, uncertainty) with exactly the reference geometry, atomically."""
+    """Write a float32 map (probability, uncertainty) with exactly the reference geometry, atomically.
+
+    Args:
+        path: the output file; its ending picks the format.
+        image: array of shape ``geometry.shape``, written as float32.
+        geometry: the reference image's geometry (affine, shape).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: when ``image``'s shape differs from ``geometry.shape``.
+    """
     path = Path(path)
     if tuple(image.shape) != tuple(geometry.shape):
         raise ValueError(f"{path}: image shape {image.shape} != reference shape {geometry.shape}")

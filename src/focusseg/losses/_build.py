@@ -18,9 +18,20 @@ LOSSES: Registry[nn.Module] = Registry("loss")
 
 
 def build_loss(spec: str | Mapping[str, Any] | nn.Module, **overrides: Any) -> nn.Module:
-    """Build a loss from a spec; ``overrides`` (e.g. ``reduction="none"``) win over the spec's options.
+    """Build a loss from a spec.
 
-    For a compound spec the overrides reach every part.
+    Args:
+        spec: a registered name (``"dice"``), ``{"name": ..., **options}``, a compound mapping of names to weights
+            (``{"ce": 1, "soft_dice": 1}``, no ``"name"`` key), or an already built module (returned as is).
+        overrides: options that win over the spec's (e.g. ``reduction="none"``); for a compound spec they reach
+            every part.
+
+    Returns:
+        The loss module, called as ``loss(logits, target, class_weights=None)``.
+
+    Raises:
+        ValueError: for options given with an already built module, or a malformed spec.
+        KeyError: for an unknown loss name.
     """
     if isinstance(spec, nn.Module):
         if overrides:

@@ -1,27 +1,14 @@
 """Shared plumbing of the loss library: input checks, activations, target encodings, reductions.
 
-Conventions every loss follows (docs/CONTRACTS.md):
+Conventions every loss follows (``docs/losses.md``): ``logits`` ``(B, K, *spatial)`` (half precision computed in
+float32); ``target`` an integer label map ``(B, 1, *spatial)`` or ``(B, *spatial)``; ``activation="softmax"``
+(channel ``c`` = label ``c``) or ``"sigmoid"`` (K = 1: ``label > 0``; K > 1: channel ``c`` = ``label == c + 1``);
+``class_weights`` ``(K,)``; ``reduction="mean"`` (scalar) or ``"none"`` (``(B,)``); ``ignore_label`` voxels get
+no gradient and count in no normalisation (``None``: the unmasked code path, bit for bit).
 
-* ``logits`` are raw network outputs ``(B, K, *spatial)`` (2D or 3D); half/bfloat16 inputs are computed in
-  float32, float64 stays float64 (gradcheck).
-* ``target`` is an integer label map ``(B, 1, *spatial)`` or ``(B, *spatial)``.
-* ``activation="softmax"``: channel ``c`` is the probability of label ``c`` (channel 0 = background); needs K >= 2
-  and labels in ``[0, K)``.
-* ``activation="sigmoid"``: every channel is an independent foreground map. With K = 1 the channel is
-  ``label > 0`` (binary: any non-zero label is foreground); with K > 1 channel ``c`` is ``label == c + 1``
-  (the background has no channel), labels in ``[0, K]``. ``include_background`` has no meaning there.
-* ``class_weights`` is a float tensor ``(K,)`` indexed like the channels.
-* ``reduction="mean"`` gives a scalar, ``reduction="none"`` per-sample losses ``(B,)``.
-* ``ignore_label`` (every loss; nnU-Net v2's ignore label): voxels whose label is that value are not annotated.
-  They are left out of the loss -- no gradient reaches them and they are not counted in any normalisation (voxel
-  losses average over the annotated voxels only, overlap losses sum over them only, nnU-Net's ``loss_mask``).
-  ``None`` (default): every voxel counts, and the code path is the one without this option (bit-identical values).
-* No host synchronisation in the forward pass (issue 13): shapes, dtypes and options are checked every call
-  (free), label *values* and class-weight *values* only with ``validate_labels=True`` (each check reads a
-  device value: ``min``/``max``/``any`` -> one sync per loss part and deep-supervision level). Training
-  validates the label range once per case when the loader first reads it
-  (:class:`focusseg.data.loader.PatchLoader`); out-of-range labels in an unvalidated call give undefined values
-  (an index error for CE, silently empty one-hot channels for Dice).
+No host synchronisation in the forward pass: shapes, dtypes and options are checked every call, label and
+class-weight *values* only with ``validate_labels=True`` (training checks labels once per case in the loader,
+:class:`focusseg.data.loader.PatchLoader`); out-of-range labels in an unvalidated call give undefined values.
 """
 
 from __future__ import annotations

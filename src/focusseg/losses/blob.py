@@ -5,37 +5,11 @@ blob loss with alpha 0.66, beta 0.33).
     L_blob(b) = mean_{c present in b} w_c * mean_{u in instances of class c in b} L_inner(m_u, [inst == u]),
     m_u = p_c * [(g_c == 0) or (inst == u)]
 
-* Instances are the connected components of the ground truth of the *patch* (cc3d on the target, connectivity
-  given explicitly: 6/18/26 in 3D, 4/8 in 2D; default the full 26 / 8 as third-party ports of the reference).
-* Masking is applied after the activation, so masked voxels have probability 0 (the reference's intent; masking
-  logits would give p = 0.5 there).
-* Multi-class: one-vs-rest per foreground channel (``p_c`` against the rest), the reading of Kundu, Kofler et al.;
-  the per-class blob means of a sample are averaged (class weights ``w_c`` as in Dice: ``mean_c w_c L_c``).
-* Samples without any instance are left out of the batch mean (reference code); a batch without instances
-  contributes ``0 * sum(logits)``, a zero with a gradient path. Per sample (``reduction="none"``) such samples
-  get ``alpha * L_main(b)``; so the mean of per-sample losses equals the batch loss only when every sample has
-  an instance and the main loss is a per-sample mean.
-* Inner losses (``blob=``): any of ``dice``, ``soft_dice``, ``tversky``, ``bce``, ``focal`` (``ce`` is the same
-  binary term as ``bce`` here) with their options, as a compound spec; default ``{"dice": 1, "bce": 1}``.
-  They are evaluated for all instances at once from per-instance sums (see ``_instances.py``); the result equals
-  the loop over instances of the definition (tested).
-* Instances, two ways (same values on the same patch, tested to 1e-6):
-
-  - ``target`` ``(B, 1, *S)``: labelled here with cc3d on the CPU each call (about 10-25 ms for two 128^3
-    patches; on a GPU also a device-to-host copy of the label map and a synchronisation).
-  - ``target`` ``(B, 2, *S)``: channel 0 the labels, channel 1 an instance map labelled by the loader on the
-    host patch *before* augmentation (:class:`focusseg.data.loader.PatchLoader` with ``instances=``) and carried
-    through the spatial transforms with nearest interpolation like the labels. Indexed on the device without a
-    host sync (:func:`~focusseg.losses._instances.instance_stats_from_map`). Reading chosen: after a rotation or
-    scaling an instance keeps its identity even where nearest resampling would split it into pieces that a new
-    labelling would count apart (and one cut off the patch simply vanishes); on a batch the augmentation left
-    untouched the two ways agree exactly.
-* Deep supervision: wrap in ``DeepSupervisionLoss``; with a one-channel target each resolution is labelled anew
-  from its resized target; an instance map is resized with it (nearest), ids kept.
-* ``ignore_label`` (nnU-Net v2's ignore label): the main loss is built with it (masks itself); in the blob term the
-  ignored voxels are no instance and no background of any class -- their probabilities are set to 0 in every
-  channel before the sums (so they add ``f(0) = 0`` and get no gradient), and the voxel losses are divided by the
-  sample's annotated voxel count instead of ``N``.
+Instances are the connected components of the patch's ground truth (cc3d, default connectivity 26 / 8), labelled
+here or delivered by the loader as a second target channel; masking is applied after the activation; multi-class
+is one-vs-rest per foreground channel; samples without instances leave the batch mean. The inner losses
+(``blob=``, default ``{"dice": 1, "bce": 1}``) are evaluated for all instances at once from per-instance sums.
+Readings chosen, deep supervision and the ignore label: ``docs/losses.md``.
 """
 
 from __future__ import annotations
@@ -60,7 +34,7 @@ from focusseg.losses._common import (
     label_map,
     split_ignore,
 )
-from focusseg.losses._instances import CONNECTIVITY, MAX_ID, InstanceStats, instance_stats, instance_stats_from_map
+from focusseg.losses.instances import CONNECTIVITY, MAX_ID, InstanceStats, instance_stats, instance_stats_from_map
 
 LossSpec = str | Mapping[str, Any] | nn.Module
 
@@ -78,7 +52,7 @@ class BlobLoss(nn.Module):
         activation: ``"sigmoid"`` (reference; channel c = label c + 1, or label > 0 for one channel) or
             ``"softmax"`` (instances of classes 1..K-1).
         reduction: ``"mean"`` | ``"none"``.
-        fused: sigmoid background sums in one fused pass (``_fused.py``); False uses plain autograd ops
+        fused: sigmoid background sums in one fused pass (``fused.py``); False uses plain autograd ops
             (same values; kept for testing).
         validate_labels: check label and class-weight values (and an instance map's consistency) every call
             (host syncs; for direct API use, training validates labels once per case at load).

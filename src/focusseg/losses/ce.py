@@ -1,26 +1,14 @@
 """Voxel-wise losses: cross-entropy, binary cross-entropy, TopK cross-entropy and focal loss.
 
-* ``ce`` (softmax): ``l_v = -w_{y_v} log p_{y_v}(v)``; mean ``sum_v l_v / sum_v w_{y_v}`` (torch's weighted mean;
-  0 instead of NaN when every weight in play is 0). Per sample the same ratio within each sample.
-* ``bce`` (sigmoid): ``l_{c,v} = -w_c [g log p + (1 - g) log(1 - p)]`` averaged over channels and voxels
-  (torch ``BCEWithLogitsLoss(weight=w)``).
-* ``topk_ce`` (softmax; nnU-Net ``TopKLoss``, paper 002 eq. 1): the weighted voxel CE ``w_y l_v`` of all
-  B*X*Y*Z voxels, mean of the ``max(1, int(N k / 100))`` largest (k = 10: the voxels above the decile ``t`` of
-  eq. 1). Per sample: the top k % within each sample. The mean of per-sample TopK equals the batch TopK only when
-  each sample holds the same share of the batch's top voxels (e.g. k = 100, or identical samples).
-* ``focal`` (Lin et al. 2017): softmax ``l_v = -a_y w_y (1 - p_y)^gamma log p_y`` averaged over voxels;
-  sigmoid ``l_{c,v} = -a_t w_c (1 - p_t)^gamma log p_t`` averaged over channels and voxels (identical to MONAI
-  ``FocalLoss``). MONAI's softmax focal also averages over the channel axis, so ours = (channels used) x MONAI's.
-  ``alpha``: scalar -> ``a = alpha`` on foreground, ``1 - alpha`` on background (MONAI); sequence -> per class.
-  ``include_background=False`` (softmax) keeps the softmax over all classes and drops the background voxels'
-  terms; MONAI instead removes channel 0 before its softmax (a different loss).
+* ``ce`` (softmax): ``l_v = -w_{y_v} log p_{y_v}(v)``, mean ``sum_v l_v / sum_v w_{y_v}`` (torch's weighted mean).
+* ``bce`` (sigmoid): ``-w_c [g log p + (1 - g) log(1 - p)]`` averaged over channels and voxels.
+* ``topk_ce`` (nnU-Net ``TopKLoss``, paper 002 eq. 1): the mean of the ``max(1, int(N k / 100))`` largest
+  weighted voxel CE terms (k = 10).
+* ``focal`` (Lin et al. 2017): ``-a w (1 - p)^gamma log p`` averaged over voxels (sigmoid: and over channels,
+  identical to MONAI ``FocalLoss``; softmax: the channels used times MONAI's value).
 
-``ignore_label`` (every loss here; nnU-Net v2's ignore label): voxels of that label are left out -- their terms are
-zero and they are not counted in any mean, which runs over the annotated voxels ``A`` only and, for
-``reduction="mean"``, over the whole batch at once: ``ce`` gives ``sum_{v in A} w_y l_v / sum_{v in A} w_y``, torch's
-``cross_entropy(ignore_index=K)``; ``bce``/``focal`` average over channels and annotated voxels; ``topk_ce`` takes
-the ``max(1, int(|A| k / 100))`` largest annotated terms (nnU-Net's TopK counts the ignored voxels' zeros in its
-``k %``; we do not). A batch without annotated voxels gives 0 (torch's CE would give NaN).
+``ignore_label`` voxels are left out of every term and every mean; a batch without annotated voxels gives 0.
+Per-sample forms and the ``alpha`` / ``include_background`` readings: ``docs/losses.md``.
 """
 
 from __future__ import annotations

@@ -4,15 +4,10 @@
 
 * ``weights="nnunet"``: ``w_i = 2^-i``, the lowest resolution set to 0, normalised to sum 1
   (5 outputs -> 0.5333, 0.2667, 0.1333, 0.0667, 0).
-* ``weights=[0.7, 0.2, 0.1]``: the three highest outputs as FLARE21 (paper 002 sec. 2, beta_1..beta_3); a list
-  is used as given (not normalised); outputs past its end get weight 0. Zero-weight outputs are not computed.
-* ``down_i`` resizes the label map to the output's size with ``mode`` (default ``"nearest-exact"``, which is
-  what nnU-Net v2 uses; ``"nearest"`` picks the other voxel of each 2x2x2 cell). Nearest picks a voxel's value,
-  so an ignore label keeps its value at every resolution and the inner loss (built with ``ignore_label``) masks
-  it there too (tested).
-
-The weights live here only (never inside a loss). Class weights and the inner loss's reduction pass through;
-a single tensor is handed to the inner loss unchanged.
+* ``weights=[0.7, 0.2, 0.1]``: FLARE21 (paper 002 sec. 2, beta_1..beta_3); a list is used as given (not
+  normalised); outputs past its end get weight 0, and zero-weight outputs are not computed.
+* ``down_i`` resizes the label map with ``mode`` (default ``"nearest-exact"``, as nnU-Net v2), so an ignore label
+  keeps its value at every resolution. The weights live here only; class weights and reduction pass through.
 """
 
 from __future__ import annotations

@@ -1,24 +1,14 @@
 """Soft Dice losses: the plain form and the squared-denominator form.
 
-Per class c (sums over the voxels of one sample, or of the whole batch when ``batch=True``)::
+Per class c (sums over one sample's voxels, or over the whole batch's with ``batch=True``)::
 
     plain    (``dice``):       L_c = 1 - (2 sum p g + s_nr) / (sum p   + sum g   + s_dr)
     squared  (``soft_dice``):  L_c = 1 - (2 sum p g + s_nr) / (sum p^2 + sum g^2 + s_dr)
 
-and ``L = mean_c w_c L_c`` over the classes kept (``w_c = 1`` without class weights; the MONAI ``DiceLoss``
-``weight`` convention). The denominator is clipped at 1e-8 (nnU-Net), so ``s_dr = 0`` stays finite.
-
-Papers: FP-PET (paper 000, sec. 3.5) uses "Soft Dice Loss" citing a V-Net paper, whose Dice is the squared form;
-FLARE21 (paper 002, eq. 1) writes the squared form with the class sums inside one fraction. Reading chosen: the
-per-class mean above (nnU-Net, which paper 002 modifies, and MONAI), not the class-pooled fraction of eq. 1.
-
-Defaults follow nnU-Net's Dice: background excluded, smoothing 1e-5, per-sample Dice. ``batch=True`` pools the
-batch into one Dice per class (nnU-Net ``batch_dice``); with ``reduction="none"`` the per-sample values are then
-the per-sample Dice, whose mean differs from the batch Dice in general (Focused Practice needs per-patch losses).
-
-``ignore_label`` (nnU-Net v2's ignore label, its ``loss_mask``): the sums run over the annotated voxels ``A`` only,
-``tp = sum_A p g``, ``sum p = sum_A p^q``, ``sum g = sum_A g``, so an ignored voxel adds nothing and gets no
-gradient. The same for Tversky.
+and ``L = mean_c w_c L_c`` (MONAI ``DiceLoss`` ``weight`` convention); the denominator is clipped at 1e-8 (nnU-Net).
+FP-PET (paper 000 sec. 3.5) and FLARE21 (paper 002 eq. 1) use the squared form; reading chosen: the per-class mean
+(nnU-Net, MONAI), not eq. 1's class-pooled fraction. Defaults follow nnU-Net: background excluded, smoothing 1e-5,
+per-sample Dice (``batch=True``: ``batch_dice``). Ignore label: the sums run over annotated voxels only.
 """
 
 from __future__ import annotations

@@ -1,27 +1,15 @@
 """Region-based loss (nnU-Net v2's ``DC_and_BCE_loss`` for region-based training, :mod:`focusseg.regions`):
 soft Dice over the region channels plus binary cross-entropy with logits.
 
-Not to be confused with "region losses" in the sense of overlap losses (:class:`focusseg.losses.dice.RegionLoss`,
-``tests/losses/test_loss_region.py``): here a *region* is a set of label values (BraTS whole tumour = {1, 2, 3}).
-
-The target is built from the integer label map on the logits' device: ``g_r(v) = [label(v) ∈ regions[r]]``
-(:func:`focusseg.regions.region_masks`), ``p_r = sigmoid(logit_r)``. With sums over the voxels of one sample
-(``batch=False``) or of the whole batch (``batch=True``, nnU-Net's ``batch_dice``)::
+Here a *region* is a set of label values (BraTS whole tumour = {1, 2, 3}), not an overlap loss
+(:class:`focusseg.losses.dice.RegionLoss`). Targets ``g_r = [label ∈ regions[r]]`` are built on the device; with
+``p_r = sigmoid(logit_r)`` and sums per sample (or over the batch, ``batch=True``)::
 
     Dice_r = 1 - (2 sum p_r g_r + s_nr) / max(sum p_r + sum g_r + s_dr, 1e-8)
-    BCE    = mean over regions and voxels of  -[g log p + (1 - g) log(1 - p)]     (torch's BCE with logits)
-    L      = w_dice * mean_r Dice_r + w_bce * BCE
+    L      = w_dice * mean_r Dice_r + w_bce * BCE(logits, g)
 
-Every channel is a region (there is no background channel), so all channels enter the Dice, as nnU-Net's
-``do_bg=True`` for regions. ``reduction="none"`` gives per-sample losses (per-sample Dice + per-sample BCE; what
-Focused Practice ranks patches by), ``"mean"`` the batch value. ``class_weights`` (optional, shape ``(R,)``) weight
-the regions in both terms. Deep supervision (:class:`~focusseg.losses.deep_supervision.DeepSupervisionLoss`)
-needs nothing special: the label map is resized with nearest, which commutes with the membership test above.
-No host sync in the forward pass (label and weight *values* are checked only with ``validate_labels=True``:
-labels must be ``>= 0`` and at most the largest region value, class weights ``>= 0``).
-
-Built without ``regions`` (``build_loss("region_dice_bce")``, the registry's contract), channel ``c`` is the region
-``{c + 1}`` (the multi-label sigmoid convention of :mod:`focusseg.losses._common`); region plans always pass theirs.
+Every channel enters the Dice (nnU-Net's ``do_bg=True`` for regions). Built without ``regions``, channel ``c`` is
+the region ``{c + 1}``. Reduction, class weights and deep supervision: ``docs/losses.md``.
 """
 
 from __future__ import annotations

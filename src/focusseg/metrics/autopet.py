@@ -1,17 +1,14 @@
 """autoPET false-positive / false-negative volumes and the FP-PET aggregated score.
 
-Definitions of the official autoPET evaluation (lab-midas/autoPET ``val_script.py``):
+Definitions of the official autoPET evaluation (lab-midas/autoPET ``val_script.py``), with components of
+18-connectivity (cc3d) and ``v = prod(spacing) / 1000`` ml per voxel (spacing in mm from the header):
 
-- connected components with 18-connectivity (cc3d);
-- ``FPV = v * sum_{C in cc(P), |C & G| = 0} |C|``: volume of the predicted components that touch no
-  ground-truth voxel;
-- ``FNV = v * sum_{C in cc(G), |C & P| = 0} |C|``: volume of the GT components that no predicted voxel
-  touches;
-- ``v = prod(spacing) / 1000`` ml per voxel (spacing in mm from the header).
+- ``FPV = v * sum_{C in cc(P), |C & G| = 0} |C|``: predicted components that touch no ground-truth voxel;
+- ``FNV = v * sum_{C in cc(G), |C & P| = 0} |C|``: GT components that no predicted voxel touches.
 
 FP-PET (Chen et al., autoPET 2023, section 3.1, eq. 1): ``score = dice - 0.1 FPV - 0.1 FNV`` with Dice in
-[0, 1] and volumes in ml (the paper does not state Dice's scale; [0, 1] is what the official metrics
-code returns).  Empty-GT handling (autoPET III: FNV undefined) is the caller's convention.
+[0, 1] (the paper does not state the scale; [0, 1] is what the official code returns) and volumes in ml.
+Empty-GT handling (autoPET III: FNV undefined) is the caller's convention.
 """
 
 from __future__ import annotations
@@ -45,14 +42,34 @@ def unmatched_component_voxels(source: np.ndarray, other: np.ndarray, connectivi
 def false_positive_volume(
     pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], connectivity: int = AUTOPET_CONNECTIVITY
 ) -> float:
-    """FPV in ml: predicted components with no GT overlap (0 when the prediction is empty)."""
+    """FPV in ml: predicted components with no GT overlap (0 when the prediction is empty).
+
+    Args:
+        pred: binary prediction mask.
+        gt: binary ground-truth mask of the same shape.
+        spacing: voxel spacing in mm (the first three values are used).
+        connectivity: cc3d connectivity of the components (autoPET: 18).
+
+    Returns:
+        The false-positive volume in ml.
+    """
     return unmatched_component_voxels(pred, gt, connectivity) * voxel_volume_ml(spacing)
 
 
 def false_negative_volume(
     pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], connectivity: int = AUTOPET_CONNECTIVITY
 ) -> float:
-    """FNV in ml: GT components with no predicted voxel (0 on an empty GT; autoPET III reports NaN there)."""
+    """FNV in ml: GT components with no predicted voxel (0 on an empty GT; autoPET III reports NaN there).
+
+    Args:
+        pred: binary prediction mask.
+        gt: binary ground-truth mask of the same shape.
+        spacing: voxel spacing in mm (the first three values are used).
+        connectivity: cc3d connectivity of the components (autoPET: 18).
+
+    Returns:
+        The false-negative volume in ml.
+    """
     return unmatched_component_voxels(gt, pred, connectivity) * voxel_volume_ml(spacing)
 
 

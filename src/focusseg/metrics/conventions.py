@@ -1,24 +1,14 @@
 """Challenge conventions for empty masks and metric rules, selected by name (``convention=...``).
 
-What every metric returns when a mask is empty is a *choice*; challenges made different ones.  A
+What every metric returns when a mask is empty is a *choice*; challenges made different ones. A
 :class:`Convention` states them all in one place; ``evaluate_case``/``evaluate_folders`` apply it.
+``default``: a ratio whose denominator is 0 is undefined (NaN, an empty CSV cell). ``flare21``: FLARE21
+``DSC_NSD_eval.py``, both empty -> 1, one empty -> 0. ``flare22``: ``flare21`` plus FLARE22's per-organ NSD
+tolerances and NSD = 0 where DSC < 0.2 (the reading chosen for FLARE22; the official z-range restriction of
+aorta/IVC/oesophagus is not applied). ``flare23``: ``flare22`` with ``FLARE23_DSC_NSD_Eval.py``'s threshold 0.1.
+``autopet``: autoPET III ``val_script.py``, Dice and FNV undefined on an empty GT, FPV still counted.
 
-=============  ==========================================================================================
-``default``    Mathematical reading: a ratio whose denominator is 0 is undefined (NaN, an empty CSV
-               cell).  Both empty -> Dice, IoU, NSD, lesion-wise Dice NaN; exactly one empty -> Dice,
-               IoU, NSD 0; precision NaN when the prediction is empty, recall NaN when the GT is empty;
-               HD95/ASSD NaN when either is empty; FPV counted always, FNV 0 on an empty GT.
-``flare21``    FLARE21 ``DSC_NSD_eval.py``: both empty -> DSC = NSD = 1 (also IoU, precision, recall,
-               lesion Dice), one empty -> 0.
-``flare22``    As ``flare21`` plus the FLARE22 per-organ NSD tolerances (FLARE22 label ids: liver 5,
-               kidneys 3, spleen 3, pancreas 5, aorta 2, IVC 2, adrenals 2, gallbladder 2, oesophagus 3,
-               stomach 5, duodenum 7 mm; other labels use ``nsd_tolerance``) and NSD = 0 where DSC < 0.2
-               (the issue's reading; FLARE23's released script uses 0.1 -- see ``flare23``).  The
-               official script's restriction of aorta/IVC/oesophagus to the GT's z-range is not applied.
-``flare23``    ``flare22`` with the threshold 0.1 of ``FLARE23_DSC_NSD_Eval.py``.
-``autopet``    autoPET III ``val_script.py``: on a negative case (empty GT) Dice and FNV are undefined
-               (NaN) whatever the prediction; FPV is still counted (0 when the prediction is empty).
-=============  ==========================================================================================
+Every value of every convention: ``docs/metrics.md``.
 """
 
 from __future__ import annotations

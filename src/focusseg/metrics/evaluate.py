@@ -1,22 +1,14 @@
 """Case- and folder-level evaluation: every metric for every (case, label), metrics.csv + summary.json.
 
-Per label ``l`` the masks ``pred == l`` and ``gt == l`` are cropped to the union of their bounding boxes
-(one ``find_objects`` pass per map) and evaluated there: overlap (:mod:`.overlap`), surface
-(:mod:`.surface`, NSD at ``nsd_tolerance`` mm), autoPET volumes (:mod:`.autopet`, 18-connectivity as
-the official script), lesion-wise counts (:mod:`.lesion`, ``connectivity``).  Undefined values follow
-the ``convention`` (:mod:`.conventions`) and are written as empty CSV cells / JSON ``null``.
+Per label ``l`` the masks ``pred == l`` and ``gt == l`` are cropped to the union of their bounding boxes and
+evaluated there: overlap (:mod:`.overlap`), surface (:mod:`.surface`, NSD at ``nsd_tolerance`` mm), autoPET
+volumes (:mod:`.autopet`, 18-connectivity as the official script), lesion-wise counts (:mod:`.lesion`). Undefined
+values follow the ``convention`` (:mod:`.conventions`) and are written as empty CSV cells / JSON ``null``.
 
-``ignore_label`` (nnU-Net v2's ignore label, a partially annotated reference): the voxels where the *reference*
-holds that value are not annotated and count for nothing -- both maps are set to background there before any
-metric, so TP / FP / FN (Dice, IoU, precision, recall, FPV / FNV) count annotated voxels only, as nnU-Net's
-``compute_tp_fp_fn_tn`` with its ``ignore_mask``; surface and lesion metrics then see the prediction restricted to
-the annotated voxels (nnU-Net reports overlap metrics only). The ignore value is never evaluated as a label.
-
-``regions`` (nnU-Net's region-based training, :mod:`focusseg.regions`): a list of lists of label values. Each
-region ``r`` is evaluated instead of each label, on the masks ``pred ∈ regions[r]`` and ``gt ∈ regions[r]`` derived
-from both label maps (BraTS: whole tumour, tumour core, enhancing tumour); its rows carry ``label = r + 1`` (region
-number, 1-based, in the order given) and the summary records ``regions`` (and ``region_names`` when given).
-:func:`read_regions` finds them in a dataset.json or a run's plan.
+``ignore_label``: both maps are set to background where the reference holds it, so every metric counts annotated
+voxels only (nnU-Net's ``ignore_mask``). ``regions``: each region ``r`` (a list of label values) is evaluated on
+``pred ∈ regions[r]`` and ``gt ∈ regions[r]``, its rows labelled ``r + 1``; :func:`read_regions` finds them in a
+dataset.json or a run's plan. Details: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -32,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from focusseg.errors import DatasetError, FocussegError, ImageError, PartialFailure, UsageError
+from focusseg.errors import DatasetError, FocussegError, ImageError, PartialFailure, UsageError, one_line
 from focusseg.io.atomic import atomic_path, atomic_write_text
 from focusseg.metrics.autopet import false_negative_volume, false_positive_volume, fp_pet_score
 from focusseg.metrics.conventions import Convention, get_convention
@@ -149,7 +141,7 @@ def _declaring_source(source: str | Path, what: str) -> tuple[Path, Any, dict]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"not a readable JSON file ({' '.join(str(exc).split())})", path) from exc
+        raise UsageError(f"not a readable JSON file ({one_line(exc)})", path) from exc
     if not isinstance(data, dict) or "n_classes" not in data or not isinstance(data.get("labels"), dict):
         raise UsageError("neither a dataset.json nor a focusseg plan (no labels and n_classes)", path)
     return path, None, data

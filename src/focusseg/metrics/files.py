@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from focusseg.errors import DatasetError, FocussegError, ImageError, MissingFileError, UsageError
+from focusseg.errors import DatasetError, FocussegError, ImageError, MissingFileError, UsageError, one_line
 from focusseg.io.atomic import is_temp_name
 from focusseg.io.paths import KNOWN_FILE_ENDINGS
 
@@ -109,12 +109,12 @@ def channel_files(
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
+    return one_line(exc)[:300]
 
 
 def _load_nifti_checked(path: Path):
     """A NIfTI image (nibabel) whose voxels can be read without surprises: the header's voxel count is within
-    :func:`focusseg.io.image.voxel_limit`, the file holds the declared data, and a ``.nii.gz`` stream is read to
+    :func:`focusseg.io.geometry.voxel_limit`, the file holds the declared data, and a ``.nii.gz`` stream is read to
     its end so that its CRC-32 and length are verified (a gzip stream damaged in the middle can otherwise decode
     to plausible garbage without any error)."""
     import gzip
@@ -123,7 +123,7 @@ def _load_nifti_checked(path: Path):
 
     import nibabel as nib
 
-    from focusseg.io.image import MAX_VOXELS_ENV, voxel_limit
+    from focusseg.io.geometry import MAX_VOXELS_ENV, voxel_limit
 
     img = nib.load(str(path))  # the header only
     shape = tuple(int(s) for s in img.shape)

@@ -1,20 +1,14 @@
 """Lesion-wise detection metrics: instances are connected components (connectivity 6, 18 or 26).
 
-Let ``G_1..G_n`` be the GT lesions and ``P_1..P_m`` the predicted components.  Overlap criterion (stated
-once, used everywhere): a GT lesion is *detected* (TP) when the prediction covers more than
-``min_overlap`` of its voxels, ``|G_i & P| / |G_i| > min_overlap`` (default 0: at least one voxel), else
-it is a FN; a predicted component is a FP when ``|P_j & G| / |P_j| <= min_overlap``.  So a lesion split
-in two by the prediction is one TP (no FP), and one component merging two lesions gives two TP.
+GT lesions ``G_1..G_n``, predicted components ``P_1..P_m``. A GT lesion is *detected* (TP) when
+``|G_i & P| / |G_i| > min_overlap`` (default 0: at least one voxel), else it is a FN; a predicted component is a
+FP when ``|P_j & G| / |P_j| <= min_overlap``. Precision ``= #{P_j not FP} / m``, recall ``= TP / n`` (NaN when
+the denominator is 0), F1 ``= 2 P R / (P + R)``, count difference ``= |m - n|``.
 
-- precision ``= #{P_j not FP} / m``, recall ``= TP / n`` (NaN when the denominator is 0);
-- F1 ``= 2 P R / (P + R)`` (0 when exactly one side is empty or P + R = 0);
-- count difference ``= |m - n|``;
-- lesion-wise Dice (BraTS 2023 style): each GT lesion scores ``Dice(G_i, union of the P_j touching
-  G_i)`` (0 if none touches it), each predicted component touching no GT lesion scores 0, and the
-  result is the mean over these ``n + #FP_any`` items (``FP_any`` uses the any-voxel criterion; BraTS
-  additionally dilates the GT before matching, which is not done here).
-
-Both empty: precision, recall, F1 and lesion Dice are ``both_empty`` (NaN by default).
+Lesion-wise Dice (BraTS 2023 style, without BraTS's dilation of the GT): each GT lesion scores
+``Dice(G_i, union of the P_j touching G_i)``, each predicted component touching no GT lesion scores 0; the result
+is their mean. Both empty: precision, recall, F1 and lesion Dice are ``both_empty`` (NaN by default).
+Details: ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -56,7 +50,21 @@ def lesion_metrics(
     min_overlap: float = 0.0,
     both_empty: float = math.nan,
 ) -> LesionStats:
-    """Lesion-wise TP/FP/FN, precision, recall, F1, count difference and lesion-wise Dice of two masks."""
+    """Lesion-wise TP/FP/FN, precision, recall, F1, count difference and lesion-wise Dice of two masks.
+
+    Args:
+        pred: binary prediction mask.
+        gt: binary ground-truth mask of the same shape.
+        connectivity: cc3d connectivity of the lesions (6, 18 or 26).
+        min_overlap: the detection threshold of the module docstring, in [0, 1).
+        both_empty: the value of precision, recall, F1 and lesion Dice when both masks are empty.
+
+    Returns:
+        A :class:`LesionStats` with the counts and the metrics.
+
+    Raises:
+        ValueError: when the shapes differ or ``min_overlap`` is outside [0, 1).
+    """
     if pred.shape != gt.shape:
         raise ValueError(f"pred and gt shapes differ: {pred.shape} vs {gt.shape}")
     if not 0.0 <= min_overlap < 1.0:

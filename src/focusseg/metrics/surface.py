@@ -1,31 +1,14 @@
 """Surface metrics: normalised surface Dice (NSD), robust Hausdorff (HD95) and ASSD, spacing-aware.
 
-Definitions (deepmind surface-distance, used by FLARE's evaluation code; Nikolov et al. 2021):
+Definitions of deepmind's surface-distance (used by FLARE's evaluation; Nikolov et al. 2021), with surfels
+``S_G``, ``S_P`` of area ``a`` (:mod:`focusseg.metrics.surfels`) and ``d(x, S)`` the distance in mm: ``NSD_tau``
+= area within ``tau`` of the other surface / total area; ``HD_p`` = the larger of the two directed area-weighted
+``p``-th percentiles (deepmind's ``searchsorted`` reading); ASSD = the area-weighted mean of both directions.
+Both masks empty -> NaN; one empty -> NSD 0, HD95 and ASSD NaN (deepmind returns inf).
 
-- Surfels ``S_G``, ``S_P`` are the border voxel corners of ground truth and prediction with areas ``a``
-  (see :mod:`focusseg.metrics.surfels`); ``d(x, S)`` is the Euclidean distance in mm from corner ``x``
-  to the nearest surfel corner of ``S`` (voxel indices scaled by ``spacing``).
-- ``NSD_tau = (sum_{x in S_G, d(x,S_P) <= tau} a_x + sum_{y in S_P, d(y,S_G) <= tau} a_y)
-  / (sum_{S_G} a + sum_{S_P} a)``.
-- ``HD_p = max(Q_p(d(S_G, S_P)), Q_p(d(S_P, S_G)))`` where ``Q_p`` is the area-weighted percentile: sort
-  the distances, take the first whose cumulative area fraction is ``>= p / 100`` (deepmind's
-  ``searchsorted`` reading, not an interpolating quantile).
-- ``ASSD = (sum_{S_G} a d(x, S_P) + sum_{S_P} a d(y, S_G)) / (sum_{S_G} a + sum_{S_P} a)`` (area-weighted
-  pool of both directions; deepmind returns the two directed means, this is their area-weighted mean).
-
-Empty masks: both empty -> every metric NaN; exactly one empty -> NSD 0, HD95 and ASSD NaN (deepmind
-returns inf; an infinite distance has no place in a mean, challenge conventions in
-:mod:`focusseg.metrics.conventions` may substitute a value).
-
-Speed: everything is computed once on the bounding box of ``pred | gt`` (the corners of the box cover
-all surfels) and the distances are computed once per direction and shared by NSD, HD95 and ASSD.
-Nearest-surfel distances come from a k-d tree over the other surface's corners; the distance is then
-recomputed from integer index offsets as ``sqrt(sum((di * s)^2))``, bit-identical to scipy's
-``distance_transform_edt(sampling=spacing)`` used by deepmind, so ``d <= tau`` ties resolve alike.
-(Measured on a WORD liver, 2.2 M-corner box: both k-d tree queries together took less time than one
-dense EDT of the box, and for scattered MS lesions the tree is an order of magnitude cheaper.)
-
-:func:`hausdorff_voxel` gives MONAI's (and nnU-Net-era) other HD definition for comparison.
+Computed once on the bounding box of ``pred | gt``, the distances shared by the three metrics; nearest-surfel
+distances come from a k-d tree and are recomputed from integer offsets, bit-identical to scipy's EDT, so
+``d <= tau`` ties resolve as deepmind's. :func:`hausdorff_voxel`: MONAI's HD, for comparison. ``docs/metrics.md``.
 """
 
 from __future__ import annotations
@@ -152,7 +135,18 @@ def average_symmetric_surface_distance(sd: SurfaceDistances) -> float:
 def surface_metrics(
     pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], tolerance: float = 1.0, percent: float = 95.0
 ) -> dict[str, float]:
-    """``{"nsd", "hd95", "assd"}`` of two binary masks from one shared distance computation."""
+    """NSD, HD and ASSD of two binary masks from one shared distance computation.
+
+    Args:
+        pred: binary prediction mask.
+        gt: binary ground-truth mask of the same shape.
+        spacing: voxel spacing in mm, one value per axis.
+        tolerance: the NSD tolerance ``tau`` in mm.
+        percent: the Hausdorff percentile (95: HD95).
+
+    Returns:
+        ``{"nsd": ..., "hd95": ..., "assd": ...}``; empty masks give the values of the module docstring.
+    """
     sd = surface_distances(pred, gt, spacing)
     return {
         "nsd": normalized_surface_dice(sd, tolerance),

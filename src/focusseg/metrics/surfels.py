@@ -1,26 +1,14 @@
 """Surface elements ("surfels") on voxel corners, the definition of deepmind's surface-distance.
 
-Every voxel corner ``q`` sees the 2x2x2 block of voxels around it.  Its *neighbourhood code* packs the
-eight in/out bits, corner offset ``(a, b, c)`` carrying weight ``2 ** (7 - (4a + 2b + c))`` (so offset
-``(0, 0, 0)`` is bit 128 and ``(1, 1, 1)`` is bit 1, deepmind's kernel).  A corner with a code other than
-0 (all outside) and 255 (all inside) lies on the object's border; its *surfel* is the piece of the
-marching-cubes surface inside that 2x2x2 cell, and its area weights the corner in NSD, HD95 and ASSD.
+Every voxel corner sees the 2x2x2 block of voxels around it; its *neighbourhood code* packs the eight in/out
+bits (offset ``(a, b, c)`` weighs ``2 ** (7 - (4a + 2b + c))``, deepmind's kernel). A corner with a code other
+than 0 and 255 lies on the border; its surfel is the marching-cubes surface inside that cell, and its area weights
+the corner in NSD, HD95 and ASSD. The 256-entry table is derived here from two rules (minority corners separated
+on ambiguous faces; the largest-area triangulation) that reproduce deepmind's table exactly (tested at random
+spacings). For spacing ``s`` a triangle with unit-cube area vector ``n`` has the area
+``|| (n0 s1 s2, n1 s0 s2, n2 s0 s1) ||``.
 
-The 256-entry table is derived here, not copied, from two rules that reproduce deepmind's table (and
-MONAI's copy of it) exactly -- the tests check every code at random anisotropic spacings:
-
-1. Marching-cubes polygons with vertices on edge midpoints.  On a face with all four edges cut (the
-   ambiguous "checkerboard" face) the *minority* corners are separated: the inside corners when at most
-   four corners are inside, the outside corners otherwise (the classic Lorensen table's choice).
-2. Each polygon is split into the triangulation with the largest total area in the unit cube; ties
-   (planar or symmetric hexagons) go to the triangulation whose triangle areas, sorted in descending
-   order, are lexicographically largest.  Non-planar pentagons and hexagons are the only cases where the
-   choice changes a surfel's area.
-
-A triangle with area vector ``n`` (unit cube) has, for voxel spacing ``s``, the area
-``|| (n0 s1 s2, n1 s0 s2, n2 s0 s1) ||`` (the cofactor rule for axis scaling); a surfel's area is the sum
-over its triangles.  Reference: Nikolov et al. 2021, "Clinically applicable segmentation of head and
-neck anatomy for radiotherapy", surface-DSC definition (arXiv:1809.04430, section "Surface DSC").
+Reference: Nikolov et al. 2021 (arXiv:1809.04430, "Surface DSC"). The rules in full: ``docs/metrics.md``.
 """
 
 from __future__ import annotations

@@ -74,10 +74,24 @@ def build_network(
 ) -> nn.Module:
     """Build the registered network ``name``.
 
-    ``forward(x)`` returns logits ``(B, out_channels, *spatial)``; with ``deep_supervision=True`` and in
-    training mode a list of logits ``[full, 1/2, 1/4, ...]`` (each head at its own resolution).
-    ``patch_size`` (optional for most networks, required by UNETR) is checked against the divisor.
-    Raises ``ValueError`` when the network does not support ``spatial_dims``, deep supervision or the patch.
+    Args:
+        name: a registered network (:func:`network_names`).
+        in_channels: input channels (image modalities), >= 1.
+        out_channels: output channels (classes, or regions), >= 1.
+        spatial_dims: 2 or 3, as the network supports.
+        deep_supervision: return the decoder heads too (networks in :func:`deep_supervision_names`).
+        patch_size: optional for most networks, required by those with a fixed input size (UNETR); checked
+            against the network's divisors.
+        kwargs: the network's own options.
+
+    Returns:
+        The module. ``forward(x)`` returns logits ``(B, out_channels, *spatial)``; with ``deep_supervision=True``
+        and in training mode a list of logits ``[full, 1/2, 1/4, ...]`` (each head at its own resolution).
+
+    Raises:
+        ValueError: when the network does not support ``spatial_dims``, deep supervision or the patch, or a
+            channel count is below 1.
+        KeyError: for an unknown network name.
     """
     info = network_info(name)
     if spatial_dims not in info.spatial_dims:

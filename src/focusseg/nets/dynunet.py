@@ -1,22 +1,14 @@
 """nnU-Net-like dynamic U-Net (MONAI ``DynUNet``) with deep-supervision heads at their native resolution.
 
 Topology (Isensee et al. 2021, nnU-Net, Methods "network topology"): ``n_stages`` encoder stages of two
-``conv(k) - InstanceNorm - LeakyReLU(0.01)`` blocks, the first conv of stage ``s > 0`` strided by
-``strides[s]``; features ``f_s = min(base_features * 2**s, max_features)`` (nnU-Net: 32 and 320 in 3D,
-512 in 2D); decoder with transposed-conv upsampling and skip concatenation; a 1x1 conv head per decoder level.
+``conv(k) - InstanceNorm - LeakyReLU(0.01)`` blocks, stage ``s > 0`` strided by ``strides[s]``; features
+``min(base_features * 2**s, max_features)``; a transposed-conv decoder with skips; a 1x1 head per decoder level.
+Strides and kernels may differ per axis (anisotropic data).
 
-Deep supervision (nnU-Net; FLARE21 paper 002 uses the 3 highest outputs): MONAI's ``DynUNet.forward``
-interpolates every head to full size and stacks them. We instead return the heads *at their own resolution*
-as a list ``[full, 1/2, 1/4, ...]`` (``1 + deep_supr_num`` entries), so the loss downsamples the *target*
-(nearest), as nnU-Net does; upsampling logits would blur them and cost memory. ``deep_supr_num`` defaults to
-``n_stages - 2`` (every decoder level except the bottleneck's input, MONAI's maximum). ``deep_supr_num = 0``
-builds no extra head and returns ``[full]`` in training mode, so a deep-supervised DynUNet builds at any depth,
-3 stages (MONAI's minimum) included (MONAI itself needs ``1 <= deep_supr_num <= n_stages - 2``). Build only
-heads the loss weights: nnU-Net's weights zero the lowest of its ``n_stages - 1`` outputs, so its plans use
-``deep_supr_num = n_stages - 3`` (``planning.planner.nnunet_deep_supervision``).
-
-Strides and kernels may differ per axis (nnU-Net's anisotropic topology, e.g. kernel ``[1, 3, 3]`` and stride
-``[1, 2, 2]`` on thick slices); MONAI's decoder level ``s`` uses kernel ``k_{s+1}`` (nnU-Net uses ``k_s``).
+Deep supervision returns the heads *at their own resolution*, ``[full, 1/2, ...]`` (``1 + deep_supr_num``
+entries), so the loss downsamples the target as nnU-Net does (MONAI upsamples the logits instead).
+``deep_supr_num`` defaults to ``n_stages - 2``; 0 builds no extra head, so any depth from 3 stages works; nnU-Net
+plans use ``n_stages - 3`` (its loss weights zero the lowest head). Details: ``docs/networks.md``.
 """
 
 from __future__ import annotations

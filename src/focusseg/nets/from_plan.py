@@ -10,6 +10,7 @@ from focusseg.devices import cpu_has_native_bf16
 from focusseg.nets.base import build_network
 from focusseg.regions import output_channels
 from focusseg.registry import split_spec
+from focusseg.settings import training_settings
 
 
 def spatial_dims(plan: dict) -> int:
@@ -27,12 +28,12 @@ def amp_dtype(plan: dict, device: torch.device) -> torch.dtype | None:
 
     - "auto": on CUDA, bf16 autocast on Ampere or newer (compute capability >= 8: bf16 has fp32's range, no
       scaler needed), else fp16 with a GradScaler (nnU-Net's choice on older cards); on the CPU, bf16 only where
-      the CPU computes bf16 natively (:func:`cpu_has_native_bf16`: AVX512-BF16 or AMX), else fp32 — measured on
-      an AVX2-only EPYC, a bf16 training step of the default Hippocampus U-Net took 11x longer than fp32 (7.6 s vs
-      0.66 s), while on CPUs with AVX512-BF16 it was 1.5-2x faster.
+      the CPU computes bf16 natively (:func:`cpu_has_native_bf16`: AVX512-BF16 or AMX), else fp32: without native
+      support bf16 is emulated and a training step is many times slower than fp32, with it faster (figures:
+      BENCHMARKS.md).
     - "fp16" needs CUDA; on the CPU it falls back to bf16. "bf16" is taken as given (on any device).
     Explicit values are kept as they are."""
-    amp = str(plan["training"].get("amp", "none")).lower()
+    amp = training_settings(plan).amp or "none"
     if amp in ("none", "off", "false", "fp32"):
         return None
     if amp == "auto":
@@ -59,8 +60,7 @@ class MeanEnsemble(nn.Module):
 
 def build_inference_module(plan: dict) -> nn.Module:
     """The module a run exports: its network, or the mean ensemble of a cycle run's three networks."""
-    name, _ = split_spec(plan["training"].get("task") or "supervised")
-    if name == "cycle":
+    if training_settings(plan).task_name == "cycle":
         return MeanEnsemble([build_network_from_plan(plan) for _ in range(3)])
     return build_network_from_plan(plan)
 

@@ -1,30 +1,14 @@
 """Lambda3D: a UNETR-like network whose transformer blocks are 3D lambda layers (paper 003, section 2.2.1).
 
-Lambda layer (Bello 2021, "LambdaNetworks", sections 3-4; lucidrains/lambda-networks for the 2D layout).
-For a feature map with ``n`` positions, queries ``q_n`` (``|k|`` per head, ``h`` heads), keys ``K`` and values
-``V`` (``|u|`` intra-depth, ``|v| = dim_out / h``):
+Lambda layer (Bello 2021, "LambdaNetworks", sections 3-4): ``y_n = q_n^T (lambda_c + lambda_p,n)`` with the
+content lambda ``lambda_c = sum_m softmax_m(K) V_m`` and position lambdas from a local ``r^d`` convolution over
+the values (the 3D generalisation the reference suggests); cost linear in the number of positions.
 
-    content lambda   lambda_c   = sum_m softmax_m(K)_{u,k,m} V_{u,v,m}                (|k| x |v|, one per sample)
-    position lambdas lambda_p,n = sum_u (E_u * V_{u,v})_n,  E_u: a local r^d conv ("lambda convolution")
-    output           y_{h,v,n}  = q_{h,n}^T (lambda_c + lambda_p,n)
-
-Keys are softmax-normalised over *positions*; the position lambdas are a convolution ``Conv(u -> k, r^d)``
-over every value channel (the ``|v|`` channels folded into the batch), which is the 3D generalisation the
-reference suggests (a global relative-position table is impractical in 3D). Cost and memory are linear in
-``n``: content ``O(n k v)``, position ``O(n r^d u k v)``.
-
-Choices the papers leave open (003 gives no architecture details beyond "UNETR with lambda layers"):
-
-* Network: UNETR topology (Hatamizadeh 2022): patch embedding ``Conv(in, hidden, t, stride t)`` with token
-  size ``t = 2**m`` (default 16), ``num_layers`` pre-norm blocks ``x + Lambda(LN(x)); x + MLP(LN(x))``
-  (MLP ratio 4, GELU), features tapped after layers ``L/m, 2L/m, ..., L`` and decoded with MONAI's UNETR
-  blocks (deconvolution "PrUp" paths for the skips, ``UnetrUpBlock`` decoder, base ``feature_size``).
-* The lambda layers run on the token grid (not voxels); no absolute position embedding, since the position
-  lambdas are relative, so any input size divisible by ``t`` works (unlike UNETR).
-* Normalisation of q and v: affine InstanceNorm instead of Bello's BatchNorm (3D batches are 1-4 samples);
-  LN is a per-position LayerNorm over channels.
-* Defaults: ``hidden_size=192, num_layers=8, heads=4, dim_k=16, dim_u=1, r=7`` (receptive field of the
-  position lambdas: 7^3 tokens, i.e. 112^3 voxels at ``t=16``); ``r=None`` drops the position lambdas.
+Choices the paper leaves open (it gives no architecture beyond "UNETR with lambda layers"): UNETR topology
+(Hatamizadeh 2022) with a patch embedding of token size ``t`` (default 16) and pre-norm blocks
+``x + Lambda(LN(x)); x + MLP(LN(x))``; no absolute position embedding (any input divisible by ``t``); affine
+InstanceNorm for q and v; defaults ``hidden_size=192, num_layers=8, heads=4, dim_k=16, dim_u=1, r=7``
+(``r=None`` drops the position lambdas). Formulas and choices in full: ``docs/networks.md``.
 """
 
 from __future__ import annotations

@@ -1,23 +1,14 @@
 """STU-Net: scalable and transferable nnU-Net-style residual U-Nets (Huang et al. 2023, arXiv 2304.06716).
 
-Topology (paper section 3.1-3.2; block counts checked against the authors' ``STUNet.py`` and trainers):
+Topology (paper sections 3.1-3.2, checked against the authors' ``STUNet.py``): 6 stages, 3^d convs, stage ``s``
+with ``depth`` residual blocks of ``dims = base * [1, 2, 4, 8, 16, 16]`` channels; ``BasicResBlock``
+``y = LReLU(IN(conv3(LReLU(IN(conv3(x)))) + P(x)))`` with a 1x1 projection ``P`` in every stage's first block;
+decoder: nearest upsampling, 1x1 conv, skip concatenation, ``depth`` blocks, a 1x1 head per stage.
 
-* 6 stages (5 downsamplings), every conv 3^d with padding 1; stage ``s`` has ``depth`` residual blocks with
-  ``dims[s]`` channels, ``dims = base * [1, 2, 4, 8, 16, 16]``.
-* ``BasicResBlock``: ``y = LReLU(IN(conv3(LReLU(IN(conv3(x)))) + P(x)))`` with ``P`` a 1x1 conv *projection*
-  in the first block of every stage (also when the channel count does not change, and strided with the
-  block's first conv for downsampling) and the identity in the others; IN is affine InstanceNorm,
-  LReLU slope 0.01.
-* Decoder stage ``u``: nearest upsampling by the stage's stride, then a 1x1 conv ``dims[s+1] -> dims[s]``,
-  concatenation with the skip (so the first block sees ``2 * dims[s]`` channels, with projection), then
-  ``depth - 1`` more blocks; a 1x1 conv head per decoder stage.
-
-Sizes (``depth``, ``base``) and parameter counts of the paper: S (1, 16) 14.6M, B (1, 32) 58.3M,
-L (2, 64) 440.3M, H (3, 96) 1457.3M. Deep supervision returns all 5 decoder heads at their own resolution,
-``[full, 1/2, 1/4, 1/8, 1/16]`` (as nnU-Net, which gives the last one weight 0 in its loss); in eval mode
-and without deep supervision only the full-resolution head is computed. Weights: He normal (a=0.01),
-zero biases, as nnU-Net. 2D (slice-wise) works with the same topology and 3^2 kernels. In training the
-bottleneck must keep more than one voxel (InstanceNorm), so with the default strides a patch is at least 64.
+Sizes (``depth``, ``base``) and parameter counts: S (1, 16) 14.6M, B (1, 32) 58.3M, L (2, 64) 440.3M,
+H (3, 96) 1457.3M. Deep supervision returns the 5 decoder heads at their own resolution; in eval mode only the
+full one is computed. He normal init (a=0.01), zero biases. With the default strides a training patch is at
+least 64 (the bottleneck's InstanceNorm needs more than one voxel). Details: ``docs/networks.md``.
 """
 
 from __future__ import annotations

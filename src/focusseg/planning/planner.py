@@ -1,32 +1,14 @@
 """Fingerprint -> plan: target spacing, patch and batch size, normalisation, network, training defaults.
 
-nnU-Net's rules where they carry over (see REFERENCE_FACTS.md "nnU-Net planning"), plus a **device profile**:
-nnU-Net assumes a GPU with ~8 GB; on a 2-core CPU its 128^3-class patches and 32-320 feature PlainConvUNet
-take 5-20 s per step. The CPU profile bounds the voxels processed per step instead of GPU memory and picks a
-MONAI UNet whose width starts at 16 (0.03 s / 1.0 s per fp32 step at 32^3 / 96^3, batch 2, on this machine),
-trained under bf16 autocast.
+nnU-Net's rules where they carry over, plus a **device profile**: nnU-Net assumes a GPU with ~8 GB. The CPU
+profile bounds the voxels processed per step instead (CPU 96^3, CUDA 128^3 per patch) and picks a narrow MONAI
+UNet (width 16); the CUDA profile fits patch and batch to a GPU-memory budget (:mod:`focusseg.planning.topology`).
+:func:`make_plan` writes the plan, :func:`plan_configuration` merges recipe and ``--set`` layers in the
+configuration they ask for (:mod:`focusseg.planning.twod`), :func:`match_deep_supervision` fits the network's
+heads to the loss weights and :func:`validate_plan` refuses a plan that cannot work on a dataset.
 
-Rules:
-- target spacing = median spacing; if the coarsest axis is > 3x the finest and the median shape along it is
-  < 1/3 of the others, that axis takes the 10th percentile of its spacings (but no finer than the others).
-- patch: the median resampled shape, shrunk (largest axis relative to the median shape first) until
-  ``patch_voxels <= voxel_budget`` (CPU 96^3 = 884,736; CUDA 128^3), rounded up to a multiple of
-  ``2**n_pool`` where n_pool halvings leave a bottleneck of >= 4 voxels (at most 5).
-- batch: ``budget_voxels_per_step // patch_voxels`` (CPU 2*96^3 / CUDA 2*128^3), at least 2, capped so a
-  batch holds at most 5 % of the dataset's voxels (nnU-Net's cap).
-- CUDA profile (:func:`plan_cuda_network`): instead of a voxel budget, a GPU-memory budget (presets m / l / xl =
-  8 / 24 / 40 GB as nnU-Net's ResEnc planners, or the whole card minus headroom) and an analytic training-memory
-  estimate (:func:`estimate_training_memory`) choose patch and batch; the DynUNet's strides and kernels are chosen
-  per axis by nnU-Net's rule (:func:`pool_and_conv_props`), so thick-slice axes are pooled later and get 1x3x3
-  kernels until then; deep-supervision heads are only built where their nnU-Net weight is nonzero.
-- normalisation: CT channels ``ct`` (clip to foreground 0.5/99.5 percentiles + z-score with foreground
-  mean/std); others ``zscore`` per image, masked to the non-zero region when cropping removed >= 25 %.
-- labels: ``labels`` holds the classes; a label named ``ignore`` (nnU-Net's ignore label) is recorded apart as
-  ``ignore_label`` and gets no output channel (``n_classes`` = max class value + 1).
-- regions (nnU-Net's region-based training, :mod:`focusseg.regions`): a dataset with region-based labels (pass its
-  ``spec`` to :func:`make_plan`) gets ``regions``, ``regions_class_order`` and ``region_names``, one sigmoid
-  output per region, and the loss ``region_dice_bce`` (Dice + BCE, batch Dice); ``n_classes`` stays the label
-  value range. A plan without regions keeps its form (and its hash).
+Target spacing, patch, batch, normalisation, labels (the ignore label gets no output channel) and regions follow
+the rules in ``docs/planning.md``. A plan without regions keeps its form (and its hash).
 """
 
 from __future__ import annotations
@@ -39,16 +21,19 @@ import numpy as np
 
 from focusseg.errors import PlanError
 from focusseg.io.dataset import split_ignore_label
+from focusseg.planning.topology import (
+    PROFILES,
+    gpu_budget,
+    nnunet_deep_supervision,
+    plan_cuda_network,
+    plan_network,
+    plan_patch,
+)
+from focusseg.planning.twod import CONFIGURATIONS, check_configuration, plan_2d
+from focusseg.settings import network_settings, parse_plan_settings, training_settings
 
 if TYPE_CHECKING:
     from focusseg.io.dataset import DatasetSpec
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "cpu": {"voxel_budget": 96**3, "step_voxels": 2 * 96**3, "base_width": 16, "max_width": 256,
-            "network": "unet", "amp": "auto", "iterations_per_epoch": 100},
-    "cuda": {"voxel_budget": 128**3, "step_voxels": 2 * 128**3, "base_width": 32, "max_width": 320,
-             "network": "dynunet", "amp": "auto", "iterations_per_epoch": 250},
-}
 
 
 def target_spacing(fp: dict) -> list[float]:
@@ -78,51 +63,6 @@ def _positive_vector(fp: dict, key: str, allow_zero: bool = False) -> np.ndarray
     return v
 
 
-def _n_pool(size: float, max_pool: int = 5, min_feature: int = 4) -> int:
-    return int(max(0, min(max_pool, math.floor(math.log2(max(size, 1) / min_feature)))))
-
-
-#: The smallest patch size along any axis (a volume thinner than this is padded).
-MIN_PATCH = 8.0
-
-
-def shrink_patch(median_shape: list[float], voxel_budget: int) -> np.ndarray:
-    """The unrounded patch: the median shape (each axis at least :data:`MIN_PATCH`), shrunk by 10 % steps
-    (largest axis relative to the median shape first, then the largest axis) until ``prod <= voxel_budget``.
-    An axis at the floor is never chosen, so the loop ends on every shape: when every axis is at the floor the
-    patch is ``MIN_PATCH**3`` even if that exceeds the budget. Each axis starts at most at ``voxel_budget``
-    (no axis can be larger once the others are at the floor), which bounds the iterations."""
-    median = np.array([m if math.isfinite(m) and m > 0 else 1.0 for m in map(float, median_shape)], dtype=float)
-    cap = max(MIN_PATCH, float(voxel_budget))
-    patch = np.array([min(max(MIN_PATCH, s), cap) for s in median], dtype=float)
-    while np.prod(patch) > voxel_budget:
-        shrinkable = patch > MIN_PATCH
-        if not shrinkable.any():
-            break
-        rel = np.where(shrinkable, patch / median, -np.inf)
-        ax = int(np.argmax(rel if rel.max() > 1 else np.where(shrinkable, patch, -np.inf)))
-        patch[ax] = max(MIN_PATCH, patch[ax] * 0.9)
-    return patch
-
-
-def plan_patch(median_shape: list[float], voxel_budget: int) -> tuple[list[int], int]:
-    """Patch size (multiple of 2**n_pool) and n_pool from the median shape and a voxel budget."""
-    patch = shrink_patch(median_shape, voxel_budget)
-    n_pool = _n_pool(float(patch.min()))
-    div = 2**n_pool
-    rounded = [int(math.ceil(p / div) * div) for p in patch]
-    return rounded, n_pool
-
-
-def plan_network(profile: dict, n_pool: int, deep_supervision: bool) -> dict:
-    widths = [min(profile["base_width"] * 2**i, profile["max_width"]) for i in range(n_pool + 1)]
-    if profile["network"] == "unet":
-        return {"name": "unet", "channels": widths, "strides": [2] * n_pool, "num_res_units": 2,
-                "norm": "instance"}
-    return {"name": "dynunet", "n_stages": n_pool + 1, "base_features": profile["base_width"],
-            "max_features": profile["max_width"], "deep_supervision": deep_supervision}
-
-
 def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_memory_gb: float | None = None,
               preset: str | None = None, configuration: str = "3d", spec: DatasetSpec | None = None) -> dict:
     """A complete, human-readable plan; ``overrides`` is a nested dict merged last (every field overridable).
@@ -134,6 +74,22 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
     ``configuration="2d"``: nnU-Net's 2D configuration of the same data (:func:`plan_2d`).
     ``spec``: the dataset's :class:`~focusseg.io.dataset.DatasetSpec`, needed only for region-based labels (the
     fingerprint does not carry them): its regions go into the plan (:func:`region_fields`).
+
+    Args:
+        fp: the dataset fingerprint (:func:`focusseg.planning.fingerprint.compute_fingerprint`).
+        device: ``"cpu"`` or ``"cuda"`` (any ``"cuda..."``): which device profile to plan for.
+        overrides: nested plan fields merged last.
+        gpu_memory_gb: the GPU-memory budget (CUDA only).
+        preset: ``m`` / ``l`` / ``xl`` / ``whole`` (CUDA only).
+        configuration: ``"3d"`` or ``"2d"``.
+        spec: the dataset's spec, for region-based labels.
+
+    Returns:
+        The plan, a JSON-serialisable dict.
+
+    Raises:
+        PlanError: for a malformed fingerprint, an unknown configuration or preset, or a non-positive
+            ``gpu_memory_gb``; overrides are merged unchecked (:func:`validate_plan` checks the result).
     """
     cuda = device.startswith("cuda")
     profile = PROFILES["cuda" if cuda else "cpu"]
@@ -241,7 +197,8 @@ def validate_plan(plan: dict, spec: DatasetSpec) -> None:
     that differs from the dataset's, and a class weighter (TCF/PCF/CBS weight every class index
     ``0..n_classes-1``) with non-contiguous label values such as {0, 1, 3}. The plan's ``labels`` are the
     classes (dataset.json's labels without the ignore label); ``ignore_label`` must be dataset.json's ignore
-    label value (absent when it declares none)."""
+    label value (absent when it declares none). Last, the ``training``, ``inference`` and ``network`` sections and
+    the plan's cost bounds (:func:`focusseg.settings.parse_plan_settings`)."""
     if not isinstance(plan, dict):
         raise PlanError(f"a plan must be a JSON object, not {type(plan).__name__}")
     for key in ("patch_size", "n_classes", "labels", "channel_names", "normalization", "target_spacing"):
@@ -292,16 +249,17 @@ def validate_plan(plan: dict, spec: DatasetSpec) -> None:
     if not isinstance(norm, list) or len(norm) != spec.n_channels:
         raise PlanError(f"plan normalization has {len(norm) if isinstance(norm, list) else 'no'} entries, the "
                         f"dataset {spec.n_channels} channel(s)")
-    weighter = (plan.get("training") or {}).get("class_weighter")
-    if weighter and not spec.labels_contiguous:
+    weighter = training_settings(plan).class_weighter
+    if weighter is not None and not spec.labels_contiguous:
         missing = sorted(set(range(spec.n_classes)) - set(spec.label_values))
         more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
-        name = weighter.get("name") if isinstance(weighter, dict) else weighter
+        name = weighter.name
         raise PlanError(f"class weighter {name!r} "
                         f"needs contiguous label values 0..{spec.n_classes - 1}; dataset.json declares "
                         f"{spec.label_values[:12]}{'...' if len(spec.label_values) > 12 else ''} "
                         f"(class indices {missing[:10]}{more} are never present)",
                         hint="relabel to consecutive values, or set training.class_weighter=null")
+    parse_plan_settings(plan)  # the sections' types, ranges and known keys, and the plan's cost bounds
 
 
 def region_fields(spec: DatasetSpec) -> dict:
@@ -326,26 +284,24 @@ def _validate_regions(plan: dict, spec: DatasetSpec) -> None:
         return
     from focusseg.losses.regions import REGION_LOSSES
 
-    tr = plan.get("training") or {}
-    loss = tr.get("loss")
-    if isinstance(loss, str):
-        parts = [loss]
-    elif isinstance(loss, dict) and "name" in loss:
-        parts = [loss["name"]] if loss["name"] != "compound" else list(loss.get("parts") or [None])
-    elif isinstance(loss, dict):
-        parts = list(loss)
+    tr = training_settings(plan)
+    loss = tr.loss
+    if loss is None:
+        parts: list[Any] = [None]
+    elif loss.name is None:  # a compound mapping of parts
+        parts = list(loss.kwargs)
     else:
-        parts = [None]
+        parts = [loss.name] if loss.name != "compound" else list(loss.get("parts") or [None])
     parts = [p.get("name") if isinstance(p, dict) else p for p in parts]
     if not all(p in REGION_LOSSES for p in parts):
-        raise PlanError(f"training.loss {json_text(loss)} is not a region loss; a region-based plan trains its "
+        raise PlanError(f"training.loss {json_text(None if loss is None else loss.to_value())} is not a region "
+                        "loss; a region-based plan trains its "
                         f"sigmoid region outputs with {', '.join(REGION_LOSSES)}",
                         hint='set training.loss to {"name": "region_dice_bce"} (or re-plan)')
-    if tr.get("class_weighter"):
+    if tr.class_weighter is not None:
         raise PlanError("training.class_weighter weights softmax classes; it does not apply to region-based "
                         "training", hint="set training.class_weighter=null")
-    task = tr.get("task") or "supervised"
-    if (task if isinstance(task, str) else task.get("name")) == "cycle":
+    if tr.task_name == "cycle":
         raise PlanError("the cycle task selects samples by softmax class counts; region-based training uses the "
                         "supervised task", hint="set training.task=supervised")
 
@@ -390,244 +346,18 @@ def parse_set(assignments: list[str]) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------
-# CUDA profile: nnU-Net's per-axis topology and a GPU-memory budget
-# --------------------------------------------------------------------------------------------------------------
-
-#: GPU-memory targets (GB = 2**30 bytes) in the spirit of nnU-Net's residual-encoder presets
-#: (nnU-Net docs, "Residual Encoder Presets": ResEnc M ~9-11 GB, L ~24 GB, XL ~40 GB; the planners'
-#: ``gpu_memory_target_in_gb`` is 8 / 24 / 40). ``"whole"`` plans for the card's memory minus :func:`headroom_gb`.
-GPU_PRESETS: dict[str, float] = {"m": 8.0, "l": 24.0, "xl": 40.0}
-PRESET_NAMES = (*GPU_PRESETS, "whole")
-#: nnU-Net's ``UNet_featuremap_min_edge_length``: an axis is pooled only while it has >= 2 * 4 voxels.
-MIN_FEATURE_MAP = 4
-#: At most this many poolings along one axis (nnU-Net v2 does not cap them; its 3d_fullres plans pool 5-6 times).
-MAX_POOL_PER_AXIS = 6
-#: MONAI's ``DynUNet`` needs at least 3 stages (2 poolings; ``check_kernel_stride``).
-MIN_STAGES = 3
-#: Under fp16/bf16 autocast every activation is 2 bytes, without AMP 4 ("auto" is fp16 or bf16 on CUDA).
-AMP_BYTES = {"fp16": 2, "bf16": 2, "auto": 2}
-#: Saved tensors per conv-output element: the conv output (kept by the norm) and the norm/activation output (kept
-#: by the next conv) are 2; the third covers skip concatenations, transposed-conv outputs and backward transients.
-#: Measured on the meta device (``nets.profile.estimate_activation_bytes``): 2.85 for the 6-stage 32-320 DynUNet.
-SAVED_PER_ELEMENT = 3
-#: Per logit element of every head: the fp32 logits the loss casts, softmax, one-hot target, gradient (4 B each).
-LOSS_BYTES_PER_LOGIT = 16
-#: Per parameter: fp32 weight + fp32 gradient + two fp32 Adam moments (SGD momentum takes one) + fp16 copy.
-BYTES_PER_PARAMETER = 18
-#: cuDNN workspace and allocator slack that does not scale with the batch.
-FIXED_OVERHEAD_GB = 0.5
-#: Allocator fragmentation on top of the batch-dependent part.
-FRAGMENTATION = 1.1
-_GB = 2**30
-
-
-def headroom_gb(card_gb: float) -> float:
-    """Memory left free on a card (CUDA context, cuDNN handles, other processes): ``max(1, 0.1 * card)`` GB."""
-    return max(1.0, 0.1 * float(card_gb))
-
-
-def visible_gpu_memory_gb(device: str = "cuda") -> float | None:
-    """Total memory (GB) of the CUDA card ``device`` names, or None when torch sees none."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    index = torch.device(device).index
-    return torch.cuda.get_device_properties(0 if index is None else index).total_memory / _GB
-
-
-def gpu_budget(gpu_memory_gb: float | None = None, preset: str | None = None,
-               device: str = "cuda") -> tuple[float, str, float | None]:
-    """``(budget_gb, preset, card_gb)``: the memory a CUDA plan may use.
-
-    * ``preset`` m / l / xl: 8 / 24 / 40 GB, capped at the card's memory minus headroom when the card is given
-      (L on a 24 GB card plans for 21.6 GB); refused when the card is smaller than the target;
-    * ``"whole"``: the card's memory minus :func:`headroom_gb`;
-    * no preset: ``"whole"`` when ``gpu_memory_gb`` is given or a card is visible, else ``"m"`` (8 GB, nnU-Net's
-      default target).
-    """
-    if gpu_memory_gb is not None and not (isinstance(gpu_memory_gb, (int, float)) and math.isfinite(gpu_memory_gb)
-                                          and gpu_memory_gb > 0):
-        raise PlanError(f"gpu_memory_gb {gpu_memory_gb!r} must be a positive number of GB")
-    name = None if preset is None else str(preset).strip().lower()
-    if name is not None and name not in PRESET_NAMES:
-        raise PlanError(f"preset {preset!r} is not one of {', '.join(PRESET_NAMES)}")
-    card = float(gpu_memory_gb) if gpu_memory_gb is not None else None
-    if card is None and name in (None, "whole"):
-        card = visible_gpu_memory_gb(device)
-    if name is None:
-        name = "whole" if card is not None else "m"
-    if name == "whole":
-        if card is None:
-            raise PlanError("preset 'whole' needs the card's memory: no CUDA device is visible",
-                            hint="give --gpu-memory GB, or a preset m, l or xl")
-        budget = card - headroom_gb(card)
-        if budget <= 0:
-            raise PlanError(f"a {card:g} GB card leaves no memory after {headroom_gb(card):g} GB headroom")
-        return round(budget, 3), name, card
-    budget = GPU_PRESETS[name]
-    if card is not None:
-        if budget > card:
-            raise PlanError(f"preset {name!r} targets {budget:g} GB, more than the {card:g} GB card",
-                            hint="choose a smaller preset, or 'whole'")
-        budget = min(budget, round(card - headroom_gb(card), 3))  # L on a 24 GB card: 21.6 GB
-    return budget, name, card
-
-
-def pool_and_conv_props(spacing: list[float], patch: list[float], min_feature: int = MIN_FEATURE_MAP,
-                        max_pool: int = MAX_POOL_PER_AXIS) -> tuple[list[list[int]], list[list[int]]]:
-    """Per-stage ``(kernel_sizes, strides)`` for a patch, nnU-Net's rule (``get_pool_and_conv_props``,
-    Isensee et al. 2021, "network topology"), one pooling step (= one stage) at a time:
-
-    * an axis can be pooled while its current size is >= ``2 * min_feature`` and it was pooled < ``max_pool``
-      times; of those axes only the ones whose current spacing is < 2x the finest current spacing among them are
-      pooled (a thick-slice axis waits until in-plane pooling has coarsened the others to within 2x);
-    * a lone poolable axis is pooled only while it has >= ``3 * min_feature`` voxels;
-    * pooling doubles an axis's spacing and halves (ceil) its size; the stage strides are 2 on pooled axes, 1 else;
-    * kernel 3 along an axis once its current spacing is < 2x the finest of all axes (then it stays 3), else 1
-      (nnU-Net's 1x3x3 convs on thick slices); the bottleneck uses 3 along every axis.
-
-    The first stage has stride 1. Never fewer than :data:`MIN_STAGES` = 3 stages (MONAI's ``DynUNet`` refuses
-    fewer): while the rule stops earlier, the finest axes with >= 4 voxels are pooled once more (a bottleneck
-    of >= 2 voxels, e.g. 8^3 -> 4^3 -> 2^3).
-    """
-    dim = len(spacing)
-    cur_sp = [float(s) for s in spacing]
-    cur_sz = [float(p) for p in patch]
-    n_pool = [0] * dim
-    kernel = [1] * dim
-    kernels: list[list[int]] = []
-    strides: list[list[int]] = [[1] * dim]
-    while True:
-        valid = [a for a in range(dim) if cur_sz[a] >= 2 * min_feature and n_pool[a] < max_pool]
-        if valid:
-            finest = min(cur_sp[a] for a in valid)
-            valid = [a for a in valid if cur_sp[a] / finest < 2]
-        if len(valid) == 1 and cur_sz[valid[0]] < 3 * min_feature:
-            valid = []
-        if not valid:
-            break
-        finest_all = min(cur_sp)
-        kernel = [3 if kernel[a] == 3 or cur_sp[a] / finest_all < 2 else 1 for a in range(dim)]
-        kernels.append(list(kernel))
-        strides.append([2 if a in valid else 1 for a in range(dim)])
-        for a in valid:
-            n_pool[a] += 1
-            cur_sp[a] *= 2
-            cur_sz[a] = math.ceil(cur_sz[a] / 2)
-    while len(strides) < MIN_STAGES:  # too small to pool by the rule: pool the finest axes with >= 4 voxels
-        fits = [a for a in range(dim) if cur_sz[a] >= 4] or [int(np.argmax(cur_sz))]
-        finest = min(cur_sp[a] for a in fits)
-        pooled = [a for a in fits if cur_sp[a] / finest < 2]
-        finest_all = min(cur_sp)
-        kernel = [3 if kernel[a] == 3 or cur_sp[a] / finest_all < 2 else 1 for a in range(dim)]
-        kernels.append(list(kernel))
-        strides.append([2 if a in pooled else 1 for a in range(dim)])
-        for a in pooled:
-            cur_sp[a] *= 2
-            cur_sz[a] = math.ceil(cur_sz[a] / 2)
-    kernels.append([3] * dim)
-    return kernels, strides
-
-
-def stride_divisors(strides: list[list[int]]) -> list[int]:
-    """Per axis, the product of the stage strides: every patch size must be a multiple of it."""
-    return [int(math.prod(s[a] for s in strides)) for a in range(len(strides[0]))]
-
-
-def dynunet_features(n_stages: int, base: int = 32, cap: int = 320) -> list[int]:
-    """``f_s = min(base * 2**s, cap)`` (nnU-Net: 32, capped at 320 in 3D)."""
-    return [min(base * 2**s, cap) for s in range(n_stages)]
-
-
-def dynunet_parameter_count(in_channels: int, n_classes: int, kernels: list[list[int]], strides: list[list[int]],
-                            features: list[int], deep_supr_num: int = 0) -> int:
-    """Parameters of focusseg's MONAI ``DynUNet`` (convs without bias, affine instance norms, 1x1x1 heads with
-    bias), counted from the topology: encoder stage s ``f_{s-1} -> f_s -> f_s`` with kernel ``k_s``; decoder level s
-    a transposed conv ``f_{s+1} -> f_s`` (kernel = stride ``st_{s+1}``) and ``2 f_s -> f_s -> f_s`` with ``k_{s+1}``
-    (MONAI's convention); heads ``f_0`` and ``f_1..f_dsn`` -> classes. Equal to ``count_parameters`` (tested)."""
-    n = len(features)
-    total = 0
-    prev = in_channels
-    for s in range(n):
-        k = math.prod(kernels[s])
-        total += prev * features[s] * k + features[s] * features[s] * k + 4 * features[s]
-        prev = features[s]
-    for s in range(n - 1):
-        k = math.prod(kernels[s + 1])
-        f, up = features[s], features[s + 1]
-        total += up * f * math.prod(strides[s + 1]) + 2 * f * f * k + f * f * k + 4 * f
-    for f in [features[0], *features[1:1 + deep_supr_num]]:
-        total += f * n_classes + n_classes
-    return int(total)
-
-
-def dynunet_feature_elements(patch: list[int], strides: list[list[int]], features: list[int], n_classes: int,
-                             deep_supr_num: int = 0) -> tuple[int, int]:
-    """``(E, H)`` per sample: E = conv-output elements (channels x voxels) of every conv — two per encoder stage,
-    a transposed conv and two convs per decoder level (the count nnU-Net's ``compute_conv_feature_map_size``
-    makes) —, H = logit elements of the full-resolution output and the deep-supervision heads."""
-    voxels = []
-    size = [int(p) for p in patch]
-    for st in strides:
-        size = [max(1, -(-sz // s)) for sz, s in zip(size, st)]
-        voxels.append(math.prod(size))
-    e_stage = [f * v for f, v in zip(features, voxels)]
-    elements = 2 * sum(e_stage) + 3 * sum(e_stage[:-1])
-    logits = n_classes * sum(voxels[: 1 + deep_supr_num])
-    return int(elements), int(logits)
-
-
-def estimate_training_memory(patch: list[int], batch: int, in_channels: int, n_classes: int,
-                             kernels: list[list[int]], strides: list[list[int]], features: list[int],
-                             deep_supr_num: int = 0, amp: str | None = "fp16") -> dict[str, float]:
-    """Estimated peak GPU memory (GB = 2**30 bytes) of one DynUNet training step (forward, loss, backward, step):
-
-        activations = batch * (K * b * E + 16 * H)        K = 3 saved tensors per conv-output element,
-                                                          b = 2 bytes under fp16/bf16 autocast (4 without),
-                                                          E, H from :func:`dynunet_feature_elements`
-        parameters  = 18 * P                              fp32 weight, gradient, 2 Adam moments, fp16 copy
-        total       = 1.1 * activations + parameters + 0.5 GB   (fragmentation; cuDNN workspace)
-
-    Cross-check with nnU-Net: its planner's reference (``UNet_reference_val_3d`` = 560e6 conv-output elements
-    per sample fits batch 2 in its 8 GB target) is 7.1 bytes per element and sample, everything included;
-    this formula gives K * b = 6 bytes plus the per-parameter and fixed terms. Not measured on a GPU.
-    """
-    b = AMP_BYTES.get(str(amp).lower(), 4) if amp else 4
-    elements, logits = dynunet_feature_elements(patch, strides, features, n_classes, deep_supr_num)
-    params = dynunet_parameter_count(in_channels, n_classes, kernels, strides, features, deep_supr_num)
-    per_sample = SAVED_PER_ELEMENT * b * elements + LOSS_BYTES_PER_LOGIT * logits
-    act = FRAGMENTATION * batch * per_sample
-    fixed = BYTES_PER_PARAMETER * params + FIXED_OVERHEAD_GB * _GB
-    return {"total_gb": (act + fixed) / _GB, "activations_gb": act / _GB, "per_sample_gb": FRAGMENTATION
-            * per_sample / _GB, "fixed_gb": fixed / _GB, "parameters": params, "conv_elements": elements,
-            "logit_elements": logits}
-
-
-def nnunet_deep_supervision(n_stages: int) -> tuple[int, list[float] | None]:
-    """``(deep_supr_num, weights)``: nnU-Net supervises the ``n_stages - 1`` decoder outputs with ``2^-i``
-    weights, the lowest-resolution one at 0, normalised; its zero-weight head is not built, so the network gets
-    ``n_stages - 2`` outputs (``deep_supr_num = n_stages - 3``) and the loss their nonzero weights. Below 4 stages
-    only the full-resolution output has a weight: no deep supervision (``(0, None)``)."""
-    if n_stages < 4:
-        return 0, None
-    raw = [0.5**i for i in range(n_stages - 2)]  # losses.deep_supervision.nnunet_weights(n_stages - 1) without
-    return n_stages - 3, [w / sum(raw) for w in raw]  # its zero (torch-free: planning stays fast)
-
-
 def match_deep_supervision(plan: dict) -> dict:
     """Make a DynUNet's number of deep-supervision outputs equal the number of nonzero deep-supervision weights
     (``training.deep_supervision.weights``: a list, trailing zeros dropped, or ``"nnunet"``, resolved as
     :func:`nnunet_deep_supervision`), so no zero-weight head is built; at most MONAI's ``n_stages - 2`` heads.
     Returns a new plan; other networks and plans without deep supervision are returned unchanged."""
-    net = plan.get("network") or {}
-    ds = (plan.get("training") or {}).get("deep_supervision")
-    if net.get("name") != "dynunet" or not net.get("deep_supervision") or not ds:
+    net = network_settings(plan)
+    ds = training_settings(plan).deep_supervision_kwargs()
+    if net is None or net.name != "dynunet" or not net.deep_supervision or not ds:
         return plan
     out = copy.deepcopy(plan)
-    n_stages = len(net["strides"]) if net.get("strides") else int(net.get("n_stages") or 5)
-    weights = ds.get("weights", "nnunet") if isinstance(ds, dict) else "nnunet"
+    n_stages = len(net.get("strides")) if net.get("strides") else int(net.get("n_stages") or 5)
+    weights = ds.get("weights", "nnunet")
     if isinstance(weights, str):
         dsn, w = nnunet_deep_supervision(n_stages)
     else:
@@ -644,169 +374,7 @@ def match_deep_supervision(plan: dict) -> dict:
         out["training"]["deep_supervision"] = None
         return out
     out["network"]["deep_supr_num"] = dsn
-    out["training"]["deep_supervision"] = {**(ds if isinstance(ds, dict) else {}), "weights": w}
-    return out
-
-
-def plan_cuda_network(spacing: list[float], median_shape: list[float], budget_gb: float, in_channels: int,
-                      n_classes: int, dataset_voxels: float, amp: str = "fp16", base: int = 32,
-                      cap: int = 320) -> dict:
-    """Patch, batch and DynUNet topology for a GPU budget (nnU-Net's ``get_plans_for_configuration``):
-
-    1. start from a patch of the spacing's aspect ratio (isotropic in mm) with ``256^3 * max(1, budget / 8 GB)``
-       voxels, clipped to the median resampled shape (each axis at least :data:`MIN_PATCH`);
-    2. topology = :func:`pool_and_conv_props`; patch rounded up to each axis's stride product;
-    3. while the :func:`estimate_training_memory` at batch 2 exceeds the budget, shrink the axis that is largest
-       relative to the median shape by 10 % (and go to 2);
-    4. batch = as many samples as the budget holds, at least 2, at most 5 % of the dataset's voxels (nnU-Net).
-
-    Raises :class:`PlanError` when even the smallest patch does not fit at batch 2.
-    """
-    spacing_a = np.array(spacing, dtype=float)
-    median = np.array([max(MIN_PATCH, float(m)) if math.isfinite(m) else MIN_PATCH for m in median_shape])
-    inv = 1.0 / spacing_a
-    dims = len(spacing_a)  # nnU-Net's initial patch: 256^3 voxels in 3D, 2048^2 pixels in 2D (x budget / 8 GB)
-    volume = (256.0**3 if dims == 3 else 2048.0**2) * max(1.0, budget_gb / GPU_PRESETS["m"])
-    initial = inv * (volume / np.prod(inv)) ** (1 / dims)
-    patch_f = np.maximum(MIN_PATCH, np.minimum(initial, median))
-    budget = budget_gb
-    while True:
-        kernels, strides = pool_and_conv_props(list(spacing_a), patch_f.tolist())
-        div = stride_divisors(strides)
-        patch = [int(math.ceil(p / d) * d) for p, d in zip(patch_f, div)]
-        features = dynunet_features(len(strides), base, cap)
-        dsn, _ = nnunet_deep_supervision(len(strides))
-        est = estimate_training_memory(patch, 2, in_channels, n_classes, kernels, strides, features, dsn, amp)
-        if est["total_gb"] <= budget:
-            break
-        shrinkable = patch_f > MIN_PATCH
-        if not shrinkable.any():
-            raise PlanError(f"the smallest patch {patch} needs ~{est['total_gb']:.2f} GB at batch 2, more than the "
-                            f"{budget:g} GB budget", hint="give a larger --gpu-memory or preset")
-        rel = np.where(shrinkable, np.array(patch) / median, -np.inf)
-        ax = int(np.argmax(rel))
-        patch_f[ax] = max(MIN_PATCH, patch_f[ax] * 0.9)
-    patch_vox = float(np.prod(patch))
-    fit = int((budget - est["fixed_gb"]) // est["per_sample_gb"])
-    cap5 = int(round(0.05 * dataset_voxels / patch_vox))
-    batch = max(2, min(fit, cap5))
-    est = estimate_training_memory(patch, batch, in_channels, n_classes, kernels, strides, features, dsn, amp)
-    return {"patch_size": patch, "batch_size": batch, "kernel_sizes": kernels, "strides": strides,
-            "features": features, "deep_supr_num": dsn, "estimate": est}
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The 2D configuration (nnU-Net's "2d"; issue 15 part 3)
-# --------------------------------------------------------------------------------------------------------------
-
-#: The configurations a plan can be: ``"3d"`` (the default, patches of the volume) or ``"2d"`` (slices).
-CONFIGURATIONS = ("3d", "2d")
-#: The 2D profile per device. CPU: the in-plane patch is the median in-plane shape capped at 512^2 pixels (a CT
-#: slice fits whole), and a step processes about as many pixels as the 3D step's compute (``3 * 2 * 96^3``: a
-#: 3x3 convolution costs a third of a 3x3x3 one per element), at most ``max_batch`` slices. CUDA: the GPU-memory
-#: budget of :func:`plan_cuda_network` with nnU-Net's 2D initial patch (2048^2) and feature cap (512).
-#: ``max_batch`` stands in for nnU-Net's 5 %-of-the-dataset cap, which a plan cannot compute (it holds no case
-#: count); nnU-Net's own 2D batches are 12-49 on typical CT/MR and larger on tiny slices.
-PROFILES_2D: dict[str, dict[str, Any]] = {
-    "cpu": {"pixel_budget": 512**2, "step_pixels": 3 * 2 * 96**3, "max_batch": 64, "max_pool": 6},
-    "cuda": {"base_width": 32, "max_width": 512, "max_batch": 512},
-}
-#: nnU-Net v2 rotates 2D patches by up to +-180 deg, or +-15 deg when the patch's aspect ratio exceeds 1.5.
-ROTATION_2D = ((-180.0, 180.0), (-15.0, 15.0))
-
-
-def choose_slice_axis(spacing: list[float]) -> int:
-    """The out-of-plane axis of the 2D configuration: the axis with the largest (coarsest) target spacing.
-
-    nnU-Net transposes its (z, y, x) arrays so that ``argmax(spacing)`` comes first and slices along it; on ties
-    (isotropic data) ``argmax`` takes the first of its (z, y, x) axes, i.e. z. focusseg's arrays are (x, y, z), so
-    ties go to the *last* tied axis, which is the same anatomical axis."""
-    sp = np.asarray(spacing, dtype=float).reshape(-1)
-    if sp.size != 3 or not np.isfinite(sp).all() or (sp <= 0).any():
-        raise PlanError(f"target_spacing {list(spacing)!r} must be 3 finite positive numbers to choose a slice axis")
-    return int([a for a in range(3) if sp[a] == sp.max()][-1])
-
-
-def inplane_axes(slice_axis: int) -> list[int]:
-    """The two in-plane axes (in increasing order) of slices along ``slice_axis``."""
-    return [a for a in range(3) if a != int(slice_axis)]
-
-
-def is_2d(plan: dict) -> bool:
-    """Whether ``plan`` is the 2D configuration."""
-    return plan.get("configuration", "3d") == "2d"
-
-
-def slice_axis_of(plan: dict) -> int | None:
-    """The plan's slice axis for a 2D plan, None for a 3D one (what the loader and the sliding window take)."""
-    return int(plan["slice_axis"]) if is_2d(plan) else None
-
-
-def network_spacing(plan: dict) -> list[float]:
-    """The spacing the network sees, one value per patch axis: the in-plane target spacing for a 2D plan."""
-    spacing = [float(s) for s in plan["target_spacing"]]
-    return [spacing[a] for a in inplane_axes(plan["slice_axis"])] if is_2d(plan) else spacing
-
-
-def plan_2d(plan: dict) -> dict:
-    """The 2D configuration of a 3D plan made by :func:`make_plan` (nnU-Net v2's ``2d`` configuration):
-
-    * ``slice_axis`` = :func:`choose_slice_axis` of the target spacing; the store (preprocessing) is the 3D one,
-      so the same preprocessed store serves both configurations (its key holds no patch or network). Reading
-      chosen: the out-of-plane axis keeps the 3D target spacing (nnU-Net's 2D keeps each case's own slice
-      spacing; on isotropic data both agree);
-    * ``patch_size`` (2 values, the in-plane axes in increasing order): the median in-plane resampled shape,
-      capped by the profile (:data:`PROFILES_2D`), rounded to the network's pooling; on CUDA the GPU-memory
-      budget's patch, batch and per-axis DynUNet topology (:func:`plan_cuda_network` in 2D, features up to 512);
-    * ``batch_size``: CPU ``step_pixels // patch pixels`` in ``[2, max_batch]``; CUDA as many as the budget holds;
-    * a 2D network of the profile's family, mirror TTA on the two in-plane axes, slice batches for inference,
-      nnU-Net's 2D rotation range (:data:`ROTATION_2D`).
-
-    A plan that is already 2D is returned as a copy."""
-    out = copy.deepcopy(plan)
-    if is_2d(plan):
-        return out
-    axis = choose_slice_axis(plan["target_spacing"])
-    inplane = inplane_axes(axis)
-    spacing = [float(plan["target_spacing"][a]) for a in inplane]
-    median = [float(plan["median_shape_resampled"][a]) for a in inplane]
-    out.pop("patch_size_planned", None)
-    if plan.get("device_profile") == "cuda":
-        prof = PROFILES_2D["cuda"]
-        budget = float(plan.get("gpu_memory_gb") or GPU_PRESETS["m"])
-        in_ch, k = len(plan["channel_names"]), int(plan["n_classes"])
-        amp = plan["training"].get("amp", "auto")
-        gpu = plan_cuda_network(spacing, median, budget, in_ch, k, dataset_voxels=1e30, amp=amp,
-                                base=prof["base_width"], cap=prof["max_width"])
-        patch, batch = gpu["patch_size"], min(int(gpu["batch_size"]), prof["max_batch"])
-        dsn, ds_weights = nnunet_deep_supervision(len(gpu["strides"]))
-        network: dict[str, Any] = {"name": "dynunet", "n_stages": len(gpu["strides"]),
-                                   "kernel_sizes": gpu["kernel_sizes"], "strides": gpu["strides"],
-                                   "base_features": prof["base_width"], "max_features": prof["max_width"],
-                                   "deep_supervision": dsn > 0}
-        if dsn > 0:
-            network["deep_supr_num"] = dsn
-        out["training"]["deep_supervision"] = {"weights": ds_weights} if ds_weights else None
-        est = estimate_training_memory(patch, batch, in_ch, k, gpu["kernel_sizes"], gpu["strides"], gpu["features"],
-                                       dsn, amp)
-        out["memory_estimate_gb"] = round(est["total_gb"], 3)
-    else:
-        prof = PROFILES_2D["cpu"]
-        shrunk = shrink_patch(median, prof["pixel_budget"])
-        n_pool = _n_pool(float(shrunk.min()), max_pool=prof["max_pool"])
-        patch = [int(math.ceil(p / 2**n_pool) * 2**n_pool) for p in shrunk]
-        batch = max(2, min(prof["step_pixels"] // int(np.prod(patch)), prof["max_batch"]))
-        network = plan_network(PROFILES["cpu"], n_pool, False)
-        out["training"]["deep_supervision"] = None
-    out["configuration"], out["slice_axis"] = "2d", axis
-    out["patch_size"], out["batch_size"], out["network"] = [int(p) for p in patch], int(batch), network
-    rotation = ROTATION_2D[0] if max(patch) / min(patch) <= 1.5 else ROTATION_2D[1]
-    aug = out["training"].get("augmentation", "nnunet")
-    if isinstance(aug, str):
-        aug = {"preset": aug}
-    out["training"]["augmentation"] = {**aug, "rotation_deg": list(rotation)}
-    out["inference"]["mirror_axes"] = [0, 1]
-    out["inference"]["batch_size"] = int(min(batch, 64))
+    out["training"]["deep_supervision"] = {**ds, "weights": w}
     return out
 
 
@@ -831,35 +399,3 @@ def plan_configuration(plan: dict, *layers: dict | None) -> dict:
     for layer in layers:
         out = deep_merge(out, layer or {})
     return out
-
-
-def check_configuration(plan: dict) -> None:
-    """Refuse (:class:`PlanError`) a ``configuration`` that is not 3d/2d, and a 2D plan whose ``patch_size`` is
-    not 2 values, whose ``slice_axis`` is not 0, 1 or 2, or whose network has no 2D form (a 3D-only network of
-    the registry); a 3D plan must not carry a ``slice_axis``."""
-    cfg = plan.get("configuration", "3d")
-    if cfg not in CONFIGURATIONS:
-        raise PlanError(f"configuration {cfg!r} is not one of {', '.join(CONFIGURATIONS)}")
-    axis = plan.get("slice_axis")
-    if cfg == "3d":
-        if axis is not None:
-            raise PlanError(f"slice_axis {axis!r} is set but the plan is the 3d configuration",
-                            hint="--set configuration=2d (or drop slice_axis)")
-        return
-    if len(plan["patch_size"]) != 2:
-        raise PlanError(f"the 2d configuration needs a 2-value in-plane patch_size, got {list(plan['patch_size'])}",
-                        hint="--set patch_size=[H,W] (the two axes other than slice_axis)")
-    if not isinstance(axis, int) or isinstance(axis, bool) or axis not in (0, 1, 2):
-        raise PlanError(f"slice_axis {axis!r} must be 0, 1 or 2 in a 2d plan")
-    net = plan.get("network") or {}
-    name = net if isinstance(net, str) else net.get("name")
-    from focusseg.nets.base import network_info, network_names
-
-    try:
-        dims = network_info(str(name)).spatial_dims
-    except KeyError:
-        return  # an unknown network is reported where it is built
-    if 2 not in dims:
-        two_d = [n for n in network_names() if 2 in network_info(n).spatial_dims]
-        raise PlanError(f"network {name!r} is 3D only; the 2d configuration needs a 2D network",
-                        hint=f"--set network.name=... one of {', '.join(two_d)}")

@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from focusseg.nets.base import build_network
+from focusseg.settings import network_settings, training_settings
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
@@ -169,13 +170,12 @@ def estimate_plan_memory(plan: Mapping[str, Any], model: nn.Module | None = None
     Not measured on a GPU.
     """
     from focusseg.planning import planner as pl
-    from focusseg.registry import split_spec
 
-    name, kw = split_spec(dict(plan["network"]))
+    name, kw = network_settings(plan).split()
     patch = [int(p) for p in plan["patch_size"]]
     batch = int(plan.get("batch_size", 2))
     in_ch, n_cls = len(plan["channel_names"]), int(plan["n_classes"])
-    amp = (plan.get("training") or {}).get("amp", "none")
+    amp = training_settings(plan).amp or "none"
     if name == "dynunet":
         from focusseg.nets.dynunet import dynunet_topology
 
@@ -220,11 +220,11 @@ def describe_plan(plan: Mapping[str, Any], device: str | torch.device = "cpu", m
     step = None
     if measure_time:
         real = build_network_from_plan(dict(plan)).to(device)
-        amp = (plan.get("training") or {}).get("amp", "none")
+        amp = training_settings(plan).amp or "none"
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(str(amp).lower())
         if dtype is torch.float16 and torch.device(device).type != "cuda":
             dtype = torch.bfloat16
         step = time_training_step(real, patch, in_ch, n_cls, int(plan.get("batch_size", 2)), repeats, dtype)
-    return {"network": plan["network"].get("name"), "patch": list(patch), "batch": int(plan.get("batch_size", 2)),
+    return {"network": network_settings(plan).name, "patch": list(patch), "batch": int(plan.get("batch_size", 2)),
             "params": count_parameters(net), "gflops": None if flops is None else flops / 1e9,
             "train_memory_gb": mem["total_gb"], "budget_gb": plan.get("gpu_memory_gb"), "step_s": step}

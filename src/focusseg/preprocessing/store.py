@@ -4,14 +4,10 @@ locations per class; key ``-1``: annotated voxels, with an ignore label), plus `
 key. Arrays are opened memory-mapped, so a loader reads only the patch it crops.
 
 Keyed by content: ``store.json`` holds the format version and the sha256 of the plan fields that change what
-preprocessing produces (:data:`PREPROCESSING_FIELDS`); every case's ``.json`` repeats that key and records each
-source file's (name, size, mtime_ns). :func:`~focusseg.preprocessing.preprocess.preprocess_dataset` redoes a
-case whose key or sources differ.
-
-Every file is written through :func:`~focusseg.io.atomic.atomic_path` (unique temporary name, fsync, rename,
-folder fsync), and the case ``.json`` last, so a killed run never leaves a case that looks complete but is not,
-and concurrent writers never share a temporary file. Nothing is unpickled: arrays load with
-``allow_pickle=False``.
+preprocessing produces (:data:`PREPROCESSING_FIELDS`); each case's ``.json`` repeats that key with each source
+file's (name, size, mtime_ns), and :func:`~focusseg.preprocessing.preprocess.preprocess_dataset` redoes a case
+whose key or sources differ. Every file is written atomically (:func:`~focusseg.io.atomic.atomic_path`), the case
+``.json`` last, so a killed run never leaves a case that looks complete; arrays load with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -23,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from focusseg.errors import DatasetError, MissingFileError
+from focusseg.errors import DatasetError, MissingFileError, one_line
 from focusseg.io.atomic import atomic_path, atomic_write_text, is_temp_name
 
 #: Bumped whenever the store's layout or the preprocessing code changes what a case's arrays hold.
@@ -115,7 +111,7 @@ class PreprocessedStore:
         try:
             return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
-            raise DatasetError(f"unreadable preprocessed array ({' '.join(str(exc).split())})", path,
+            raise DatasetError(f"unreadable preprocessed array ({one_line(exc)})", path,
                                hint=_HINT) from exc
 
     def image(self, case_id: str, mmap: bool = True) -> np.ndarray:
@@ -149,7 +145,7 @@ class PreprocessedStore:
             with np.load(path, allow_pickle=False) as z:
                 return {int(k): z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise DatasetError(f"unreadable foreground locations ({' '.join(str(exc).split())})", path,
+            raise DatasetError(f"unreadable foreground locations ({one_line(exc)})", path,
                                hint=_HINT) from exc
 
     def shape(self, case_id: str) -> tuple[int, ...]:

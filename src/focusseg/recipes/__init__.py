@@ -2,17 +2,12 @@
 augmentation, strategies and inference settings. ``focusseg recipes`` lists them; copy one, edit it, and pass
 its path to ``--recipe``.
 
-Two forms per recipe (issue 13, part 5):
-
-* the **CPU form**, ``"plan"``: the scaled-down configuration a 2-core CPU trains (``"scaled_down"`` says what
-  it changes from the paper);
-* the **GPU form**, ``"gpu": {"plan": {...}, "notes": "..."}``: overrides applied *on top of* ``"plan"`` that
-  restore the paper's own configuration (network, patch, batch, optimiser, schedule); ``"notes"`` says where
-  focusseg still differs from the paper.
-
-The device picks the form (:func:`recipe_plan`: ``"gpu"`` on CUDA, ``"cpu"`` otherwise); ``--recipe-form``
-(or ``"form"`` in a recipe file) forces one, and the plan records which one it got as ``plan["recipe_form"]``.
-A recipe without a ``"gpu"`` object has a GPU form equal to its CPU form.
+Two forms per recipe: the **CPU form**, ``"plan"`` (a scaled-down configuration a CPU can train;
+``"scaled_down"`` says what it changes), and the **GPU form**, ``"gpu": {"plan": {...}, "notes": "..."}``:
+overrides applied on top of ``"plan"`` that restore the paper's configuration (``"notes"``: what still differs).
+The device picks the form (:func:`recipe_plan`: ``"gpu"`` on CUDA, ``"cpu"`` otherwise); ``--recipe-form`` (or
+``"form"`` in a recipe file) forces one, and the plan records it as ``plan["recipe_form"]``. A recipe without a
+``"gpu"`` object has a GPU form equal to its CPU form. See ``docs/recipes.md``.
 """
 
 from __future__ import annotations
@@ -21,6 +16,10 @@ import copy
 import json
 from pathlib import Path
 from typing import Any
+
+from focusseg.errors import PlanError, UsageError, one_line
+from focusseg.planning.planner import deep_merge, network_spacing, pool_and_conv_props
+from focusseg.settings import network_settings
 
 RECIPE_DIR = Path(__file__).parent
 #: The two forms of a recipe: ``"cpu"`` (``recipe["plan"]``) and ``"gpu"`` (``recipe["plan"]`` then
@@ -39,15 +38,13 @@ def load_recipe(name_or_path: str | Path) -> dict:
     p = Path(name_or_path)
     if not p.suffix == ".json":
         p = RECIPE_DIR / f"{name_or_path}.json"
-    from focusseg.errors import UsageError
-
     if not p.is_file():
         raise UsageError(f"unknown recipe {str(name_or_path)!r}; known: {', '.join(recipe_names())} "
                          "(or give a path to a recipe .json)")
     try:
         recipe = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"not a readable recipe JSON ({' '.join(str(exc).split())})", p) from exc
+        raise UsageError(f"not a readable recipe JSON ({one_line(exc)})", p) from exc
     if not isinstance(recipe, dict) or not isinstance(recipe.get("plan", {}), dict):
         raise UsageError("a recipe is a JSON object whose 'plan' is an object of plan overrides", p)
     gpu = recipe.get("gpu", {})
@@ -69,8 +66,6 @@ def merge_overrides(first: dict, then: dict) -> dict:
     ``"_replace": true`` is kept where it decides the result: a dict of ``then`` that replaces stays a
     replacement; a dict of ``then`` merged into a replacement of ``first`` (or into a non-dict value of ``first``)
     becomes the merged replacement."""
-    from focusseg.planning.planner import deep_merge
-
     out = copy.deepcopy(first)
     for k, b in then.items():
         a = out.get(k)
@@ -96,8 +91,6 @@ def recipe_plan(recipe: dict | None, device_type: str, form: str | None = None) 
     ``recipe["gpu"]["plan"]``, merged by :func:`merge_overrides`) on CUDA, the CPU form (``recipe["plan"]``)
     otherwise. ``form`` (or the recipe's own ``"form"``) forces ``"cpu"`` or ``"gpu"``. ``None`` recipe: ``({},
     form)``."""
-    from focusseg.errors import UsageError
-
     recipe = recipe or {}
     chosen = form or recipe.get("form") or form_for_device(device_type)
     if chosen not in FORMS:
@@ -114,16 +107,12 @@ def resolve_network_topology(plan: dict) -> dict:
     (``planning.planner.pool_and_conv_props``), written as ``kernel_sizes``, ``strides`` and ``n_stages``; the
     ``topology`` key is removed (the network builder does not know it). Any other plan is returned unchanged.
     Returns a new plan."""
-    net = plan.get("network")
-    if not isinstance(net, dict) or "topology" not in net:
+    net = network_settings(plan)
+    if net is None or "topology" not in net.kwargs:
         return plan
-    from focusseg.errors import PlanError
-
-    if net["topology"] != NNUNET_TOPOLOGY or net.get("name") != "dynunet":
-        raise PlanError(f"network.topology {net['topology']!r} is not known for network {net.get('name')!r} "
+    if net.get("topology") != NNUNET_TOPOLOGY or net.name != "dynunet":
+        raise PlanError(f"network.topology {net.get('topology')!r} is not known for network {net.name!r} "
                         f"(only \"{NNUNET_TOPOLOGY}\" on a dynunet)")
-    from focusseg.planning.planner import network_spacing, pool_and_conv_props
-
     out = copy.deepcopy(plan)
     kernels, strides = pool_and_conv_props(network_spacing(out),  # in-plane spacing for a 2D plan
                                            [float(p) for p in out["patch_size"]])

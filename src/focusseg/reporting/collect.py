@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focusseg.errors import MissingFileError, RunFolderError
-from focusseg.runfolder import finite
+from focusseg.errors import MissingFileError, RunFolderError, one_line
+from focusseg.runfolder import CROSSVAL_JSON, finite, fold_dirs
 
 
 @dataclass
@@ -84,7 +84,7 @@ class CrossvalData:
 
 
 def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+    return one_line(exc, typed=True)[:300]
 
 
 def read_json(path: Path, problems: list[str]) -> dict | None:
@@ -183,8 +183,6 @@ def load_run(run_dir: str | Path) -> RunData:
 def load_crossval(cv_dir: str | Path) -> CrossvalData:
     """Read a cross-validation folder: ``crossval.json`` (absent before pooling), every ``fold_K`` run folder
     (finished or not), the pooled ``validation/``."""
-    from focusseg.runfolder import CROSSVAL_JSON, fold_dirs
-
     cv_dir = Path(cv_dir)
     problems: list[str] = []
     result = read_json(cv_dir / CROSSVAL_JSON, problems)

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from focusseg.errors import UsageError
+from focusseg.io.atomic import atomic_write_text
 from focusseg.reporting import figures
 from focusseg.reporting import html as h
 from focusseg.reporting.collect import finite, is_crossval_folder, load_crossval, load_run
+from focusseg.reporting.report import stamp
 
 
 class _Entry:
@@ -96,15 +98,11 @@ def compare_html(folders: Sequence[str | Path]) -> str:
     body += h.section("Per-class Dice (differences against the first run)", table, "dice")
     body += h.section("Curves", h.png_img(curves, "curves overlaid") if curves else h.note("no epoch logged"),
                       "curves")
-    from focusseg.reporting.report import _stamp
-
-    return h.page("focusseg comparison: " + " vs ".join(e.name for e in entries), body, _stamp())
+    return h.page("focusseg comparison: " + " vs ".join(e.name for e in entries), body, stamp())
 
 
 def write_compare(folders: Sequence[str | Path], out: str | Path) -> Path:
     """Write the comparison page to ``out`` atomically; returns its path."""
-    from focusseg.io.atomic import atomic_write_text
-
     out = Path(out)
     if out.is_dir():
         raise UsageError("--out is a folder; give the page's file name (e.g. compare.html)", out)

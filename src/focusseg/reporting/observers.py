@@ -129,11 +129,8 @@ class CycleStats:
         if not self._n or not _is_main(trainer):
             self._kept, self._dis, self._n = None, None, 0
             return
-        from focusseg.runfolder import EpochLog
-
-        EpochLog(trainer.run_dir).event("cycle", epoch=int(record["epoch"]), kept_fraction=float(self._kept) / self._n,
-                                        disagreement=float(self._dis) / self._n, keep_planned=self._keep,
-                                        steps=self._n)
+        trainer.log.event("cycle", epoch=int(record["epoch"]), kept_fraction=float(self._kept) / self._n,
+                          disagreement=float(self._dis) / self._n, keep_planned=self._keep, steps=self._n)
         self._kept, self._dis, self._n = None, None, 0
 
 

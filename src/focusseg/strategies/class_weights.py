@@ -1,34 +1,16 @@
 """Dynamic class loss weights (role ``ClassWeighter``): TCF, PCF and CBS from "Runtime freezing" (paper 003 §2.4).
 
-Weights are re-set once per epoch from per-class validation scores ``S_i`` (Dice in [0, 1]).
+Weights are re-set once per epoch from the foreground classes' validation Dice ``S_i``: ``update(scores)`` takes
+``(K - 1,)`` scores, ``weights()`` returns ``(K,)`` with the background fixed at ``background_weight``. A NaN
+score (class absent) keeps the class's weight; histories start at the first validation.
 
-``update(scores)`` takes the **foreground** classes' scores, shape ``(K - 1,)`` (class 1..K-1 in label order);
-``weights()`` returns ``(K,)`` for the loss, background (index 0) fixed at ``background_weight`` (1); K is the
-plan's ``n_classes``, so an ignore label (no class: masked out of the loss) has no weight. A NaN score
-(class absent from every validation case) carries no information: that class keeps its weight and its history
-entry is ignored by the maxima. The paper's ``{S_i}_0 = 1`` initialisation is *not* put into the history (it
-would make every class look like it had peaked at epoch 0); histories start at the first validation.
+- TCF (eq. 2): ``w_i = frozen_weight (0.1) if S_i > threshold (0.9) else 1``.
+- PCF (eq. 3): when the plateau trigger fires on the best unfrozen class ``i``, freeze it; frozen stays frozen.
+- CBS (eq. 4): on a trigger, freeze ``i``, then every unfrozen ``k`` gets ``min(1 / (S_k + zeta), max_weight)``.
 
-TCF (eq. 2), memoryless as printed: ``w_i = frozen_weight (0.1) if S_i > threshold (0.9) else 1``.
-
-Plateau trigger (eq. 3) for epoch ``j`` (0-based count of updates), the last trigger epoch ``u`` (0 before any),
-a window of ``delta`` and tolerance ``eps``; split the history since ``u`` into ``pre = S[u .. j-delta-1]`` and
-``win = S[j-delta .. j]`` (the printed window has ``delta + 1`` epochs) and let ``D = max(win) - max(pre)``
-(``pre`` empty -> no trigger). The printed rule ``C = |max(win) - max(pre ∪ win)| > eps`` is ``D < -eps``: it
-fires only when the class has *declined* by more than ``eps`` from an earlier best, never on a flat plateau.
-Reading chosen (``criterion="plateau"``, default): fire when the window brought **no improvement larger than
-eps** over the best before it, ``D <= eps``, i.e. a plateau *or* a decline -- the stagnation the method is named
-after ("tying the weight update to performance stagnation"), like ``ReduceLROnPlateau`` in absolute mode.
-``criterion="literal"`` gives the printed ``D < -eps``.
-
-The trigger is evaluated, as eq. 3 writes it, on the history of ``i = argmax`` of the current scores over the
-unfrozen classes (weight != frozen_weight), not on the mean score. When it fires, ``u = j``.
-
-PCF (eq. 3): on a trigger, freeze class ``i`` (``w_i = frozen_weight``). Frozen classes stay frozen.
-CBS (eq. 4): on a trigger, freeze ``i`` as PCF (``freeze=True``: eq. 4's set ``{S_k} \\ {S_k, w_k = 0.1}`` is
-only non-empty if CBS freezes too), then every still-unfrozen class ``k`` gets
-``w_k = min(1 / (S_k + zeta), max_weight)`` (eq. 4 prints ``S_{i}``; read as ``S_k``, "relative performance of
-each class"). Between triggers the weights are kept.
+Reading chosen for eq. 3's trigger (``criterion="plateau"``): fire when a window of ``delta + 1`` epochs brought
+no improvement larger than ``eps`` (plateau or decline); ``"literal"`` fires only on a decline, as printed. The
+derivation: ``docs/strategies.md``.
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
 """Cycle training (paper 004 §2.2, eq. 1): three networks; each is trained on the part of the mini-batch its two
 peers (the "committee") pick -- co-teaching (Han et al. 2018) with three networks.
 
-Selection for network A from its peers B and C, per-sample losses ``l_B, l_C`` (B,), keeping
-``n = max(1, int(keep * B))`` samples (co-teaching's ``int((1 - forget_rate) * B)``, keep = 0.75 in the paper):
-
-- ``"agreement"`` (eq. 1, the paper's rule): ``mu = argmin |l_B - l_C|``, the n samples with the smallest loss
-  difference ("do a simple subtraction, sort the differences, select the 75 % with smaller loss difference").
-  Reading: ``argmin`` over a set = the n smallest; ties broken by batch position (stable sort).
-- ``"small_loss"`` (co-teaching's criterion with a committee): the n samples with the smallest ``l_B + l_C``;
-  exactly n, like "agreement", so the two are comparable.
-- ``"intersection"`` (PyMIC TriNet): samples in *both* peers' n-smallest sets; may keep fewer than n (>= 1: when
-  empty, the sample with the smallest ``l_B + l_C``).
+For network A with its peers' per-sample losses ``l_B, l_C`` and ``n = max(1, int(keep * B))`` (keep = 0.75):
+``"agreement"`` (eq. 1, the paper's rule) keeps the n samples with the smallest ``|l_B - l_C|`` (reading: argmin
+over a set = the n smallest; ties by batch position); ``"small_loss"`` the n smallest ``l_B + l_C``;
+``"intersection"`` (PyMIC TriNet) the samples in both peers' n-smallest sets (at least one).
 
 Forgetting-rate ramp (co-teaching): ``keep(e) = 1 - (1 - keep) * min(e / (T - 1), 1)`` over the first ``T``
-epochs (``linspace(0, forget, T)``), ``T <= 1``: ``keep`` from the start.
+epochs (``T <= 1``: ``keep`` from the start). Details: ``docs/strategies.md``.
 """
 
 from __future__ import annotations
@@ -44,7 +38,20 @@ def _smallest(values: torch.Tensor, n: int) -> torch.Tensor:
 def cycle_select(
     losses_b: torch.Tensor, losses_c: torch.Tensor, keep: float = 0.75, criterion: str = "agreement"
 ) -> torch.Tensor:
-    """Boolean mask (B,) of the samples the committee (B, C) passes to the third network (module docstring)."""
+    """The samples the committee (networks B and C) passes to the third network.
+
+    Args:
+        losses_b: per-sample losses ``(B,)`` of the first peer (detached here).
+        losses_c: per-sample losses ``(B,)`` of the second peer.
+        keep: the kept fraction; ``n = max(1, int(keep * B))`` samples.
+        criterion: ``"agreement"``, ``"small_loss"`` or ``"intersection"`` (module docstring).
+
+    Returns:
+        A boolean mask ``(B,)`` of the selected samples.
+
+    Raises:
+        ValueError: when the loss vectors are not two ``(B,)`` tensors of one shape, or for an unknown criterion.
+    """
     if losses_b.shape != losses_c.shape or losses_b.dim() != 1:
         raise ValueError(f"need two (B,) loss vectors, got {tuple(losses_b.shape)} and {tuple(losses_c.shape)}")
     lb, lc = losses_b.detach(), losses_c.detach()

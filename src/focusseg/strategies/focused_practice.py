@@ -1,32 +1,13 @@
 """Focused Practice (FP-PET, paper 000 §1.2 and §2): a ``Sampler`` over a fixed grid of patches that remembers
 every patch's last loss and oversamples the hard ones.
 
-Patch index (§1.2: "cropped all data to 128³ patches with 0.5 overlap"): per case, nnU-Net's sliding-window
-placement per axis (``inference.windows.compute_steps``: ``n = ceil((I - P) / (P (1 - overlap))) + 1`` windows,
-starts ``round(i (I - P) / (n - 1))``, the last one ending at ``I``); an axis shorter than the patch gets one
-centred start ``-((P - I) // 2)`` (negative: the loader pads). Cases in sorted order, C-order over the grid;
-``PatchRequest.key`` is the global patch index. Only coordinates are stored.
-
-Memory: ``update(step)`` stores ``step.per_sample_loss[b]`` as the last loss of patch ``requests[b].key``.
-
-Split at ``epoch_end`` (§2, "threshold ... based on maximum inter-class variance"): Otsu's threshold ``t`` over
-the losses of the *seen* patches (256 bins, ``t`` = upper edge of the last class-0 bin); hard = loss > t. The
-``drop_hardest`` (20 %) fraction of the seen hard patches with the highest loss, ``int(drop_hardest * n_hard)``
-of them, is excluded from the next epoch ("exclude the 20 % of hard samples with the highest loss and
-incorporate the remaining 80 % into the training data for the subsequent epoch"). Reading chosen for
-"incorporate": the next epoch's training data is every patch plus the kept hard patches once more, i.e. sampling
-weight ``hard_oversample = 2`` for a kept hard patch, 1 for an easy one, 0 for an excluded one (configurable
-ratio). An excluded patch is not trained on, so its loss is forgotten: at the next split it counts as unseen,
-which lets "extremely hard samples be downgraded to simply hard" (§2, reason 2).
-
-Unseen patches (never drawn, or forgotten): ``unseen_loss="max"`` (default) treats them as hard (weight
-``hard_oversample``; they are never excluded, since nothing is known about them) so that training gets to them;
-``"mean"`` gives them the mean seen loss and classifies that value against ``t`` (never excluded either).
-Before the first split every patch has weight 1 (uniform).
-
-Foreground (optional, nnU-Net style): with ``foreground_keys`` (patch keys containing foreground, see
-``keys_containing``) and ``foreground_fraction = f``, batch positions ``b >= round(B (1 - f))`` are drawn from the
-foreground patches only, with the same FP weights (falling back to all patches when none has weight > 0).
+Patch grid (§1.2, "128³ patches with 0.5 overlap"): nnU-Net's sliding-window placement per case; the request key is
+the global patch index. At ``epoch_end`` (§2, "maximum inter-class variance") Otsu's threshold over the seen
+losses splits hard from easy, and the ``drop_hardest`` (20 %) hardest are excluded from the next epoch. Reading
+chosen for "incorporate the remaining 80 %": every patch plus the kept hard patches once more (weights
+``hard_oversample`` = 2 / 1 / 0 for kept hard / easy / excluded); an excluded patch's loss is forgotten. Unseen
+patches count as hard (``unseen_loss="max"``) or get the mean loss (``"mean"``); ``foreground_fraction`` draws the
+last batch positions from foreground patches. Details: ``docs/strategies.md``.
 """
 
 from __future__ import annotations

@@ -1,24 +1,13 @@
 """Learning-rate controllers (role ``LRController``): poly, cosine with warmup, constant, and FP-PET's
 metric-driven rate.
 
-The loop calls ``step(iteration)`` before every optimiser step (``metric=None``) and
-``step(iteration, metric)`` after each validation with the mean foreground Dice in [0, 1]. A controller
-writes the rate into every parameter group of its optimiser and returns it.
-
-- poly (nnU-Net): ``lr = lr0 * (1 - it / H) ** 0.9`` with ``H = max_it``, ``it`` clamped to ``[0, max_it]``.
-  ``horizon_iterations`` sets ``H`` apart from the run's length (FLARE21 paper 002 trains 300 epochs of nnU-Net's
-  ``(1 - epoch / 1000) ** 0.9`` schedule: ``H`` = 1000 epochs, the run stops at 300); the plan says it in
-  epochs, ``lr_schedule.horizon_epochs``, converted with ``training.iterations_per_epoch`` when built.
-- cosine: linear warmup ``lr0 * (it + 1) / W`` for ``it < W``, then
-  ``lr = lr_min + (lr0 - lr_min) * (1 + cos(pi * (it - W) / (max_it - W))) / 2``.
-- constant: ``lr0`` (pairs with Ranger21, whose warmup/warmdown live inside the optimiser).
-- metric_driven (FP-PET, paper 000 §3.4 eq. 2): ``lr = lr0 * base ** (dice / divisor)`` with
-  ``lr0 = 3e-5, base = 0.9, divisor = 10``, re-set after each validation only.
-  Reading chosen: ``dice`` is in **percent** (``dice_in_percent=True``: the [0, 1] validation Dice is multiplied
-  by 100). With Dice in [0, 1] the exponent never exceeds 0.1, so the rate could fall by at most 1 % over the
-  whole training (0.9 ** 0.1 = 0.9895), which is not the decay the paper describes ("the learning rate decreases
-  as the model exhibits improved performance"); in percent, Dice 0.8 gives ``lr0 * 0.9 ** 8 = 0.430 * lr0``.
-  ``dice_in_percent=False`` gives the literal [0, 1] reading. Before the first validation the rate is ``lr0``.
+The loop calls ``step(iteration)`` before every optimiser step and ``step(iteration, metric)`` after each
+validation (mean foreground Dice in [0, 1]); a controller writes the rate into its optimiser and returns it.
+poly (nnU-Net): ``lr0 * (1 - it / H) ** 0.9`` (``H`` = ``max_it``, or ``horizon_iterations``: FLARE21's 1000-epoch
+schedule stopped at 300); cosine with linear warmup; constant (pairs with Ranger21).
+metric_driven (FP-PET, paper 000 §3.4 eq. 2): ``lr = lr0 * base ** (dice / divisor)`` (3e-5, 0.9, 10), re-set
+after each validation. Reading chosen: ``dice`` in **percent** (``dice_in_percent=True``); in [0, 1] the rate could
+fall by at most 1 %, not the decay the paper describes. Formulas: ``docs/strategies.md``.
 """
 
 from __future__ import annotations

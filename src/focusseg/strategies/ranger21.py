@@ -3,33 +3,10 @@ adaptive gradient clipping, gradient centralisation and normalisation, positive-
 stable weight decay, linear warmup / warmdown and lookahead. Written from the paper and the reference package
 (PyPI ``ranger21`` 0.1.0, defaults kept), without its known bug.
 
-One step at iteration ``t`` (1-based; ``b1, b2 = betas``; ``beta0 = pnm_momentum``), per parameter ``p``:
-
-1. AGC (Brock et al. 2021): ``u(.)`` = L2 norm per output unit (all dims but 0; whole tensor for 0-/1-D);
-   if ``u(g) > agc_clip * max(u(p), agc_eps)`` then ``g *= agc_clip * max(u(p), agc_eps) / max(u(g), 1e-6)``.
-2. Gradient centralisation (dims > 1): ``g -= mean(g over dims 1..)``; normalisation (numel > 2):
-   ``g /= std(g) + 1e-8``.
-3. ``v = b2 v + (1 - b2) g^2``; stable weight decay (Xie et al.) uses ``s = sqrt(mean over all params of
-   v / (1 - b2^t))``: ``p *= 1 - weight_decay * lr_t / s``.
-4. Norm loss (Georgiou et al.): ``p *= 1 - lr_t * 2 * normloss_factor * (1 - 1 / (u(p) + eps))``.
-5. PNM (Xie et al. 2021): two moment buffers used alternately, ``m = b1^2 m + (1 - b1^2) g`` into the buffer of
-   the step's parity, ``n`` the other one; ``d = ((1 + beta0) m - beta0 n) / sqrt((1 + beta0)^2 + beta0^2)``;
-   ``denom = softplus(sqrt(v) / sqrt(1 - b2^t) + eps, beta=softplus_beta)``;
-   ``p -= lr_t / (1 - b1^t) * d / denom``.
-6. Lookahead (Zhang et al. 2019): every ``lookahead_k`` steps ``p = alpha p + (1 - alpha) slow; slow = p``.
-
-Schedule ``lr_t`` from the group's ``lr`` (so an outer ``LRController`` still composes; pair with "constant"):
-warmup ``W`` = ``warmup_iterations`` or ``ceil(2 / (1 - b2))`` (2000), replaced by ``int(0.22 T)`` when that is
-> 45 % of ``T = total_iterations``; ``lr_t = lr * min(1, t / W)``; from ``D = int(0.72 T)`` on,
-``lr_t = lr - (lr - min_lr) * (t + 1 - D) / (T - D + 1)`` (``min_lr`` = 3e-5), floored at ``min_lr``.
-
-Differences from ranger21 0.1.0 (documented, tested): (a) weight decay and norm loss act on **every** parameter
-(0.1.0 applies them only to the last parameter of the loop, issue #53, fixed in PR #54); (b) the noise norm uses
-``beta0`` as the PNM paper does (0.1.0 uses ``b2``: sqrt(4.994) vs sqrt(5), a 0.05 % larger step here);
-(c) the gradient is normalised once (0.1.0 normalises again before the momentum update, a ~1e-8/std change);
-(d) 3-D tensors use the all-dims-but-0 unit norm (0.1.0: dim 1 only); (e) 0.1.0's ``max_variance_ma`` is never
-updated (``torch.max(.., out=variance_ma)``), so there is no AMSGrad max in either; (f) ``.grad`` is not modified
-in place; (g) no prints, no MADGRAD/AdaBelief/Chebyshev options.
+The schedule ``lr_t`` scales the parameter group's ``lr``, so an outer ``LRController`` still composes (pair with
+"constant"). The main difference from ranger21 0.1.0: weight decay and norm loss act on every parameter (0.1.0
+applies them to the last parameter of its loop only). The step's formulas, the schedule and every difference
+from 0.1.0: ``docs/strategies.md``.
 """
 
 from __future__ import annotations

@@ -1,26 +1,13 @@
 """Synthetic abdominal-MR-like phantoms, written as an nnU-Net v2 raw dataset (the ``focusseg demo`` data).
 
-Each case, in physical (mm) coordinates ``q = R^T (p - t)`` of a slightly rotated (+-8 deg per axis) and
-translated (+-4 % of the extent) body frame:
-
-- body: ellipsoid ``sum((q / a)^2) < 1`` with half-axes ``a ~ (0.42, 0.36, 0.45) * extent``; air outside is
-  exactly 0, so cropping to the non-zero region removes about half of the volume;
-- large organ (label 1): a deformed ellipsoid, ``f(q) = ||(q - c) / a_o|| * (1 + 0.18 n(q))`` with ``n`` a
-  smooth random field (sum of four plane cosines, wavelength 1-2 organ radii); the organ is the set of interior
-  body voxels with the smallest ``f`` (its largest 26-connected component, grown until it is large enough),
-  so it covers a drawn fraction in [5 %, 10 %] of all voxels (a few voxels more where islands were dropped);
-- one or two small organs (label 2), each 0.3-0.8 % of the voxels, the nearest voxels (deformed distance) to a
-  centre in the body but away from the organ;
-- 0-4 lesions (label 3; P = 0.2, 0.3, 0.25, 0.15, 0.1), each 3-80 voxels (log-uniform), grown inside the organ
-  from a random deep organ voxel (nearest organ voxels to it), so the lesion share is about 0.01-0.1 %;
-- intensities: per-class means (jittered per case, sd 6) with texture, partial-volume blur (sigma 0.6 voxel),
-  a smooth multiplicative bias field ``1 + 0.15 n(q)``, Rician noise ``|s + n_1 + i n_2|`` (sd 5-10) inside
-  the body, and a per-case gain in [0.8, 1.25] (MR has no absolute scale). Class means overlap on purpose:
-  lesions (50) are darker than the organ (140) and close to soft tissue (100) on channel 0; a second channel
-  ("T2") shows lesions bright.
+Each case, in the coordinates of a slightly rotated and translated body frame: a body ellipsoid (air exactly 0
+outside), a large deformed organ (label 1, 5-10 % of the voxels), one or two small organs (label 2, 0.3-0.8 %
+each) and 0-4 lesions inside the organ (label 3, 3-80 voxels each). Intensities: per-class means with texture,
+partial-volume blur, a smooth bias field, Rician noise and a per-case gain; the class means overlap on purpose
+(lesions are dark on channel 0, bright on channel 1). Formulas: ``docs/synthetic-data.md``.
 
 Every case ``i`` draws from ``numpy.random.default_rng([seed, i])``: a case does not depend on how many other
-cases are generated. 24 cases of 48 x 48 x 40 voxels take about a second.
+cases are generated.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Choosing the best configuration (issue 15 part 2; nnU-Net's ``nnUNetv2_find_best_configuration``).
+"""Choosing the best configuration (nnU-Net's ``nnUNetv2_find_best_configuration``).
 
 ``focusseg best CV_A CV_B ... --out BEST`` compares cross-validations of the same data and split (other
 configurations, recipes or networks) and every pairwise ensemble of them, on pooled validation Dice:
@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from focusseg.errors import RunFolderError, UsageError
+from focusseg.errors import RunFolderError, UsageError, one_line
 from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
 from focusseg.inference.predictor import EnsemblePredictor, Predictor
 from focusseg.io import read_case, write_segmentation
@@ -43,7 +43,7 @@ def _crossval(cv: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"unreadable ({' '.join(str(exc).split())})", path,
+        raise RunFolderError(f"unreadable ({one_line(exc)})", path,
                              hint="rebuild it with: focusseg crossval DATA --out CV (finished folds are kept)") from exc
     if not isinstance(data, dict) or "folds" not in data:
         raise RunFolderError("not a crossval.json (no folds)", path)

@@ -1,4 +1,4 @@
-"""Cross-validation as one workflow (issue 15 part 1; nnU-Net's five folds, ``nnUNetv2_train ... FOLD`` x 5 and
+"""Cross-validation as one workflow (nnU-Net's five folds, ``nnUNetv2_train ... FOLD`` x 5 and
 ``nnUNetv2_find_best_configuration``'s pooled summary):
 
     CV/
@@ -34,7 +34,7 @@ from focusseg import __version__
 from focusseg.data.check import check_dataset
 from focusseg.data.splits import load_or_create_splits
 from focusseg.devices import resolve_device
-from focusseg.errors import CheckFailed, DatasetError, MissingFileError, RunFolderError, UsageError
+from focusseg.errors import CheckFailed, DatasetError, MissingFileError, RunFolderError, UsageError, one_line
 from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
 from focusseg.io.atomic import save_json
 from focusseg.io.dataset import discover_cases, load_dataset_spec
@@ -91,7 +91,7 @@ def _splits_file(data_dir: Path, cv_dir: Path, case_ids: list[str]) -> tuple[Pat
     try:
         splits = load_or_create_splits(path, case_ids)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"unreadable splits file ({' '.join(str(exc).split())})", path) from exc
+        raise DatasetError(f"unreadable splits file ({one_line(exc)})", path) from exc
     return path, len(splits)
 
 
@@ -149,7 +149,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"unreadable ({' '.join(str(exc).split())})", path) from exc
+        raise RunFolderError(f"unreadable ({one_line(exc)})", path) from exc
     if not isinstance(data, dict):
         raise RunFolderError("not a JSON object", path)
     return data

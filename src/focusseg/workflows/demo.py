@@ -13,7 +13,8 @@ from pathlib import Path
 from rich.console import Console
 
 from focusseg.data.check import check_dataset
-from focusseg.inference.predictor import Predictor, predict_folder
+from focusseg.inference.folders import predict_folder
+from focusseg.inference.predictor import Predictor
 from focusseg.metrics import evaluate_folders
 from focusseg.synth import generate_phantom_dataset
 from focusseg.workflows.train import run_training

@@ -11,7 +11,7 @@ from focusseg.nets import network_divisors
 from focusseg.planning.fingerprint import compute_fingerprint, load_or_compute_fingerprint
 from focusseg.planning.planner import make_plan, match_deep_supervision, plan_configuration
 from focusseg.recipes import recipe_plan, resolve_network_topology
-from focusseg.registry import split_spec
+from focusseg.settings import network_settings
 
 
 def _fingerprint(data_dir: Path, fingerprint_path: Path | None, progress: bool) -> dict:
@@ -42,7 +42,7 @@ def fit_patch_to_network(plan: dict) -> dict:
     """Round the patch up so the plan's network accepts it: each size a multiple of the network's divisor and at
     least twice it (a bottleneck of >= 2 voxels per axis, which instance norm needs). A recipe can name any
     network without knowing the dataset's patch."""
-    name, kwargs = split_spec(plan["network"])
+    name, kwargs = network_settings(plan).split()
     kwargs.pop("deep_supervision", None)
     divs = network_divisors(name, len(plan["patch_size"]), **kwargs)
     patch = [max(2 * d, -(-int(p) // d) * d) for p, d in zip(plan["patch_size"], divs)]

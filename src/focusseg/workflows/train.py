@@ -33,6 +33,7 @@ from focusseg.errors import (
     RunFolderError,
     TrainingError,
     UsageError,
+    one_line,
 )
 from focusseg.io import discover_cases, load_dataset_spec
 from focusseg.io.atomic import save_json
@@ -98,7 +99,7 @@ def _splits(data_dir: Path, run_dir: Path, case_ids: list[str], fold: str,
     try:
         splits = load_or_create_splits(path, case_ids)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"unreadable splits file ({type(exc).__name__}: {' '.join(str(exc).split())})",
+        raise DatasetError(f"unreadable splits file ({one_line(exc, typed=True)})",
                            path) from exc
     if not isinstance(splits, list) or not splits or not all(
             isinstance(s, dict) and isinstance(s.get("train"), list) and isinstance(s.get("val"), list)

@@ -14,6 +14,7 @@ from focusseg.io import discover_cases, load_dataset_spec, read_case, write_segm
 from focusseg.io.paths import safe_child
 from focusseg.metrics import evaluate_folders
 from focusseg.runfolder import clear_stale, replace_link
+from focusseg.settings import inference_settings
 
 
 def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torch.device, progress: bool = True
@@ -61,7 +62,7 @@ def evaluate_for_plan(pred_dir: Path, ref_dir: Path, out: Path, plan: dict, prog
 def chooses_postprocessing(plan: dict) -> bool:
     """Whether post-processing is chosen on validation for this plan: ``inference.postprocessing`` "auto" (per
     label, or per region when the plan has regions: :mod:`focusseg.inference.postprocess_selection`)."""
-    return plan.get("inference", {}).get("postprocessing", "auto") == "auto"
+    return inference_settings(plan).postprocessing == "auto"
 
 
 def choose_run_postprocessing(run_dir: Path, labels: list[int], regions: list[list[int]] | None = None) -> dict:

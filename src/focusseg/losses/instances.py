@@ -1,25 +1,14 @@
 """Per-instance sums for blob loss, vectorised over all instances of a batch.
 
-Blob loss scores instance ``u`` (a connected component of class ``c`` in sample ``b``) with the prediction
-``m_u = p_c * [(g_c == 0) or (inst == u)]``: every other instance of class ``c`` is set to probability 0. Any
-region or voxel loss of ``m_u`` against ``y_u = [inst == u]`` is a function of two kinds of sums:
+Blob loss scores instance ``u`` (a connected component of class ``c`` in sample ``b``) with
+``m_u = p_c * [(g_c == 0) or (inst == u)]`` against ``y_u = [inst == u]``; every region or voxel loss of that
+pair is a function of ``inst_sum(f)[u] = sum_{v in u} f(p_c(v))`` (one ``index_add``) and
+``bg_sum(f)[u] = sum_{v : g_c(v) = 0} f(p_c(v))`` (the channel total minus the class's instance voxels, in
+float64). Cost: O(B K N), independent of the instance count.
 
-    inst_sum(f)[u] = sum_{v in u} f(p_c(v))                 (voxels of the instance, y = 1)
-    bg_sum(f)[u]   = sum_{v : g_c(v) = 0} f(p_c(v))          (background of class c in sample b, y = 0)
-
-(the masked voxels have p = 0, y = 0 and add f(0) = 0 for the voxel losses and nothing to the overlap sums).
-``inst_sum`` is one ``index_add`` over the instance voxels; ``bg_sum`` is the channel total minus the class's
-instance voxels (the difference taken in float64). With sigmoid the channel totals of ``p``, ``p^2`` and
-``-log(1 - p)`` come from one fused, chunked pass with a hand-written backward (``_fused.py``).
-Cost: O(B K N) elementwise work, independent of the instance count, instead of one full-volume pass per
-instance.
-
-Components are labelled on the CPU with cc3d from the target alone (no gradient needed) by
-:func:`instance_stats`, or come ready-made as an instance map (the loader labelled the patch before augmentation,
-see :mod:`focusseg.data.loader`) for :func:`instance_stats_from_map`, which indexes them on the device with
-fixed-size tensors only (no ``nonzero``, no host copy, no host sync): every voxel is gathered, the voxels of no
-instance go to one extra "trash" bin that is dropped, and the instances are bins ``b * cap + id - 1`` with ``cap``
-the largest id the map's dtype holds (empty bins are masked out of the means).
+Components come from cc3d on the CPU (:func:`instance_stats`) or from the loader's instance map
+(:func:`instance_stats_from_map`, indexed on the device with fixed-size tensors: no host sync). Details:
+``docs/losses.md``.
 """
 
 from __future__ import annotations
@@ -35,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from focusseg.losses._fused import SigmoidSums
+from focusseg.losses.fused import SigmoidSums
 
 CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
-FUSED = {"p": 0, "p2": 1, "nlog1mp": 2}  # bg sums served by the fused sigmoid pass (see _fused.py)
+FUSED = {"p": 0, "p2": 1, "nlog1mp": 2}  # bg sums served by the fused sigmoid pass (see fused.py)
 Quantity = str | Callable[[Any], Tensor]
 
 
@@ -135,7 +124,7 @@ def log1m_softmax(x: Tensor) -> Tensor:
     minus ``logsumexp`` of all; every other channel has ``p <= 1/2`` and uses ``log1p(-p)``.
     """
     lse = torch.logsumexp(x, dim=1, keepdim=True)
-    amax = x.max(dim=1, keepdim=True).indices  # = argmax (first maximum), ~15x faster on the CPU over dim 1
+    amax = x.max(dim=1, keepdim=True).indices  # = argmax (first maximum); faster than argmax on the CPU over dim 1
     is_max = torch.zeros_like(x, dtype=torch.bool).scatter_(1, amax, True)
     rest = torch.logsumexp(x.masked_fill(is_max, float("-inf")), dim=1, keepdim=True) - lse
     p_other = torch.exp(x - lse).masked_fill(is_max, 0.0)
@@ -149,7 +138,7 @@ class InstanceStats:
     ``size`` (M,), ``inst_group`` (M,) = ``b * C + c``; ``counts`` (B*C,) instances per (sample, channel).
     A quantity is a name (``"p"``, ``"p2"``, ``"logp"``, ``"log1mp"``, ``"nlog1mp"``) or a function of a view.
     With sigmoid and ``fused=True`` the background sums of ``p``, ``p2`` and ``nlog1mp`` come from one fused
-    pass (:class:`~focusseg.losses._fused.SigmoidSums`).
+    pass (:class:`~focusseg.losses.fused.SigmoidSums`).
     """
 
     view: ProbView

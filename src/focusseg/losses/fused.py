@@ -1,16 +1,13 @@
 """Fused per-channel sums of sigmoid quantities for blob loss (memory-bound work done in cache-sized chunks).
 
-For logits ``x`` viewed as ``(R, N)`` (R = samples x channels) one pass returns, per row,
-
-    S_p = sum_v p,   S_p2 = sum_v p^2,   S_sp = sum_v softplus(x) = sum_v -log(1 - p),    p = sigmoid(x)
-
-and the logits at the instance voxels ``x[lin]``. The backward pass writes one gradient tensor,
+For logits ``x`` viewed as ``(R, N)`` (R = samples x channels) one pass returns, per row, ``S_p = sum p``,
+``S_p2 = sum p^2``, ``S_sp = sum softplus(x) = sum -log(1 - p)`` (``p = sigmoid(x)``) and the logits at the
+instance voxels ``x[lin]``. The backward pass writes one gradient tensor,
 
     dL/dx = p [(1 - p)(g_p + 2 g_p2 p) + g_sp]      (+ the sparse gradient of ``x[lin]``, added in place)
 
-instead of autograd's full-size intermediate per quantity (sigmoid, softplus, their backward tensors, the
-zero-filled scatter of the gather and the sums of these gradients). Same values as the unfused expressions
-(tested); on the CPU the chunks keep the temporaries in cache.
+instead of autograd's full-size intermediate per quantity. Same values as the unfused expressions (tested); on
+the CPU the chunks keep the temporaries in cache.
 """
 
 from __future__ import annotations
