@@ -21,9 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from focusseg import __version__
 from focusseg.errors import MissingFileError, PlanError, RunFolderError, UsageError, one_line
 from focusseg.io.atomic import append_line, atomic_write_text, save_json
 from focusseg.io.checkpoint import LATEST, PREVIOUS
+from focusseg.io.paths import is_inside
 from focusseg.settings import inference_settings, network_settings, training_settings
 
 RUN_JSON = "run.json"
@@ -96,8 +98,6 @@ def read_run_info(run_dir: Path) -> dict | None:
 
 
 def write_run_info(run_dir: Path, data_dir: Path, fold: str, plan: dict, time_budget_min: float | None) -> None:
-    from focusseg import __version__
-
     save_json({"fold": fold, "plan_sha256": plan_hash(plan), "data_dir": str(data_dir.resolve()),
                "time_budget_min": time_budget_min, "focusseg_version": __version__}, run_dir / RUN_JSON)
 
@@ -105,8 +105,6 @@ def write_run_info(run_dir: Path, data_dir: Path, fold: str, plan: dict, time_bu
 def clean_run_folder(run_dir: Path, preprocessed_dir: Path | None = None) -> list[Path]:
     """Remove focusseg's own products from a run folder (:data:`PRODUCT_FILES`, their temporaries,
     :data:`PRODUCT_DIRS`, and ``preprocessed_dir`` when it lies inside the run folder); nothing else."""
-    from focusseg.io.paths import is_inside
-
     removed: list[Path] = []
     for entry in sorted(run_dir.iterdir()):
         name = entry.name

@@ -17,19 +17,18 @@ from focusseg_testdata import SHARED_DATA
 from focusseg.engine.build import build_loss_from_plan
 from focusseg.errors import PlanError
 from focusseg.nets.from_plan import build_network_from_plan
-from focusseg.planning.planner import (
+from focusseg.planning.planner import make_plan, match_deep_supervision
+from focusseg.planning.profile import count_parameters, estimate_activation_bytes
+from focusseg.planning.topology import (
     GPU_PRESETS,
     dynunet_feature_elements,
     dynunet_features,
     dynunet_parameter_count,
     estimate_training_memory,
     gpu_budget,
-    make_plan,
-    match_deep_supervision,
     pool_and_conv_props,
     stride_divisors,
 )
-from focusseg.planning.profile import count_parameters, estimate_activation_bytes
 
 #: (median shape after crop, median spacing, n_classes): thin slabs, 1-voxel axes, 1024^3, huge anisotropy.
 EXTREME = {
@@ -166,9 +165,9 @@ def test_estimate_agrees_with_nnunet_reference() -> None:
 
 
 def test_gpu_budget_rules(monkeypatch) -> None:
-    import focusseg.planning.planner as planner
+    import focusseg.planning.topology as topology
 
-    monkeypatch.setattr(planner, "visible_gpu_memory_gb", lambda device="cuda": None)
+    monkeypatch.setattr(topology, "visible_gpu_memory_gb", lambda device="cuda": None)
     assert gpu_budget() == (8.0, "m", None)  # no GPU visible: the M preset
     assert gpu_budget(preset="L") == (24.0, "l", None)
     assert gpu_budget(gpu_memory_gb=24) == (21.6, "whole", 24.0)
@@ -183,7 +182,7 @@ def test_gpu_budget_rules(monkeypatch) -> None:
         gpu_budget(preset="huge")
     with pytest.raises(PlanError, match="gpu_memory_gb"):
         gpu_budget(gpu_memory_gb=-1)
-    monkeypatch.setattr(planner, "visible_gpu_memory_gb", lambda device="cuda": 80.0)
+    monkeypatch.setattr(topology, "visible_gpu_memory_gb", lambda device="cuda": 80.0)
     assert gpu_budget() == (72.0, "whole", 80.0)  # a visible card: all of it minus headroom
     plan = make_plan(_fp([36, 50, 35], [1, 1, 1]), device="cuda")
     assert plan["gpu_memory_gb"] == 72.0 and plan["preset"] == "whole"

@@ -13,14 +13,13 @@ import pytest
 
 from focusseg.errors import PlanError
 from focusseg.io.dataset import DatasetSpec
-from focusseg.planning.planner import (
+from focusseg.planning.planner import make_plan, validate_plan
+from focusseg.planning.topology import (
     MIN_PATCH,
     PROFILES,
-    make_plan,
     plan_patch,
     shrink_patch,
     stride_divisors,
-    validate_plan,
 )
 
 
@@ -79,7 +78,7 @@ def test_unchanged_where_the_old_planner_terminated():
 
 
 def _old_plan_patch(median_shape, voxel_budget):
-    from focusseg.planning.planner import pooling_steps as _n_pool
+    from focusseg.planning.topology import pooling_steps as _n_pool
 
     patch = np.array([max(8.0, s) for s in median_shape], dtype=float)
     while np.prod(patch) > voxel_budget:

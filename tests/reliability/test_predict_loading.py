@@ -28,7 +28,7 @@ def _error_lines(err: str) -> list[str]:
 
 
 def test_valid_run_loads_through_load_checkpoint_on_cpu(tmp_path: Path, monkeypatch):
-    import focusseg.io.checkpoint as ckpt
+    import focusseg.inference.predictor as ckpt  # the load_checkpoint the predictor calls
 
     run = make_run(tmp_path / "run")
     calls = []

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from focusseg.planning.planner import deep_merge, make_plan, parse_set, plan_patch, target_spacing
+from focusseg.planning.planner import deep_merge, make_plan, parse_set, target_spacing
+from focusseg.planning.topology import plan_patch
 
 
 def _fp(**kw):
@@ -66,9 +67,9 @@ def test_overrides_every_field():
 
 
 def test_cuda_plan_states_its_budget_and_plans_per_axis(monkeypatch):
-    import focusseg.planning.planner as planner
+    import focusseg.planning.topology as topology
 
-    monkeypatch.setattr(planner, "visible_gpu_memory_gb", lambda device="cuda": None)
+    monkeypatch.setattr(topology, "visible_gpu_memory_gb", lambda device="cuda": None)
     fp = _fp(median_spacing=[5.0, 0.8, 0.8], spacing_percentile_10=[5.0, 0.8, 0.8],
              median_shape_after_crop=[24, 320, 320])
     plan = make_plan(fp, "cuda")

@@ -19,9 +19,10 @@ from focusseg_testdata import shared_dataset
 from focusseg.engine.build import build_loss_from_plan, build_lr_controller
 from focusseg.errors import PlanError, UsageError
 from focusseg.nets.from_plan import build_network_from_plan
-from focusseg.planning import planner
-from focusseg.planning.planner import deep_merge, make_plan, stride_divisors
+from focusseg.planning import topology as planner
+from focusseg.planning.planner import deep_merge, make_plan
 from focusseg.planning.profile import estimate_plan_memory
+from focusseg.planning.topology import stride_divisors
 from focusseg.recipes import load_recipe, merge_overrides, recipe_names, recipe_plan, resolve_network_topology
 from focusseg.strategies.lr import PolyLR
 from focusseg.workflows.plan import finish_plan

@@ -8,8 +8,9 @@ import torch
 from focusseg.errors import PlanError
 from focusseg.nets.base import NetworkInfo
 from focusseg.nets.from_plan import build_network_from_plan
-from focusseg.planning import planner
-from focusseg.planning.planner import choose_slice_axis, make_plan, plan_configuration
+from focusseg.planning import twod as planner
+from focusseg.planning.planner import make_plan, plan_configuration
+from focusseg.planning.twod import choose_slice_axis
 from focusseg.preprocessing.store import store_fields
 from focusseg.workflows.plan import finish_plan
 

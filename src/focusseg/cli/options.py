@@ -41,7 +41,8 @@ def parse_overrides(assignments: list[str], configuration: str | None = None) ->
         UsageError: a malformed assignment or an unknown configuration.
     """
     from focusseg.errors import UsageError
-    from focusseg.planning.planner import CONFIGURATIONS, parse_set
+    from focusseg.planning.planner import parse_set
+    from focusseg.planning.twod import CONFIGURATIONS
 
     try:
         overrides = parse_set(assignments)
@@ -80,7 +81,7 @@ def check_time_budget(minutes: float | None) -> None:
 
 
 def check_checkpoint(checkpoint: str) -> None:
-    """Refuse a ``--checkpoint`` that is not one of :data:`focusseg.inference.predictor.CHECKPOINTS` (best,
+    """Refuse a ``--checkpoint`` that is not one of :data:`focusseg.inference.loading.CHECKPOINTS` (best,
     final, latest), before any run is loaded.
 
     Raises:

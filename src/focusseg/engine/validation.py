@@ -24,7 +24,7 @@ from focusseg.data.loader import PatchLoader
 from focusseg.data.samplers import ForegroundSampler, patch_with_slice, sampling_patch
 from focusseg.inference import sliding_window_predict
 from focusseg.inference.windows import compute_steps
-from focusseg.planning.planner import slice_axis_of
+from focusseg.planning.twod import slice_axis_of
 from focusseg.preprocessing.preprocess import ANNOTATED
 from focusseg.preprocessing.store import PreprocessedStore
 from focusseg.regions import dice_from_region_counts, plan_regions, region_counts

@@ -16,8 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from focusseg.errors import DatasetError, FocussegError, ImageError, MissingFileError, PartialFailure, UsageError
+from focusseg.inference import probabilities as saved
 from focusseg.inference.predictor import EnsemblePredictor, Predictor
+from focusseg.inference.probabilities import save_probabilities
 from focusseg.io import Geometry, read_case, write_image, write_segmentation
+from focusseg.io.dicom import (
+    DICOM_DEFAULT_OUTPUT_ENDING,
+    dicom_cases,
+    is_dicom_case,
+    read_dicom_case,
+    require_dicom_seg,
+    write_dicom_seg,
+)
+from focusseg.io.paths import is_inside, safe_child, validate_case_id, validate_file_ending
+from focusseg.metrics.files import channel_files, check_folder, output_ending, split_ending
 from focusseg.regions import plan_regions
 
 #: ``predict --output-format``: the file ending written for each format (default: the input's own).
@@ -57,9 +69,6 @@ def predict_folder(
             (missing/surplus channel, unreadable file, NaN voxels, geometry mismatch, bad case id...).
         FocussegError: an output that cannot be written (disk full, permissions), naming it.
     """
-    from focusseg.io.paths import is_inside, safe_child, validate_file_ending
-    from focusseg.metrics.files import check_folder
-
     if not isinstance(predictor, EnsemblePredictor):
         predictor = EnsemblePredictor([predictor])
     in_dir, out_dir = check_folder(in_dir, "input"), Path(out_dir)
@@ -103,8 +112,6 @@ def predict_folder(
         if output_format not in OUTPUT_FORMATS:
             raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
         if output_format == "dicom-seg":  # a DICOM Segmentation references its source series
-            from focusseg.io.dicom import is_dicom_case, require_dicom_seg
-
             require_dicom_seg()
             not_dicom = next((files[0] for files, _ in cases.values() if not is_dicom_case(files)), None)
             if not_dicom is not None:
@@ -146,8 +153,6 @@ def predict_folder(
             if output_format == "dicom-seg":  # side maps are NIfTI; the label map a DICOM-SEG of the source series
                 from functools import partial as _partial
 
-                from focusseg.io.dicom import write_dicom_seg
-
                 write_seg = _partial(write_dicom_seg, source=files[0], labels=predictor.plan["labels"],
                                      ignore_label=predictor.plan.get("ignore_label"))
                 end = ".nii.gz"
@@ -157,8 +162,6 @@ def predict_folder(
                 _write(write_image, safe_child(out_dir, f"{case}_uncertainty{end}"), unc, geo)
             if probs is not None:
                 from functools import partial
-
-                from focusseg.inference import probabilities as saved
 
                 write_probs = partial(_save_probabilities, ending=end, kind="regions" if region_order else "softmax",
                                       labels=region_order or list(range(probs.shape[0])))
@@ -202,9 +205,6 @@ def _input_cases(
     """``({case: (channel files, output ending)}, {case: error})``: the cases of ``in_dir`` that can be read,
     and one error per case that cannot (bad case id, missing or surplus channel files, two files for one
     channel). Temporaries, dot files, side outputs and names without ``_<CCCC>`` are not cases."""
-    from focusseg.io.paths import validate_case_id
-    from focusseg.metrics.files import channel_files, output_ending, split_ending
-
     found, duplicates = channel_files(in_dir, endings)
     cases: dict[str, tuple[list[Path], str]] = {}
     failures: dict[str, FocussegError] = {}
@@ -236,8 +236,6 @@ def _input_cases(
             continue
         cases[case] = ([chans[c] for c in sorted(chans)], output_ending(ending))
     if endings is None and not found and not duplicates:  # DICOM: IN/<case>/ (or IN/<case>/<CCCC>/), one series each
-        from focusseg.io.dicom import DICOM_DEFAULT_OUTPUT_ENDING, dicom_cases
-
         series, bad = dicom_cases(in_dir, n_ch)
         cases.update({c: (folders, DICOM_DEFAULT_OUTPUT_ENDING) for c, folders in series.items()})
         failures.update(bad)
@@ -246,8 +244,6 @@ def _input_cases(
 
 def _missing_channels(first: Path, present: list[int], n_ch: int) -> MissingFileError:
     """The error for a case whose channel files (beside ``first``, ``<case>_<CCCC><ending>``) are incomplete."""
-    from focusseg.metrics.files import split_ending
-
     stem, ending = split_ending(first.name)  # type: ignore[misc]
     case = stem[:-5]
     missing = [c for c in range(n_ch) if c not in present]
@@ -258,8 +254,6 @@ def _missing_channels(first: Path, present: list[int], n_ch: int) -> MissingFile
 
 def _read_input(files: list[Path], n_ch: int) -> tuple[np.ndarray, Geometry]:
     """A case's channels ``(C, X, Y, Z)`` and geometry, checked against what the run expects."""
-    from focusseg.io.dicom import is_dicom_case, read_dicom_case
-
     image, geo = read_dicom_case(files) if is_dicom_case(files) else read_case(files)[::2]
     if image.ndim != 4:
         raise ImageError(f"expected a 3D image per channel, got an array of shape {tuple(image.shape[1:])}", files[0])
@@ -276,8 +270,6 @@ def _read_input(files: list[Path], n_ch: int) -> tuple[np.ndarray, Geometry]:
 
 def _save_probabilities(path: Path, probs: np.ndarray, geo: Geometry, labels: list[int], ending: str,
                         kind: str) -> Path:
-    from focusseg.inference.probabilities import save_probabilities
-
     return save_probabilities(path, probs, geo, labels, ending, kind)
 
 

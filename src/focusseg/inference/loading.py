@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from focusseg.errors import CheckpointError, FocussegError, MissingFileError, UsageError, one_line
+from focusseg.nets.from_plan import build_inference_module
 
 CHECKPOINTS = ("best", "final", "latest")
 #: Plan fields inference needs; a checkpoint whose plan lacks one is refused when loaded, not mid-prediction.
@@ -78,8 +79,6 @@ def build_network(plan: dict, state_dict: Mapping[str, torch.Tensor], source: st
     Raises:
         CheckpointError: weights that are not finite, a plan that builds no network, or weights that do not fit it.
     """
-    from focusseg.nets.from_plan import build_inference_module
-
     for name, t in state_dict.items():
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"network weight {name!r} holds NaN/inf (a diverged training?)", source,

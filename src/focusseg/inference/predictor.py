@@ -17,10 +17,18 @@ import torch
 import torch.nn.functional as F
 
 from focusseg.errors import RunFolderError, UsageError
+from focusseg.inference import sliding_window_predict
 from focusseg.inference.loading import build_network, checkpoint_parts, select_checkpoint
+from focusseg.inference.postprocess import apply_postprocessing
+from focusseg.inference.postprocess_selection import load_run_postprocessing, read_postprocessing_file
+from focusseg.inference.tta import tta_predict
+from focusseg.inference.uncertainty import StreamingMoments, entropy, inverse_confidence
 from focusseg.io import Geometry
+from focusseg.io.checkpoint import load_checkpoint
+from focusseg.nets.from_plan import amp_dtype
 from focusseg.preprocessing.preprocess import preprocess_array
 from focusseg.regions import labels_from_region_probabilities, plan_regions
+from focusseg.runfolder import fold_dirs
 from focusseg.settings import inference_settings, parse_plan_settings
 
 
@@ -33,8 +41,6 @@ class Predictor:
 
     def __init__(self, plan: dict, state_dict: dict, device: str | torch.device | None = None,
                  postprocessing: list[dict] | None = None, source: str | Path | None = None) -> None:
-        from focusseg.nets.from_plan import amp_dtype
-
         parse_plan_settings(plan, source)  # a plan from someone else's file: refused before anything is allocated
         self.plan = plan
         self.postprocessing = list(postprocessing or [])  # steps for apply_postprocessing (chosen on validation)
@@ -60,9 +66,6 @@ class Predictor:
                 unreadable ``postprocessing.json``. Each names the file.
             UsageError: ``checkpoint`` not one of best, final, latest.
         """
-        from focusseg.inference.postprocess_selection import load_run_postprocessing
-        from focusseg.io.checkpoint import load_checkpoint
-
         run_dir = Path(run_dir)
         path = select_checkpoint(run_dir, checkpoint)
         plan, weights = checkpoint_parts(load_checkpoint(path), path)
@@ -83,9 +86,6 @@ class Predictor:
         ``inference.noise_sigma`` (default 0.1, seeded by ``inference.noise_seed``) averaged on probabilities with
         the clean pass (:func:`~focusseg.inference.tta.tta_predict`; the VALDO system's "flips and slight Gaussian
         noise")."""
-        from focusseg.inference import sliding_window_predict
-        from focusseg.inference.tta import tta_predict
-
         data, _, props = preprocess_array(image, geometry, self.plan)
         inf = inference_settings(self.plan)
         mirror = inf.mirror_axes if tta else ()
@@ -244,8 +244,6 @@ class EnsemblePredictor:
     def _predict(
         self, image: np.ndarray, geometry: Geometry, overlap: float | None, tta: bool, want_probabilities: bool
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        from focusseg.inference.uncertainty import StreamingMoments, entropy, inverse_confidence
-
         regions = self.members[0].regions
         if regions and self.uncertainty is not None:
             raise UsageError("uncertainty maps assume softmax class probabilities; a region-based run has sigmoid "
@@ -290,8 +288,6 @@ class EnsemblePredictor:
                 full[0] = 1.0  # outside the crop the network saw: background, as the segmentation there
             full[(slice(None), *box)] = mean.numpy()
         if self.postprocessing:
-            from focusseg.inference.postprocess import apply_postprocessing
-
             seg = apply_postprocessing(seg, self.postprocessing, geometry.spacing).astype(seg.dtype, copy=False)
         if self.uncertainty is None:
             return seg, None, full
@@ -323,9 +319,6 @@ def crossval_predictor(cv_dirs: str | Path | Sequence[str | Path], checkpoint: s
     cross-validation folders: equal weights per fold within a CV (nnU-Net's default) and equal total weight per CV.
     Post-processing: ``postprocessing_file`` when given (e.g. ``focusseg best``'s choice for an ensemble of CVs),
     else a single CV's own (chosen on its pooled validation), else none; nothing when ``postprocess`` is false."""
-    from focusseg.inference.postprocess_selection import load_run_postprocessing, read_postprocessing_file
-    from focusseg.runfolder import fold_dirs
-
     cvs = [Path(cv_dirs)] if isinstance(cv_dirs, (str, Path)) else [Path(c) for c in cv_dirs]
     dev = torch.device(device) if isinstance(device, str) else device
     members, weights = [], []

@@ -24,9 +24,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from focusseg import __version__
 from focusseg.errors import DatasetError, FocussegError, ImageError, MissingFileError, UsageError, one_line
 from focusseg.io.atomic import atomic_path, is_temp_name
 from focusseg.io.geometry import Geometry, ImageReadError, check_affine, check_declared_shape, voxel_limit
+from focusseg.io.paths import validate_case_id
 
 #: The ending of a DICOM Segmentation output (``predict --output-format dicom-seg``).
 DICOM_SEG_ENDING = ".dcm"
@@ -99,8 +101,6 @@ def dicom_cases(in_dir: str | Path, n_channels: int) -> tuple[dict[str, list[Pat
     multi-channel case (exactly ``0000`` .. ``n_channels - 1``). The series themselves are found when read
     (:func:`read_dicom_case`). Errors (one per case, naming the folder): a bad case id, a missing or surplus
     channel folder, files beside the channel folders, subfolders that are not channel folders."""
-    from focusseg.io.paths import validate_case_id
-
     in_dir = Path(in_dir)
     cases: dict[str, list[Path]] = {}
     failures: dict[str, FocussegError] = {}
@@ -362,8 +362,6 @@ def write_dicom_seg(
     frame per slice, DICOM 2024 LABELMAP). ``seg`` must have the source series' shape and ``geometry`` its
     geometry (the one :func:`read_series` returned); values not declared as foreground labels are refused."""
     from pydicom.sr.codedict import codes
-
-    from focusseg import __version__
 
     path = Path(path)
     hd, pydicom = _highdicom(path)

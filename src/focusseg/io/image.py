@@ -22,7 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from focusseg.errors import one_line
+from focusseg.errors import UsageError, one_line
 from focusseg.io.atomic import atomic_path
 from focusseg.io.dataset import MAX_LABEL_VALUE
 from focusseg.io.geometry import (
@@ -239,8 +239,6 @@ def _sitk(path: Path, verb: str = "read"):
     try:
         import SimpleITK as sitk
     except ImportError as exc:
-        from focusseg.errors import UsageError
-
         raise UsageError(f"install focusseg[formats] (SimpleITK) to {verb} {''.join(path.suffixes) or 'this format'}"
                          " files", path, hint="pip install 'focusseg[formats]'") from exc
     return sitk

@@ -24,8 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from focusseg.errors import DatasetError, FocussegError, ImageError, PartialFailure, UsageError, one_line
+from focusseg.errors import (
+    DatasetError,
+    FocussegError,
+    ImageError,
+    MissingFileError,
+    PartialFailure,
+    UsageError,
+    one_line,
+)
 from focusseg.io.atomic import atomic_path, atomic_write_text
+from focusseg.io.dataset import load_dataset_spec
 from focusseg.metrics.autopet import false_negative_volume, false_positive_volume, fp_pet_score
 from focusseg.metrics.conventions import Convention, get_convention
 from focusseg.metrics.files import check_folder, label_files, output_ending, read_label_map
@@ -125,9 +134,6 @@ def _declaring_source(source: str | Path, what: str) -> tuple[Path, Any, dict]:
     """``(file, dataset spec or None, plan dict)`` of a source that declares ``what``: a dataset folder or its
     ``dataset.json`` (the spec), or a run folder or a ``plan.json`` (the plan). :class:`MissingFileError` /
     :class:`UsageError` naming the file when it is neither."""
-    from focusseg.errors import MissingFileError
-    from focusseg.io.dataset import load_dataset_spec
-
     path = Path(source)
     if path.is_dir():
         found = [path / n for n in ("dataset.json", "plan.json") if (path / n).is_file()]

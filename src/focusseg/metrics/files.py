@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from focusseg.errors import DatasetError, FocussegError, ImageError, MissingFileError, UsageError, one_line
+from focusseg.io import read_image
 from focusseg.io.atomic import is_temp_name
+from focusseg.io.geometry import MAX_VOXELS_ENV, voxel_limit
 from focusseg.io.paths import KNOWN_FILE_ENDINGS
 
 #: Name endings (before the file ending) of the maps focusseg writes beside a case's segmentation.
@@ -123,8 +125,6 @@ def _load_nifti_checked(path: Path):
 
     import nibabel as nib
 
-    from focusseg.io.geometry import MAX_VOXELS_ENV, voxel_limit
-
     img = nib.load(str(path))  # the header only
     shape = tuple(int(s) for s in img.shape)
     n, limit = math.prod(shape), voxel_limit()
@@ -169,8 +169,6 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[floa
             affine = np.asarray(img.affine, dtype=np.float64)
             spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
         else:
-            from focusseg.io import read_image
-
             data, geo = read_image(path, dtype=np.float64)  # float64 holds every integer label exactly
             affine, spacing = np.asarray(geo.affine, dtype=np.float64), tuple(geo.spacing)
     except FocussegError:

@@ -21,6 +21,7 @@ import numpy as np
 
 from focusseg.errors import PlanError
 from focusseg.io.dataset import split_ignore_label
+from focusseg.losses.regions import REGION_LOSSES
 from focusseg.planning.topology import (
     PROFILES,
     gpu_budget,
@@ -67,11 +68,12 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
               preset: str | None = None, configuration: str = "3d", spec: DatasetSpec | None = None) -> dict:
     """A complete, human-readable plan; ``overrides`` is a nested dict merged last (every field overridable).
 
-    ``device="cuda"`` plans for a GPU budget (:func:`gpu_budget`: ``preset`` m / l / xl / whole and the card's
-    ``gpu_memory_gb``; default the visible card minus headroom, or the M preset's 8 GB when none is visible):
-    patch, batch and a per-axis DynUNet topology from :func:`plan_cuda_network`; the plan records
-    ``gpu_memory_gb`` (the budget), ``preset`` and ``memory_estimate_gb``. The CPU plan ignores both arguments.
-    ``configuration="2d"``: nnU-Net's 2D configuration of the same data (:func:`plan_2d`).
+    ``device="cuda"`` plans for a GPU budget (:func:`~focusseg.planning.topology.gpu_budget`: ``preset``
+    m / l / xl / whole and the card's ``gpu_memory_gb``; default the visible card minus headroom, or the M preset's
+    8 GB when none is visible): patch, batch and a per-axis DynUNet topology from
+    :func:`~focusseg.planning.topology.plan_cuda_network`; the plan records ``gpu_memory_gb`` (the budget),
+    ``preset`` and ``memory_estimate_gb``. The CPU plan ignores both arguments.
+    ``configuration="2d"``: nnU-Net's 2D configuration of the same data (:func:`~focusseg.planning.twod.plan_2d`).
     ``spec``: the dataset's :class:`~focusseg.io.dataset.DatasetSpec`, needed only for region-based labels (the
     fingerprint does not carry them): its regions go into the plan (:func:`region_fields`).
 
@@ -282,8 +284,6 @@ def _validate_regions(plan: dict, spec: DatasetSpec) -> None:
             raise PlanError(f"plan {key} {json_text(plan.get(key))} differs from dataset.json's ({said})", hint=hint)
     if not spec.regions:
         return
-    from focusseg.losses.regions import REGION_LOSSES
-
     tr = training_settings(plan)
     loss = tr.loss
     if loss is None:
@@ -349,8 +349,9 @@ def parse_set(assignments: list[str]) -> dict:
 def match_deep_supervision(plan: dict) -> dict:
     """Make a DynUNet's number of deep-supervision outputs equal the number of nonzero deep-supervision weights
     (``training.deep_supervision.weights``: a list, trailing zeros dropped, or ``"nnunet"``, resolved as
-    :func:`nnunet_deep_supervision`), so no zero-weight head is built; at most MONAI's ``n_stages - 2`` heads.
-    Returns a new plan; other networks and plans without deep supervision are returned unchanged."""
+    :func:`~focusseg.planning.topology.nnunet_deep_supervision`), so no zero-weight head is built; at most MONAI's
+    ``n_stages - 2`` heads. Returns a new plan; other networks and plans without deep supervision are returned
+    unchanged."""
     net = network_settings(plan)
     ds = training_settings(plan).deep_supervision_kwargs()
     if net is None or net.name != "dynunet" or not net.deep_supervision or not ds:
@@ -381,9 +382,9 @@ def match_deep_supervision(plan: dict) -> dict:
 def plan_configuration(plan: dict, *layers: dict | None) -> dict:
     """``plan`` with the override ``layers`` (recipe form, ``--set``) merged in order, in the configuration they
     ask for: when they set ``configuration: "2d"`` on a 3D planner plan, the plan is first turned into its 2D
-    configuration (:func:`plan_2d`) and the layers are merged on top of that, so a recipe's or the user's
-    ``patch_size``, ``batch_size`` or ``network`` still win. A 2D plan cannot be turned back into a 3D one
-    (:class:`PlanError`: plan again without the 2D configuration)."""
+    configuration (:func:`~focusseg.planning.twod.plan_2d`) and the layers are merged on top of that, so a
+    recipe's or the user's ``patch_size``, ``batch_size`` or ``network`` still win. A 2D plan cannot be turned back
+    into a 3D one (:class:`PlanError`: plan again without the 2D configuration)."""
     merged = plan
     for layer in layers:
         merged = deep_merge(merged, layer or {})

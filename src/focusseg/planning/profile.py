@@ -21,6 +21,9 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from focusseg.nets.base import build_network
+from focusseg.nets.dynunet import dynunet_topology
+from focusseg.nets.from_plan import build_network_from_plan
+from focusseg.planning import topology as pl
 from focusseg.settings import network_settings, training_settings
 
 
@@ -159,7 +162,7 @@ def describe_networks(
 def estimate_plan_memory(plan: Mapping[str, Any], model: nn.Module | None = None) -> dict[str, Any]:
     """Estimated GPU memory (GB = 2**30 bytes) of one training step of a plan's network at its patch and batch.
 
-    * DynUNet: the planner's analytic formula (``planning.planner.estimate_training_memory``; the same number the
+    * DynUNet: the planner's analytic formula (``planning.topology.estimate_training_memory``; the same number the
       plan's ``memory_estimate_gb`` records), from the plan's strides, kernels and features;
     * any other network: the tensors autograd saves during a training forward, measured on the meta device
       (:func:`estimate_activation_bytes`, fp32) and scaled to the plan's AMP dtype (x 2/4 under fp16/bf16),
@@ -169,16 +172,12 @@ def estimate_plan_memory(plan: Mapping[str, Any], model: nn.Module | None = None
     network already built from the plan (on any device; it is rebuilt on the meta device when needed).
     Not measured on a GPU.
     """
-    from focusseg.planning import planner as pl
-
     name, kw = network_settings(plan).split()
     patch = [int(p) for p in plan["patch_size"]]
     batch = int(plan.get("batch_size", 2))
     in_ch, n_cls = len(plan["channel_names"]), int(plan["n_classes"])
     amp = training_settings(plan).amp or "none"
     if name == "dynunet":
-        from focusseg.nets.dynunet import dynunet_topology
-
         ks, st = dynunet_topology(len(patch), kw.get("kernel_sizes"), kw.get("strides"), kw.get("n_stages"))
         cap = kw.get("max_features") or (320 if len(patch) == 3 else 512)
         feats = pl.dynunet_features(len(st), int(kw.get("base_features", 32)), int(cap))
@@ -186,8 +185,6 @@ def estimate_plan_memory(plan: Mapping[str, Any], model: nn.Module | None = None
         est = pl.estimate_training_memory(patch, batch, in_ch, n_cls, ks, st, feats, dsn, amp)
         return {"total_gb": est["total_gb"], "activations_gb": est["activations_gb"], "fixed_gb": est["fixed_gb"],
                 "parameters": est["parameters"], "method": "analytic (DynUNet topology)"}
-    from focusseg.nets.from_plan import build_network_from_plan
-
     if model is None or _device_of(model).type != "meta":
         with torch.device("meta"):
             model = build_network_from_plan(dict(plan))
@@ -206,8 +203,6 @@ def describe_plan(plan: Mapping[str, Any], device: str | torch.device = "cpu", m
     meta device), ``train_memory_gb`` (:func:`estimate_plan_memory`), ``budget_gb`` (the plan's
     ``gpu_memory_gb``, None for a CPU plan) and ``step_s`` (a timed training step on ``device`` when
     ``measure_time``, else None)."""
-    from focusseg.nets.from_plan import build_network_from_plan
-
     patch = tuple(int(p) for p in plan["patch_size"])
     in_ch, n_cls = len(plan["channel_names"]), int(plan["n_classes"])
     with torch.device("meta"):

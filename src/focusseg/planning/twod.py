@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from focusseg.errors import PlanError
+from focusseg.nets.base import network_info, network_names
 from focusseg.planning.topology import (
     GPU_PRESETS,
     PROFILES,
@@ -30,7 +31,8 @@ CONFIGURATIONS = ("3d", "2d")
 #: The 2D profile per device. CPU: the in-plane patch is the median in-plane shape capped at 512^2 pixels (a CT
 #: slice fits whole), and a step processes about as many pixels as the 3D step's compute (``3 * 2 * 96^3``: a
 #: 3x3 convolution costs a third of a 3x3x3 one per element), at most ``max_batch`` slices. CUDA: the GPU-memory
-#: budget of :func:`plan_cuda_network` with nnU-Net's 2D initial patch (2048^2) and feature cap (512).
+#: budget of :func:`~focusseg.planning.topology.plan_cuda_network` with nnU-Net's 2D initial patch (2048^2) and
+#: feature cap (512).
 #: ``max_batch`` stands in for nnU-Net's 5 %-of-the-dataset cap, which a plan cannot compute (it holds no case
 #: count); nnU-Net's own 2D batches are 12-49 on typical CT/MR and larger on tiny slices.
 PROFILES_2D: dict[str, dict[str, Any]] = {
@@ -75,7 +77,8 @@ def network_spacing(plan: dict) -> list[float]:
 
 
 def plan_2d(plan: dict) -> dict:
-    """The 2D configuration of a 3D plan made by :func:`make_plan` (nnU-Net v2's ``2d`` configuration):
+    """The 2D configuration of a 3D plan made by :func:`~focusseg.planning.planner.make_plan` (nnU-Net v2's ``2d``
+    configuration):
 
     * ``slice_axis`` = :func:`choose_slice_axis` of the target spacing; the store (preprocessing) is the 3D one,
       so the same preprocessed store serves both configurations (its key holds no patch or network). Reading
@@ -83,7 +86,8 @@ def plan_2d(plan: dict) -> dict:
       spacing; on isotropic data both agree);
     * ``patch_size`` (2 values, the in-plane axes in increasing order): the median in-plane resampled shape,
       capped by the profile (:data:`PROFILES_2D`), rounded to the network's pooling; on CUDA the GPU-memory
-      budget's patch, batch and per-axis DynUNet topology (:func:`plan_cuda_network` in 2D, features up to 512);
+      budget's patch, batch and per-axis DynUNet topology (:func:`~focusseg.planning.topology.plan_cuda_network`
+      in 2D, features up to 512);
     * ``batch_size``: CPU ``step_pixels // patch pixels`` in ``[2, max_batch]``; CUDA as many as the budget holds;
     * a 2D network of the profile's family, mirror TTA on the two in-plane axes, slice batches for inference,
       nnU-Net's 2D rotation range (:data:`ROTATION_2D`).
@@ -154,8 +158,6 @@ def check_configuration(plan: dict) -> None:
         raise PlanError(f"slice_axis {axis!r} must be 0, 1 or 2 in a 2d plan")
     net = network_settings(plan)
     name = None if net is None else net.name
-    from focusseg.nets.base import network_info, network_names
-
     try:
         dims = network_info(str(name)).spatial_dims
     except KeyError:

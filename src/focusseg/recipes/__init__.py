@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from focusseg.errors import PlanError, UsageError, one_line
-from focusseg.planning.planner import deep_merge, network_spacing, pool_and_conv_props
+from focusseg.planning.planner import deep_merge
+from focusseg.planning.topology import pool_and_conv_props
+from focusseg.planning.twod import network_spacing
 from focusseg.settings import network_settings
 
 RECIPE_DIR = Path(__file__).parent
@@ -104,7 +106,7 @@ def recipe_plan(recipe: dict | None, device_type: str, form: str | None = None) 
 def resolve_network_topology(plan: dict) -> dict:
     """``network.topology: "nnunet"`` (a DynUNet whose recipe fixes the patch, e.g. FLARE21's 3d_fullres patch):
     per-axis kernels and strides for the plan's ``target_spacing`` and final ``patch_size`` by nnU-Net's rule
-    (``planning.planner.pool_and_conv_props``), written as ``kernel_sizes``, ``strides`` and ``n_stages``; the
+    (``planning.topology.pool_and_conv_props``), written as ``kernel_sizes``, ``strides`` and ``n_stages``; the
     ``topology`` key is removed (the network builder does not know it). Any other plan is returned unchanged.
     Returns a new plan."""
     net = network_settings(plan)

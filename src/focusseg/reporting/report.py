@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from focusseg.errors import UsageError, one_line
+from focusseg import __version__
+from focusseg.errors import MissingFileError, UsageError, one_line
+from focusseg.io.atomic import atomic_write_text
 from focusseg.reporting import figures
 from focusseg.reporting import html as h
 from focusseg.reporting.collect import (
@@ -36,6 +38,7 @@ from focusseg.reporting.sections import (
     validation_table,
     violin_plots,
 )
+from focusseg.runfolder import describe_rows
 
 REPORT_NAME = "report.html"
 log = logging.getLogger("focusseg.reporting")
@@ -66,8 +69,6 @@ def run_body(run: RunData, level: str = "run", compact: bool = False) -> str:
 def stamp() -> str:
     """The footer line of every focusseg HTML page: the version that made it and when (local time, with
     its UTC offset), so a page found later says where it came from."""
-    from focusseg import __version__
-
     return f"focusseg {__version__} report, made {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}"
 
 
@@ -82,8 +83,6 @@ def run_report_html(run: RunData) -> str:
 
 def crossval_report_html(cv: CrossvalData) -> str:
     """The whole page of a cross-validation: per-fold table, pooled metrics, pooled validation, each fold."""
-    from focusseg.runfolder import describe_rows
-
     title = f"focusseg cross-validation report: {cv.cv_dir.name}"
     parts = [f"<h1>{h.esc(title)}</h1>", h.note(str(cv.cv_dir.resolve()))]
     if cv.problems:
@@ -141,12 +140,8 @@ def _fold_progress_table(folds: Sequence[RunData]) -> str:
 def write_report(folder: str | Path, out: str | Path | None = None) -> Path:
     """Write the report of a run or cross-validation folder to ``out`` (default ``folder/report.html``),
     atomically; returns its path."""
-    from focusseg.io.atomic import atomic_write_text
-
     folder = Path(folder)
     if not folder.exists():
-        from focusseg.errors import MissingFileError
-
         raise MissingFileError("no such run or cross-validation folder", folder)
     out = folder / REPORT_NAME if out is None else Path(out)
     if out.exists() and out.is_dir():

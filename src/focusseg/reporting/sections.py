@@ -19,10 +19,14 @@ from typing import Any
 import numpy as np
 
 from focusseg.errors import FocussegError, PlanError, one_line
+from focusseg.io import discover_cases, load_dataset_spec
+from focusseg.io.image import read_image
+from focusseg.metrics.files import label_files, read_label_map
 from focusseg.reporting import figures
 from focusseg.reporting import html as h
 from focusseg.reporting.collect import RunData, finite
 from focusseg.settings import Spec, TrainingSettings, training_settings
+from focusseg.strategies.cycle import keep_schedule
 
 # --------------------------------------------------------------------------------------------------- helpers
 
@@ -188,8 +192,6 @@ def _cycle_schedule(tr: TrainingSettings, run: RunData) -> list[tuple[int, float
     task = tr.task
     if task is None:
         return []
-    from focusseg.strategies.cycle import keep_schedule
-
     n = max([r["epoch"] + 1 for r in run.records] or [tr.max_epochs or 0])
     try:
         return [(e, keep_schedule(e, float(task.get("keep", 0.75)), int(task.get("ramp_epochs", 0))))
@@ -315,8 +317,6 @@ def overlay_section(run: RunData, max_voxels: int = 400_000_000) -> str:
     """Slice overlays of the best, median and worst validation case (mean Dice over labels): a slice through
     the middle of the reference's foreground (else the prediction's, else the volume) across the axis of the
     largest spacing (the through-plane axis of anisotropic images)."""
-    from focusseg.metrics.files import label_files, read_label_map
-
     means = _case_means(run.val_rows)
     if not means:
         return h.note("no validated case yet")
@@ -366,8 +366,6 @@ def _raw_images(run: RunData) -> dict[str, Path]:
     if not data_dir or not Path(data_dir).is_dir():
         return {}
     try:
-        from focusseg.io import discover_cases, load_dataset_spec
-
         spec = load_dataset_spec(data_dir)
         return {c.case_id: Path(c.images[0]) for c in discover_cases(data_dir, spec) if c.images}
     except (FocussegError, OSError, ValueError):
@@ -377,8 +375,6 @@ def _raw_images(run: RunData) -> dict[str, Path]:
 def _read_image(path: Path | None, shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
     if path is None:
         return None, "the raw image was not found (the data folder in run.json moved or is absent)"
-    from focusseg.io.image import read_image
-
     try:
         img, _ = read_image(path)
     except (FocussegError, OSError, ValueError) as exc:
