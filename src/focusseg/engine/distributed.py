@@ -17,7 +17,7 @@ import contextlib
 import datetime as _dt
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,20 @@ TRAINING_TIMEOUT_S = 300.0
 #: Timeout of the first rendezvous and of the wait while rank 0 plans and preprocesses (seconds).
 PLANNING_TIMEOUT_S = 4 * 3600.0
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
+    """The launcher's integer variable ``name`` (``default`` when absent or not an integer)."""
+    env = os.environ if env is None else env
+    try:
+        return int(env.get(name, str(default)))
+    except ValueError:
+        return default
+
+
+def restarted_by_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    """Whether torchrun's elastic agent restarted this worker group (``--max-restarts``) after a failure."""
+    return env_int("TORCHELASTIC_RESTART_COUNT", 0, env) > 0
 
 
 @dataclass
@@ -48,11 +62,7 @@ class World:
     @staticmethod
     def env_says_distributed(env: dict[str, str] | None = None) -> bool:
         """Whether a launcher (torchrun) started this process as one of several."""
-        env = os.environ if env is None else env
-        try:
-            return int(env.get("WORLD_SIZE", "1")) > 1
-        except ValueError:
-            return False
+        return env_int("WORLD_SIZE", 1, env) > 1
 
     @classmethod
     def from_env(cls, device: torch.device, env: dict[str, str] | None = None,

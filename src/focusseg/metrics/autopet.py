@@ -60,16 +60,7 @@ def false_negative_volume(
     pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float], connectivity: int = AUTOPET_CONNECTIVITY
 ) -> float:
     """FNV in ml: GT components with no predicted voxel (0 on an empty GT; autoPET III reports NaN there).
-
-    Args:
-        pred: binary prediction mask.
-        gt: binary ground-truth mask of the same shape.
-        spacing: voxel spacing in mm (the first three values are used).
-        connectivity: cc3d connectivity of the components (autoPET: 18).
-
-    Returns:
-        The false-negative volume in ml.
-    """
+    Arguments as :func:`false_positive_volume`; returns the false-negative volume in ml."""
     return unmatched_component_voxels(gt, pred, connectivity) * voxel_volume_ml(spacing)
 
 

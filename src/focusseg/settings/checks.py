@@ -163,3 +163,15 @@ def thaw(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [thaw(v) for v in value]
     return value
+
+
+def read_section(plan: Mapping[str, Any], name: str, known: Sequence[str],
+                 src: str | Path | None) -> Mapping[str, Any] | None:
+    """The plan's section ``name`` checked to be an object of known keys (:func:`check_mapping`,
+    :func:`check_known`); None when the plan leaves it out or sets it to null (all defaults)."""
+    raw = plan.get(name) if isinstance(plan, Mapping) else None
+    if raw is None:
+        return None
+    section = check_mapping(raw, name, src)
+    check_known(section, known, name, src)
+    return section

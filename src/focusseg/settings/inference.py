@@ -20,11 +20,10 @@ from focusseg.settings.checks import (
     check_finite_json,
     check_float,
     check_int,
-    check_known,
-    check_mapping,
     fail,
     freeze,
     is_int,
+    read_section,
     thaw,
 )
 
@@ -84,22 +83,13 @@ def inference_settings(plan: Mapping[str, Any], source: str | Path | None = None
     against 3 spatial axes, not the patch's: the sliding window refuses a 2D plan's third axis when it predicts
     (a recipe's 3D mirror axes merged onto a 2D plan still plans and trains).
 
-    Args:
-        plan: the plan (only its ``inference`` is read).
-        source: the plan's file, named in the error message.
-
-    Returns:
-        the frozen :class:`InferenceSettings`.
-
-    Raises:
-        PlanError: as :func:`~focusseg.settings.training.training_settings`; also more TTA passes than
-            :data:`~focusseg.settings.checks.MAX_TTA_PASSES`.
+    Args and errors as :func:`~focusseg.settings.training.training_settings` (for the ``inference`` section, giving
+    the frozen :class:`InferenceSettings`); also refused: more TTA passes than
+    :data:`~focusseg.settings.checks.MAX_TTA_PASSES`.
     """
-    raw = plan.get("inference") if isinstance(plan, Mapping) else None
-    if raw is None:
+    inf = read_section(plan, "inference", INFERENCE_KEYS, source)
+    if inf is None:
         return InferenceSettings()
-    inf = check_mapping(raw, "inference", source)
-    check_known(inf, INFERENCE_KEYS, "inference", source)
     s = source
     kw: dict[str, Any] = {}
     if inf.get("overlap") is not None:

@@ -29,6 +29,7 @@ from focusseg.settings.checks import (
     check_mapping,
     fail,
     freeze,
+    read_section,
     show_value,
     thaw,
 )
@@ -265,11 +266,9 @@ def training_settings(plan: Mapping[str, Any], source: str | Path | None = None)
         PlanError: a value of the wrong type, out of range, non-finite, or an unknown key (one line naming
             ``source``, the field and the bound).
     """
-    raw = plan.get("training") if isinstance(plan, Mapping) else None
-    if raw is None:
+    tr = read_section(plan, "training", TRAINING_KEYS, source)
+    if tr is None:
         return TrainingSettings()
-    tr = check_mapping(raw, "training", source)
-    check_known(tr, TRAINING_KEYS, "training", source)
     s = source
     kw: dict[str, Any] = {}
     if "loss" in tr:

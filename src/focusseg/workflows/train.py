@@ -22,7 +22,7 @@ from focusseg.data.check import check_dataset
 from focusseg.data.splits import fold_cases, load_or_create_splits
 from focusseg.devices import resolve_device
 from focusseg.engine import finetune
-from focusseg.engine.distributed import World, world_for
+from focusseg.engine.distributed import World, restarted_by_torchrun, world_for
 from focusseg.engine.loop import train
 from focusseg.errors import (
     CheckFailed,
@@ -228,15 +228,6 @@ def train_fold(request: TrainRequest, world: Any = None) -> dict:
                 world.broadcast_object({"error": what}, planning=True)
             raise
     return _run_main(request, world, None)
-
-
-def restarted_by_torchrun(env: dict[str, str] | None = None) -> bool:
-    """Whether torchrun's elastic agent restarted this worker group (``--max-restarts``) after a failure."""
-    env = os.environ if env is None else env
-    try:
-        return int(env.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-    except ValueError:
-        return False
 
 
 def _run_main(req: TrainRequest, world: Any, handoff: dict | None) -> dict:
