@@ -28,7 +28,7 @@ def run_corpus() -> tuple[list[dict], float]:
     import torch
     from focusseg_testdata import write_tiny_dataset
     from reliability.conftest import TINY_PLAN, Sandbox, snapshot
-    from reliability.corpus import CORPUS
+    from reliability.corpora import CORPUS, GROUP
 
     from focusseg.cli import main
     from focusseg.workflows.train import run_training

@@ -60,6 +60,37 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
+def _status_mb(key: str) -> float:
+    """``key`` (VmRSS, VmHWM) of this process from /proc/self/status, in MiB (0 where /proc is absent)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextlib.contextmanager
+def peak_rss() -> Iterator[dict[str, float]]:
+    """Measure the peak resident memory the block adds: the kernel's high-water mark (VmHWM) is reset by writing
+    5 to /proc/self/clear_refs, so the peak is the block's own. Yields a dict that gets ``added_mb`` (peak minus
+    the resident size before) and ``measured`` (False where Linux's reset is not available)."""
+    result = {"added_mb": 0.0, "measured": False}
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        result["measured"] = True
+    except OSError:
+        pass
+    before = _status_mb("VmRSS")
+    try:
+        yield result
+    finally:
+        if result["measured"]:
+            result["added_mb"] = max(0.0, _status_mb("VmHWM") - before)
+
+
 def snapshot(root: Path, exclude: list[Path]) -> dict[str, str]:
     """sha256 of every file (and the target of every link) under ``root``, except under ``exclude``."""
     excl = [e.resolve() for e in exclude]

@@ -26,14 +26,23 @@ class Entry:
     outputs: list[Path] = field(default_factory=list)  # folders the command may write to (default: sandbox.out)
     after: Callable[[], None] | None = None  # extra assertions after the command
     max_error_lines: int = 2
+    max_rss_mb: float = 1024.0  # peak resident memory the command may add (measured: VmHWM reset before it runs)
+    max_seconds: float = 120.0  # wall time the command may take
 
 
 CORPUS: dict[str, tuple[str, Callable[[Sandbox], Entry]]] = {}
+#: Which corpus module registered each entry (``corpus``: the first corpus; ``corpus_shared_*``: shared models
+#: and folders), for the trust table.
+GROUP: dict[str, str] = {}
 
 
 def case(command: str):
+    """Register the decorated ``fn(sandbox) -> Entry`` as a corpus entry named after the function."""
     def register(fn: Callable[[Sandbox], Entry]):
+        if fn.__name__ in CORPUS:
+            raise KeyError(f"corpus entry {fn.__name__} is registered twice")
         CORPUS[fn.__name__] = (command, fn)
+        GROUP[fn.__name__] = fn.__module__.rsplit(".", 1)[-1]
         return fn
 
     return register
