@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 def run_corpus() -> tuple[list[dict], float]:
     import torch
     from focusseg_testdata import write_tiny_dataset
-    from reliability.conftest import TINY_PLAN, Sandbox, snapshot
+    from reliability.conftest import TINY_PLAN, Sandbox, peak_rss, snapshot
     from reliability.corpora import CORPUS, GROUP
 
     from focusseg.cli import main
@@ -53,11 +53,13 @@ def run_corpus() -> tuple[list[dict], float]:
             out, err = io.StringIO(), io.StringIO()
             cwd = os.getcwd()
             os.chdir(root / "cwd")
+            t1 = time.perf_counter()
             try:
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), peak_rss() as mem:
                     code = main([str(a) for a in entry.argv])
             finally:
                 os.chdir(cwd)
+            seconds_entry = time.perf_counter() - t1
             after = snapshot(root, allowed)
             inputs = {k for k in before if not k.startswith("cwd")}
             modified = sorted(k for k in inputs if before.get(k) != after.get(k))
@@ -75,8 +77,12 @@ def run_corpus() -> tuple[list[dict], float]:
                 clean = code not in (0, 3) and 1 <= len(lines) <= entry.max_error_lines and named
             else:
                 clean = code == 0
+            within = mem["added_mb"] <= entry.max_rss_mb and seconds_entry <= entry.max_seconds
             rows.append({"name": name, "command": command, "refuse": entry.refuse, "code": code,
-                         "clean": clean and extra_ok and "Traceback" not in text and not modified and not outside,
+                         "group": GROUP[name], "rss_mb": mem["added_mb"], "seconds": seconds_entry,
+                         "within": within,
+                         "clean": clean and extra_ok and within and "Traceback" not in text and not modified
+                         and not outside,
                          "traceback": "Traceback" in text, "unexpected": code == 3, "modified": modified,
                          "outside": outside, "first_line": (lines or [""])[0].replace(str(root), "…")[:160]})
     return rows, time.perf_counter() - t0
@@ -98,33 +104,52 @@ def report(rows: list[dict], seconds: float, kills: str | None) -> str:
     from machine import machine_line
 
     by_cmd = Counter(r["command"] for r in rows)
-    refuse = [r for r in rows if r["refuse"]]
-    cope = [r for r in rows if not r["refuse"]]
+
+    def row(label: str, rs: list[dict]) -> str:
+        ref = [r for r in rs if r["refuse"]]
+        cop = [r for r in rs if not r["refuse"]]
+        worst = max(rs, key=lambda r: r["rss_mb"])
+        slow = max(rs, key=lambda r: r["seconds"])
+        return (f"| {label} | {len(rs)} | {sum(r['clean'] for r in ref)} of {len(ref)} | "
+                f"{sum(r['clean'] for r in cop)} of {len(cop)} | {sum(r['traceback'] for r in rs)} | "
+                f"{sum(r['unexpected'] for r in rs)} | {sum(bool(r['modified']) for r in rs)} | "
+                f"{sum(bool(r['outside']) for r in rs)} | +{worst['rss_mb']:.0f} MiB (`{worst['name']}`) | "
+                f"{slow['seconds']:.1f} s (`{slow['name']}`) |")
+
+    first = [r for r in rows if r["group"] == "corpus"]
+    shared = [r for r in rows if r["group"] != "corpus"]
+    by_group = Counter(r["group"].removeprefix("corpus_shared_") for r in shared)
     lines = [
-        "## Trust: malformed-input corpus and crash consistency (issue 12)",
+        "## Trust: malformed-input corpus and crash consistency",
         "",
         "- Command: `.venv/bin/python benchmarks/bench_reliability.py --write` (the same corpus runs in `make test` as "
         "`tests/reliability/test_corpus.py`; the kill tests in `make test-slow`)",
         f"- Machine: {machine_line()}; corpus run took {seconds:.0f} s",
         f"- Entries per command: {', '.join(f'{k} {v}' for k, v in sorted(by_cmd.items()))}",
+        f"- Files others made (model bundles, shared run / cross-validation / prediction folders, probability files, "
+        f"JSON, DICOM), entries per corpus module: {', '.join(f'{k} {v}' for k, v in sorted(by_group.items()))}",
+        "- Peak RSS: the resident memory an entry's command adds (the kernel's high-water mark, reset before each "
+        "entry through /proc/self/clear_refs); each entry also has its own bound, checked in the test.",
         "",
-        "| inputs tried | refused cleanly | coped with (exit 0) | tracebacks | unexpected errors | inputs modified "
-        "| files outside the output folder |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {len(rows)} | {sum(r['clean'] for r in refuse)} of {len(refuse)} | {sum(r['clean'] for r in cope)} of "
-        f"{len(cope)} | {sum(r['traceback'] for r in rows)} | {sum(r['unexpected'] for r in rows)} | "
-        f"{sum(bool(r['modified']) for r in rows)} | {sum(bool(r['outside']) for r in rows)} |",
+        "| corpus | inputs tried | refused cleanly | coped with (exit 0) | tracebacks | unexpected errors "
+        "| inputs modified | outside writes or deletes | peak RSS of the worst entry | slowest entry |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        row("datasets, runs, predictions", first),
+        *([row("files others made", shared)] if shared else []),
+        row("**all**", rows),
         "",
     ]
     bad = [r for r in rows if not r["clean"]]
     if bad:
         lines += ["Entries that did not pass:", ""] + [f"- `{r['name']}` ({r['command']}): exit {r['code']}, "
                                                        f"{r['first_line']!r}" for r in bad] + [""]
-    lines += ["<details><summary>every entry and its one line</summary>", "", "| entry | command | exit | first line |",
-              "| --- | --- | ---: | --- |"]
+    lines += ["<details><summary>every entry and its one line</summary>", "",
+              "| entry | corpus | command | exit | peak RSS added | first line |",
+              "| --- | --- | --- | ---: | ---: | --- |"]
     for r in rows:
-        first = r["first_line"].replace("|", "\\|")
-        lines.append(f"| {r['name']} | {r['command']} | {r['code']} | {first} |")
+        text = r["first_line"].replace("|", "\\|")
+        lines.append(f"| {r['name']} | {r['group'].removeprefix('corpus_shared_')} | {r['command']} | {r['code']} | "
+                     f"{r['rss_mb']:.0f} MiB | {text} |")
     lines += ["", "</details>", ""]
     if kills:
         lines += ["Crash consistency: SIGKILL at seeded random points (and at every kind of write: before and after an "
