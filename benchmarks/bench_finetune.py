@@ -295,7 +295,7 @@ def main() -> int:
         "",
         *per_epoch,
         "",
-        f"![fine-tuning vs scratch]({stem}_curve.png)",
+        f"![fine-tuning vs scratch](benchmarks/results/{stem}_curve.png)",
         "",
     ]
     _plot(logs, HERE / "results" / f"{stem}_curve.png", classes)
