@@ -96,3 +96,30 @@ def oblique_affine(spacing: tuple[float, float, float] = (1.5, 1.0, 2.0), left_h
     a[:3, :3] = rot * np.asarray(spacing)[None, :]
     a[:3, 3] = [-12.5, 30.25, -7.0]
     return a
+
+
+def edit_header(path: Path, frames: int | None = None, raw: dict[int, str] | None = None, **values: object) -> Path:
+    """Rewrite one DICOM file's header in place with pydicom (keyword=value, e.g. ``RescaleSlope="NaN"``,
+    ``Rows=65535``), validation off so damaged values (NaN, inf) are written as given. ``raw``: tag -> text
+    written verbatim (as LO: the files of :func:`write_series` are implicit VR, so the bytes are those of a DS
+    holding that text, e.g. ``{0x00281053: "one"}``). ``frames``: make it a multi-frame file of that many copies
+    of its frame (NumberOfFrames and pixel data). The pixel data is kept otherwise (a header that claims more
+    rows than it holds stays small on disk)."""
+    import pydicom
+    from pydicom import config
+
+    saved = (config.settings.reading_validation_mode, config.settings.writing_validation_mode)
+    config.settings.reading_validation_mode = config.settings.writing_validation_mode = config.IGNORE
+    try:
+        ds = pydicom.dcmread(path)
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        for tag, text in (raw or {}).items():
+            ds.add_new(tag, "LO", text)
+        if frames is not None:
+            ds.NumberOfFrames = frames
+            ds.PixelData = ds.PixelData * frames
+        ds.save_as(path)
+    finally:
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = saved
+    return path
