@@ -11,13 +11,13 @@ two cases (with one, train with ``--fold all``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from focusseg.errors import DatasetError, one_line
+from focusseg.errors import DatasetError
 from focusseg.io.atomic import save_json
+from focusseg.io.jsonfile import read_json
 
 
 class Splits(list):
@@ -78,12 +78,7 @@ def validate_splits(splits: object, path: str | Path, case_ids: list[str] | None
 def read_splits(path: str | Path, case_ids: list[str] | None = None) -> Splits:
     """Read and validate a ``splits_final.json`` (nnU-Net's file works as is)."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"not valid JSON ({one_line(exc)})", path) from exc
-    except OSError as exc:
-        raise DatasetError(f"cannot be read ({exc.strerror or exc})", path) from exc
+    raw = read_json(path, DatasetError, allow_nan=False)  # bounded: size, nesting, digits; no NaN
     return _with_path(validate_splits(raw, path, case_ids), path)
 
 

@@ -21,6 +21,7 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
+from focusseg.errors import UsageError
 from focusseg.registry import Registry, split_spec
 
 POSTPROCESSORS: Registry = Registry("postprocessor")
@@ -65,7 +66,8 @@ def _check(seg: np.ndarray, connectivity: int | None, full: bool) -> int:
         options = sorted(_RANK[seg.ndim])
         return options[-1] if full else options[0]
     if connectivity not in _RANK[seg.ndim]:
-        raise ValueError(f"connectivity {connectivity} invalid for a {seg.ndim}D label map")
+        raise UsageError(f"post-processing connectivity {connectivity} is invalid for a {seg.ndim}D label map "
+                         f"(one of {', '.join(map(str, sorted(_RANK[seg.ndim])))})")
     return connectivity
 
 
@@ -118,7 +120,7 @@ def remove_small_components(
         voxel_volume = 1.0
     elif unit == "ml":
         if spacing is None or len(spacing) != seg.ndim:
-            raise ValueError(f"unit='ml' needs a spacing with {seg.ndim} values, got {spacing}")
+            raise UsageError(f"post-processing unit='ml' needs a spacing with {seg.ndim} values, got {spacing}")
         voxel_volume = float(np.prod(spacing)) / 1000.0
     else:
         raise ValueError(f"unit must be 'voxels' or 'ml', got {unit!r}")
@@ -188,7 +190,10 @@ def apply_postprocessing(
 
     Raises:
         KeyError: for an unknown step name.
-        ValueError: for a malformed step spec.
+        ValueError: for a malformed step spec (a :class:`~focusseg.errors.UsageError` where the step's arguments
+            do not fit this label map: a 2D connectivity on a 3D map, ``unit="ml"`` without a spacing); steps read
+            from a file are checked before, with their arguments
+            (:func:`focusseg.inference.postprocess_selection.check_steps`).
     """
     for step in steps:
         name, kwargs = split_spec(step)

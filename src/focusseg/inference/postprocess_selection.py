@@ -12,8 +12,7 @@ voxels only. Regions overlap, so a step on a region is kept only if it also lowe
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,12 @@ from focusseg.errors import (
 )
 from focusseg.inference.postprocess import POSTPROCESSORS, apply_postprocessing
 from focusseg.io.atomic import save_json
+from focusseg.io.geometry import voxel_limit
+from focusseg.io.jsonfile import read_json
 from focusseg.metrics import dice_per_class
 from focusseg.metrics.files import check_folder, label_files, read_label_map
 from focusseg.runfolder import PLAN_JSON, read_plan
-from focusseg.settings import inference_settings, thaw
+from focusseg.settings import check_postprocessing_steps, check_step, inference_settings, thaw
 
 DEFAULT_CANDIDATES: list[dict[str, Any]] = [
     {"name": "keep_largest_component"},
@@ -211,12 +212,16 @@ def _candidates(candidates: object) -> list[dict[str, Any]]:
     if not isinstance(candidates, (list, tuple)):
         raise UsageError(f"candidates must be a list of steps such as {{\"name\": \"erode\"}}, got {candidates!r}")
     out = []
-    for c in candidates:
+    for i, c in enumerate(candidates):
         if isinstance(c, str):
             c = {"name": c}
         if not isinstance(c, Mapping) or c.get("name") not in POSTPROCESSORS:
             raise UsageError(f"candidate step {c!r} is not a known post-processor "
                              f"({', '.join(POSTPROCESSORS.names())})")
+        try:
+            check_step(c, f"candidates[{i}]", max_size=voxel_limit(), error=UsageError)
+        except UsageError as exc:
+            raise UsageError(f"candidate step {c!r} cannot be applied ({exc.problem})") from None
         out.append(dict(c))
     return out
 
@@ -323,51 +328,82 @@ def load_run_postprocessing(run_dir: str | Path, plan: Mapping[str, Any]) -> lis
     :class:`~focusseg.errors.CheckpointError` naming it (never applied half-understood); an ``inference`` section
     that is not valid (:func:`~focusseg.settings.inference_settings`) is a :class:`~focusseg.errors.PlanError`."""
     spec = inference_settings(plan, Path(run_dir) / "plan.json").postprocessing
+    labels = _label_values(plan)
     if isinstance(spec, tuple):
         steps = [thaw(s) if isinstance(s, Mapping) else {"name": s} for s in spec]
-        check_steps(steps, Path(run_dir) / "plan.json", "the plan's inference.postprocessing")
-        return steps
+        return check_steps(steps, Path(run_dir) / "plan.json", "the plan's inference.postprocessing", labels)
     if spec == "auto":
         f = Path(run_dir) / "postprocessing.json"
         if f.is_file():
-            return read_postprocessing_file(f)
+            return read_postprocessing_file(f, labels)
     return []
 
 
-def read_postprocessing_file(f: str | Path) -> list[dict[str, Any]]:
+def _label_values(plan: Mapping[str, Any]) -> set[int] | None:
+    """The plan's label values (what its post-processing may name); None when it has no mapping of integers."""
+    labels = plan.get("labels")
+    if not isinstance(labels, Mapping) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in labels.values()):
+        return None
+    return {int(v) for v in labels.values()}
+
+
+def read_postprocessing_file(f: str | Path, labels: Collection[int] | None = None) -> list[dict[str, Any]]:
     """The steps of a ``postprocessing.json`` (a run's, a cross-validation's, or an ensemble's from
-    ``focusseg best``); unreadable, or steps that are not known post-processors: :class:`CheckpointError`."""
+    ``focusseg best``), read bounded (:func:`~focusseg.io.jsonfile.read_json`: size, nesting, digits, no NaN) and
+    checked with their arguments (:func:`check_steps`).
+
+    Args:
+        f: the file.
+        labels: the label values its steps may name (the plan's); None: any label value.
+
+    Returns:
+        the steps, one ``{"name": ..., **options}`` dict each.
+
+    Raises:
+        MissingFileError: no such file.
+        CheckpointError: unreadable or not bounded JSON, no list of ``steps``, or a step :func:`check_steps`
+            refuses; each names the file.
+    """
     f = Path(f)
     if not f.is_file():
         raise MissingFileError("no such post-processing file", f)
+    hint = "re-choose it with `focusseg postprocess RUN_DIR`"
     try:
-        saved = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"unreadable post-processing choice ({one_line(exc)})", f,
-                              hint="re-choose it with `focusseg postprocess RUN_DIR`") from exc
+        saved = read_json(f, CheckpointError, allow_nan=False)
+    except CheckpointError as exc:
+        raise CheckpointError(f"unreadable post-processing choice ({exc.problem})", f, hint=hint) from None
     steps = saved.get("steps") if isinstance(saved, dict) else None
     if not isinstance(steps, list) or not all(isinstance(s, Mapping) for s in steps):
-        raise CheckpointError("not a post-processing choice (no list of 'steps')", f,
-                              hint="re-choose it with `focusseg postprocess RUN_DIR`")
-    steps = [dict(s) for s in steps]
-    check_steps(steps, f, "postprocessing.json")
-    return steps
+        raise CheckpointError("not a post-processing choice (no list of 'steps')", f, hint=hint)
+    return check_steps([dict(s) for s in steps], f, "postprocessing.json", labels=labels)
 
 
-def check_steps(steps: list[dict[str, Any]], source: str | Path, what: str) -> None:
-    """Refuse post-processing steps that name no registered step, before any is applied: a choice read from a
-    file (``postprocessing.json``, a plan, a model bundle) may come from another focusseg version.
+def check_steps(steps: list[dict[str, Any]], source: str | Path, what: str, labels: Collection[int] | None = None,
+                error: type[FocussegError] = CheckpointError) -> list[dict[str, Any]]:
+    """Refuse post-processing steps read from a file (``postprocessing.json``, a plan, a model bundle) before any is
+    applied: a step that is not a registered post-processor, an unknown argument, or an argument of the wrong type
+    or out of its range (:func:`focusseg.settings.check_postprocessing_steps`; ``min_size`` at most the voxel limit
+    in force, :func:`focusseg.io.geometry.voxel_limit`). Such a file may come from another focusseg version or
+    from someone else.
 
     Args:
         steps: the steps, one ``{"name": ..., **options}`` each.
         source: the file they were read from, named in the error.
         what: how the message names them (``"postprocessing.json"``).
+        labels: the label values the steps may name; None: any label value.
+        error: the error class raised.
+
+    Returns:
+        the steps as fresh dicts.
 
     Raises:
-        CheckpointError: a step whose name is not in :data:`~focusseg.inference.postprocess.POSTPROCESSORS`.
+        error: one line naming ``source``, the step's index and the field.
     """
-    known = set(POSTPROCESSORS.names())
-    for s in steps:
-        if s.get("name") not in known:
-            raise CheckpointError(f"{what} names an unknown post-processing step {s.get('name')!r} "
-                                  f"(known: {', '.join(sorted(known))})", source)
+    checked = check_postprocessing_steps(steps, f"{what} steps", source, labels=labels, max_size=voxel_limit(),
+                                         error=error)
+    unregistered = [s["name"] for s in checked if s["name"] not in POSTPROCESSORS]
+    if unregistered:
+        raise error(f"{what} names post-processing step {unregistered[0]!r}, which is not registered "
+                    f"(registered: {', '.join(POSTPROCESSORS.names())})", source)
+    return checked

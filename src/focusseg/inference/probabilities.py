@@ -13,23 +13,36 @@ cases, kinds, label channels or grids differ are refused, naming the case. The f
 
 from __future__ import annotations
 
+import math
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from focusseg.errors import DatasetError, UsageError, one_line
 from focusseg.io import write_segmentation
 from focusseg.io.atomic import atomic_path
-from focusseg.io.geometry import Geometry
-from focusseg.io.paths import is_inside, safe_child
+from focusseg.io.geometry import MAX_VOXELS_ENV, Geometry, shape_text, voxel_limit
+from focusseg.io.paths import is_inside, safe_child, validate_file_ending
 from focusseg.metrics.files import check_folder
 from focusseg.regions import labels_from_region_probabilities
+from focusseg.settings import MAX_CLASSES
 
 SUFFIX = "_probabilities.npz"
 KEYS = ("probabilities", "affine", "shape", "labels", "ending")
 KINDS = ("softmax", "regions")
+#: Largest ``.npy`` header read (numpy writes ~128 bytes).
+MAX_HEADER_BYTES = 4096
+#: Longest ``ending`` or ``kind`` text.
+MAX_TEXT_CHARS = 32
+#: Arrays of one file, in bytes per voxel of the voxel limit: 32 is 16 float16 (8 float32) channels of the largest
+#: grid (16 GiB at the default limit); a file with more channels needs a higher ``FOCUSSEG_MAX_VOXELS``.
+MAX_BYTES_PER_LIMIT_VOXEL = 32
+#: How far outside [0, 1] a saved probability may lie (float16 rounding is ~5e-4 near 1).
+PROBABILITY_TOLERANCE = 1e-3
 
 
 def probabilities_path(out_dir: str | Path, case: str) -> Path:
@@ -54,38 +67,167 @@ def save_probabilities(path: str | Path, probabilities: np.ndarray, geometry: Ge
     return path
 
 
-def load_probabilities(path: str | Path) -> tuple[np.ndarray, Geometry, list[int], str, str]:
-    """``(probabilities float32 (K, *shape), geometry, labels, ending, kind)``; a file that is not one of ours,
-    of an unknown kind, or holding non-finite values, is a :class:`DatasetError` naming it."""
+def _refuse(problem: str, path: Path) -> NoReturn:
+    raise DatasetError(problem, path, hint="predict again with --save-probabilities")
+
+
+def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, header bytes)`` a ``.npy`` member declares, read from its header alone (nothing allocated
+    for its data): a version-1/2 header and a plain dtype (no Python objects, no records)."""
+    name = info.filename
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fp, max_header_size=MAX_HEADER_BYTES)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fp, max_header_size=MAX_HEADER_BYTES)
+        else:
+            _refuse(f"unreadable probability file: member {name} has .npy format version {version} (1.0 or 2.0 "
+                    "expected)", path)
+        header_bytes = fp.tell()
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        _refuse(f"unreadable probability file: member {name} holds {dtype} values (Python objects and records "
+                "are never loaded)", path)
+    if not all(isinstance(s, int) and 0 <= s for s in shape):
+        _refuse(f"unreadable probability file: member {name} declares shape {shape}", path)
+    return tuple(shape), dtype, header_bytes
+
+
+def _check_sizes(infos: dict[str, zipfile.ZipInfo], headers: dict[str, tuple[tuple[int, ...], np.dtype, int]],
+                 path: Path) -> None:
+    """Each member's size in the zip's directory equal to its header plus ``prod(shape) * itemsize``: the
+    decompressed member is exactly what the header declares (the zip reader stops at the declared size)."""
+    for key, (shape, dtype, header_bytes) in headers.items():
+        expected = header_bytes + math.prod(shape) * dtype.itemsize
+        if infos[key].file_size != expected:
+            _refuse(f"unreadable probability file: member {infos[key].filename} is {infos[key].file_size:,} bytes, "
+                    f"its header declares {expected:,} (shape {shape}, {dtype})", path)
+
+
+def _check_headers(headers: dict[str, tuple[tuple[int, ...], np.dtype, int]], path: Path, limit: int) -> None:
+    """Each member's declared shape and dtype against what :func:`save_probabilities` writes, and the
+    probabilities' grid against the voxel limit, before any member's data is read."""
+    def want(key: str, ok: bool, what: str) -> None:
+        if not ok:
+            shape, dtype, _ = headers[key]
+            _refuse(f"unreadable probability file: {key} is {dtype} of shape {shape}, expected {what}", path)
+
+    shape, dtype, _ = headers["probabilities"]
+    want("probabilities", dtype.kind == "f" and dtype.itemsize in (2, 4) and len(shape) in (3, 4),
+         "float16/float32 (K, *grid) with a 2D or 3D grid")
+    n_classes, grid = shape[0], shape[1:]
+    if not 1 <= n_classes <= MAX_CLASSES or min(grid) < 1:
+        _refuse(f"probability file declares {n_classes} channels on grid {shape_text(grid)} (1 to {MAX_CLASSES} "
+                "channels on a non-empty grid)", path)
+    voxels = math.prod(grid)
+    if voxels > limit:
+        _refuse(f"probability file declares grid {shape_text(grid)} = {voxels:,} voxels, over the voxel limit "
+                f"{limit:,} ({MAX_VOXELS_ENV})", path)
+    total = sum(math.prod(s) * d.itemsize for s, d, _ in headers.values())
+    if total > MAX_BYTES_PER_LIMIT_VOXEL * limit:
+        _refuse(f"probability file declares {total:,} bytes of arrays ({n_classes} channels x {voxels:,} voxels), "
+                f"over {MAX_BYTES_PER_LIMIT_VOXEL} bytes per voxel of the voxel limit {limit:,} "
+                f"({MAX_VOXELS_ENV})", path)
+    want("affine", headers["affine"][1].kind == "f" and headers["affine"][0] == (4, 4), "a float (4, 4) affine")
+    want("shape", headers["shape"][1].kind in "iu" and headers["shape"][0] == (len(grid),),
+         f"{len(grid)} integers")
+    want("labels", headers["labels"][1].kind in "iu" and headers["labels"][0] == (n_classes,),
+         f"{n_classes} integer label values")
+    for key in ("ending", "kind"):
+        if key in headers:
+            want(key, headers[key][1].kind == "U" and headers[key][0] == ()
+                 and headers[key][1].itemsize <= 4 * MAX_TEXT_CHARS, f"a text of at most {MAX_TEXT_CHARS} characters")
+
+
+def load_probabilities(path: str | Path, max_voxels: int | None = None
+                       ) -> tuple[np.ndarray, Geometry, list[int], str, str]:
+    """Read a saved probability file without trusting it: the zip's ``.npy`` headers are read and checked
+    before numpy allocates anything (dtype float16/float32, no Python objects; shapes against the voxel limit and
+    :data:`~focusseg.settings.MAX_CLASSES`; each member's declared size equal to its header's), then the arrays
+    are read with ``allow_pickle=False`` and their values checked.
+
+    Args:
+        path: the ``<case>_probabilities.npz``.
+        max_voxels: the voxel limit of its grid (None: :func:`~focusseg.io.geometry.voxel_limit`, the limit in
+            force).
+
+    Returns:
+        ``(probabilities float32 (K, *shape), geometry, labels, ending, kind)``.
+
+    Raises:
+        DatasetError: a file that is not one of ours (members missing or unknown, not a zip, truncated), declares
+            more than the bounds allow, holds Python objects, NaN/inf or values outside ``[0, 1]``, a grid or
+            affine that does not fit, label values out of range, an unknown kind or file ending; names the file.
+    """
     path = Path(path)
+    limit = voxel_limit(max_voxels)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in KEYS if k not in z.files]
+        with zipfile.ZipFile(path) as zf:
+            infos: dict[str, zipfile.ZipInfo] = {}
+            for info in zf.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else None
+                if key is None or key in infos:
+                    _refuse(f"not a focusseg probability file (member {info.filename!r})", path)
+                infos[key] = info
+            missing = [k for k in KEYS if k not in infos]
             if missing:
-                raise DatasetError(f"not a focusseg probability file (missing {', '.join(missing)})", path)
-            probs = z["probabilities"].astype(np.float32)
-            affine, shape = z["affine"].astype(np.float64), tuple(int(s) for s in z["shape"])
-            labels, ending = [int(v) for v in z["labels"]], str(z["ending"])
-            kind = str(z["kind"]) if "kind" in z.files else "softmax"
+                _refuse(f"not a focusseg probability file (missing {', '.join(missing)})", path)
+            unknown = sorted(set(infos) - set(KEYS) - {"kind"})
+            if unknown:
+                _refuse(f"not a focusseg probability file (unknown member {unknown[0]!r})", path)
+            headers = {k: _header(zf, info, path) for k, info in infos.items()}
+            _check_headers(headers, path, limit)
+            _check_sizes(infos, headers, path)
+            arrays = {}
+            for key, info in infos.items():
+                with zf.open(info) as fp:
+                    arrays[key] = np.lib.format.read_array(fp, allow_pickle=False, max_header_size=MAX_HEADER_BYTES)
     except DatasetError:
         raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:  # truncated, pickled objects
-        raise DatasetError(f"unreadable probability file ({one_line(exc, typed=True)})",
-                           path) from exc
-    if affine.shape != (4, 4) or probs.ndim != len(shape) + 1 or probs.shape[1:] != shape or \
-            probs.shape[0] != len(labels):
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+            zlib.error) as exc:  # not a zip, truncated, a corrupt stream, an encrypted member
+        raise DatasetError(f"unreadable probability file ({one_line(exc, typed=True)})", path) from exc
+    probs = arrays["probabilities"].astype(np.float32, copy=False)
+    affine = arrays["affine"].astype(np.float64)
+    shape = tuple(int(s) for s in arrays["shape"])
+    labels = [int(v) for v in arrays["labels"]]
+    ending, kind = str(arrays["ending"]), str(arrays["kind"]) if "kind" in arrays else "softmax"
+    if probs.shape[1:] != shape or not np.isfinite(affine).all():
         raise DatasetError(f"inconsistent probability file: probabilities {probs.shape}, grid {shape}, "
-                           f"{len(labels)} labels", path)
+                           f"{len(labels)} labels" + ("" if np.isfinite(affine).all() else ", a non-finite affine"),
+                           path)
     if kind not in KINDS:
         raise DatasetError(f"probability file of unknown kind {kind!r} (expected one of {', '.join(KINDS)})", path)
+    if not all(0 <= v < MAX_CLASSES for v in labels):
+        raise DatasetError(f"probability file labels {labels[:8]} must be label values in [0, {MAX_CLASSES})", path)
+    validate_file_ending(ending, path)
     if not np.isfinite(probs).all():
         raise DatasetError("probability file holds NaN/inf values", path)
+    low, high = float(probs.min()), float(probs.max())
+    if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
+        raise DatasetError(f"probability file holds values in [{low:g}, {high:g}]: probabilities lie in [0, 1]", path)
     return probs, Geometry(affine, shape), labels, ending, kind
 
 
 def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, weights: Sequence[float] | None = None,
-                     save_probabilities_too: bool = False, progress: bool = True) -> list[Path]:
-    """Ensemble saved probabilities (module docstring); returns the segmentations written."""
+                     save_probabilities_too: bool = False, progress: bool = True,
+                     max_voxels: int | None = None) -> list[Path]:
+    """Ensemble saved probabilities (module docstring); returns the segmentations written.
+
+    Args:
+        folders: two or more prediction folders with ``<case>_probabilities.npz`` files of the same cases.
+        out_dir: where the segmentations (and, with ``save_probabilities_too``, the mean probabilities) go.
+        weights: one positive weight per folder (None: equal).
+        save_probabilities_too: also write the weighted mean probabilities.
+        progress: show a progress bar.
+        max_voxels: the voxel limit every file's grid is read against (None: the limit in force,
+            :func:`~focusseg.io.geometry.voxel_limit`).
+
+    Raises:
+        UsageError: fewer than two folders, bad weights, an output folder inside an input folder.
+        DatasetError: no probabilities, folders with other cases, a file :func:`load_probabilities` refuses, or a
+            case whose kind, label channels, grid shape or affine differ between folders (naming both files).
+    """
     from rich.progress import Progress
 
     dirs = [check_folder(f, "prediction") for f in folders]
@@ -116,7 +258,7 @@ def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, weights
         for case in sorted(per_dir[0]):
             total, geo0, labels0, ending0, kind0 = None, None, None, None, None
             for cases, weight in zip(per_dir, w):
-                probs, geo, labels, ending, kind = load_probabilities(cases[case])
+                probs, geo, labels, ending, kind = load_probabilities(cases[case], max_voxels)
                 if total is None:
                     total, geo0, labels0, ending0, kind0 = probs * weight, geo, labels, ending, kind
                     continue
@@ -124,9 +266,16 @@ def ensemble_folders(folders: Sequence[str | Path], out_dir: str | Path, weights
                     raise DatasetError(f"case {case!r}: {kind} probabilities, but {kind0} ones in "
                                        f"{per_dir[0][case]}", cases[case],
                                        hint="ensemble region-based runs only with region-based runs")
-                if labels != labels0 or not geo.matches(geo0):
-                    raise DatasetError(f"case {case!r}: other label channels {labels} or grid than in "
+                if labels != labels0:
+                    raise DatasetError(f"case {case!r}: label channels {labels}, but {labels0} in "
                                        f"{per_dir[0][case]}", cases[case])
+                if geo.shape != geo0.shape:
+                    raise DatasetError(f"case {case!r}: grid {shape_text(geo.shape)}, but {shape_text(geo0.shape)} in "
+                                       f"{per_dir[0][case]}", cases[case],
+                                       hint="ensemble folders predicted from the same input images")
+                if not geo.matches(geo0):
+                    raise DatasetError(f"case {case!r}: another affine (voxel placement) than in {per_dir[0][case]}",
+                                       cases[case], hint="ensemble folders predicted from the same input images")
                 total += probs * weight
             assert total is not None and geo0 is not None and labels0 is not None and ending0 is not None
             total /= sum(w)

@@ -14,13 +14,13 @@ left out of losses and metrics) and region-based labels (list-valued labels plus
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from focusseg.errors import DatasetError, MissingFileError
 from focusseg.io.atomic import is_temp_name
+from focusseg.io.jsonfile import read_json
 from focusseg.io.paths import is_inside, validate_case_id, validate_file_ending
 
 #: Labels are stored as int16 in the preprocessed store: larger values cannot be trained.
@@ -142,13 +142,11 @@ def load_dataset_spec(data_dir: str | Path) -> DatasetSpec:
             raise MissingFileError("dataset folder not found", data_dir)
         raise MissingFileError("no dataset.json (focusseg reads nnU-Net v2 or MSD dataset folders)", path)
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DatasetError(f"not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})", path) from exc
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})", path) from exc
-    except OSError as exc:
-        raise DatasetError(f"cannot be read ({exc.strerror or exc})", path) from exc
+        raw = read_json(path, DatasetError, allow_nan=False)  # bounded: size, nesting, digits; no NaN
+    except DatasetError as exc:
+        if exc.problem.startswith("not UTF-8"):
+            raise DatasetError(f"not valid JSON ({exc.problem})", path) from None
+        raise
     if not isinstance(raw, dict):
         raise DatasetError(f"must hold a JSON object, not {_json_type(raw)}", path)
     if "channel_names" in raw:

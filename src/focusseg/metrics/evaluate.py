@@ -31,10 +31,10 @@ from focusseg.errors import (
     MissingFileError,
     PartialFailure,
     UsageError,
-    one_line,
 )
 from focusseg.io.atomic import atomic_path, atomic_write_text
 from focusseg.io.dataset import load_dataset_spec
+from focusseg.io.jsonfile import read_json
 from focusseg.metrics.autopet import false_negative_volume, false_positive_volume, fp_pet_score
 from focusseg.metrics.conventions import Convention, get_convention
 from focusseg.metrics.files import check_folder, label_files, output_ending, read_label_map
@@ -145,9 +145,9 @@ def _declaring_source(source: str | Path, what: str) -> tuple[Path, Any, dict]:
     if path.name == "dataset.json":
         return path, load_dataset_spec(path.parent), {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"not a readable JSON file ({one_line(exc)})", path) from exc
+        data = read_json(path, UsageError, allow_nan=False)  # bounded: size, nesting, digits; no NaN
+    except UsageError as exc:
+        raise UsageError(f"not a readable JSON file ({exc.problem})", path) from None
     if not isinstance(data, dict) or "n_classes" not in data or not isinstance(data.get("labels"), dict):
         raise UsageError("neither a dataset.json nor a focusseg plan (no labels and n_classes)", path)
     return path, None, data

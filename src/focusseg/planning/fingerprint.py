@@ -13,17 +13,17 @@ when all of them still match, and recomputes it (saying so in one line) otherwis
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from focusseg.errors import DatasetError
+from focusseg.errors import DatasetError, PlanError
 from focusseg.io import CaseFiles, DatasetSpec, discover_cases, load_dataset_spec, read_case
 from focusseg.io.atomic import save_json
 from focusseg.io.dataset import case_sources
+from focusseg.io.jsonfile import read_json
 from focusseg.preprocessing.transforms import crop, nonzero_bbox
 
 SAMPLES_PER_CASE = 10_000
@@ -170,8 +170,8 @@ def load_or_compute_fingerprint(data_dir: str | Path, path: str | Path, progress
     data_dir, path = Path(data_dir), Path(path)
     if path.is_file():
         try:
-            cached = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            cached = read_json(path, PlanError, allow_nan=False)  # bounded: size, nesting, digits; no NaN
+        except PlanError:
             cached, reason = None, "unreadable"
         else:
             spec = load_dataset_spec(data_dir)

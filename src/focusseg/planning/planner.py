@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from focusseg.errors import PlanError
+from focusseg.errors import PlanError, UsageError
 from focusseg.io.dataset import split_ignore_label
+from focusseg.io.jsonfile import loads_bounded
 from focusseg.losses.regions import REGION_LOSSES
 from focusseg.planning.topology import (
     PROFILES,
@@ -326,17 +327,16 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 def parse_set(assignments: list[str]) -> dict:
     """``["training.batch_size=4", "patch_size=[32,32,32]"]`` -> nested override dict (values parsed as JSON
-    when they parse, else kept as strings)."""
-    import json
-
+    when they parse within :func:`~focusseg.io.jsonfile.loads_bounded`'s bounds, else kept as strings, which the
+    plan's checks then refuse where a number or list is expected)."""
     out: dict = {}
     for a in assignments:
         if "=" not in a:
             raise ValueError(f"--set expects KEY=VALUE, got {a!r}")
         key, raw = a.split("=", 1)
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
+            value = loads_bounded(raw, None, UsageError)
+        except UsageError:
             value = raw
         node = out
         parts = key.strip().split(".")

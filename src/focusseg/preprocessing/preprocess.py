@@ -10,15 +10,17 @@ of cases. The same :func:`preprocess_array` is used at inference time.
 
 from __future__ import annotations
 
+import math
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from focusseg.errors import DatasetError
+from focusseg.errors import DatasetError, ImageError, PlanError
 from focusseg.io import CaseFiles, Geometry, discover_cases, load_dataset_spec, read_case
 from focusseg.io.dataset import case_sources
+from focusseg.io.geometry import MAX_VOXELS_ENV, shape_text, voxel_limit
 from focusseg.preprocessing.store import MAX_LOCATIONS_PER_CLASS, PreprocessedStore, store_fields, store_key
 from focusseg.preprocessing.transforms import (
     crop,
@@ -35,18 +37,54 @@ ANNOTATED = -1
 
 
 def preprocess_array(
-    image: np.ndarray, geometry: Geometry, plan: dict, label: np.ndarray | None = None
+    image: np.ndarray, geometry: Geometry, plan: dict, label: np.ndarray | None = None,
+    source: str | Path | None = None, max_voxels: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, dict]:
-    """One case in memory: returns ``(image, label, properties)`` in the plan's preprocessed space.
+    """One case in memory in the plan's preprocessed space.
 
-    ``properties`` holds what is needed to map a prediction back: the original geometry, the crop box and
-    the cropped shape.
+    The resampled grid is computed first and refused when it holds more voxels than the limit in force: a plan
+    whose ``target_spacing`` is far finer than the case's (``[0.01] * 3`` on a 1 mm image) would otherwise allocate
+    a million times the image.
+
+    Args:
+        image: ``(C, *spatial)`` image.
+        geometry: its geometry (the spacing is read from it).
+        plan: the plan (``normalization``, ``target_spacing``, ``resample_order_image``).
+        label: the label map on the image's grid, or None.
+        source: the case's file, named in the error.
+        max_voxels: the voxel limit (:func:`focusseg.io.geometry.voxel_limit`; None: the limit in force).
+
+    Returns:
+        ``(image, label, properties)``; ``properties`` holds what is needed to map a prediction back: the original
+        geometry, the crop box and the cropped shape.
+
+    Raises:
+        PlanError: a ``target_spacing`` that is not one finite positive spacing per spatial axis.
+        ImageError: the resampled grid (channels included) exceeds the voxel limit; names ``source``, the shapes,
+            the target spacing and the limit.
     """
     bbox = nonzero_bbox(image)
     img = crop(image, bbox)
+    target = plan["target_spacing"]
+    if isinstance(target, np.ndarray):
+        target = target.tolist()
+    if not isinstance(target, (list, tuple)) or len(target) != img.ndim - 1 or not all(
+            isinstance(t, (int, float, np.integer, np.floating)) and not isinstance(t, bool) and math.isfinite(t)
+            and t > 0 for t in target):
+        raise PlanError(f"target_spacing {target!r} must be {img.ndim - 1} finite positive spacings (mm) for this "
+                        f"{img.ndim - 1}D case", source)
+    new_shape = resampled_shape(img.shape[1:], geometry.spacing, target)
+    limit = voxel_limit(max_voxels)
+    voxels = math.prod(new_shape) * img.shape[0]
+    if voxels > limit:
+        raise ImageError(f"resampled to the plan's target_spacing {list(target)} mm, the cropped "
+                         f"case {shape_text(img.shape[1:])} at {[round(float(s), 4) for s in geometry.spacing]} mm "
+                         f"becomes {shape_text(new_shape)} x {img.shape[0]} channel(s) = {voxels:,} voxels, over "
+                         f"the voxel limit {limit:,} ({MAX_VOXELS_ENV})", source,
+                         hint="the plan's target_spacing is far finer than this case's spacing: check the plan, "
+                              f"or raise {MAX_VOXELS_ENV} if the machine has the memory")
     mask = np.any(img != 0, axis=0)
     img = normalize(img, plan["normalization"], mask=mask)
-    new_shape = resampled_shape(img.shape[1:], geometry.spacing, plan["target_spacing"])
     img = resample_image(img, new_shape, order=int(plan.get("resample_order_image", 3)))
     lab = None
     if label is not None:
@@ -88,7 +126,7 @@ def class_locations(label: np.ndarray, classes: list[int], seed: int = 0, ignore
 def _preprocess_one(args: tuple[CaseFiles, dict, str, dict, dict]) -> str:
     case, plan, out_dir, reading, extra_props = args
     image, label, geo = read_case(list(case.images), case.label, **reading)
-    img, lab, props = preprocess_array(image, geo, plan, label)
+    img, lab, props = preprocess_array(image, geo, plan, label, source=case.images[0])
     fg = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
     locs = class_locations(lab, fg, ignore_label=plan.get("ignore_label")) if lab is not None else {}
     PreprocessedStore(out_dir).write_case(case.case_id, img, lab, {**props, **extra_props}, locs)

@@ -21,6 +21,7 @@ import numpy as np
 
 from focusseg.errors import DatasetError, MissingFileError, one_line
 from focusseg.io.atomic import atomic_path, atomic_write_text, is_temp_name
+from focusseg.io.jsonfile import read_json
 
 #: Bumped whenever the store's layout or the preprocessing code changes what a case's arrays hold.
 STORE_FORMAT = 2
@@ -77,8 +78,8 @@ class PreprocessedStore:
     def read_key(self) -> dict | None:
         """``store.json`` as a dict, or None when absent or unreadable."""
         try:
-            data = json.loads((self.root / KEY_FILE).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = read_json(self.root / KEY_FILE, DatasetError, allow_nan=False)
+        except DatasetError:
             return None
         return data if isinstance(data, dict) else None
 
@@ -123,8 +124,8 @@ class PreprocessedStore:
     def try_properties(self, case_id: str) -> dict | None:
         """A case's properties, or None when its ``.json`` is absent or unreadable."""
         try:
-            props = json.loads((self.root / f"{case_id}.json").read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            props = read_json(self.root / f"{case_id}.json", DatasetError, allow_nan=False)
+        except DatasetError:
             return None
         return props if isinstance(props, dict) else None
 

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from focusseg.errors import PlanError, UsageError, one_line
+from focusseg.errors import PlanError, UsageError
+from focusseg.io.jsonfile import read_json
 from focusseg.planning.planner import deep_merge
 from focusseg.planning.topology import pool_and_conv_props
 from focusseg.planning.twod import network_spacing
@@ -44,9 +45,9 @@ def load_recipe(name_or_path: str | Path) -> dict:
         raise UsageError(f"unknown recipe {str(name_or_path)!r}; known: {', '.join(recipe_names())} "
                          "(or give a path to a recipe .json)")
     try:
-        recipe = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(f"not a readable recipe JSON ({one_line(exc)})", p) from exc
+        recipe = read_json(p, UsageError, allow_nan=False)  # bounded: size, nesting, digits; no NaN
+    except UsageError as exc:
+        raise UsageError(f"not a readable recipe JSON ({exc.problem})", p) from None
     if not isinstance(recipe, dict) or not isinstance(recipe.get("plan", {}), dict):
         raise UsageError("a recipe is a JSON object whose 'plan' is an object of plan overrides", p)
     gpu = recipe.get("gpu", {})

@@ -10,12 +10,13 @@ naming the file) instead of stopping the report. Only a folder that is no run at
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focusseg.errors import MissingFileError, RunFolderError, one_line
+from focusseg.errors import FocussegError, MissingFileError, RunFolderError, one_line
+from focusseg.io.jsonfile import loads_bounded
+from focusseg.io.jsonfile import read_json as read_bounded_json
 from focusseg.runfolder import CROSSVAL_JSON, finite, fold_dirs
 
 
@@ -92,9 +93,9 @@ def read_json(path: Path, problems: list[str]) -> dict | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path}: unreadable ({_one_line(exc)})")
+        data = read_bounded_json(path, FocussegError)  # bounded: size, nesting, digits
+    except FocussegError as exc:
+        problems.append(f"{path}: unreadable ({exc.problem})")
         return None
     if not isinstance(data, dict):
         problems.append(f"{path}: not a JSON object")
@@ -119,8 +120,8 @@ def read_log_lines(path: Path, problems: list[str]) -> tuple[list[dict], list[di
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = loads_bounded(line)
+        except FocussegError:
             bad += 1
             continue
         if not isinstance(rec, dict):

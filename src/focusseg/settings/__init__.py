@@ -3,8 +3,10 @@
 Code that reads a section takes it from here instead of ``plan["training"].get(...)`` with a default at each read
 site: every key has one type, one range and one default, and a plan from a file someone else made (a bundle, a
 checkpoint) is refused before anything is allocated for it (:func:`parse_plan_settings`: the three sections plus the
-top-level fields that size the work, checked against the cost bounds of :mod:`focusseg.settings.checks`). Every
-refusal is one :class:`~focusseg.errors.PlanError` naming the plan file, the field path and the bound.
+top-level fields that size the work, checked against the cost bounds of :mod:`focusseg.settings.checks`, and the
+preprocessing and label fields, :mod:`focusseg.settings.preprocessing`). Post-processing steps read from any file
+pass one checker with their arguments (:mod:`focusseg.settings.postprocessing`). Every refusal is one
+:class:`~focusseg.errors.PlanError` naming the plan file, the field path and the bound.
 ``docs/settings.md`` describes the rules. A floor-layer package: the standard library and :mod:`focusseg.errors` only.
 """
 
@@ -42,6 +44,8 @@ from focusseg.settings.checks import (
 )
 from focusseg.settings.inference import INFERENCE_KEYS, InferenceSettings, inference_settings
 from focusseg.settings.network import NetworkSettings, network_settings
+from focusseg.settings.postprocessing import POSTPROCESSING_STEPS, check_postprocessing_steps, check_step
+from focusseg.settings.preprocessing import NORMALIZATION_SCHEMES, PreprocessingSettings, preprocessing_settings
 from focusseg.settings.spec import Spec, parse_spec
 from focusseg.settings.training import (
     AMP_VALUES,
@@ -70,6 +74,8 @@ class PlanSettings:
         batch_size: training samples per step (``batch_size``, default 2), in ``[1, MAX_BATCH]``.
         training / inference / network: the sections (:func:`training_settings`, :func:`inference_settings`,
             :func:`network_settings`).
+        preprocessing: normalisation, target spacing, resampling order, labels and regions
+            (:func:`preprocessing_settings`).
     """
 
     n_classes: int
@@ -80,6 +86,7 @@ class PlanSettings:
     training: TrainingSettings
     inference: InferenceSettings
     network: NetworkSettings | None
+    preprocessing: PreprocessingSettings
 
     @property
     def patch_voxels(self) -> int:
@@ -101,7 +108,9 @@ def parse_plan_settings(plan: Mapping[str, Any], source: str | Path | None = Non
     Raises:
         PlanError: a section as :func:`training_settings` / :func:`inference_settings` /
             :func:`network_settings` says, or a top-level field out of its bound (``n_classes``, channels,
-            ``patch_size``, ``batch_size``, ``regions``, the inference batch's logit elements).
+            ``patch_size``, ``batch_size``, ``regions``, the inference batch's logit elements), or a
+            preprocessing or label field as :func:`preprocessing_settings` says (normalisation per channel, target
+            spacing, resampling order, labels, ignore label, regions).
     """
     if not isinstance(plan, Mapping):
         raise PlanError(f"a plan must be a JSON object, not {type(plan).__name__}", source)
@@ -118,12 +127,8 @@ def parse_plan_settings(plan: Mapping[str, Any], source: str | Path | None = Non
         fail(s, "patch_size", list(patch_size),
              f"has {math.prod(patch_size):,} voxels (at most {MAX_PATCH_VOXELS:,})")
     batch = check_int(plan.get("batch_size", 2), "batch_size", s, 1, MAX_BATCH)
-    regions = plan.get("regions")
-    n_outputs = n_classes
-    if regions:
-        if not isinstance(regions, (list, tuple)) or len(regions) > MAX_CLASSES:
-            fail(s, "regions", regions, f"must be a list of at most {MAX_CLASSES} regions")
-        n_outputs = len(regions)
+    preprocessing = preprocessing_settings(plan, n_classes, len(names), s)
+    n_outputs = len(preprocessing.regions) if preprocessing.regions else n_classes
     inference = inference_settings(plan, s)
     elements = inference.batch_size * math.prod(patch_size) * n_outputs
     if elements > MAX_WINDOW_BATCH_ELEMENTS:
@@ -132,7 +137,7 @@ def parse_plan_settings(plan: Mapping[str, Any], source: str | Path | None = Non
              f"{MAX_WINDOW_BATCH_ELEMENTS:,})")
     return PlanSettings(n_classes=n_classes, n_outputs=n_outputs, in_channels=len(names), patch_size=patch_size,
                         batch_size=batch, training=training_settings(plan, s), inference=inference,
-                        network=network_settings(plan, s))
+                        network=network_settings(plan, s), preprocessing=preprocessing)
 
 
 __all__ = [
@@ -161,18 +166,24 @@ __all__ = [
     "MAX_VAL_PATCHES",
     "MAX_WIDTH",
     "MAX_WINDOW_BATCH_ELEMENTS",
+    "NORMALIZATION_SCHEMES",
+    "POSTPROCESSING_STEPS",
     "TRAINING_KEYS",
     "VALIDATION_MODES",
     "InferenceSettings",
     "NetworkSettings",
     "PlanSettings",
+    "PreprocessingSettings",
     "Spec",
     "TrainingSettings",
+    "check_postprocessing_steps",
+    "check_step",
     "freeze",
     "inference_settings",
     "network_settings",
     "parse_plan_settings",
     "parse_spec",
+    "preprocessing_settings",
     "thaw",
     "training_settings",
 ]

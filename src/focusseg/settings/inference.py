@@ -26,6 +26,7 @@ from focusseg.settings.checks import (
     read_section,
     thaw,
 )
+from focusseg.settings.postprocessing import check_postprocessing_steps
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ class InferenceSettings:
         noise_passes: extra TTA passes with Gaussian input noise (0).
         noise_sigma: their noise's standard deviation (0.1).
         noise_seed: their generator's seed (0).
-        postprocessing: ``"auto"`` (the steps chosen on validation), a tuple of fixed steps (read-only), or any
-            other value (no post-processing: null, false, ``"none"``) (``"auto"``).
+        postprocessing: ``"auto"`` (the steps chosen on validation), a tuple of fixed steps (read-only, each
+            checked with its arguments: :func:`~focusseg.settings.postprocessing.check_postprocessing_steps`), or
+            any other value (no post-processing: null, false, ``"none"``) (``"auto"``).
     """
 
     overlap: float | None = None
@@ -78,6 +80,15 @@ class InferenceSettings:
 INFERENCE_KEYS = tuple(f.name for f in dataclasses.fields(InferenceSettings))
 
 
+def _label_values(plan: Mapping[str, Any]) -> set[int] | None:
+    """The plan's label values, which its post-processing steps may name; None when ``labels`` is not a mapping
+    of integers (checked elsewhere): the steps' labels are then only range-checked."""
+    labels = plan.get("labels") if isinstance(plan, Mapping) else None
+    if not isinstance(labels, Mapping) or not all(is_int(v) for v in labels.values()):
+        return None
+    return {int(v) for v in labels.values()}
+
+
 def inference_settings(plan: Mapping[str, Any], source: str | Path | None = None) -> InferenceSettings:
     """The plan's ``inference`` section (absent or null: all defaults), validated. Mirror axes are checked
     against 3 spatial axes, not the patch's: the sliding window refuses a 2D plan's third axis when it predicts
@@ -111,10 +122,8 @@ def inference_settings(plan: Mapping[str, Any], source: str | Path | None = None
     if "postprocessing" in inf:
         post = inf["postprocessing"]
         if isinstance(post, (list, tuple)):
-            for i, step in enumerate(post):
-                if not (isinstance(step, str) or (isinstance(step, Mapping) and isinstance(step.get("name"), str))):
-                    fail(s, f"inference.postprocessing[{i}]", step, "must be a step name or an object with a 'name'")
             check_finite_json(post, "inference.postprocessing", s)
+            check_postprocessing_steps(post, "inference.postprocessing", s, labels=_label_values(plan))
             post = freeze(post)
         elif not (post is None or isinstance(post, (str, bool))):
             fail(s, "inference.postprocessing", post, "must be \"auto\", a list of steps, or null")
