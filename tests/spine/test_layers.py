@@ -60,7 +60,7 @@ def test_the_checker_sees_lazy_imports(tmp_path: Path):
 
 #: Bottom to top. A module may import from its own layer (no cycles) or any layer below, never above.
 LAYERS: list[set[str]] = [
-    {"focusseg", "errors", "registry", "roles", "regions", "devices", "settings"},
+    {"focusseg", "errors", "registry", "plugins", "roles", "regions", "devices", "settings"},
     {"io", "augment", "losses", "synth"},
     {"preprocessing", "metrics", "runfolder"},
     {"nets"},

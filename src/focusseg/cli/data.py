@@ -11,7 +11,6 @@ import typer
 from focusseg.cli.options import (
     CONFIGURATION,
     DATA,
-    check_dataset_or_fail,
     check_recipe_form,
     console,
     parse_overrides,
@@ -26,7 +25,9 @@ def check(data: Path = DATA, workers: int = typer.Option(2, help="Parallel proce
 
     Example: `focusseg check data/Dataset004_Hippocampus`
     """
-    check_dataset_or_fail(data, workers=workers, progress=True)
+    from focusseg.api import check as check_data
+
+    check_data(data, workers=workers, progress=True).raise_for_problems()
     console.print(f"[green]{data}: no problems found[/green]")
 
 
@@ -57,38 +58,13 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
     `focusseg plan DATA --device cuda --gpu-memory 80 --preset l --out plan.json`,
     `focusseg plan DATA --device cuda --gpu-memory 80 --recipe fp-pet --out plan.json`
     """
-    from focusseg.devices import resolve_device
-    from focusseg.errors import UsageError
-    from focusseg.io.dataset import load_dataset_spec
-    from focusseg.planning.fingerprint import compute_fingerprint
-    from focusseg.planning.planner import make_plan
-    from focusseg.recipes import load_recipe
-    from focusseg.workflows.plan import finish_plan
+    from focusseg.api import plan as plan_data
 
     overrides = parse_overrides(set_, configuration)
     check_recipe_form(recipe_form)
-    chosen_recipe = load_recipe(recipe) if recipe else None
-    gpu_asked = gpu_memory is not None or preset is not None
-    if device == "auto" and gpu_asked:
-        dev = "cuda"  # a GPU budget was asked for: plan for a card, visible here or not
-    elif str(device).startswith("cuda"):
-        dev = str(device)  # planning for a card needs none on this machine
-    else:
-        dev = resolve_device(device).type
-    if gpu_asked and not dev.startswith("cuda"):
-        raise UsageError(f"--gpu-memory and --preset plan for a GPU, but --device is {device!r}",
-                         hint="use --device cuda (no GPU needed to plan)")
-    if not no_check:
-        check_dataset_or_fail(data)
-    p = make_plan(compute_fingerprint(data, progress=True), device=dev, gpu_memory_gb=gpu_memory, preset=preset,
-                  spec=load_dataset_spec(data))  # the spec carries region-based labels (focusseg.regions)
-    p = finish_plan(p, chosen_recipe, overrides, dev, recipe_form)  # as training finishes it
-    if chosen_recipe is not None:
-        p["recipe"] = chosen_recipe["name"]
+    p = plan_data(data, out=out, device=device, gpu_memory=gpu_memory, preset=preset, overrides=overrides,
+                  recipe=recipe, recipe_form=recipe_form, check=not no_check, progress=True)
     if out:
-        from focusseg.io.atomic import save_json
-
-        save_json(p, out)
         console.print(f"plan written to {out}")
     else:
         print(json.dumps(p, indent=2))
@@ -104,9 +80,14 @@ def recipes(name: str | None = typer.Argument(None, help="Show only this recipe 
     """
     from rich.table import Table
 
-    from focusseg.recipes import form_settings, load_recipe, recipe_names, recipe_plan
+    from focusseg.api import resolve_recipe
+    from focusseg.plugins import RECIPES
+    from focusseg.recipes import form_settings, recipe_names, recipe_plan
 
-    for r in [load_recipe(name)] if name else [load_recipe(n) for n in recipe_names()]:
+    chosen = [resolve_recipe(name)] if name else [resolve_recipe(n) for n in recipe_names()]
+    if not name:  # then the recipes plugins registered (resolve_recipe loaded the installed plugins)
+        chosen += [resolve_recipe(n) for n in RECIPES.names() if n not in recipe_names()]
+    for r in chosen:
         table = Table(title=f"{r['name']}: {r.get('description', '')}", title_justify="left", show_lines=True,
                       expand=True)
         table.add_column("", style="bold", no_wrap=True)
@@ -138,7 +119,9 @@ def nets(patch: str = typer.Option("64,64,64", help="Patch size, comma-separated
     from rich.table import Table
 
     from focusseg.devices import resolve_device
+    from focusseg.plugins import load_plugins
 
+    load_plugins()  # the installed plugins' networks are listed too
     dev = resolve_device(device)
     timed = dev.type == "cuda" if time_steps is None else time_steps
     if plan_file is not None:

@@ -32,8 +32,8 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
     With an ignore label (nnU-Net's, for partially annotated references) the voxels where the reference holds it
     count for nothing. Example: `focusseg evaluate predictions/ labelsTs/ --out eval/ --nsd-tolerance 2`
     """
+    from focusseg.api import evaluate as evaluate_predictions
     from focusseg.errors import UsageError
-    from focusseg.metrics import evaluate_folders
 
     if connectivity not in (6, 18, 26):
         raise UsageError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
@@ -45,16 +45,10 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
         raise UsageError(f"--labels must be comma-separated integers, got {labels!r}") from exc
     found = _regions_option(regions, gt_dir) if lab is None else None
     ignore = _ignore_label_option(ignore_label, gt_dir) if found is None else None
-    import torch
-
-    from focusseg.engine.distributed import world_for
-
-    # under torchrun: each process scores its share of the cases (Gloo, CPU), rank 0 writes the files
-    with world_for(torch.device("cpu")) as world:
-        summary = evaluate_folders(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
+    summary = evaluate_predictions(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
                                    connectivity=connectivity, workers=workers, ignore_label=ignore,
                                    regions=found[0] if found else None, region_names=found[1] if found else None,
-                                   world=world, progress=world.is_main)
+                                   progress=True)
     console.print_json(data=summary.get("overall", summary))
     console.print(f"metrics: {out / 'metrics.csv'}  summary: {out / 'summary.json'}")
 

@@ -57,10 +57,9 @@ def train(ctx: typer.Context, data: Path = DATA,
     schedule/inference changes such as `--set training.max_epochs=...` are accepted) or `--overwrite`.
     Example: `focusseg train data/Dataset004_Hippocampus --out runs/hippo --fold 0 --time-budget 30`
     """
+    from focusseg.api import train as train_fold
     from focusseg.errors import UsageError
-    from focusseg.recipes import load_recipe
     from focusseg.reporting.observers import make_loggers
-    from focusseg.workflows.train import run_training
 
     if devices != 1:
         from focusseg.engine.distributed import World, launch_self
@@ -72,15 +71,13 @@ def train(ctx: typer.Context, data: Path = DATA,
     # --resume with --overwrite: refused by run_training, with the same message
     check_time_budget(time_budget)
     check_recipe_form(recipe_form)
-    chosen_recipe = load_recipe(recipe)
-    if recipe_form is not None:
-        chosen_recipe["form"] = recipe_form  # recipes.recipe_plan: a forced form wins over the device's
-    summary = run_training(data, out, fold=fold, recipe=chosen_recipe, overrides=parse_overrides(set_, configuration),
-                           time_budget_min=time_budget, device=device, resume=resume, plan_path=plan_file,
-                           preprocessed_dir=preprocessed, progress=not no_progress, check=not no_check,
-                           overwrite=overwrite, init_from=init_from, freeze_encoder_epochs=freeze_encoder_epochs,
-                           warmup_epochs=warmup_epochs, callbacks=make_loggers(logger))
-    console.print_json(data=summary)
+    run = train_fold(data, out, fold=fold, recipe=recipe, recipe_form=recipe_form,
+                     overrides=parse_overrides(set_, configuration), time_budget=time_budget, device=device,
+                     resume=resume, plan=plan_file, preprocessed=preprocessed, progress=not no_progress,
+                     check=not no_check, overwrite=overwrite, init_from=init_from,
+                     freeze_encoder_epochs=freeze_encoder_epochs, warmup_epochs=warmup_epochs,
+                     callbacks=make_loggers(logger))
+    console.print_json(data=run.summary)
 
 
 def crossval(data: Path = DATA,
@@ -105,23 +102,18 @@ def crossval(data: Path = DATA,
     """
     from rich.table import Table
 
-    from focusseg.errors import UsageError
-    from focusseg.recipes import load_recipe
+    from focusseg.api import crossval as train_folds
     from focusseg.runfolder import CROSSVAL_JSON, describe_rows
-    from focusseg.workflows.crossval import run_crossval
 
-    if resume and overwrite:  # run_crossval lets overwrite win; the command refuses the contradiction
-        raise UsageError("--resume and --overwrite contradict each other (continue the folds, or start them again)")
-    check_time_budget(time_budget)
+    check_time_budget(time_budget)  # resume with overwrite: refused by the api function
 
     def report(fold: int, status: str, summary: dict) -> None:
         dice = (summary.get("final_validation") or {}).get("mean_dice")
         console.print(f"fold {fold}: {status}" + (f", held-out mean Dice {dice:.4f}" if dice is not None else ""))
 
-    result = run_crossval(data, out, folds, recipe=load_recipe(recipe),
-                          overrides=parse_overrides(set_, configuration), time_budget_min=time_budget, device=device,
-                          resume=resume, overwrite=overwrite, check=not no_check, progress=not no_progress,
-                          on_fold=report)
+    result = train_folds(data, out, folds, recipe=recipe, overrides=parse_overrides(set_, configuration),
+                         time_budget=time_budget, device=device, resume=resume, overwrite=overwrite,
+                         check=not no_check, progress=not no_progress, on_fold=report).result
     rows = describe_rows(result)
     table = Table(*rows[0], title=f"cross-validation ({out})")
     for r in rows[1:]:

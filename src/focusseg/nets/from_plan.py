@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from focusseg.devices import cpu_has_native_bf16
-from focusseg.nets.base import build_network
+from focusseg.nets.base import NETWORKS, build_network
+from focusseg.plugins import load_entry_points, missing_name_error
 from focusseg.regions import output_channels
 from focusseg.registry import split_spec
 from focusseg.settings import training_settings
@@ -18,7 +19,19 @@ def spatial_dims(plan: dict) -> int:
 
 
 def build_network_from_plan(plan: dict) -> nn.Module:
+    """The plan's network, with the plan's channels, outputs, dimensions and patch.
+
+    Raises:
+        MissingPluginError: a network the plan's plugin record says a plugin provided, and that plugin is not
+            installed (installed plugins are loaded first; nothing the plan names is imported).
+        KeyError: any other unknown network (the message lists the known ones).
+    """
     name, kwargs = split_spec(plan["network"])  # outputs: n_classes, or one per region (focusseg.regions)
+    if name not in NETWORKS:
+        load_entry_points()
+        missing = None if name in NETWORKS else missing_name_error("network", name, plan)
+        if missing is not None:
+            raise missing
     return build_network(name, in_channels=len(plan["channel_names"]), out_channels=output_channels(plan),
                          spatial_dims=spatial_dims(plan), patch_size=tuple(plan["patch_size"]), **kwargs)
 

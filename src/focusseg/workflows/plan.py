@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from focusseg.augment import preset_names
 from focusseg.io import load_dataset_spec
 from focusseg.nets import network_divisors
 from focusseg.planning.fingerprint import compute_fingerprint, load_or_compute_fingerprint
 from focusseg.planning.planner import make_plan, match_deep_supervision, plan_configuration
+from focusseg.plugins import expand_augmentation, plan_plugins, read_record, require_plugins
 from focusseg.recipes import recipe_plan, resolve_network_topology
 from focusseg.settings import network_settings
 
@@ -59,13 +61,25 @@ def finish_plan(plan: dict, recipe: dict | None, overrides: dict | None, device_
     (``--set``), in the configuration they ask for (``configuration: "2d"``: ``planner.plan_configuration``);
     then the normalisation scheme, a recipe's ``network.topology``, as many deep-supervision heads as
     nonzero weights (``match_heads``; a resumed plan stored before heads were matched keeps its heads) and a patch
-    the network accepts. Records ``recipe_form``."""
+    the network accepts. Records ``recipe_form``, and ``plugins`` (:func:`focusseg.plugins.plan_plugins`: each
+    plugin whose network, loss, strategy, augmentation or recipe the plan uses, with its version) when there is
+    one. A name no registry knows loads the installed plugins (entry points); one that the plan's own record
+    says a plugin provided and that is still unknown is a :class:`~focusseg.plugins.MissingPluginError` naming the
+    plugin (nothing the plan names is imported)."""
+    earlier = read_record(plan)
     recipe_overrides, chosen = recipe_plan(recipe, device_type, form)
     plan = plan_configuration(plan, recipe_overrides, overrides or {})  # configuration "2d": planned in 2D first
+    require_plugins(plan, builtin={"augmentation": preset_names()})
+    augmentation = expand_augmentation(plan)
     plan = apply_normalization_scheme(plan)
     plan = resolve_network_topology(plan)
     if match_heads:
         plan = match_deep_supervision(plan)
     plan = fit_patch_to_network(plan)
     plan["recipe_form"] = chosen
+    record = plan_plugins(plan, {"recipe": (recipe or {}).get("name"), "augmentation": augmentation}, earlier)
+    if record:
+        plan["plugins"] = record
+    else:
+        plan.pop("plugins", None)  # a plan of built-ins only has no record (its hash as before)
     return plan

@@ -1,0 +1,652 @@
+"""focusseg's public Python API: the CLI's powers as typed functions (the CLI is a thin layer over them).
+
+``check`` a dataset, ``plan`` it, ``train`` a fold (a :class:`Run`), ``crossval`` (a :class:`CrossValidation`),
+``evaluate`` predictions, and predict with :class:`Predictor` (a run, a cross-validation or a model bundle).
+Plugins: :func:`load_plugins` (installed ones and modules named) and :func:`register` (what a plugin calls).
+Errors are :mod:`focusseg.errors`' typed exceptions, each one line naming the file and the problem.
+``import focusseg`` exports these names lazily (``focusseg.train`` imports this module, and torch, when used).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from focusseg.data.check import Problem, check_dataset
+from focusseg.devices import resolve_device
+from focusseg.engine.distributed import world_for
+from focusseg.errors import CheckFailed, MissingFileError, RunFolderError, UsageError
+from focusseg.export import load_bundle
+from focusseg.inference.folders import predict_folder as predict_folder_files
+from focusseg.inference.predictor import EnsemblePredictor, crossval_predictor
+from focusseg.inference.predictor import Predictor as RunPredictor
+from focusseg.io import Geometry, load_dataset_spec, read_image
+from focusseg.io.atomic import save_json
+from focusseg.io.jsonfile import read_json
+from focusseg.losses import LOSSES
+from focusseg.metrics import evaluate_folders
+from focusseg.nets.base import register_network
+from focusseg.planning.fingerprint import compute_fingerprint
+from focusseg.planning.planner import make_plan
+from focusseg.plugins import AUGMENTATIONS, RECIPES, PluginSource, load_plugins, plugin_parts
+from focusseg.recipes import FORMS, load_recipe
+from focusseg.registry import Registry
+from focusseg.runfolder import CROSSVAL_JSON, PLAN_JSON, fold_dirs, is_crossval_dir, read_plan
+from focusseg.strategies import CLASS_WEIGHTERS, LR_CONTROLLERS, OPTIMIZERS, SAMPLERS
+from focusseg.workflows.crossval import run_crossval
+from focusseg.workflows.plan import finish_plan
+from focusseg.workflows.train import run_training
+
+#: Registry kinds :func:`register` accepts, and the registries the built-ins use.
+REGISTRY_KINDS: dict[str, Registry] = {
+    "network": None,  # type: ignore[dict-item]  # networks register with their divisor (register_network)
+    "loss": LOSSES,
+    "sampler": SAMPLERS,
+    "class_weighter": CLASS_WEIGHTERS,
+    "lr_controller": LR_CONTROLLERS,
+    "optimizer": OPTIMIZERS,
+    "augmentation": AUGMENTATIONS,
+    "recipe": RECIPES,
+}
+#: The most bytes of a summary or cross-validation record read back from a run folder.
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The dataset check's result.
+
+    Args:
+        data: the dataset folder.
+        problems: one :class:`~focusseg.data.check.Problem` per problem (``str``: ``"<file>: <problem>"``).
+    """
+
+    data: Path
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the check found no problem."""
+        return not self.problems
+
+    def raise_for_problems(self) -> None:
+        """Raise when the check found problems.
+
+        Raises:
+            CheckFailed: with every problem (the CLI prints one ``error:`` line each).
+        """
+        if self.problems:
+            raise CheckFailed(list(self.problems))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained fold's run folder, as read back from it.
+
+    Args:
+        path: the run folder.
+        plan: its ``plan.json``.
+        summary: its ``summary.json`` (best validation Dice, epochs, iterations, final validation...).
+        metrics: the held-out cases' scores (``summary["final_validation"]``), or None when not validated.
+    """
+
+    path: Path
+    plan: dict = field(repr=False)
+    summary: dict = field(repr=False)
+    metrics: dict | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_folder(cls, path: str | Path, summary: Mapping[str, Any] | None = None) -> Run:
+        """Read a run folder (its plan through :func:`focusseg.runfolder.read_plan`, its summary bounded).
+
+        Args:
+            path: the run folder.
+            summary: the summary already at hand (what training returned), instead of reading ``summary.json``.
+
+        Returns:
+            The :class:`Run`.
+
+        Raises:
+            MissingFileError: no plan or no summary in the folder.
+            PlanError: an unreadable plan.
+            RunFolderError: an unreadable summary.
+        """
+        path = Path(path)
+        plan = read_plan(path / PLAN_JSON)
+        if summary is None:
+            summary = _read_record(path / "summary.json")
+        summary = dict(summary)
+        metrics = summary.get("final_validation")
+        return cls(path, plan, summary, metrics if isinstance(metrics, dict) else None)
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """A cross-validation folder, as read back from it.
+
+    Args:
+        path: the cross-validation folder.
+        folds: the finished folds' runs, by fold number.
+        result: its ``crossval.json`` (metrics per fold and pooled, post-processing chosen on the pool).
+    """
+
+    path: Path
+    folds: tuple[Run, ...] = field(repr=False)
+    result: dict = field(repr=False)
+
+    @classmethod
+    def from_folder(cls, path: str | Path, result: Mapping[str, Any] | None = None) -> CrossValidation:
+        """Read a cross-validation folder.
+
+        Args:
+            path: the folder (``fold_K`` runs inside).
+            result: the result already at hand, instead of reading ``crossval.json``.
+
+        Returns:
+            The :class:`CrossValidation`.
+
+        Raises:
+            MissingFileError: no ``crossval.json`` (and no result given).
+            RunFolderError: an unreadable record.
+        """
+        path = Path(path)
+        if result is None:
+            result = _read_record(path / CROSSVAL_JSON)
+        return cls(path, tuple(Run.from_folder(d) for d in fold_dirs(path)), dict(result))
+
+
+def _read_record(path: Path) -> dict:
+    if not path.is_file():
+        raise MissingFileError("not found (has the run finished?)", path)
+    record = read_json(path, RunFolderError, max_bytes=MAX_RECORD_BYTES)
+    if not isinstance(record, dict):
+        raise RunFolderError("not a focusseg record (expected a JSON object)", path)
+    return record
+
+
+# ------------------------------------------------------------------ plugins
+
+
+def register(kind: str, name: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a plugin part in the registry the built-ins use (what a plugin's ``register()`` calls).
+
+    Kinds: ``network`` (a builder ``fn(in_channels, out_channels, spatial_dims, deep_supervision, **kw)``;
+    ``options``: ``divisor`` (required), ``deep_supervision``, ``spatial_dims``, ``needs_patch_size`` as
+    :func:`focusseg.nets.base.register_network`), ``loss``, ``sampler``, ``class_weighter``, ``lr_controller``,
+    ``optimizer`` (builders called with the spec's options), ``augmentation`` (a zero-argument function returning
+    augmentation options, ``AugmentConfig.from_dict`` input) and ``recipe`` (a zero-argument function returning a
+    recipe dict or the path of a recipe JSON file).
+
+    Args:
+        kind: one of :data:`REGISTRY_KINDS`.
+        name: the name plans and recipes use.
+        options: the network's facts (``kind="network"`` only).
+
+    Returns:
+        A decorator that registers the function and returns it unchanged.
+
+    Raises:
+        UsageError: an unknown kind, or options for a kind that takes none.
+    """
+    if kind not in REGISTRY_KINDS:
+        raise UsageError(f"unknown plugin part kind {kind!r}; known: {', '.join(REGISTRY_KINDS)}")
+    if kind == "network":
+        if "divisor" not in options:
+            raise UsageError(f"network {name!r}: register('network', name, divisor=...) needs its divisor rule")
+        return register_network(name, **options)
+    if options:
+        raise UsageError(f"register({kind!r}, ...) takes no options, got {', '.join(sorted(options))}")
+    return REGISTRY_KINDS[kind].register(name)
+
+
+def list_plugins(modules: Iterable[str] = ()) -> list[tuple[PluginSource, str, str]]:
+    """Load the installed plugins and ``modules``, and list what plugins registered.
+
+    Args:
+        modules: module names to load as plugins (``MODULE`` or ``MODULE:FUNCTION``).
+
+    Returns:
+        ``(plugin, kind, name)`` rows (:func:`focusseg.plugins.plugin_parts`).
+
+    Raises:
+        UsageError: a module that cannot be found.
+        PluginError: a plugin that fails to load.
+    """
+    load_plugins(modules)
+    return plugin_parts()
+
+
+def resolve_recipe(recipe: str | Path | Mapping[str, Any] | None, form: str | None = None) -> dict | None:
+    """A recipe from a name (packaged, or registered by a plugin), a path to a recipe JSON, or a dict.
+
+    Args:
+        recipe: the recipe; None for none.
+        form: force the recipe's ``cpu`` or ``gpu`` form (default: the device's).
+
+    Returns:
+        The recipe dict (a copy), or None.
+
+    Raises:
+        UsageError: an unknown recipe, an unreadable or malformed recipe file, or an unknown form.
+    """
+    if form is not None and form not in FORMS:
+        raise UsageError(f"recipe form must be one of {', '.join(FORMS)}, got {form!r}")
+    if recipe is None:
+        return None
+    load_plugins()
+    if isinstance(recipe, Mapping):
+        chosen = _checked_recipe(dict(recipe), "the recipe given")
+    elif isinstance(recipe, str) and recipe in RECIPES:
+        made = RECIPES.build(recipe)
+        chosen = load_recipe(made) if isinstance(made, (str, Path)) else _checked_recipe(made, f"recipe {recipe!r}")
+        chosen["name"] = recipe
+    else:
+        chosen = load_recipe(recipe)
+    if form is not None:
+        chosen["form"] = form
+    return chosen
+
+
+def _checked_recipe(recipe: Any, what: str) -> dict:
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("plan", {}), dict) or not isinstance(
+            recipe.get("gpu", {}), dict) or not isinstance((recipe.get("gpu") or {}).get("plan", {}), dict):
+        raise UsageError(f"{what} is not a recipe: an object whose 'plan' (and 'gpu.plan') are objects of plan "
+                         "overrides")
+    out = copy.deepcopy(recipe)
+    out.setdefault("name", "custom")
+    out.setdefault("plan", {})
+    return out
+
+
+# ------------------------------------------------------------------ check, plan
+
+
+def check(data: str | Path, workers: int = 2, progress: bool = False) -> CheckReport:
+    """Validate a dataset before training (as ``focusseg check``): every problem, each naming its file.
+
+    Args:
+        data: an nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/).
+        workers: parallel processes.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`CheckReport` (``.ok``, ``.problems``; ``.raise_for_problems()`` raises :class:`CheckFailed`).
+
+    Raises:
+        MissingFileError: no dataset folder or dataset.json.
+        DatasetError: a dataset.json that cannot be used at all.
+    """
+    problems = check_dataset(Path(data), workers=workers, progress=progress)
+    return CheckReport(Path(data), tuple(problems))
+
+
+def plan(data: str | Path, out: str | Path | None = None, device: str = "auto", gpu_memory: float | None = None,
+         preset: str | None = None, overrides: Mapping[str, Any] | None = None,
+         recipe: str | Path | Mapping[str, Any] | None = None, recipe_form: str | None = None, check: bool = True,
+         progress: bool = False) -> dict:
+    """Fingerprint a dataset and make the plan a run would train (as ``focusseg plan``).
+
+    Args:
+        data: the dataset folder.
+        out: write the plan here (atomically) as well; None: only return it.
+        device: plan for ``cpu``, ``cuda`` (no GPU needed here) or ``auto`` (this machine; ``cuda`` when a GPU
+            budget is asked for).
+        gpu_memory: GB of the card to plan for (cuda).
+        preset: a GPU budget: ``m``, ``l``, ``xl`` or ``whole``.
+        overrides: plan overrides (nested, as ``--set`` gives them: ``{"training": {"max_epochs": 5}}``).
+        recipe: a recipe name (packaged or a plugin's), a path to a recipe JSON, or a recipe dict.
+        recipe_form: the recipe's ``cpu`` or ``gpu`` form (default: the form of the device planned for).
+        check: check the dataset first (problems raise :class:`CheckFailed`).
+        progress: show progress bars.
+
+    Returns:
+        The plan (a dict, as ``plan.json`` holds it).
+
+    Raises:
+        CheckFailed: the dataset check found problems.
+        UsageError: a GPU budget for a CPU plan, an unknown recipe or form.
+        PlanError: overrides that make no usable plan.
+    """
+    data = Path(data)
+    load_plugins()
+    chosen_recipe = resolve_recipe(recipe) if recipe is not None else None
+    if recipe_form is not None and recipe_form not in FORMS:
+        raise UsageError(f"--recipe-form must be one of {', '.join(FORMS)}, got {recipe_form!r}")
+    gpu_asked = gpu_memory is not None or preset is not None
+    if device == "auto" and gpu_asked:
+        dev = "cuda"  # a GPU budget was asked for: plan for a card, visible here or not
+    elif str(device).startswith("cuda"):
+        dev = str(device)  # planning for a card needs none on this machine
+    else:
+        dev = resolve_device(device).type
+    if gpu_asked and not dev.startswith("cuda"):
+        raise UsageError(f"--gpu-memory and --preset plan for a GPU, but --device is {device!r}",
+                         hint="use --device cuda (no GPU needed to plan)")
+    if check:
+        problems = check_dataset(data)
+        if problems:
+            raise CheckFailed(problems)
+    p = make_plan(compute_fingerprint(data, progress=progress), device=dev, gpu_memory_gb=gpu_memory, preset=preset,
+                  spec=load_dataset_spec(data))  # the spec carries region-based labels (focusseg.regions)
+    p = finish_plan(p, chosen_recipe, dict(overrides or {}), dev, recipe_form)  # as training finishes it
+    if chosen_recipe is not None:
+        p["recipe"] = chosen_recipe["name"]
+    if out is not None:
+        save_json(p, Path(out))
+    return p
+
+
+# ------------------------------------------------------------------ train, crossval
+
+
+def _check_budget(time_budget: float | None) -> None:
+    if time_budget is not None and not time_budget > 0:
+        raise UsageError(f"--time-budget must be a positive number of minutes, got {time_budget}")
+
+
+def train(data: str | Path, out: str | Path, fold: int | str = 0,
+          recipe: str | Path | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,
+          time_budget: float | None = None, device: str = "auto", recipe_form: str | None = None,
+          resume: bool = False, overwrite: bool = False, plan: str | Path | None = None,
+          preprocessed: str | Path | None = None, check: bool = True, progress: bool = False,
+          init_from: str | Path | None = None, freeze_encoder_epochs: int | None = None,
+          warmup_epochs: int | None = None, callbacks: Sequence[Any] = ()) -> Run:
+    """Check the dataset, plan, preprocess and train one fold into a run folder; then predict and score the
+    held-out cases (as ``focusseg train``).
+
+    Args:
+        data: the dataset folder.
+        out: the run folder (plan, checkpoints, log, summary).
+        fold: a fold 0-4 of the split, or ``"all"``.
+        recipe: a recipe name (packaged or a plugin's), a path to a recipe JSON, or a recipe dict; None: default.
+        overrides: plan overrides (nested: ``{"training": {"max_epochs": 5}}``).
+        time_budget: minutes of wall time (stops there, keeps the best checkpoint); None: the plan's epochs.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        recipe_form: the recipe's ``cpu`` or ``gpu`` form (default: gpu on cuda, cpu otherwise).
+        resume: continue from the latest checkpoint (only changes that are safe on resume).
+        overwrite: delete this run folder's earlier focusseg results first.
+        plan: a plan file to train instead of planning the dataset.
+        preprocessed: the preprocessed store to (re)use.
+        check: check the dataset first.
+        progress: show progress bars.
+        init_from: fine-tune from this run folder's best checkpoint (or a .pt file).
+        freeze_encoder_epochs: with ``init_from``: the encoder does not train for N epochs.
+        warmup_epochs: with ``init_from``: the learning rate rises linearly over N epochs.
+        callbacks: observers called by the training loop (loggers).
+
+    Returns:
+        The trained :class:`Run` (its plan, summary and held-out metrics).
+
+    Raises:
+        CheckFailed: the dataset check found problems.
+        UsageError: contradictory options, a fold the split lacks, an unsafe change on resume.
+        RunFolderError: the folder is in use, holds another run, or has nothing to resume.
+        MissingPluginError: the plan needs a plugin that is not installed.
+    """
+    _check_budget(time_budget)
+    load_plugins()
+    chosen = resolve_recipe("default" if recipe is None else recipe, recipe_form)
+    summary = run_training(data, out, fold=fold, recipe=chosen, overrides=dict(overrides or {}),
+                           time_budget_min=time_budget, device=device, resume=resume, plan_path=plan,
+                           preprocessed_dir=preprocessed, progress=progress, check=check, overwrite=overwrite,
+                           init_from=init_from, freeze_encoder_epochs=freeze_encoder_epochs,
+                           warmup_epochs=warmup_epochs, callbacks=list(callbacks))
+    return Run.from_folder(out, summary)
+
+
+def crossval(data: str | Path, out: str | Path, folds: str | Sequence[int] | int = "all",
+             recipe: str | Path | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,
+             time_budget: float | None = None, device: str = "auto", resume: bool = False, overwrite: bool = False,
+             check: bool = True, progress: bool = False,
+             on_fold: Callable[[int, str, dict], None] | None = None) -> CrossValidation:
+    """Train folds of a 5-fold cross-validation into ``out/fold_K`` with one shared plan and store, pool their
+    held-out predictions and choose post-processing on the pool (as ``focusseg crossval``).
+
+    Args:
+        data: the dataset folder.
+        out: the cross-validation folder.
+        folds: folds to train: ``"all"``, ``"0-4"``, ``"0,1,2"``, a list of ints or one int.
+        recipe: a recipe name (packaged or a plugin's), a path to a recipe JSON, or a recipe dict; None: default.
+        overrides: plan overrides (nested).
+        time_budget: minutes of wall time per fold.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        resume: continue folds that have checkpoints.
+        overwrite: train the chosen folds again from scratch.
+        check: check the dataset first.
+        progress: show progress bars.
+        on_fold: called as ``on_fold(fold, status, summary)`` after each fold.
+
+    Returns:
+        The :class:`CrossValidation` (its finished folds and pooled result).
+
+    Raises:
+        UsageError: ``resume`` with ``overwrite``, bad folds, an output inside the dataset.
+        CheckFailed: the dataset check found problems.
+    """
+    if resume and overwrite:  # run_crossval lets overwrite win; refuse the contradiction
+        raise UsageError("--resume and --overwrite contradict each other (continue the folds, or start them again)")
+    _check_budget(time_budget)
+    load_plugins()
+    chosen = resolve_recipe("default" if recipe is None else recipe)
+    result = run_crossval(data, out, folds if isinstance(folds, (str, list, tuple)) else [int(folds)],
+                          recipe=chosen, overrides=dict(overrides or {}), time_budget_min=time_budget, device=device,
+                          resume=resume, overwrite=overwrite, check=check, progress=progress, on_fold=on_fold)
+    return CrossValidation.from_folder(out, result)
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def evaluate(pred_dir: str | Path, gt_dir: str | Path, out: str | Path, labels: Sequence[int] | None = None,
+             nsd_tolerance: float = 1.0, connectivity: int = 26, workers: int = 2, ignore_label: int | None = None,
+             regions: Sequence[Sequence[int]] | None = None, region_names: Sequence[str] | None = None,
+             progress: bool = False) -> dict:
+    """Score predictions against references (as ``focusseg evaluate``): Dice, IoU, precision/recall, NSD, HD95,
+    ASSD, FPV/FNV, lesion-wise; writes ``metrics.csv``, ``summary.json`` and plots into ``out``.
+
+    Args:
+        pred_dir: predicted ``<case>`` label files.
+        gt_dir: reference ``<case>`` label files.
+        out: where the metrics are written.
+        labels: the labels to score (default: every label found).
+        nsd_tolerance: NSD tolerance in mm (> 0).
+        connectivity: 6, 18 or 26 (lesion-wise scores).
+        workers: parallel processes.
+        ignore_label: a reference value whose voxels count for nothing (None: none).
+        regions: label-value regions to score instead of labels (region-based training).
+        region_names: the regions' names.
+        progress: show a progress bar.
+
+    Returns:
+        The summary (``summary.json``'s content: per label and overall).
+
+    Raises:
+        UsageError: a bad connectivity or tolerance.
+        MissingFileError: a folder that does not exist.
+        PartialFailure: cases that could not be scored (after the others were).
+    """
+    if connectivity not in (6, 18, 26):
+        raise UsageError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
+    if not nsd_tolerance > 0:
+        raise UsageError(f"--nsd-tolerance must be a positive distance in mm, got {nsd_tolerance}")
+    # under torchrun: each process scores its share of the cases (Gloo, CPU), rank 0 writes the files
+    with world_for(torch.device("cpu")) as world:
+        return evaluate_folders(Path(pred_dir), Path(gt_dir), Path(out), labels=list(labels) if labels else None,
+                                nsd_tolerance=nsd_tolerance, connectivity=connectivity, workers=workers,
+                                ignore_label=ignore_label, regions=regions, region_names=region_names, world=world,
+                                progress=progress and world.is_main)
+
+
+# ------------------------------------------------------------------ predict
+
+
+def _is_nnunet_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "plans.json").is_file() and (path / "dataset.json").is_file()
+
+
+class Predictor:
+    """A trained model ready to segment images: one run, a cross-validation's folds (ensembled) or a model bundle.
+
+    Load with :meth:`Predictor.load`; then :meth:`predict` one image (a path, or an array with its affine) or
+    :meth:`predict_folder` a folder of cases. Nothing is executed from the files loaded (checkpoints load without
+    pickled code; a network a plugin provided needs that plugin installed).
+    """
+
+    def __init__(self, ensemble: EnsemblePredictor, source: Path, kind: str) -> None:
+        """Wrap a loaded ensemble (use :meth:`load`).
+
+        Args:
+            ensemble: the members, weights and post-processing.
+            source: the run, cross-validation folder or bundle it came from.
+            kind: ``"run"``, ``"crossval"`` or ``"bundle"``.
+        """
+        self.ensemble = ensemble
+        self.source = source
+        self.kind = kind
+
+    @classmethod
+    def load(cls, path: str | Path, checkpoint: str = "best", device: str = "auto",
+             postprocess: bool = True) -> Predictor:
+        """Load a run folder, a cross-validation folder (every finished fold) or a model bundle ``.zip``.
+
+        Args:
+            path: the run folder, cross-validation folder or bundle.
+            checkpoint: ``best``, ``final`` or ``latest`` (a bundle carries its own).
+            device: ``cpu``, ``cuda`` or ``auto``.
+            postprocess: apply the model's post-processing (chosen on its validation).
+
+        Returns:
+            The :class:`Predictor`.
+
+        Raises:
+            UsageError: an nnU-Net model folder (not supported yet), a checkpoint name not best/final/latest.
+            MissingFileError: no such path, or no checkpoint.
+            CheckpointError: a checkpoint or bundle that is damaged or carries code.
+            MissingPluginError: a network a plugin provided, and that plugin is not installed.
+        """
+        path = Path(path)
+        load_plugins()
+        dev = resolve_device(device)
+        if path.suffix.lower() == ".zip":
+            if checkpoint != "best":
+                raise UsageError("a model bundle carries its checkpoint: no checkpoint choice", path)
+            return cls(load_bundle(path, dev, None, postprocess), path, "bundle")
+        if not path.exists():
+            raise MissingFileError("no such run folder, cross-validation folder or model bundle", path)
+        if is_crossval_dir(path):
+            return cls(crossval_predictor(path, checkpoint, dev, None, postprocess), path, "crossval")
+        if _is_nnunet_model_folder(path):
+            raise UsageError("an nnU-Net model folder (plans.json, dataset.json): not supported yet", path,
+                             hint="train with focusseg, or predict with nnU-Net")
+        member = RunPredictor.from_run(path, checkpoint, dev)
+        return cls(EnsemblePredictor([member], postprocessing=None if postprocess else []), path, "run")
+
+    @property
+    def plan(self) -> dict:
+        """The (first member's) plan."""
+        return self.ensemble.plan
+
+    def predict(self, image: str | Path | np.ndarray | Sequence[str | Path], affine: np.ndarray | None = None,
+                probabilities: bool = False, overlap: float | None = None,
+                tta: bool = True) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Segment one image.
+
+        Args:
+            image: an image file (or one file per channel, in channel order), or an array: ``(X, Y, Z)`` for one
+                channel or ``(C, X, Y, Z)`` (``(X, Y)`` / ``(C, X, Y)`` for 2D).
+            affine: the array's 4x4 voxel-to-world (RAS mm) affine; default: identity (1 mm voxels). Not with a
+                file (its header gives it).
+            probabilities: also return the class probabilities ``(K, *shape)`` float32.
+            overlap: sliding-window overlap in [0, 1) (default: the plan's).
+            tta: mirror test-time augmentation.
+
+        Returns:
+            The label map with the image's spatial shape (and the probabilities when asked for).
+
+        Raises:
+            UsageError: an affine with a file, a bad overlap, an array with the wrong channel count.
+            ImageError: an unreadable image or non-finite voxels.
+        """
+        array, geometry = self._image(image, affine)
+        if overlap is not None and not 0 <= overlap < 1:
+            raise UsageError(f"overlap must be in [0, 1), got {overlap}")
+        if probabilities:
+            seg, _, probs = self.ensemble.predict_with_probabilities(array, geometry, overlap, tta)
+            return seg, probs
+        return self.ensemble.predict(array, geometry, overlap, tta)[0]
+
+    def _image(self, image: Any, affine: np.ndarray | None) -> tuple[np.ndarray, Geometry]:
+        n_ch = len(self.plan["channel_names"])
+        if isinstance(image, (str, Path)) or (isinstance(image, (list, tuple)) and image
+                                              and all(isinstance(p, (str, Path)) for p in image)):
+            if affine is not None:
+                raise UsageError("an image file carries its affine: pass affine only with an array")
+            files = [Path(image)] if isinstance(image, (str, Path)) else [Path(p) for p in image]
+            channels, geometry = [], None
+            for f in files:
+                if not f.is_file():
+                    raise MissingFileError("no such image file", f)
+                arr, geo = read_image(f)
+                if arr.ndim == 4:  # an MSD image: channels last
+                    channels += [arr[..., i] for i in range(arr.shape[-1])]
+                else:
+                    channels.append(arr)
+                geometry = geometry or geo
+            array = np.stack(channels).astype(np.float32, copy=False)
+            assert geometry is not None
+        else:
+            array = np.asarray(image, dtype=np.float32)
+            spatial = len(self.plan["patch_size"])
+            if array.ndim == spatial and n_ch == 1 or array.ndim == 3 and spatial == 2 and n_ch == 1:
+                array = array[None]
+            if affine is None:
+                affine = np.eye(4)
+            affine = np.asarray(affine, dtype=np.float64)
+            if affine.shape != (4, 4) or not np.isfinite(affine).all():
+                raise UsageError(f"affine must be a finite 4x4 matrix, got shape {affine.shape}")
+            geometry = Geometry(affine, tuple(int(s) for s in array.shape[1:]))
+        if array.shape[0] != n_ch:
+            raise UsageError(f"the model takes {n_ch} channel(s), the image has {array.shape[0]}")
+        if not np.isfinite(array).all():
+            raise UsageError("the image holds NaN or infinite voxels")
+        return array, geometry
+
+    def predict_folder(self, in_dir: str | Path, out_dir: str | Path, overlap: float | None = None,
+                       tta: bool = True, save_probabilities: bool = False, output_format: str | None = None,
+                       progress: bool = False) -> list[Path]:
+        """Segment every case of a folder (``<case>_<CCCC>`` images, nnU-Net's imagesTs layout) into
+        ``out_dir/<case>`` files with the input's shape and affine, as ``focusseg predict``.
+
+        Args:
+            in_dir: the input images.
+            out_dir: where the segmentations are written (atomically; not inside ``in_dir``).
+            overlap: sliding-window overlap in [0, 1) (default: the plan's).
+            tta: mirror test-time augmentation.
+            save_probabilities: also write ``<case>_probabilities.npz``.
+            output_format: nifti, nrrd or mha (default: each input's own).
+            progress: show a progress bar.
+
+        Returns:
+            The files written.
+
+        Raises:
+            MissingFileError: no input folder. DatasetError: no case in it.
+            PartialFailure: cases that failed, after every other case was written.
+        """
+        if overlap is not None and not 0 <= overlap < 1:
+            raise UsageError(f"overlap must be in [0, 1), got {overlap}")
+        return predict_folder_files(self.ensemble, in_dir, out_dir, overlap=overlap, tta=tta, progress=progress,
+                                    save_probabilities=save_probabilities, output_format=output_format)
+
+
+__all__ = ["CheckReport", "CrossValidation", "Predictor", "REGISTRY_KINDS", "Run", "check", "crossval", "evaluate",
+           "list_plugins", "load_plugins", "plan", "register", "resolve_recipe", "train"]
