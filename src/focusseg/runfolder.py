@@ -5,7 +5,8 @@ One module owns the layout, so training workflows, the report and export read th
 reader, focusseg's own products (what ``--overwrite`` may remove), fold folders of a cross-validation, and the
 epoch log (``log.jsonl``: one strict-JSON line per epoch or run event, plus the training curve).
 
-Cleaning never follows a symlink out of the folder: a symlinked product is unlinked, never its target.
+Cleaning never follows a symlink out of the folder: a symlinked product is unlinked, never its target, and a
+subfolder focusseg cleans or writes into is refused when it is a link (:func:`owned_subfolder`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from focusseg import __version__
-from focusseg.errors import MissingFileError, PlanError, RunFolderError, UsageError, one_line
+from focusseg.errors import MissingFileError, PlanError, RunFolderError, UsageError
 from focusseg.io.atomic import append_line, atomic_write_text, save_json
 from focusseg.io.checkpoint import LATEST, PREVIOUS
+from focusseg.io.jsonfile import loads_bounded, read_json
 from focusseg.io.paths import is_inside
 from focusseg.settings import inference_settings, network_settings, training_settings
 
@@ -60,7 +62,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     path = run_dir / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    refuse_link(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,10 +90,10 @@ def read_run_info(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"unreadable run record ({one_line(exc, typed=True)})", path,
-                             hint="start the run again with --overwrite, or use another --out") from exc
+        info = read_json(path, RunFolderError, allow_nan=False)
+    except RunFolderError as exc:
+        raise RunFolderError(f"unreadable run record ({exc.problem})", path,
+                             hint="start the run again with --overwrite, or use another --out") from None
     if not isinstance(info, dict):
         raise RunFolderError("not a focusseg run record (expected a JSON object)", path,
                              hint="start the run again with --overwrite, or use another --out")
@@ -104,27 +107,102 @@ def write_run_info(run_dir: Path, data_dir: Path, fold: str, plan: dict, time_bu
 
 def clean_run_folder(run_dir: Path, preprocessed_dir: Path | None = None) -> list[Path]:
     """Remove focusseg's own products from a run folder (:data:`PRODUCT_FILES`, their temporaries,
-    :data:`PRODUCT_DIRS`, and ``preprocessed_dir`` when it lies inside the run folder); nothing else."""
+    :data:`PRODUCT_DIRS`, and ``preprocessed_dir`` when it lies inside the run folder); nothing else.
+
+    Links are removed as links: a product that is a symlink (a file or a folder) is unlinked, its target is left
+    alone, and no folder tree is walked through a link.
+
+    Raises:
+        RunFolderError: ``run_dir`` itself is a symlink (cleaning it would delete in the folder it points to).
+    """
+    refuse_link(run_dir)
     removed: list[Path] = []
     for entry in sorted(run_dir.iterdir()):
         name = entry.name
         own = name in PRODUCT_FILES or any(name.startswith(f".{p}.") and ".tmp" in name for p in PRODUCT_FILES)
-        if own and (entry.is_file() or entry.is_symlink()):
-            entry.unlink()
+        if own and remove_file_or_link(entry):
             removed.append(entry)
     dirs = [run_dir / d for d in PRODUCT_DIRS]
     if preprocessed_dir is not None and is_inside(preprocessed_dir, run_dir) and \
             Path(preprocessed_dir).resolve() != run_dir.resolve():
-        dirs.append(Path(preprocessed_dir))
+        dirs.append(Path(preprocessed_dir).resolve())  # the folder itself, inside the run folder: no link left
     for d in dirs:
         if d.is_symlink():
             d.unlink()
         elif d.is_dir():
-            shutil.rmtree(d)
+            shutil.rmtree(d)  # never follows links inside the tree (they are unlinked)
         else:
             continue
         removed.append(d)
     return removed
+
+
+#: How a refused link is reported: focusseg removes links it owns, but never deletes or writes through one.
+LINK_REFUSAL = "focusseg does not delete or write through links; remove the link"
+
+
+def refuse_link(path: str | Path, hint: str | None = None) -> Path:
+    """``path``, refused when it is a symbolic link (a folder focusseg would clean or write into, reached
+    through a link, lies somewhere else: somebody else's files).
+
+    Args:
+        path: a folder (or file) focusseg is about to delete or write in.
+        hint: the error's hint (what to do instead).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        RunFolderError: ``path`` is a symlink (one line naming it and where it points).
+    """
+    p = Path(path)
+    if p.is_symlink():
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        raise RunFolderError(f"is a symlink (to {target}): {LINK_REFUSAL}", p, hint=hint)
+    return p
+
+
+def owned_subfolder(parent: str | Path, *names: str, create: bool = False) -> Path:
+    """``parent / names...``: a subfolder focusseg owns and cleans or writes into, with no symlink at any level
+    below ``parent`` (``parent`` is the folder the user named).
+
+    Args:
+        parent: the run, cross-validation or output folder.
+        names: the path below it, one plain name per level (``"validation", "predictions"``).
+        create: make the folders (after the check).
+
+    Returns:
+        the subfolder's path.
+
+    Raises:
+        RunFolderError: a level is a symlink (naming it), or exists and is no folder.
+    """
+    path = Path(parent)
+    for name in names:
+        if not name or name in (".", "..") or "/" in name or os.sep in name:
+            raise ValueError(f"{name!r} is not one plain folder name")
+        path = refuse_link(path / name)
+        if path.exists() and not path.is_dir():
+            raise RunFolderError("exists and is not a folder: focusseg writes its products there", path)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remove_file_or_link(path: str | Path) -> bool:
+    """Remove a file, or a symlink itself (never its target); folders are left alone.
+
+    Returns:
+        whether something was removed.
+    """
+    p = Path(path)
+    if p.is_symlink() or p.is_file():
+        p.unlink(missing_ok=True)
+        return True
+    return False
 
 
 def fold_name(fold: str | int) -> str:
@@ -150,12 +228,12 @@ def read_plan(path: str | Path) -> dict:
         PlanError: unreadable (OS error, not UTF-8, not JSON), not a JSON object, or a section out of its
             bounds (the message names the field).
     """
+    if not Path(path).exists():
+        raise MissingFileError("no such plan file", path)
     try:
-        plan = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise MissingFileError("no such plan file", path) from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlanError(f"unreadable plan ({one_line(exc, typed=True)})", path) from exc
+        plan = read_json(path, PlanError)
+    except PlanError as exc:
+        raise PlanError(f"unreadable plan ({exc.problem})", path) from None
     if not isinstance(plan, dict):
         raise PlanError("not a plan (expected a JSON object)", path)
     training_settings(plan, path)
@@ -165,16 +243,27 @@ def read_plan(path: str | Path) -> dict:
 
 
 def clear_stale(folder: Path, keep: set[str]) -> None:
-    """Remove every file in ``folder`` that is not named in ``keep`` (cases of another fold or run)."""
+    """Remove every file in ``folder`` that is not named in ``keep`` (cases of another fold or run); a stale
+    symlink is removed itself, never its target.
+
+    Raises:
+        RunFolderError: ``folder`` is a symlink (nothing is removed through it).
+    """
+    refuse_link(folder)
     if not folder.is_dir():
         return
     for p in folder.iterdir():
-        if p.name not in keep and (p.is_file() or p.is_symlink()):
-            p.unlink()
+        if p.name not in keep:
+            remove_file_or_link(p)
 
 
 def replace_link(target: Path, link: Path) -> None:
-    """``link`` -> ``target``, replaced atomically."""
+    """``link`` -> ``target``, replaced atomically (an existing file or link of that name is replaced itself).
+
+    Raises:
+        RunFolderError: ``link``'s folder is a symlink (the link would be written into the folder it points to).
+    """
+    refuse_link(link.parent)
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.parent / f".{link.name}.{os.getpid()}.tmplink"
     with contextlib.suppress(FileNotFoundError):
@@ -290,8 +379,8 @@ class EpochLog:
         last: int | None = None
         for line in _lines(self.path):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+                rec = loads_bounded(line, self.path, RunFolderError)
+            except RunFolderError:
                 continue  # a torn line from an old focusseg: drop it
             if isinstance(rec, dict) and "event" in rec:  # event lines may name an epoch too (diverged)
                 events_after.setdefault(last, []).append(line)
@@ -312,18 +401,31 @@ class EpochLog:
         return plot_history(history, self.run_dir / "training_curve.png")
 
 
+#: The largest epoch log read (a log of ten thousand epochs is a few MiB).
+MAX_LOG_BYTES = 256 * 2**20
+
+
 def _lines(path: Path) -> list[str]:
     try:
-        return [x for x in path.read_text().splitlines() if x.strip()]
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_LOG_BYTES + 1)
     except FileNotFoundError:
         return []
+    if len(data) > MAX_LOG_BYTES:
+        raise RunFolderError(f"is larger than {MAX_LOG_BYTES:,} bytes: not an epoch log focusseg reads", path)
+    return [x for x in data.decode(errors="replace").splitlines() if x.strip()]
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The epoch records of ``run_dir/log.jsonl`` (event lines such as ``{"event": "resume"}`` skipped)."""
+    """The epoch records of ``run_dir/log.jsonl`` (event lines such as ``{"event": "resume"}`` skipped).
+
+    Raises:
+        RunFolderError: a line that is not bounded JSON, or a log over :data:`MAX_LOG_BYTES` (naming the file).
+    """
     out = []
-    for line in _lines(Path(run_dir) / "log.jsonl"):
-        rec = json.loads(line)
+    path = Path(run_dir) / "log.jsonl"
+    for line in _lines(path):
+        rec = loads_bounded(line, path, RunFolderError)
         if isinstance(rec, dict) and "epoch" in rec and "event" not in rec:
             out.append(rec)
     return out

@@ -110,17 +110,18 @@ def parse_weights(weights: str | None) -> list[float] | None:
 
 
 def part_option(num_parts: int | None, part_id: int | None) -> tuple[int, int] | None:
-    """``(part id, number of parts)`` from ``--num-parts/--part-id``, else from torchrun's ``RANK/WORLD_SIZE``
-    (:func:`focusseg.engine.distributed.part_from_env`); None: all cases.
+    """``(part id, number of parts)`` from ``--num-parts/--part-id``, else from ``RANK/WORLD_SIZE`` when torchrun
+    launched this process (:func:`focusseg.engine.distributed.prediction_share`: the same variables set without
+    torchrun are ignored with a warning); None: all cases.
 
     Raises:
         UsageError: one option without the other, or a part id outside ``0 .. num_parts - 1``.
     """
-    from focusseg.engine.distributed import part_from_env
+    from focusseg.engine.distributed import prediction_share
     from focusseg.errors import UsageError
 
     if num_parts is None and part_id is None:
-        return part_from_env()
+        return prediction_share()
     if num_parts is None or part_id is None:
         raise UsageError("--num-parts and --part-id go together (e.g. --num-parts 4 --part-id 0)")
     if num_parts < 1 or not 0 <= part_id < num_parts:

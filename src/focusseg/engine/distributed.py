@@ -17,6 +17,7 @@ import contextlib
 import datetime as _dt
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -376,9 +377,41 @@ def peer_failure(exc: BaseException) -> str | None:
             f"({name}: {text[:160]})")
 
 
-def part_from_env(env: dict[str, str] | None = None) -> tuple[int, int] | None:
-    """``(RANK, WORLD_SIZE)`` when a launcher (``torchrun``) started this process as one of several, else None:
-    ``predict`` and ``evaluate`` under ``torchrun`` take their share of the cases without a process group."""
+def launched_by_torchrun(env: Mapping[str, str] | None = None) -> bool:
+    """Whether torchrun's elastic agent started this process: it gives every worker ``TORCHELASTIC_RUN_ID`` and
+    ``LOCAL_WORLD_SIZE`` besides ``RANK``/``WORLD_SIZE``; a shell that merely exports ``RANK``/``WORLD_SIZE``
+    (left over from another job) gives neither."""
+    env = os.environ if env is None else env
+    return "TORCHELASTIC_RUN_ID" in env and "LOCAL_WORLD_SIZE" in env
+
+
+def prediction_share(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """The share of the cases this process predicts, from the environment: ``(RANK, WORLD_SIZE)`` when torchrun
+    started it as one of several (:func:`launched_by_torchrun`), else None (every case). ``RANK``/``WORLD_SIZE``
+    set without torchrun are ignored, with one ``warning:`` line on stderr: a stray variable never makes a
+    command predict part of the cases and exit 0.
+
+    Args:
+        env: the environment (default ``os.environ``).
+
+    Returns:
+        ``(part id, number of parts)``, or None for every case.
+    """
+    env = os.environ if env is None else env
+    if not World.env_says_distributed(env):
+        return None
+    if not launched_by_torchrun(env):
+        print(f"warning: WORLD_SIZE={env.get('WORLD_SIZE')} RANK={env.get('RANK', '(unset)')} set but not "
+              "launched by torchrun: ignored; predicting all cases (use --num-parts/--part-id to split)",
+              file=sys.stderr)
+        return None
+    return part_from_env(env)
+
+
+def part_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` as the environment gives them when ``WORLD_SIZE`` > 1, else None. Whether a
+    launcher set them is :func:`prediction_share`'s question: ``predict`` and ``evaluate`` under ``torchrun``
+    take their share of the cases without a process group."""
     env = os.environ if env is None else env
     if not World.env_says_distributed(env):
         return None

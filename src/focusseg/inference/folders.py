@@ -9,6 +9,7 @@ output is written atomically, and a case that cannot be predicted is reported wi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from focusseg.errors import DatasetError, FocussegError, ImageError, MissingFileError, PartialFailure, UsageError
 from focusseg.inference import probabilities as saved
-from focusseg.inference.predictor import EnsemblePredictor, Predictor
+from focusseg.inference.predictor import EnsemblePredictor, Predictor, case_named
 from focusseg.inference.probabilities import save_probabilities
 from focusseg.io import Geometry, read_case, write_image, write_segmentation
 from focusseg.io.dicom import (
@@ -31,6 +32,7 @@ from focusseg.io.dicom import (
 from focusseg.io.paths import is_inside, safe_child, validate_case_id, validate_file_ending
 from focusseg.metrics.files import channel_files, check_folder, output_ending, split_ending
 from focusseg.regions import plan_regions
+from focusseg.runfolder import refuse_link, remove_file_or_link
 
 #: ``predict --output-format``: the file ending written for each format (default: the input's own).
 OUTPUT_FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom-seg": ".dcm"}
@@ -56,17 +58,21 @@ def predict_folder(
     one ending; ``output_format`` (:data:`OUTPUT_FORMATS`: nifti, nrrd, mha) writes every output in that format
     instead. ``save_probabilities``: also ``<case>_probabilities.npz`` (:mod:`focusseg.inference.probabilities`).
     ``part = (i, k)``: only share ``i`` of ``k`` (every ``k``-th case in sorted order from the ``i``-th: data-parallel
-    inference over machines or ``torchrun`` ranks; the shares are disjoint and cover every case).
+    inference over machines or ``torchrun`` ranks; the shares are disjoint and cover every case); the share is
+    always said on stderr (``predicting part 1 of 4 (part id 0): 12 of 47 cases``).
     Temporaries, dot files, side outputs and names without ``_<CCCC>`` are ignored. Inputs are only
-    read; each output is written atomically under ``out_dir``. A rerun after an interruption writes the same
-    files again.
+    read; each output is written atomically under ``out_dir`` (a stale symlink of an output's name is replaced
+    itself, its target never written). A rerun after an interruption writes the same files again. A case whose
+    prediction post-processing empties entirely gets a ``warning:`` line naming it.
 
     Raises:
         MissingFileError: ``in_dir`` does not exist. DatasetError: ``in_dir`` holds no case.
         UsageError: ``out_dir`` is, or lies inside, ``in_dir`` (outputs would sit among the inputs and be read
             back as cases), or is a run folder of the predictor.
+        RunFolderError: ``out_dir`` is a symlink (outputs are never overwritten through a link).
         PartialFailure: after every other case was written, one error per case that could not be predicted
-            (missing/surplus channel, unreadable file, NaN voxels, geometry mismatch, bad case id...).
+            (missing/surplus channel, unreadable file, NaN voxels, NaN/inf in the normalised input or in the
+            network's logits, geometry mismatch, bad case id...).
         FocussegError: an output that cannot be written (disk full, permissions), naming it.
     """
     if not isinstance(predictor, EnsemblePredictor):
@@ -85,9 +91,12 @@ def predict_folder(
         i, k = int(part[0]), int(part[1])
         if not (k >= 1 and 0 <= i < k):
             raise UsageError(f"part {i} of {k}: need 0 <= part id < number of parts")
-        mine = set(sorted({*cases, *failed})[i::k])
+        every = sorted({*cases, *failed})
+        mine = set(every[i::k])
         cases = {c: v for c, v in cases.items() if c in mine}
         failed = {c: v for c, v in failed.items() if c in mine}
+        # always said: a share is never mistaken for the whole folder
+        print(f"predicting part {i + 1} of {k} (part id {i}): {len(mine)} of {len(every)} cases", file=sys.stderr)
         if not cases and not failed:
             return []  # more parts than cases: this share is empty
     if (cases or failed) and is_inside(out_dir, in_dir):
@@ -101,6 +110,8 @@ def predict_folder(
             raise UsageError(f"the output folder {out_dir} is the run folder (or its validation folder): "
                              "predictions would mix with the run's own files", run_dir,
                              hint="choose another output folder")
+    if cases or failed:  # predict overwrites outputs of the same name: never in a folder a link leads to
+        refuse_link(out_dir, hint=f"name the folder the link points to ({out_dir.resolve()}) if that is meant")
     if not cases and not failed:
         wanted = file_ending or ".nii.gz, .nii, .mha, .nrrd ..."
         raise DatasetError(f"no input images <case>_<CCCC>{file_ending or ''} ({wanted}) in this folder", in_dir,
@@ -119,7 +130,7 @@ def predict_folder(
                                  f"case is an image file ({not_dicom.name})", not_dicom,
                                  hint="use --output-format nifti, nrrd or mha for image-file input")
         cases = {c: (files, OUTPUT_FORMATS[output_format]) for c, (files, _) in cases.items()}
-    outputs = {c: (files, safe_child(out_dir, f"{c}{end}"), end) for c, (files, end) in cases.items()}
+    outputs = {c: (files, _output(out_dir, f"{c}{end}"), end) for c, (files, end) in cases.items()}
     if outputs:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,21 +145,26 @@ def predict_folder(
         task = bar.add_task("predicting", total=len(outputs))
         pending_write = None
         for case, result in _read_ahead(pool, {c: o[0] for c, o in outputs.items()}, n_ch):
+            files, target, end = outputs[case]
             try:
                 if isinstance(result, FocussegError):
                     raise result
                 image, geo = result
                 probs = None
-                if save_probabilities:
-                    seg, unc, probs = predictor.predict_with_probabilities(image, geo, overlap, tta)
-                else:
-                    seg, unc = predictor.predict(image, geo, overlap, tta)
+                with case_named(files[0]):  # a case's own failure (non-finite logits...) names its file
+                    if save_probabilities:
+                        seg, unc, probs = predictor.predict_with_probabilities(image, geo, overlap, tta)
+                    else:
+                        seg, unc = predictor.predict(image, geo, overlap, tta)
                 del image
             except FocussegError as exc:
                 failures.append(exc)
                 bar.advance(task)
                 continue
-            files, target, end = outputs[case]
+            emptied = getattr(predictor, "emptied_foreground", 0)
+            if emptied:
+                print(f"warning: {files[0]}: the prediction is empty after post-processing (it removed all "
+                      f"{emptied} foreground voxels the network predicted)", file=sys.stderr)
             write_seg = write_segmentation
             if output_format == "dicom-seg":  # side maps are NIfTI; the label map a DICOM-SEG of the source series
                 from functools import partial as _partial
@@ -159,13 +175,13 @@ def predict_folder(
             if pending_write is not None:
                 written.append(pending_write.result())
             if unc is not None:
-                _write(write_image, safe_child(out_dir, f"{case}_uncertainty{end}"), unc, geo)
+                _write(write_image, _output(out_dir, f"{case}_uncertainty{end}"), unc, geo)
             if probs is not None:
                 from functools import partial
 
                 write_probs = partial(_save_probabilities, ending=end, kind="regions" if region_order else "softmax",
                                       labels=region_order or list(range(probs.shape[0])))
-                _write(write_probs, safe_child(out_dir, f"{case}{saved.SUFFIX}"), probs, geo)
+                _write(write_probs, _output(out_dir, f"{case}{saved.SUFFIX}"), probs, geo)
                 del probs
             pending_write = pool.submit(_write, write_seg, target, seg, geo)
             bar.advance(task)
@@ -266,6 +282,15 @@ def _read_input(files: list[Path], n_ch: int) -> tuple[np.ndarray, Geometry]:
     if not np.isfinite(geo.affine).all() or not all(np.isfinite(v) and v > 0 for v in spacing):
         raise ImageError(f"voxel spacing {tuple(round(v, 6) for v in spacing)} is not positive and finite", files[0])
     return image, geo
+
+
+def _output(out_dir: Path, name: str) -> Path:
+    """``out_dir / name`` for an output; a stale symlink of that name is removed itself (its target is never
+    written), and a name that would land outside ``out_dir`` is refused (:func:`~focusseg.io.paths.safe_child`)."""
+    path = out_dir / name
+    if path.is_symlink():
+        remove_file_or_link(path)
+    return safe_child(out_dir, name)
 
 
 def _save_probabilities(path: Path, probs: np.ndarray, geo: Geometry, labels: list[int], ending: str,

@@ -2,13 +2,18 @@
 -> Gaussian sliding window (+ TTA) -> softmax (or a sigmoid per region) -> resample back to the cropped original
 grid -> argmax -> paste into the original shape: a label map with exactly the input's shape.
 
+The numbers are checked on the way, on arrays already in memory: a normalised input, logits or probabilities
+holding NaN/inf stop that case with one error (:func:`check_finite`); a caller naming the case file
+(:func:`case_named`) puts it into the message.
+
 Loading and checking a run's checkpoint is :mod:`focusseg.inference.loading`; predicting a folder of images
 (case discovery, output naming, DICOM) is :mod:`focusseg.inference.folders`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from focusseg.errors import RunFolderError, UsageError
+from focusseg.errors import FocussegError, RunFolderError, UsageError
 from focusseg.inference import sliding_window_predict
 from focusseg.inference.loading import build_network, checkpoint_parts, select_checkpoint
 from focusseg.inference.postprocess import apply_postprocessing
@@ -87,6 +92,8 @@ class Predictor:
         the clean pass (:func:`~focusseg.inference.tta.tta_predict`; the VALDO system's "flips and slight Gaussian
         noise")."""
         data, _, props = preprocess_array(image, geometry, self.plan)
+        check_finite(data, "the normalised input (after preprocessing) holds",
+                     "the image's intensities do not survive the plan's normalisation")
         inf = inference_settings(self.plan)
         mirror = inf.mirror_axes if tta else ()
         window = {"overlap": inf.need("overlap") if overlap is None else overlap,
@@ -100,10 +107,12 @@ class Predictor:
                                 noise_passes=noise_passes, noise_sigma=inf.noise_sigma,
                                 generator=gen, activation="sigmoid" if self.regions else "softmax",
                                 **window).probabilities
+            check_finite(probs, "the network's probabilities hold", LOGITS_ADVICE)
             return (probs if self.regions else self._only_declared_(probs)), props
         logits = sliding_window_predict(self.network, torch.from_numpy(data), self.plan["patch_size"],
                                         mirror_axes=mirror, **window)
         del data
+        check_finite(logits, "the network's logits hold", LOGITS_ADVICE)  # softmax/sigmoid of finite logits: finite
         if self.regions:  # region plan: independent sigmoid per region (focusseg.regions), in place
             return logits.sigmoid_(), props
         return self._only_declared_(softmax_(logits)), props
@@ -141,6 +150,61 @@ class Predictor:
 
 
 UNCERTAINTY = ("entropy", "variance", "inverse_confidence")
+
+#: What non-finite network outputs usually mean, for the error line.
+LOGITS_ADVICE = ("the network's activations overflow on this image (intensities far outside what it was trained "
+                 "on, or damaged weights)")
+
+
+def count_nonfinite(values: torch.Tensor | np.ndarray) -> int:
+    """How many values of a float array or tensor are NaN or infinite (0 when all are finite).
+
+    Cheap on the usual path: one sum in the array's own dtype (any NaN/inf makes it non-finite), no mask and no
+    copy of the volume; only a non-finite sum (a bad value, or finite values whose sum overflows) is followed by
+    the exact count.
+    """
+    if isinstance(values, np.ndarray):
+        if not np.issubdtype(values.dtype, np.floating):
+            return 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(values.sum()):
+                return 0
+        return int(values.size - np.count_nonzero(np.isfinite(values)))
+    if not values.is_floating_point():
+        return 0
+    if bool(torch.isfinite(values.sum())):
+        return 0
+    return int(values.numel() - int(torch.isfinite(values).sum()))
+
+
+def check_finite(values: torch.Tensor | np.ndarray, what: str, advice: str) -> None:
+    """Stop the case when ``values`` hold NaN or inf (:func:`count_nonfinite`).
+
+    Args:
+        values: an array or tensor already in memory (input, logits, probabilities).
+        what: what it is, with its verb, for the message ("the network's logits hold").
+        advice: what it usually means.
+
+    Raises:
+        FocussegError: ``"<what> NaN/inf (N of M values): <advice>"``, without a file: the caller names the
+            case (:func:`case_named`).
+    """
+    bad = count_nonfinite(values)
+    if bad:
+        total = values.size if isinstance(values, np.ndarray) else values.numel()
+        raise FocussegError(f"{what} NaN/inf ({bad} of {total} values): {advice}")
+
+
+@contextlib.contextmanager
+def case_named(source: str | Path) -> Iterator[None]:
+    """Within the block, an expected error that names no file names ``source`` (the case's image file), so a
+    per-case failure (non-finite logits...) reads ``error: <case file>: <problem>``."""
+    try:
+        yield
+    except FocussegError as exc:
+        if exc.path is None:
+            exc.path = Path(source)
+        raise
 
 
 def softmax_(logits: torch.Tensor) -> torch.Tensor:
@@ -223,6 +287,8 @@ class EnsemblePredictor:
         if postprocessing is None:
             postprocessing = members[0].postprocessing if len(members) == 1 else []
         self.postprocessing = list(postprocessing)
+        #: foreground voxels of the last prediction that post-processing removed, all of them (else 0)
+        self.emptied_foreground = 0
 
     def predict(
         self, image: np.ndarray, geometry: Geometry, overlap: float | None = None, tta: bool = True
@@ -287,8 +353,12 @@ class EnsemblePredictor:
             if not regions:  # region probabilities stay 0 outside the crop
                 full[0] = 1.0  # outside the crop the network saw: background, as the segmentation there
             full[(slice(None), *box)] = mean.numpy()
+        self.emptied_foreground = 0
         if self.postprocessing:
+            before = int(np.count_nonzero(seg))
             seg = apply_postprocessing(seg, self.postprocessing, geometry.spacing).astype(seg.dtype, copy=False)
+            if before and not seg.any():  # the caller warns, naming the case
+                self.emptied_foreground = before
         if self.uncertainty is None:
             return seg, None, full
         if self.uncertainty == "entropy":

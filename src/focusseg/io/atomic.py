@@ -2,16 +2,20 @@
 rename it over the target, then fsync the folder, so a reader (or a run killed mid-write, or a power cut) sees
 either the old file or the new one, never a torn one. The file gets the usual permissions (0666 minus the
 umask), not mkstemp's 0600. Temporary names start with a dot and end in ``.tmp`` + the target's suffixes, so
-every reader that skips dot files skips them."""
+every reader that skips dot files skips them. A symlink at the target is replaced itself (the rename replaces the
+link): the file it points to is never written."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from focusseg.errors import RunFolderError
 
 
 def _umask() -> int:
@@ -82,9 +86,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def append_line(path: str | Path, line: str) -> None:
     """Append one whole line (a single ``write`` on an ``O_APPEND`` descriptor, then fsync): concurrent or
-    killed writers never leave half a line followed by another."""
+    killed writers never leave half a line followed by another.
+
+    Raises:
+        RunFolderError: ``path`` is a symlink (a line is never appended to the file a link points to).
+    """
     data = (line.rstrip("\n") + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or Path(path).is_symlink():
+            raise RunFolderError("is a symlink: focusseg does not delete or write through links; remove the link",
+                                 path) from None
+        raise
     try:
         os.write(fd, data)
         os.fsync(fd)

@@ -19,34 +19,43 @@ whose folds hold out different cases, are refused.
 from __future__ import annotations
 
 import itertools
-import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 from focusseg.errors import RunFolderError, UsageError, one_line
 from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
-from focusseg.inference.predictor import EnsemblePredictor, Predictor
+from focusseg.inference.predictor import EnsemblePredictor, Predictor, case_named
 from focusseg.io import read_case, write_segmentation
 from focusseg.io.atomic import save_json
 from focusseg.io.dataset import discover_cases, load_dataset_spec
+from focusseg.io.jsonfile import read_json
 from focusseg.io.paths import is_inside, safe_child
 from focusseg.metrics.files import label_files
-from focusseg.runfolder import CROSSVAL_JSON, fold_dirs, replace_link
+from focusseg.runfolder import CROSSVAL_JSON, fold_dirs, owned_subfolder, remove_file_or_link, replace_link
 from focusseg.workflows.validate import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice
+
+_REBUILD = "rebuild it with: focusseg crossval DATA --out CV (finished folds are kept)"
 
 
 def _crossval(cv: Path) -> dict[str, Any]:
+    """``cv/crossval.json``, read within bounds and checked: ``folds`` an object, ``data_dir`` a folder name,
+    ``postprocessing`` absent or an object whose ``steps`` is a list."""
     path = cv / CROSSVAL_JSON
     if not path.is_file():
         raise RunFolderError("not a cross-validation folder (no crossval.json)", cv,
                              hint="make one with: focusseg crossval DATA --out CV")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"unreadable ({one_line(exc)})", path,
-                             hint="rebuild it with: focusseg crossval DATA --out CV (finished folds are kept)") from exc
-    if not isinstance(data, dict) or "folds" not in data:
-        raise RunFolderError("not a crossval.json (no folds)", path)
+        data = read_json(path, RunFolderError, allow_nan=False)
+    except RunFolderError as exc:
+        raise RunFolderError(exc.problem, path, hint=_REBUILD) from None
+    if not isinstance(data, dict) or not isinstance(data.get("folds"), dict):
+        raise RunFolderError("not a crossval.json (no folds)", path, hint=_REBUILD)
+    if not isinstance(data.get("data_dir"), str) or not data["data_dir"].strip():
+        raise RunFolderError("names no data_dir (the dataset its folds were trained on)", path, hint=_REBUILD)
+    post = data.get("postprocessing")
+    if post is not None and (not isinstance(post, dict) or not isinstance(post.get("steps", []), (list, type(None)))):
+        raise RunFolderError("its postprocessing is not an object with a list of steps", path, hint=_REBUILD)
     return data
 
 
@@ -66,13 +75,20 @@ def pooled_dice_on(cv: Path, case_ids: set[str]) -> dict[str, float | None]:
         raise RunFolderError("no pooled evaluation (validation/metrics.csv)", cv,
                              hint="pool it again: focusseg crossval DATA --out CV (finished folds are kept)")
     values: dict[str, list[float]] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("case") not in case_ids:
-                continue
-            values.setdefault(str(row["label"]), [])
-            if row.get("dice") not in (None, "") and math.isfinite(float(row["dice"])):
-                values[str(row["label"])].append(float(row["dice"]))
+    try:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("case") not in case_ids:
+                    continue
+                label = str(row.get("label"))
+                if not label.isdigit():
+                    raise ValueError(f"label {label[:40]!r} is not a label value")
+                values.setdefault(label, [])
+                if row.get("dice") not in (None, "") and math.isfinite(float(row["dice"])):
+                    values[label].append(float(row["dice"]))
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise RunFolderError(f"unreadable pooled evaluation ({one_line(exc)[:160]})", path,
+                             hint="pool it again: focusseg crossval DATA --out CV (finished folds are kept)") from None
     return {lab: (sum(v) / len(v) if v else None) for lab, v in sorted(values.items(), key=lambda kv: int(kv[0]))}
 
 
@@ -125,8 +141,9 @@ def find_best(cv_dirs: list[str | Path], out_dir: str | Path, pairs: bool = True
         spec = load_dataset_spec(data_dir)
         raw = {c.case_id: c for c in discover_cases(data_dir, spec)}
         for (na, a), (nb, b) in itertools.combinations(zip(names, cvs), 2):
-            folder = out / "ensembles" / f"{na}+{nb}"
-            pred_dir, ref_dir = folder / "validation" / "predictions", folder / "validation" / "reference"
+            folder = owned_subfolder(out, "ensembles", f"{na}+{nb}")
+            pred_dir = owned_subfolder(folder, "validation", "predictions")
+            ref_dir = owned_subfolder(folder, "validation", "reference")
             for k in common:
                 ens = EnsemblePredictor([Predictor.from_run(a / f"fold_{k}", "best", dev),
                                          Predictor.from_run(b / f"fold_{k}", "best", dev)], postprocessing=[])
@@ -136,10 +153,14 @@ def find_best(cv_dirs: list[str | Path], out_dir: str | Path, pairs: bool = True
                     if case is None or case.label is None:
                         raise UsageError(f"held-out case {cid!r} is not a labelled case of {data_dir}",
                                          a / f"fold_{k}" / "validation")
+                    if (pred_dir / name).is_symlink():  # not one focusseg wrote: the link goes, never its target
+                        remove_file_or_link(pred_dir / name)
                     target = safe_child(pred_dir, name)
                     if not target.is_file():  # a pair already scored (an earlier call) is not predicted again
                         image, _, geo = read_case(list(case.images), case.label)
-                        write_segmentation(target, ens.segment(image, geo), geo)
+                        with case_named(case.images[0]):
+                            seg = ens.segment(image, geo)
+                        write_segmentation(target, seg, geo)
                     replace_link(Path(case.label).resolve(), ref_dir / name)
             labels = sorted(int(v) for v in ens.plan["labels"].values() if int(v) != 0)
             summary = evaluate_for_plan(pred_dir, ref_dir, folder / "validation", ens.plan, progress)
@@ -161,11 +182,12 @@ def find_best(cv_dirs: list[str | Path], out_dir: str | Path, pairs: bool = True
 
 
 def predict_command(candidate: dict[str, Any]) -> str:
-    """The exact ``focusseg predict`` command of a candidate (IN_DIR / OUT_DIR left to the user)."""
-    members = candidate["members"]
-    cmd = f"focusseg predict {members[0]} IN_DIR OUT_DIR"
+    """The exact ``focusseg predict`` command of a candidate (IN_DIR / OUT_DIR left to the user), each path
+    quoted for a POSIX shell (:func:`shlex.quote`: spaces, ``;``, ``$`` in a folder name paste as they are)."""
+    members = [str(m) for m in candidate["members"]]
+    argv = ["focusseg", "predict", members[0], "IN_DIR", "OUT_DIR"]
     for m in members[1:]:
-        cmd += f" --ensemble {m}"
+        argv += ["--ensemble", m]
     if candidate.get("postprocessing_file"):
-        cmd += f" --postprocessing-file {candidate['postprocessing_file']}"
-    return cmd
+        argv += ["--postprocessing-file", str(candidate["postprocessing_file"])]
+    return shlex.join(argv)

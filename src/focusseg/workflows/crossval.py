@@ -38,9 +38,18 @@ from focusseg.errors import CheckFailed, DatasetError, MissingFileError, RunFold
 from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
 from focusseg.io.atomic import save_json
 from focusseg.io.dataset import discover_cases, load_dataset_spec
+from focusseg.io.jsonfile import read_json
 from focusseg.io.paths import is_inside
 from focusseg.metrics.files import label_files
-from focusseg.runfolder import CROSSVAL_JSON, fold_dirs, plan_hash, replace_link
+from focusseg.runfolder import (
+    CROSSVAL_JSON,
+    clear_stale,
+    fold_dirs,
+    owned_subfolder,
+    plan_hash,
+    read_run_info,
+    replace_link,
+)
 from focusseg.workflows.plan import plan_dataset
 from focusseg.workflows.train import run_training
 from focusseg.workflows.validate import chooses_postprocessing, evaluate_for_plan, mean_foreground_dice
@@ -125,6 +134,8 @@ def run_crossval(data_dir: str | Path, cv_dir: str | Path, folds: str | Sequence
     for k in chosen:
         fold_dir = cv_dir / f"fold_{k}"
         finished = (fold_dir / "summary.json").is_file()
+        if not finished or overwrite:  # trained here: never into a folder a link leads to
+            owned_subfolder(cv_dir, fold_dir.name)
         if finished and not overwrite:
             trained[k] = "kept"
             if on_fold is not None:
@@ -146,10 +157,8 @@ def run_crossval(data_dir: str | Path, cv_dir: str | Path, folds: str | Sequence
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunFolderError(f"unreadable ({one_line(exc)})", path) from exc
+    """A JSON object from a fold folder (bounded: :func:`~focusseg.io.jsonfile.read_json`), else one line."""
+    data = read_json(path, RunFolderError, allow_nan=False)
     if not isinstance(data, dict):
         raise RunFolderError("not a JSON object", path)
     return data
@@ -173,12 +182,15 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
                              "pool into one cross-validation", cv_dir / other / "plan.json",
                              hint=f"train {other} again with --overwrite, or use another CV folder")
     plan = plans[done[0].name]
-    pred_dir, ref_dir = cv_dir / "validation" / "predictions", cv_dir / "validation" / "reference"
+    labels = _plan_labels(plan, done[0] / "plan.json")
+    pred_dir = owned_subfolder(cv_dir, "validation", "predictions")
+    ref_dir = owned_subfolder(cv_dir, "validation", "reference")
     keep: set[str] = set()
     per_fold: dict[str, Any] = {}
     for d in done:
         summary = _read_json(d / "summary.json")
-        fv = summary.get("final_validation") or {}
+        fv = summary.get("final_validation")
+        fv = fv if isinstance(fv, dict) else {}
         fold_pred, fold_ref = d / "validation" / "predictions", d / "validation" / "reference"
         cases = sorted(p.name for p in label_files(fold_pred).values()) if fold_pred.is_dir() else []
         for name in cases:
@@ -194,11 +206,7 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
                                 "iterations": summary.get("iterations"),
                                 "train_seconds": summary.get("train_seconds")}
     for folder in (pred_dir, ref_dir):  # cases of folds no longer finished (or removed) leave the pool
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.name not in keep and (p.is_symlink() or p.is_file()):
-                    p.unlink()
-    labels = sorted(int(v) for v in plan["labels"].values() if int(v) != 0)
+        clear_stale(folder, keep)
     pooled: dict[str, Any] = {"cases": len(keep)}
     post: dict[str, Any] | None = None
     if keep:
@@ -217,11 +225,27 @@ def pool_crossval(cv_dir: str | Path, data_dir: str | Path | None = None, progre
 
 
 def _data_dir_of(run_dir: Path) -> str | None:
-    info = run_dir / "run.json"
+    """The data folder a fold's ``run.json`` records (None when it records none or cannot be read: it is only
+    recorded in ``crossval.json``)."""
     try:
-        return json.loads(info.read_text()).get("data_dir")
-    except (OSError, ValueError, AttributeError):
+        info = read_run_info(run_dir)
+    except RunFolderError:
         return None
+    value = (info or {}).get("data_dir")
+    return value if isinstance(value, str) and value else None
+
+
+def _plan_labels(plan: dict, source: Path) -> list[int]:
+    """The foreground label values of a fold's plan (``labels``: names to integers), else one line."""
+    raw = plan.get("labels")
+    values: list[int] = []
+    for v in (raw.values() if isinstance(raw, dict) else ()):
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip().isdigit():
+            break
+        values.append(int(v))
+    if not raw or len(values) != len(raw) or not all(v < 2**15 for v in values):
+        raise RunFolderError("its labels are not a map of names to label values (0..32767)", source)
+    return sorted(v for v in values if v != 0)
 
 
 __all__ = ["parse_folds", "pool_crossval", "run_crossval"]

@@ -48,6 +48,7 @@ from focusseg.runfolder import (
     EpochLog,
     clean_run_folder,
     fold_name,
+    owned_subfolder,
     plan_hash,
     read_plan,
     read_run_info,
@@ -271,7 +272,8 @@ def _run_follower(req: TrainRequest, world: Any) -> dict:
 def _run_locked(req: TrainRequest, t_start: float, fine_tune: dict | None, world: Any,
                 handoff: dict | None) -> dict:
     """The run in its locked folder, as named steps: refuse a folder that holds another run, check the dataset,
-    clean, make or resume the plan, split, preprocess, hand off to the other ranks, train, validate, report."""
+    clean, make or resume the plan, split, preprocess, hand off to the other ranks, train, validate, report. A
+    validation folder that is a symlink is refused before anything is trained (nothing is written through it)."""
     dev = world.device(resolve_device(req.device)) if world is not None else resolve_device(req.device)
     info = None if req.overwrite else read_run_info(req.run_dir)
     resume_state = _refuse_reuse(req, info)
@@ -281,6 +283,9 @@ def _run_locked(req: TrainRequest, t_start: float, fine_tune: dict | None, world
             raise CheckFailed(problems)
     if req.overwrite:
         clean_run_folder(req.run_dir, req.preprocessed_dir)
+    if req.final_validation:  # refused now, not after training: the validation is never written through a link
+        for sub in ("predictions", "reference"):
+            owned_subfolder(req.run_dir, "validation", sub)
     spec = load_dataset_spec(req.data_dir)
     source = None  # a fine-tuning run's source checkpoint (read when the plan is made)
     if req.resume:

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 
 from focusseg.inference.postprocess_selection import choose_postprocessing_for_run
-from focusseg.inference.predictor import Predictor
+from focusseg.inference.predictor import Predictor, case_named
 from focusseg.io import discover_cases, load_dataset_spec, read_case, write_segmentation
 from focusseg.io.paths import safe_child
 from focusseg.metrics import evaluate_folders
-from focusseg.runfolder import clear_stale, replace_link
+from focusseg.runfolder import clear_stale, owned_subfolder, remove_file_or_link, replace_link
 from focusseg.settings import inference_settings
 
 
@@ -22,19 +22,28 @@ def validate_raw(run_dir: Path, data_dir: Path, val_ids: list[str], device: torc
     """Predict the raw held-out cases with the best checkpoint (with the plan's TTA, without post-processing:
     these predictions are what post-processing is chosen on) into ``run_dir/validation`` and evaluate them
     against the raw labels (original geometry). ``validation/`` holds only these cases: predictions and
-    references of any other case (another fold, an earlier run) are removed first."""
+    references of any other case (another fold, an earlier run) are removed first.
+
+    Raises:
+        RunFolderError: ``validation/`` or a folder in it is a symlink (nothing is removed or written through it).
+        FocussegError: a case whose normalised input or logits are not finite (naming its image file).
+    """
     spec = load_dataset_spec(data_dir)
     cases = {c.case_id: c for c in discover_cases(data_dir, spec)}
+    out = owned_subfolder(run_dir, "validation")
+    pred_dir, gt_dir = owned_subfolder(out, "predictions"), owned_subfolder(out, "reference")
     predictor = Predictor.from_run(run_dir, "best", device)
-    out = run_dir / "validation"
-    pred_dir, gt_dir = out / "predictions", out / "reference"
     names = {f"{cid}{spec.file_ending}" for cid in val_ids}
     clear_stale(pred_dir, names)
     clear_stale(gt_dir, names)
     for cid in val_ids:
         image, label, geo = read_case(list(cases[cid].images), cases[cid].label)
         name = f"{cid}{spec.file_ending}"
-        write_segmentation(safe_child(pred_dir, name), predictor.segment(image, geo, postprocess=False), geo)
+        if (pred_dir / name).is_symlink():  # a stale link of that name goes itself; its target is never written
+            remove_file_or_link(pred_dir / name)
+        with case_named(cases[cid].images[0]):
+            seg = predictor.segment(image, geo, postprocess=False)
+        write_segmentation(safe_child(pred_dir, name), seg, geo)
         replace_link(Path(cases[cid].label).resolve(), gt_dir / name)
     if spec.regions:  # region-based labels: Dice per region (focusseg.regions), rows labelled 1..R
         summary = evaluate_folders(pred_dir, gt_dir, out, progress=progress, regions=spec.region_list,
