@@ -28,7 +28,7 @@ from focusseg.io.atomic import append_line, atomic_write_text, save_json
 from focusseg.io.checkpoint import LATEST, PREVIOUS
 from focusseg.io.jsonfile import loads_bounded, read_json
 from focusseg.io.paths import is_inside
-from focusseg.settings import inference_settings, network_settings, training_settings
+from focusseg.settings import parse_plan_settings
 
 RUN_JSON = "run.json"
 #: The plan a run trains (written when the run starts, rewritten when a resume changes it).
@@ -213,9 +213,10 @@ def fold_name(fold: str | int) -> str:
 
 
 def read_plan(path: str | Path) -> dict:
-    """The one reader of a plan file: the JSON object, its ``training``, ``inference`` and ``network`` sections
-    checked by :mod:`focusseg.settings` (types, ranges, unknown keys), so a plan read from any file passes one
-    gate before anything is built from it.
+    """The one reader of a plan file: the JSON object (bounded; NaN and Infinity refused), its ``training``,
+    ``inference`` and ``network`` sections and its preprocessing fields (normalization, target spacing, labels,
+    regions) and cost bounds checked by :func:`focusseg.settings.parse_plan_settings` (types, ranges, unknown keys,
+    finiteness), so a plan read from any file passes one gate before anything is built from it.
 
     Args:
         path: the plan file (``run_dir / PLAN_JSON`` or a ``--plan`` file).
@@ -231,14 +232,12 @@ def read_plan(path: str | Path) -> dict:
     if not Path(path).exists():
         raise MissingFileError("no such plan file", path)
     try:
-        plan = read_json(path, PlanError)
+        plan = read_json(path, PlanError, allow_nan=False)
     except PlanError as exc:
         raise PlanError(f"unreadable plan ({exc.problem})", path) from None
     if not isinstance(plan, dict):
         raise PlanError("not a plan (expected a JSON object)", path)
-    training_settings(plan, path)
-    inference_settings(plan, path)
-    network_settings(plan, path)
+    parse_plan_settings(plan, path)
     return plan
 
 
