@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -122,7 +123,8 @@ def crossval(data: Path = DATA,
     post = result.get("postprocessing")
     if post is not None:
         console.print(f"post-processing chosen on the pooled validation: {post['steps'] or 'none'}")
-    console.print(f"-> {out / CROSSVAL_JSON}; predict with: focusseg predict {out} IN_DIR OUT_DIR")
+    console.print(f"-> {out / CROSSVAL_JSON}; predict with: focusseg predict {shlex.quote(str(out))} IN_DIR OUT_DIR",
+                  markup=False)
 
 
 def best(cv_dirs: list[Path] = typer.Argument(..., help="Cross-validation folders (`focusseg crossval`), one dataset."),
@@ -145,4 +147,4 @@ def best(cv_dirs: list[Path] = typer.Argument(..., help="Cross-validation folder
         dice = "-" if c["mean_dice"] is None else f"{c['mean_dice']:.4f}"
         table.add_row(str(i), c["name"], str(c["cases"]), dice, str(c["postprocessing"] or "none"))
     console.print(table)
-    console.print(f"best: {result['best']} -> {out / 'best.json'}\n{result['predict']}")
+    console.print(f"best: {result['best']} -> {out / 'best.json'}\n{result['predict']}", markup=False)

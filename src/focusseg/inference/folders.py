@@ -144,7 +144,7 @@ def predict_folder(
     with ThreadPoolExecutor(2) as pool, Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("predicting", total=len(outputs))
         pending_write = None
-        for case, result in _read_ahead(pool, {c: o[0] for c, o in outputs.items()}, n_ch):
+        for case, result in _read_ahead(pool, {c: o[0] for c, o in outputs.items()}, n_ch, in_dir):
             files, target, end = outputs[case]
             try:
                 if isinstance(result, FocussegError):
@@ -196,15 +196,15 @@ def predict_folder(
 
 
 def _read_ahead(
-    pool: ThreadPoolExecutor, cases: dict[str, list[Path]], n_ch: int
+    pool: ThreadPoolExecutor, cases: dict[str, list[Path]], n_ch: int, root: Path | None = None
 ) -> Iterator[tuple[str, tuple[np.ndarray, Geometry] | FocussegError]]:
     """``(case, (image, geometry))`` in order, the next case read on ``pool`` meanwhile; a case that cannot be
-    read yields its error instead."""
+    read yields its error instead. ``root``: the input folder a DICOM case must stay inside."""
     items = list(cases.items())
 
     def read(files: list[Path]) -> tuple[np.ndarray, Geometry] | FocussegError:
         try:
-            return _read_input(files, n_ch)
+            return _read_input(files, n_ch, root)
         except FocussegError as exc:
             return exc
 
@@ -268,9 +268,10 @@ def _missing_channels(first: Path, present: list[int], n_ch: int) -> MissingFile
                             first.parent / f"{case}_{missing[0]:04d}{ending}")
 
 
-def _read_input(files: list[Path], n_ch: int) -> tuple[np.ndarray, Geometry]:
-    """A case's channels ``(C, X, Y, Z)`` and geometry, checked against what the run expects."""
-    image, geo = read_dicom_case(files) if is_dicom_case(files) else read_case(files)[::2]
+def _read_input(files: list[Path], n_ch: int, root: Path | None = None) -> tuple[np.ndarray, Geometry]:
+    """A case's channels ``(C, X, Y, Z)`` and geometry, checked against what the run expects (a DICOM case's
+    files checked again to stay inside ``root``, the input folder, when they are read)."""
+    image, geo = read_dicom_case(files, root=root) if is_dicom_case(files) else read_case(files)[::2]
     if image.ndim != 4:
         raise ImageError(f"expected a 3D image per channel, got an array of shape {tuple(image.shape[1:])}", files[0])
     if image.shape[0] == 1 and len(files) == 1 and n_ch > 1:  # not a 4D file holding every channel

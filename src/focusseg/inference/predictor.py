@@ -402,7 +402,7 @@ def crossval_predictor(cv_dirs: str | Path | Sequence[str | Path], checkpoint: s
     if not postprocess:
         steps: list[dict] = []
     elif postprocessing_file is not None:
-        steps = read_postprocessing_file(postprocessing_file)
+        steps = read_postprocessing_file(postprocessing_file, [int(v) for v in members[0].plan["labels"].values()])
     elif len(cvs) == 1:
         steps = load_run_postprocessing(cvs[0], members[0].plan)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,8 @@ def report_after_training(run_dir: str | Path) -> Path | None:
         try:
             from rich.console import Console
 
-            Console(stderr=True).print(f"[yellow]warning: {msg}[/yellow] (try `focusseg report {run_dir}`)")
+            Console(stderr=True).print(f"warning: {msg} (try `focusseg report {shlex.quote(str(run_dir))}`)",
+                                       markup=False, style="yellow")
         except Exception:  # noqa: BLE001
             pass
         return None
