@@ -5,6 +5,8 @@ stderr and an exit code, never a wall of traceback.
   of a :class:`~focusseg.errors.CheckFailed`, per failed case of a :class:`~focusseg.errors.PartialFailure`),
   ``hint: ...`` where one helps, and the error's own exit code (1, usage 2);
 * click's usage errors: click's message and exit code; an interruption: exit 130;
+* an optional dependency not installed (a ``ModuleNotFoundError`` for one of :data:`OPTIONAL_PACKAGES`): one
+  line naming the package and the ``pip install 'focusseg[EXTRA]'`` that adds it, exit 1;
 * a peer process lost while training on several: exit 4; anything else (a bug): one line naming the innermost
   frame, exit 3. ``--debug`` adds the traceback.
 """
@@ -57,6 +59,14 @@ def run_handled(call: Callable[[], Any], debug: bool = False) -> int:
     except Exception as exc:  # a bug, or a library failure we did not foresee: never a wall of traceback
         from focusseg.engine.distributed import peer_failure
 
+        missing = missing_optional(exc)
+        if missing is not None:  # an optional dependency not installed: how to install it, not a bug report
+            if debug:
+                import traceback
+
+                traceback.print_exc()
+            print_error(missing)
+            return 1
         lost = peer_failure(exc)
         if lost is not None:  # training on several processes: another rank died or stopped answering
             print_error(lost, "the first error above (or torchrun's summary) names the rank that failed; resume "
@@ -72,17 +82,53 @@ def run_handled(call: Callable[[], Any], debug: bool = False) -> int:
         return 3
 
 
-def click_exception_types() -> tuple[type, tuple[type, ...]]:
-    """click's ``ClickException`` and the ``Abort`` types (typer >= 0.2x vendors click; older typer uses it)."""
+#: The optional packages (import names) and the extra of ``pyproject.toml`` that installs each (the first that
+#: does, where several do: SimpleITK alone is ``formats``).
+OPTIONAL_PACKAGES = {"SimpleITK": "formats", "pydicom": "dicom", "highdicom": "dicom", "tensorboard": "tracking",
+                     "onnx": "export", "onnxruntime": "export", "onnxscript": "export", "safetensors": "export"}
+
+
+def missing_optional(exc: BaseException) -> str | None:
+    """``needs the optional package X: pip install 'focusseg[EXTRA]'`` when ``exc`` (or an exception it was
+    raised from) is a ``ModuleNotFoundError`` for one of :data:`OPTIONAL_PACKAGES`; None otherwise.
+
+    Args:
+        exc: the exception a command raised.
+
+    Returns:
+        the error line, or None (a missing module that is no optional dependency is a bug report).
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # the explicit ``raise ... from`` chain, bounded
+        if seen is None:
+            break
+        name = getattr(seen, "name", None) if isinstance(seen, ModuleNotFoundError) else None
+        top = name.split(".")[0] if isinstance(name, str) else None
+        if top in OPTIONAL_PACKAGES:
+            return f"needs the optional package {top}: pip install 'focusseg[{OPTIONAL_PACKAGES[top]}]'"
+        seen = seen.__cause__
+    return None
+
+
+def click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """click's ``ClickException`` and ``Abort`` types: those of the click package and of the click typer vendors
+    (``typer._click``, typer >= 0.2x), whichever are installed -- typer raises its own, so both are caught."""
+    errors: list[type] = []
+    aborts: list[type] = [typer.Abort]
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        errors.append(VendoredClickException)
+    except ImportError:
+        pass
     try:
         from click.exceptions import Abort, ClickException
 
-        aborts: tuple[type, ...] = (Abort, typer.Abort)
-    except ImportError:  # typer's vendored click (its Abort is typer.Abort)
-        from typer._click.exceptions import ClickException
-
-        aborts = (typer.Abort,)
-    return ClickException, aborts
+        errors.append(ClickException)
+        aborts.append(Abort)
+    except ImportError:
+        pass
+    return tuple(dict.fromkeys(errors)), tuple(dict.fromkeys(aborts))
 
 
 def detail_lines(exc: BaseException, limit: int = 50) -> list[str]:

@@ -44,6 +44,10 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
                                           "them (--part-id): machines or GPUs each take a share. Under torchrun: "
                                           "one share per rank, automatically."),
             part_id: int | None = typer.Option(None, "--part-id", help="Which share (0 .. K-1) with --num-parts."),
+            expect_sha256: list[str] = typer.Option(
+                [], "--expect-sha256", help="Refuse a bundle or checkpoint whose SHA-256 is not this one (64 hex "
+                                            "digits; repeat for an ensemble or cross-validation: every file loaded "
+                                            "must match one), checked before the file is read."),
             device: str = typer.Option("auto", help="cpu, cuda or auto.")) -> None:
     """Segment every case of a folder (one run, or a weighted ensemble of runs of any architectures).
 
@@ -54,13 +58,19 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
 
     DICOM: `focusseg predict runs/hippo dicom/ preds/ --output-format dicom-seg` (dicom/CASE/ holds one series;
     multi-channel: dicom/CASE/0000/, dicom/CASE/0001/ ...; a case lacking a channel folder fails in one line)
+
+    Provenance: the SHA-256 of the bundle (or of each checkpoint) is printed before predicting; pin it with
+    `--expect-sha256 HEX` (as pip's --require-hashes): a different file is refused before it is read.
     """
     from focusseg.devices import resolve_device
     from focusseg.errors import UsageError
     from focusseg.inference.folders import OUTPUT_FORMATS, predict_folder
+    from focusseg.inference.loading import model_files
     from focusseg.inference.predictor import EnsemblePredictor, Predictor, crossval_predictor
+    from focusseg.io.checkpoint import check_sha256, parse_sha256
     from focusseg.runfolder import is_crossval_dir
 
+    expected = {parse_sha256(h) for h in expect_sha256}  # a malformed digest: a usage error before anything
     if output_format is not None and output_format not in OUTPUT_FORMATS:  # before any run is loaded
         raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if not 0 <= overlap < 1:
@@ -74,19 +84,28 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
         if torch.cuda.device_count() > 1:  # one GPU per share on a multi-GPU node
             dev = torch.device("cuda", part[0] % torch.cuda.device_count())
     w = parse_weights(weights)
-    if run_dir.suffix.lower() == ".zip":  # a model bundle (`focusseg export`): verified, no run folder needed
+    bundle = run_dir.suffix.lower() == ".zip"
+    crossval = not bundle and is_crossval_dir(run_dir)
+    if bundle and (ensemble or w or checkpoint != "best"):
+        raise UsageError("a model bundle carries its members, weights and checkpoint: no --ensemble, "
+                         "--weights or --checkpoint", run_dir)
+    if crossval and w:
+        raise UsageError("cross-validation folders are weighted per fold (equal): no --weights")
+    if crossval and not all(is_crossval_dir(e) for e in ensemble):
+        raise UsageError("ensemble a cross-validation folder with other cross-validation folders only")
+    # provenance: each file's SHA-256, streamed before anything parses it (and refused unless expected)
+    if bundle:
+        if run_dir.is_file():  # a missing bundle: load_bundle's own message
+            console.print(f"model bundle {run_dir}: sha256 {check_sha256(run_dir, expected)}", soft_wrap=True)
+    else:
+        for file in [f for r in [run_dir, *ensemble] for f in model_files(r, checkpoint)]:
+            console.print(f"checkpoint {file}: sha256 {check_sha256(file, expected)}", soft_wrap=True)
+    if bundle:  # a model bundle (`focusseg export`): verified, no run folder needed
         from focusseg.export import load_bundle
 
-        if ensemble or w or checkpoint != "best":
-            raise UsageError("a model bundle carries its members, weights and checkpoint: no --ensemble, "
-                             "--weights or --checkpoint", run_dir)
         predictor = load_bundle(run_dir, dev, uncertainty, postprocess, postprocessing_file)
         console.print(f"model bundle {run_dir}: {len(predictor.members)} member(s)")
-    elif is_crossval_dir(run_dir):  # cross-validation folders: every finished fold, the pool's post-processing
-        if w:
-            raise UsageError("cross-validation folders are weighted per fold (equal): no --weights")
-        if not all(is_crossval_dir(e) for e in ensemble):
-            raise UsageError("ensemble a cross-validation folder with other cross-validation folders only")
+    elif crossval:  # cross-validation folders: every finished fold, the pool's post-processing
         predictor = crossval_predictor([run_dir, *ensemble], checkpoint, dev, uncertainty, postprocess,
                                        postprocessing_file)
         console.print(f"ensemble of {len(predictor.members)} fold(s) of {', '.join(map(str, [run_dir, *ensemble]))}")
@@ -140,20 +159,23 @@ def export(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tra
     """
     from focusseg.errors import UsageError
     from focusseg.export import FORMATS, export_graphs, write_bundle
+    from focusseg.io.checkpoint import file_sha256
 
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     check_checkpoint(checkpoint)
     if fmt == "bundle":
         write_bundle(run_dir, out, checkpoint)
-        console.print(f"model bundle written to {out}; predict with: focusseg predict {out} IN_DIR OUT_DIR")
+        digest = file_sha256(out)
+        console.print(f"model bundle written to {out}, sha256 {digest}", soft_wrap=True)
+        console.print(f"predict with: focusseg predict {out} IN_DIR OUT_DIR --expect-sha256 {digest}", soft_wrap=True)
         return
     spec = export_graphs(run_dir, out, fmt, checkpoint, exporter)
     for m in spec["members"]:
         diff = m.get("onnx_runtime_max_abs_diff", m.get("max_abs_diff"))
         check = "unverified (onnxruntime not installed)" if diff is None else f"max |diff| vs PyTorch {diff:.2g}"
         console.print(f"{m['file']}: {m.get('exporter')} exporter, {check}")
-    console.print(f"{fmt} export written to {out} (graphs + spec.json)")
+    console.print(f"{fmt} export written to {out} (graphs + spec.json), sha256 {file_sha256(out)}", soft_wrap=True)
 
 
 def postprocess(run_dir: Path = typer.Argument(..., help="A run folder with validation/predictions (after train)."),

@@ -3,13 +3,14 @@
 One zip (written atomically at ``--out``) holds ``spec.json`` and one graph per member (``model`` for a run,
 ``fold_K`` per fold). The graph maps ``image (B, C, *patch)`` float32, normalised and resampled as the spec says,
 to ``logits (B, K, *patch)``; everything around it (normalisation, resampling, Gaussian sliding window, mirrors,
-activation, argmax, post-processing) is the consumer's, as the spec describes.
+activation, argmax, post-processing) is the consumer's, as the spec describes. The spec names the source folder
+only, and absolute paths in the plans are reduced to base names (:func:`focusseg.export.bundle.portable`).
 
 ONNX: the legacy exporter first (except for :data:`DYNAMO_FIRST`), then the dynamo exporter (needs
 ``onnxscript``); each graph is checked with ONNX Runtime against PyTorch on a seeded patch, within
 :data:`ONNX_TOLERANCE` (+ :data:`RELATIVE_TOLERANCE` of the logits' magnitude), else :class:`NotExportable`.
-TorchScript: ``torch.jit.trace`` in eval mode, checked the same way. Spec fields and exporter limits:
-``docs/export.md``.
+TorchScript: ``torch.jit.trace`` in eval mode, checked the same way. Neither graph keeps the exporter's records of
+source files (absolute paths of the exporting machine). Spec fields and exporter limits: ``docs/export.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from focusseg import __version__
 from focusseg.errors import FocussegError, UsageError, one_line
-from focusseg.export.bundle import load_source
+from focusseg.export.bundle import load_source, portable
 from focusseg.io.atomic import atomic_path
 from focusseg.nets.from_plan import build_inference_module
 from focusseg.settings import inference_settings, network_settings
@@ -91,6 +92,52 @@ def _onnx_bytes(network: nn.Module, x: torch.Tensor, exporter: str, opset: int |
             quiet.setLevel(level)
 
 
+#: ONNX node metadata that records the exporting machine's source files (the dynamo exporter's stack traces).
+SOURCE_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def onnx_without_sources(model: bytes) -> bytes:
+    """The ONNX graph without the records of where it was exported: node doc strings (the legacy exporter's source
+    lines) and :data:`SOURCE_METADATA` (the dynamo exporter's stack traces, with the absolute paths of the
+    exporting machine's Python files), in the main graph, its subgraphs and its functions. Computation unchanged."""
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    graphs = [proto.graph]
+    node_lists = [f.node for f in proto.functions]
+    while graphs:
+        graph = graphs.pop()
+        graph.doc_string = ""
+        node_lists.append(graph.node)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+    for nodes in node_lists:
+        for node in nodes:
+            node.doc_string = ""
+            props = getattr(node, "metadata_props", None)
+            if props is not None:
+                keep = [(p.key, p.value) for p in props if p.key not in SOURCE_METADATA]
+                del props[:]
+                for key, value in keep:
+                    props.add(key=key, value=value)
+    proto.doc_string = ""
+    return proto.SerializeToString()
+
+
+def torchscript_without_sources(archive: bytes) -> bytes:
+    """The TorchScript archive without its ``*.debug_pkl`` records (source ranges naming the exporting machine's
+    Python files, the caller's included); ``torch.jit.load`` needs none of them."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as zin, zipfile.ZipFile(buf, "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                zout.writestr(info, zin.read(info))
+    return buf.getvalue()
+
+
 def onnx_runtime_logits(model: bytes, x: np.ndarray) -> np.ndarray:
     """Run an ONNX graph (``image`` -> ``logits``) with ONNX Runtime on the CPU (one thread, deterministic)."""
     import onnxruntime as ort
@@ -117,6 +164,8 @@ def network_to_onnx(network: nn.Module, in_channels: int, patch: tuple[int, ...]
     """
     if exporter not in EXPORTERS:
         raise UsageError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    import onnx  # every exporter needs it: a missing package is named, not hidden among their failures
+
     try:
         import onnxruntime  # noqa: F401
 
@@ -139,7 +188,7 @@ def network_to_onnx(network: nn.Module, in_channels: int, patch: tuple[int, ...]
         except Exception as exc:  # exporters raise many types (torch.onnx errors, unsupported op, export guards)
             reasons.append(f"{how} exporter: {type(exc).__name__}: {one_line(exc)[:300]}")
             continue
-        import onnx
+        data = onnx_without_sources(data)  # no path of the exporting machine in the graph
 
         used_opset = max((o.version for o in onnx.load_from_string(data).opset_import if o.domain in ("", "ai.onnx")),
                          default=None)
@@ -184,7 +233,8 @@ def network_to_torchscript(network: nn.Module, in_channels: int, patch: tuple[in
             traced = torch.jit.trace(network, (x1,), check_trace=False)
             buf = io.BytesIO()
             torch.jit.save(traced, buf)
-            loaded = torch.jit.load(io.BytesIO(buf.getvalue()), map_location="cpu")
+            data = torchscript_without_sources(buf.getvalue())  # no path of the exporting machine
+            loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
         diff = max(float(np.abs(_eager(loaded, x1) - _eager(network, x1)).max()),
                    float(np.abs(_eager(loaded, x2) - _eager(network, x2)).max()))
     except Exception as exc:  # tracing raises many types (data-dependent control flow, unsupported ops)
@@ -193,7 +243,7 @@ def network_to_torchscript(network: nn.Module, in_channels: int, patch: tuple[in
     if not diff <= tolerance:
         raise NotExportable(name, "torchscript", f"the traced graph differs from PyTorch by {diff:.3g} "
                                                  f"(> {tolerance}): the network's path depends on its input")
-    return buf.getvalue(), {"exporter": "torch.jit.trace", "max_abs_diff": diff}
+    return data, {"exporter": "torch.jit.trace", "max_abs_diff": diff}
 
 
 def graph_spec(plan: dict[str, Any], postprocessing: list[dict[str, Any]]) -> dict[str, Any]:
@@ -241,7 +291,7 @@ def export_graphs(source: str | Path, out: str | Path, fmt: str = "onnx", checkp
     files: dict[str, bytes] = {}
     members = []
     for m in src.members:
-        plan = m["plan"]
+        plan = portable(m["plan"])  # no path of this machine in the spec
         net = build_inference_module(plan)
         net.load_state_dict(m["state_dict"])
         net_name = network_settings(plan).name
@@ -258,10 +308,10 @@ def export_graphs(source: str | Path, out: str | Path, fmt: str = "onnx", checkp
                         **info})
     spec = {"format": fmt, "spec_version": SPEC_VERSION, "focusseg_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "source": {"kind": src.kind, "path": str(src.path.resolve()), "checkpoint": checkpoint},
+            "source": {"kind": src.kind, "path": src.path.resolve().name, "checkpoint": checkpoint},
             "members": members,
             "ensemble": "weighted mean of the members' probabilities (after each member's activation)",
-            **graph_spec(src.members[0]["plan"], src.postprocessing)}
+            **graph_spec(portable(src.members[0]["plan"]), src.postprocessing)}
     with atomic_path(out) as tmp:
         with zipfile.ZipFile(tmp, "w") as zf:
             for name, data in files.items():
@@ -271,4 +321,5 @@ def export_graphs(source: str | Path, out: str | Path, fmt: str = "onnx", checkp
 
 
 __all__ = ["DYNAMO_FIRST", "EXPORTERS", "FORMATS", "NotExportable", "ONNX_TOLERANCE", "RELATIVE_TOLERANCE",
-           "export_graphs", "graph_spec", "network_to_onnx", "network_to_torchscript", "onnx_runtime_logits"]
+           "SOURCE_METADATA", "export_graphs", "graph_spec", "network_to_onnx", "network_to_torchscript",
+           "onnx_runtime_logits", "onnx_without_sources", "torchscript_without_sources"]

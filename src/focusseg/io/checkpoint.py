@@ -8,27 +8,107 @@ short) still leaves a good checkpoint to resume from (:func:`load_resume_state`)
 Everything saved is made plain first (:func:`plain`): tensors, dicts, lists, tuples, str, int, float, bool and
 None only -- numpy arrays become tensors and numpy scalars Python numbers -- so that ``weights_only`` loading
 always works and nothing in a checkpoint can name a Python class.
+
+Provenance: :func:`file_sha256` streams a file's SHA-256 (``focusseg predict`` prints it, ``--expect-sha256``
+pins it through :func:`check_sha256` before the file is parsed).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import sys
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from focusseg.errors import CheckpointError, MissingFileError, RunFolderError, one_line
+from focusseg.errors import CheckpointError, MissingFileError, RunFolderError, UsageError, one_line
 from focusseg.io.atomic import atomic_path, fsync_dir
 
 LATEST, PREVIOUS = "checkpoint_latest.pt", "checkpoint_previous.pt"
 #: The keys a resumable checkpoint holds (what :func:`load_resume_state` checks before training uses it).
 RESUME_KEYS = ("task", "lr", "sampler", "weighter", "rng", "epoch", "iteration", "max_iterations", "best", "elapsed",
                "history")
+
+
+#: Most bytes a checkpoint's compressed zip records may inflate beyond their size in the file: ``torch.save`` stores
+#: every record uncompressed, and ``torch.load`` allocates each record's claimed size, so this bounds what loading
+#: may allocate beyond the file's own size.
+MAX_INFLATION_BYTES = 256 << 20
+#: Bytes hashed per read by :func:`file_sha256` (the file is streamed, never read whole).
+HASH_CHUNK = 1 << 20
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def file_sha256(path: str | Path, chunk: int = HASH_CHUNK) -> str:
+    """The SHA-256 of a file's bytes (lower-case hex), read in ``chunk``-byte pieces so a file of any size is
+    hashed in constant memory, and before anything parses it.
+
+    Args:
+        path: the file.
+        chunk: bytes per read.
+
+    Returns:
+        the 64-character hex digest.
+
+    Raises:
+        MissingFileError: no such file. CheckpointError: it cannot be read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError("no such file to hash", path)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk):
+                digest.update(block)
+    except OSError as exc:
+        raise CheckpointError(f"cannot be read ({exc.strerror or type(exc).__name__})", path) from None
+    return digest.hexdigest()
+
+
+def parse_sha256(text: str) -> str:
+    """A SHA-256 digest given on the command line: 64 hex digits, optionally prefixed ``sha256:`` (pip's
+    ``--hash`` form); returned lower-case.
+
+    Raises:
+        UsageError: anything else (a digest of another length, another algorithm, non-hex characters).
+    """
+    value = str(text).strip().lower()
+    if value.startswith("sha256:"):
+        value = value[len("sha256:"):]
+    if not _HEX64.fullmatch(value):
+        shown = str(text)[:80]
+        raise UsageError(f"--expect-sha256 {shown!r} is not a SHA-256 digest (64 hex digits)",
+                         hint="compute one with: sha256sum FILE")
+    return value
+
+
+def check_sha256(path: str | Path, expected: Collection[str]) -> str:
+    """The file's SHA-256 (:func:`file_sha256`), refused unless it is one of ``expected`` (when any are given):
+    the ``--require-hashes`` rule, applied before the file is parsed.
+
+    Args:
+        path: the file (a model bundle or a checkpoint).
+        expected: accepted digests (lower-case hex, :func:`parse_sha256`); empty accepts any.
+
+    Returns:
+        the file's digest.
+
+    Raises:
+        CheckpointError: the digest is not one of ``expected`` (names the file and both digests).
+    """
+    digest = file_sha256(path)
+    if expected and digest not in expected:
+        want = " or ".join(sorted(expected)[:4])
+        raise CheckpointError(f"SHA-256 is {digest}, not the expected {want}: refused (a different or changed file)",
+                              path, hint="check where the file came from before trusting it")
+    return digest
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -87,13 +167,48 @@ def save_latest(obj: Any, run_dir: str | Path) -> Path:
     return save_atomic(obj, latest)
 
 
+def check_zip_bounds(path: str | Path) -> None:
+    """Refuse a checkpoint whose zip records claim more than the file can back, before ``torch.load`` allocates
+    them: a stored record claiming another size than it holds, records claiming more compressed bytes in all than
+    the file has (overlapping records), or compressed records that together inflate more than
+    :data:`MAX_INFLATION_BYTES` (a zip bomb: ``torch.save`` never compresses). A file that is not a zip is left to
+    ``torch.load`` (its own error, or the legacy format).
+
+    Raises:
+        CheckpointError: naming the file and the record.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return
+    size = path.stat().st_size
+    for info in infos:
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise CheckpointError(f"record {info.filename[:120]} is stored uncompressed but claims {info.file_size:,} "
+                                  f"bytes in {info.compress_size:,}: a forged checkpoint", path)
+    packed = sum(info.compress_size for info in infos)
+    if packed > size:
+        raise CheckpointError(f"its records claim {packed:,} bytes, more than the file's {size:,}: a forged "
+                              "checkpoint (overlapping records)", path)
+    inflation = sum(max(0, i.file_size - i.compress_size) for i in infos if i.compress_type != zipfile.ZIP_STORED)
+    if inflation > MAX_INFLATION_BYTES:
+        raise CheckpointError(f"its compressed records would inflate by {inflation:,} bytes beyond their size in "
+                              f"the file (at most {MAX_INFLATION_BYTES:,}; torch.save compresses nothing): a zip "
+                              "bomb, refused", path)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint or artefact **without executing code** (``weights_only=True``) onto the CPU.
 
     Callers move what they need to the device themselves (RNG states, sampler and weighter state stay on the
     CPU). ``map_location`` is accepted for compatibility but only ``"cpu"`` is used. Any failure (missing,
-    truncated, corrupt, or a pickle that needs arbitrary Python objects) raises :class:`CheckpointError`
-    naming the file (:class:`UnsafeCheckpointError` for the last)."""
+    truncated, corrupt, zip records that claim more than the file backs (:func:`check_zip_bounds`), or a pickle
+    that needs arbitrary Python objects) raises :class:`CheckpointError` naming the file
+    (:class:`UnsafeCheckpointError` for the last)."""
     import pickle
     import zipfile
 
@@ -102,6 +217,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise MissingFileError("no such checkpoint", path)
     if path.stat().st_size == 0:
         raise CheckpointError("empty checkpoint file (a killed write?)", path)
+    check_zip_bounds(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
