@@ -5,6 +5,7 @@ TorchScript)."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import typer
@@ -168,7 +169,8 @@ def export(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tra
         write_bundle(run_dir, out, checkpoint)
         digest = file_sha256(out)
         console.print(f"model bundle written to {out}, sha256 {digest}", soft_wrap=True)
-        console.print(f"predict with: focusseg predict {out} IN_DIR OUT_DIR --expect-sha256 {digest}", soft_wrap=True)
+        console.print(f"predict with: focusseg predict {shlex.quote(str(out))} IN_DIR OUT_DIR --expect-sha256 {digest}",
+                      soft_wrap=True, markup=False)
         return
     spec = export_graphs(run_dir, out, fmt, checkpoint, exporter)
     for m in spec["members"]:
