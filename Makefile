@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev]"
+	# nnU-Net's networks (the nnunet extra) without their metadata's timm/torchvision, which the CPU torch cannot import
+	$(PY) -m pip install -q --no-deps "dynamic-network-architectures>=0.3"
 	touch $(STAMP)
 
 demo: $(STAMP)

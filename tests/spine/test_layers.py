@@ -64,6 +64,7 @@ LAYERS: list[set[str]] = [
     {"io", "augment", "losses", "synth"},
     {"preprocessing", "metrics", "runfolder"},
     {"nets"},
+    {"nnunet"},
     {"planning"},
     {"data"},
     {"inference"},
