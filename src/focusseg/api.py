@@ -24,10 +24,13 @@ from focusseg.engine.distributed import world_for
 from focusseg.errors import CheckFailed, MissingFileError, RunFolderError, UsageError
 from focusseg.export import load_bundle
 from focusseg.inference.folders import predict_folder as predict_folder_files
+from focusseg.inference.loading import CHECKPOINTS, model_files
+from focusseg.inference.postprocess_selection import read_postprocessing_file
 from focusseg.inference.predictor import EnsemblePredictor, crossval_predictor
 from focusseg.inference.predictor import Predictor as RunPredictor
 from focusseg.io import Geometry, load_dataset_spec, read_image
 from focusseg.io.atomic import save_json
+from focusseg.io.checkpoint import check_sha256, parse_sha256
 from focusseg.io.jsonfile import read_json
 from focusseg.losses import LOSSES
 from focusseg.metrics import evaluate_folders
@@ -512,43 +515,87 @@ class Predictor:
         self.ensemble = ensemble
         self.source = source
         self.kind = kind
+        #: ``(file, SHA-256)`` of every bundle or checkpoint file loaded, in load order.
+        self.digests: list[tuple[Path, str]] = []
 
     @classmethod
-    def load(cls, path: str | Path, checkpoint: str = "best", device: str = "auto",
-             postprocess: bool = True) -> Predictor:
-        """Load a run folder, a cross-validation folder (every finished fold) or a model bundle ``.zip``.
+    def load(cls, path: str | Path, checkpoint: str = "best", device: str | torch.device = "auto",
+             postprocess: bool = True, *, ensemble: Sequence[str | Path] = (), weights: Sequence[float] | None = None,
+             uncertainty: str | None = None, postprocessing_file: str | Path | None = None,
+             expect_sha256: Iterable[str] = ()) -> Predictor:
+        """Load a run folder, a cross-validation folder (every finished fold) or a model bundle ``.zip``, with
+        other runs (or cross-validations) to ensemble with -- what ``focusseg predict`` loads.
+
+        Provenance first: the SHA-256 of the bundle, or of every checkpoint file that will be loaded, is
+        computed streaming before the file is parsed (kept in :attr:`digests`); with ``expect_sha256`` a file
+        whose digest is not one of them is refused, as pip's hash-checking mode does.
 
         Args:
             path: the run folder, cross-validation folder or bundle.
             checkpoint: ``best``, ``final`` or ``latest`` (a bundle carries its own).
-            device: ``cpu``, ``cuda`` or ``auto``.
+            device: ``cpu``, ``cuda``, ``cuda:N``, ``auto`` or a ``torch.device``.
             postprocess: apply the model's post-processing (chosen on its validation).
+            ensemble: more run folders (or, with a cross-validation, more cross-validation folders) whose
+                predictions are averaged with this one's.
+            weights: one ensemble weight per model (``path`` first); default equal (per fold for cross-validations).
+            uncertainty: also give an uncertainty map: ``entropy``, ``variance`` or ``inverse_confidence``.
+            postprocessing_file: apply this ``postprocessing.json``'s steps instead of the model's.
+            expect_sha256: hex digests; every file loaded must match one of them.
 
         Returns:
             The :class:`Predictor`.
 
         Raises:
-            UsageError: an nnU-Net model folder (not supported yet), a checkpoint name not best/final/latest.
+            UsageError: an nnU-Net model folder (not supported yet), a checkpoint name not best/final/latest,
+                ensemble options a bundle or cross-validation cannot take, a malformed digest.
             MissingFileError: no such path, or no checkpoint.
-            CheckpointError: a checkpoint or bundle that is damaged or carries code.
+            CheckpointError: a checkpoint or bundle that is damaged, carries code, or whose digest is not expected.
             MissingPluginError: a network a plugin provided, and that plugin is not installed.
         """
         path = Path(path)
+        expected = {parse_sha256(h) for h in expect_sha256}  # a malformed digest: refused before anything is read
+        if checkpoint not in CHECKPOINTS:
+            raise UsageError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
         load_plugins()
-        dev = resolve_device(device)
-        if path.suffix.lower() == ".zip":
-            if checkpoint != "best":
-                raise UsageError("a model bundle carries its checkpoint: no checkpoint choice", path)
-            return cls(load_bundle(path, dev, None, postprocess), path, "bundle")
-        if not path.exists():
-            raise MissingFileError("no such run folder, cross-validation folder or model bundle", path)
-        if is_crossval_dir(path):
-            return cls(crossval_predictor(path, checkpoint, dev, None, postprocess), path, "crossval")
-        if _is_nnunet_model_folder(path):
+        dev = device if isinstance(device, torch.device) else resolve_device(device)
+        others = [Path(e) for e in ensemble]
+        w = list(weights) if weights else None
+        bundle = path.suffix.lower() == ".zip"
+        crossval = not bundle and is_crossval_dir(path)
+        if bundle and (others or w or checkpoint != "best"):
+            raise UsageError("a model bundle carries its members, weights and checkpoint: no ensemble, weights "
+                             "or checkpoint choice", path)
+        if crossval and w:
+            raise UsageError("cross-validation folders are weighted per fold (equal): no weights")
+        if crossval and not all(is_crossval_dir(e) for e in others):
+            raise UsageError("ensemble a cross-validation folder with other cross-validation folders only")
+        if not bundle and not crossval and _is_nnunet_model_folder(path):
             raise UsageError("an nnU-Net model folder (plans.json, dataset.json): not supported yet", path,
                              hint="train with focusseg, or predict with nnU-Net")
-        member = RunPredictor.from_run(path, checkpoint, dev)
-        return cls(EnsemblePredictor([member], postprocessing=None if postprocess else []), path, "run")
+        digests: list[tuple[Path, str]] = []
+        if bundle:
+            if path.is_file():  # a missing bundle: load_bundle's own message
+                digests.append((path, check_sha256(path, expected)))
+            loaded = load_bundle(path, dev, uncertainty, postprocess, postprocessing_file)
+            kind = "bundle"
+        else:
+            for file in [f for r in [path, *others] for f in model_files(r, checkpoint)]:
+                digests.append((file, check_sha256(file, expected)))
+            if crossval:
+                loaded = crossval_predictor([path, *others], checkpoint, dev, uncertainty, postprocess,
+                                            postprocessing_file)
+                kind = "crossval"
+            else:
+                members = [RunPredictor.from_run(r, checkpoint, dev) for r in [path, *others]]
+                steps = None if postprocess else []
+                if postprocess and postprocessing_file is not None:
+                    labels = [int(v) for v in members[0].plan["labels"].values()]
+                    steps = read_postprocessing_file(postprocessing_file, labels)
+                loaded = EnsemblePredictor(members, w, uncertainty, postprocessing=steps)
+                kind = "run"
+        predictor = cls(loaded, path, kind)
+        predictor.digests = digests
+        return predictor
 
     @property
     def plan(self) -> dict:
@@ -622,7 +669,7 @@ class Predictor:
 
     def predict_folder(self, in_dir: str | Path, out_dir: str | Path, overlap: float | None = None,
                        tta: bool = True, save_probabilities: bool = False, output_format: str | None = None,
-                       progress: bool = False) -> list[Path]:
+                       progress: bool = False, part: tuple[int, int] | None = None) -> list[Path]:
         """Segment every case of a folder (``<case>_<CCCC>`` images, nnU-Net's imagesTs layout) into
         ``out_dir/<case>`` files with the input's shape and affine, as ``focusseg predict``.
 
@@ -634,6 +681,8 @@ class Predictor:
             save_probabilities: also write ``<case>_probabilities.npz``.
             output_format: nifti, nrrd or mha (default: each input's own).
             progress: show a progress bar.
+            part: ``(part id, number of parts)``: predict only that share of the sorted cases (every
+                ``number``-th from the ``id``-th), as ``--num-parts/--part-id`` do.
 
         Returns:
             The files written.
@@ -645,7 +694,7 @@ class Predictor:
         if overlap is not None and not 0 <= overlap < 1:
             raise UsageError(f"overlap must be in [0, 1), got {overlap}")
         return predict_folder_files(self.ensemble, in_dir, out_dir, overlap=overlap, tta=tta, progress=progress,
-                                    save_probabilities=save_probabilities, output_format=output_format)
+                                    save_probabilities=save_probabilities, output_format=output_format, part=part)
 
 
 __all__ = ["CheckReport", "CrossValidation", "Predictor", "REGISTRY_KINDS", "Run", "check", "crossval", "evaluate",

@@ -85,7 +85,8 @@ def run_handled(call: Callable[[], Any], debug: bool = False) -> int:
 #: The optional packages (import names) and the extra of ``pyproject.toml`` that installs each (the first that
 #: does, where several do: SimpleITK alone is ``formats``).
 OPTIONAL_PACKAGES = {"SimpleITK": "formats", "pydicom": "dicom", "highdicom": "dicom", "tensorboard": "tracking",
-                     "onnx": "export", "onnxruntime": "export", "onnxscript": "export", "safetensors": "export"}
+                     "onnx": "export", "onnxruntime": "export", "onnxscript": "export", "safetensors": "export",
+                     "dynamic_network_architectures": "nnunet"}
 
 
 def missing_optional(exc: BaseException) -> str | None:

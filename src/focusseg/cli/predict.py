@@ -63,15 +63,14 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
     Provenance: the SHA-256 of the bundle (or of each checkpoint) is printed before predicting; pin it with
     `--expect-sha256 HEX` (as pip's --require-hashes): a different file is refused before it is read.
     """
+    from focusseg.api import Predictor
     from focusseg.devices import resolve_device
     from focusseg.errors import UsageError
-    from focusseg.inference.folders import OUTPUT_FORMATS, predict_folder
-    from focusseg.inference.loading import model_files
-    from focusseg.inference.predictor import EnsemblePredictor, Predictor, crossval_predictor
-    from focusseg.io.checkpoint import check_sha256, parse_sha256
-    from focusseg.runfolder import is_crossval_dir
+    from focusseg.inference.folders import OUTPUT_FORMATS
+    from focusseg.io.checkpoint import parse_sha256
 
-    expected = {parse_sha256(h) for h in expect_sha256}  # a malformed digest: a usage error before anything
+    for h in expect_sha256:  # a malformed digest: a usage error before anything
+        parse_sha256(h)
     if output_format is not None and output_format not in OUTPUT_FORMATS:  # before any run is loaded
         raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if not 0 <= overlap < 1:
@@ -84,44 +83,23 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
 
         if torch.cuda.device_count() > 1:  # one GPU per share on a multi-GPU node
             dev = torch.device("cuda", part[0] % torch.cuda.device_count())
-    w = parse_weights(weights)
-    bundle = run_dir.suffix.lower() == ".zip"
-    crossval = not bundle and is_crossval_dir(run_dir)
-    if bundle and (ensemble or w or checkpoint != "best"):
-        raise UsageError("a model bundle carries its members, weights and checkpoint: no --ensemble, "
-                         "--weights or --checkpoint", run_dir)
-    if crossval and w:
-        raise UsageError("cross-validation folders are weighted per fold (equal): no --weights")
-    if crossval and not all(is_crossval_dir(e) for e in ensemble):
-        raise UsageError("ensemble a cross-validation folder with other cross-validation folders only")
-    # provenance: each file's SHA-256, streamed before anything parses it (and refused unless expected)
-    if bundle:
-        if run_dir.is_file():  # a missing bundle: load_bundle's own message
-            console.print(f"model bundle {run_dir}: sha256 {check_sha256(run_dir, expected)}", soft_wrap=True)
-    else:
-        for file in [f for r in [run_dir, *ensemble] for f in model_files(r, checkpoint)]:
-            console.print(f"checkpoint {file}: sha256 {check_sha256(file, expected)}", soft_wrap=True)
-    if bundle:  # a model bundle (`focusseg export`): verified, no run folder needed
-        from focusseg.export import load_bundle
-
-        predictor = load_bundle(run_dir, dev, uncertainty, postprocess, postprocessing_file)
-        console.print(f"model bundle {run_dir}: {len(predictor.members)} member(s)")
-    elif crossval:  # cross-validation folders: every finished fold, the pool's post-processing
-        predictor = crossval_predictor([run_dir, *ensemble], checkpoint, dev, uncertainty, postprocess,
-                                       postprocessing_file)
-        console.print(f"ensemble of {len(predictor.members)} fold(s) of {', '.join(map(str, [run_dir, *ensemble]))}")
-    else:
-        members = [Predictor.from_run(r, checkpoint, dev) for r in [run_dir, *ensemble]]
-        steps = None if postprocess else []
-        if postprocess and postprocessing_file is not None:
-            from focusseg.inference.postprocess_selection import read_postprocessing_file
-
-            steps = read_postprocessing_file(postprocessing_file)
-        predictor = EnsemblePredictor(members, w, uncertainty, postprocessing=steps)
+    # provenance: each file's SHA-256 is checked streaming before anything parses it (focusseg.api.Predictor.load)
+    loaded = Predictor.load(run_dir, checkpoint, dev, postprocess, ensemble=ensemble, weights=parse_weights(weights),
+                            uncertainty=uncertainty, postprocessing_file=postprocessing_file,
+                            expect_sha256=expect_sha256)
+    what = "model bundle" if loaded.kind == "bundle" else "checkpoint"
+    for file, digest in loaded.digests:
+        console.print(f"{what} {file}: sha256 {digest}", soft_wrap=True, markup=False)
+    predictor = loaded.ensemble
+    if loaded.kind == "bundle":
+        console.print(f"model bundle {run_dir}: {len(predictor.members)} member(s)", markup=False)
+    elif loaded.kind == "crossval":
+        console.print(f"ensemble of {len(predictor.members)} fold(s) of {', '.join(map(str, [run_dir, *ensemble]))}",
+                      markup=False)
     if predictor.postprocessing:
-        console.print(f"post-processing: {predictor.postprocessing}")
-    written = predict_folder(predictor, in_dir, out_dir, overlap=overlap, tta=tta,
-                             save_probabilities=save_probabilities, output_format=output_format, part=part)
+        console.print(f"post-processing: {predictor.postprocessing}", markup=False)
+    written = loaded.predict_folder(in_dir, out_dir, overlap=overlap, tta=tta, save_probabilities=save_probabilities,
+                                    output_format=output_format, progress=True, part=part)
     console.print(f"{len(written)} segmentation(s) written to {out_dir}")
 
 
