@@ -10,6 +10,7 @@ Errors are :mod:`focusseg.errors`' typed exceptions, each one line naming the fi
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ from focusseg.io.jsonfile import read_json
 from focusseg.losses import LOSSES
 from focusseg.metrics import evaluate_folders
 from focusseg.nets.base import register_network
+from focusseg.nnunet import read_model_folder
+from focusseg.nnunet.convert import checkpoint_files as nnunet_checkpoint_files
+from focusseg.nnunet.convert import load_fold_plan, model_postprocessing
 from focusseg.planning.fingerprint import compute_fingerprint
 from focusseg.planning.planner import make_plan
 from focusseg.plugins import AUGMENTATIONS, RECIPES, PluginSource, load_plugins, plugin_parts
@@ -304,7 +308,9 @@ def plan(data: str | Path, out: str | Path | None = None, device: str = "auto", 
         device: plan for ``cpu``, ``cuda`` (no GPU needed here) or ``auto`` (this machine; ``cuda`` when a GPU
             budget is asked for).
         gpu_memory: GB of the card to plan for (cuda).
-        preset: a GPU budget: ``m``, ``l``, ``xl`` or ``whole``.
+        preset: a GPU budget: ``m``, ``l``, ``xl`` or ``whole``; or nnU-Net's Residual Encoder presets
+            ``resenc-m``, ``resenc-l``, ``resenc-xl`` (nnU-Net's plan and network for its 8 / 24 / 40 GB targets,
+            on any device).
         overrides: plan overrides (nested, as ``--set`` gives them: ``{"training": {"max_epochs": 5}}``).
         recipe: a recipe name (packaged or a plugin's), a path to a recipe JSON, or a recipe dict.
         recipe_form: the recipe's ``cpu`` or ``gpu`` form (default: the form of the device planned for).
@@ -324,7 +330,8 @@ def plan(data: str | Path, out: str | Path | None = None, device: str = "auto", 
     chosen_recipe = resolve_recipe(recipe) if recipe is not None else None
     if recipe_form is not None and recipe_form not in FORMS:
         raise UsageError(f"--recipe-form must be one of {', '.join(FORMS)}, got {recipe_form!r}")
-    gpu_asked = gpu_memory is not None or preset is not None
+    resenc = preset is not None and str(preset).strip().lower().startswith("resenc-")
+    gpu_asked = gpu_memory is not None or (preset is not None and not resenc)  # nnU-Net's presets fit any device
     if device == "auto" and gpu_asked:
         dev = "cuda"  # a GPU budget was asked for: plan for a card, visible here or not
     elif str(device).startswith("cuda"):
@@ -496,8 +503,32 @@ def _is_nnunet_model_folder(path: Path) -> bool:
     return path.is_dir() and (path / "plans.json").is_file() and (path / "dataset.json").is_file()
 
 
+def _nnunet_predictor(path: Path, checkpoint: str, folds: Sequence[int | str] | None, device: torch.device,
+                      uncertainty: str | None, postprocess: bool, postprocessing_file: str | Path | None,
+                      expected: set[str], digests: list[tuple[Path, str]]) -> EnsemblePredictor:
+    """An nnU-Net model folder's folds as an ensemble of focusseg predictors (weight ``1/n_folds`` each); every
+    checkpoint's SHA-256 is appended to ``digests`` (and checked against ``expected``) before it is parsed."""
+    model = read_model_folder(path, checkpoint_name=None)
+    files = nnunet_checkpoint_files(path, checkpoint, folds)
+    model = dataclasses.replace(model, checkpoints=files)
+    for file in files.values():
+        digests.append((file, check_sha256(file, expected)))
+    members = []
+    for fold, file in files.items():
+        converted = load_fold_plan(model, fold, file)
+        members.append(RunPredictor(converted.plan, converted.weights, device, source=file))
+    if not postprocess:
+        steps: list[dict] = []
+    elif postprocessing_file is not None:
+        steps = read_postprocessing_file(postprocessing_file, [int(v) for v in members[0].plan["labels"].values()])
+    else:
+        steps = model_postprocessing(model)
+    return EnsemblePredictor(members, [1.0 / len(members)] * len(members), uncertainty, postprocessing=steps)
+
+
 class Predictor:
-    """A trained model ready to segment images: one run, a cross-validation's folds (ensembled) or a model bundle.
+    """A trained model ready to segment images: one run, a cross-validation's folds (ensembled), a model bundle or
+    an nnU-Net v2 model folder (converted: :mod:`focusseg.nnunet.convert`).
 
     Load with :meth:`Predictor.load`; then :meth:`predict` one image (a path, or an array with its affine) or
     :meth:`predict_folder` a folder of cases. Nothing is executed from the files loaded (checkpoints load without
@@ -510,7 +541,7 @@ class Predictor:
         Args:
             ensemble: the members, weights and post-processing.
             source: the run, cross-validation folder or bundle it came from.
-            kind: ``"run"``, ``"crossval"`` or ``"bundle"``.
+            kind: ``"run"``, ``"crossval"``, ``"bundle"`` or ``"nnunet"``.
         """
         self.ensemble = ensemble
         self.source = source
@@ -522,9 +553,15 @@ class Predictor:
     def load(cls, path: str | Path, checkpoint: str = "best", device: str | torch.device = "auto",
              postprocess: bool = True, *, ensemble: Sequence[str | Path] = (), weights: Sequence[float] | None = None,
              uncertainty: str | None = None, postprocessing_file: str | Path | None = None,
-             expect_sha256: Iterable[str] = ()) -> Predictor:
-        """Load a run folder, a cross-validation folder (every finished fold) or a model bundle ``.zip``, with
-        other runs (or cross-validations) to ensemble with -- what ``focusseg predict`` loads.
+             expect_sha256: Iterable[str] = (), folds: Sequence[int | str] | None = None) -> Predictor:
+        """Load a run folder, a cross-validation folder (every finished fold), a model bundle ``.zip`` or an nnU-Net
+        v2 model folder, with other runs (or cross-validations) to ensemble with -- what ``focusseg predict`` loads.
+
+        An nnU-Net model folder (``<trainer>__<plans>__<configuration>/`` with plans.json, dataset.json and
+        ``fold_K/``) is converted into focusseg plans and weights (:func:`focusseg.nnunet.convert.plan_from_nnunet`):
+        each fold's checkpoint is read without executing code, its folds are averaged (weight ``1/n_folds``), and
+        its post-processing (``postprocessing.json`` / ``.pkl``, read without running code) becomes focusseg's
+        ``keep_largest_component`` steps.
 
         Provenance first: the SHA-256 of the bundle, or of every checkpoint file that will be loaded, is
         computed streaming before the file is parsed (kept in :attr:`digests`); with ``expect_sha256`` a file
@@ -532,7 +569,9 @@ class Predictor:
 
         Args:
             path: the run folder, cross-validation folder or bundle.
-            checkpoint: ``best``, ``final`` or ``latest`` (a bundle carries its own).
+            checkpoint: ``best``, ``final`` or ``latest`` (a bundle carries its own; an nnU-Net folder: ``final``
+                reads ``checkpoint_final.pth``, ``best`` ``checkpoint_best.pth`` or, for a fold without one, its
+                final checkpoint).
             device: ``cpu``, ``cuda``, ``cuda:N``, ``auto`` or a ``torch.device``.
             postprocess: apply the model's post-processing (chosen on its validation).
             ensemble: more run folders (or, with a cross-validation, more cross-validation folders) whose
@@ -541,13 +580,18 @@ class Predictor:
             uncertainty: also give an uncertainty map: ``entropy``, ``variance`` or ``inverse_confidence``.
             postprocessing_file: apply this ``postprocessing.json``'s steps instead of the model's.
             expect_sha256: hex digests; every file loaded must match one of them.
+            folds: an nnU-Net model folder's folds to use (integers or ``"all"``); default every ``fold_K`` present
+                (``fold_all`` when there is none).
 
         Returns:
             The :class:`Predictor`.
 
         Raises:
-            UsageError: an nnU-Net model folder (not supported yet), a checkpoint name not best/final/latest,
-                ensemble options a bundle or cross-validation cannot take, a malformed digest.
+            UsageError: a checkpoint name not best/final/latest (best/final for an nnU-Net folder), ensemble
+                options a bundle, cross-validation or nnU-Net folder cannot take, ``folds`` for anything but an
+                nnU-Net folder, a malformed digest.
+            PlanError: an nnU-Net folder whose plans.json / dataset.json is refused or not convertible (a 2D or
+                cascade configuration...).
             MissingFileError: no such path, or no checkpoint.
             CheckpointError: a checkpoint or bundle that is damaged, carries code, or whose digest is not expected.
             MissingPluginError: a network a plugin provided, and that plugin is not installed.
@@ -569,11 +613,18 @@ class Predictor:
             raise UsageError("cross-validation folders are weighted per fold (equal): no weights")
         if crossval and not all(is_crossval_dir(e) for e in others):
             raise UsageError("ensemble a cross-validation folder with other cross-validation folders only")
-        if not bundle and not crossval and _is_nnunet_model_folder(path):
-            raise UsageError("an nnU-Net model folder (plans.json, dataset.json): not supported yet", path,
-                             hint="train with focusseg, or predict with nnU-Net")
+        nnunet = not bundle and not crossval and _is_nnunet_model_folder(path)
+        if folds is not None and not nnunet:
+            raise UsageError("folds choose the folds of an nnU-Net model folder only", path)
+        if nnunet and (others or w):
+            raise UsageError("an nnU-Net model folder is predicted alone (its folds are averaged): no ensemble or "
+                             "weights", path)
         digests: list[tuple[Path, str]] = []
-        if bundle:
+        if nnunet:
+            loaded = _nnunet_predictor(path, checkpoint, folds, dev, uncertainty, postprocess, postprocessing_file,
+                                       expected, digests)
+            kind = "nnunet"
+        elif bundle:
             if path.is_file():  # a missing bundle: load_bundle's own message
                 digests.append((path, check_sha256(path, expected)))
             loaded = load_bundle(path, dev, uncertainty, postprocess, postprocessing_file)

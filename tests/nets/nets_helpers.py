@@ -7,6 +7,11 @@ from typing import Any
 # name -> (builder kwargs, 2D patch, 3D patch); the patches are non-cubic multiples of the divisor.
 TINY: dict[str, tuple[dict[str, Any], tuple[int, ...], tuple[int, ...]]] = {
     "unet": ({"channels": (4, 8, 16), "num_res_units": 1}, (8, 12), (8, 12, 20)),
+    "nnunet": ({"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": {"n_stages": 3, "features_per_stage": [4, 8, 16], "kernel_sizes": 3,
+                                "strides": [1, 2, 2], "n_conv_per_stage": 1, "n_conv_per_stage_decoder": 1,
+                                "conv_bias": True, "nonlin": "torch.nn.LeakyReLU"},
+                "_kw_requires_import": ["nonlin"]}, (8, 12), (8, 12, 20)),
     "basic_unet": ({"features": (4, 4, 8, 8, 16, 4)}, (16, 32), (16, 32, 16)),
     "dynunet": ({"n_stages": 3, "base_features": 4}, (8, 12), (8, 12, 20)),
     "vnet": ({"dropout_prob_down": 0.0, "dropout_prob_up": (0.0, 0.0)}, (16, 32), (16, 32, 16)),

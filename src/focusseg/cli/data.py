@@ -38,7 +38,9 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
              None, "--gpu-memory", help="GB of the card to plan for (cuda; default: the visible card's memory, or "
                                         "the m preset's 8 GB when none is visible)."),
          preset: str | None = typer.Option(
-             None, help="GPU budget: m (8 GB), l (24), xl (40), or whole (the card minus max(1 GB, 10 %))."),
+             None, help="GPU budget: m (8 GB), l (24), xl (40), or whole (the card minus max(1 GB, 10 %)); or "
+                        "nnU-Net's Residual Encoder presets resenc-m, resenc-l, resenc-xl (the plan and network "
+                        "nnUNetPlannerResEncM/L/XL give, on any device)."),
          set_: list[str] = typer.Option([], "--set", help="Override a field: --set training.batch_size=4"),
          configuration: str | None = CONFIGURATION,
          recipe: str | None = typer.Option(None, help="Apply a recipe's plan overrides."),

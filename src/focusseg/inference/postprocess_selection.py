@@ -33,7 +33,7 @@ from focusseg.io.geometry import voxel_limit
 from focusseg.io.jsonfile import read_json
 from focusseg.metrics import dice_per_class
 from focusseg.metrics.files import check_folder, label_files, read_label_map
-from focusseg.runfolder import PLAN_JSON, read_plan
+from focusseg.runfolder import PLAN_JSON
 from focusseg.settings import check_postprocessing_steps, check_step, inference_settings, thaw
 
 DEFAULT_CANDIDATES: list[dict[str, Any]] = [
@@ -261,12 +261,22 @@ def choose_postprocessing_for_run(
     return result
 
 
+def _plan_fields(run_dir: Path) -> dict:
+    """``run_dir/plan.json`` read bounded (NaN refused) for one field each caller checks itself; empty when it is
+    absent or unreadable (choosing post-processing needs only ``regions`` / ``ignore_label``)."""
+    path = run_dir / PLAN_JSON
+    if not path.is_file():
+        return {}
+    try:
+        plan = read_json(path, FocussegError, allow_nan=False)
+    except FocussegError:
+        return {}
+    return plan if isinstance(plan, dict) else {}
+
+
 def _plan_regions(run_dir: Path) -> list[list[int]] | None:
     """The ``regions`` of ``run_dir/plan.json``; None without them (or without a readable plan)."""
-    try:
-        plan = read_plan(run_dir / PLAN_JSON)
-    except FocussegError:
-        return None
+    plan = _plan_fields(run_dir)
     regions = plan.get("regions")
     ok = isinstance(regions, list) and regions and all(
         isinstance(r, list) and r and all(isinstance(v, int) and not isinstance(v, bool) for v in r) for r in regions)
@@ -275,11 +285,7 @@ def _plan_regions(run_dir: Path) -> list[list[int]] | None:
 
 def _plan_ignore_label(run_dir: Path) -> int | None:
     """The ``ignore_label`` of ``run_dir/plan.json``; None without one (or without a readable plan)."""
-    try:
-        plan = read_plan(run_dir / PLAN_JSON)
-    except FocussegError:
-        return None
-    value = plan.get("ignore_label")
+    value = _plan_fields(run_dir).get("ignore_label")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 

@@ -7,6 +7,7 @@ with deep supervision a network returns, in training mode, a list of logits high
 from focusseg.nets import dynunet as _dynunet  # noqa: F401  (registers "dynunet")
 from focusseg.nets import lambda3d as _lambda3d  # noqa: F401  (registers "lambda3d")
 from focusseg.nets import monai_nets as _monai_nets  # noqa: F401  (registers the MONAI networks)
+from focusseg.nets import nnunet_dna as _nnunet_dna  # noqa: F401  (registers "nnunet")
 from focusseg.nets import stunet as _stunet  # noqa: F401  (registers stunet_s/b/l/h)
 from focusseg.nets.base import (
     NETWORKS,

@@ -28,14 +28,21 @@ from typing import Any
 
 from focusseg.errors import MissingFileError, PlanError, UsageError
 from focusseg.io.jsonfile import read_json
+from focusseg.nets.nnunet_dna import (
+    ARCH_KWARGS,
+    IMPORTABLE,
+    MAX_BLOCKS_PER_STAGE,
+    MAX_KERNEL,
+    MAX_STRIDE,
+    NETWORK_CLASSES,
+    check_architecture,
+)
 from focusseg.settings.checks import (
     MAX_BATCH,
     MAX_CHANNELS,
     MAX_CLASSES,
     MAX_PATCH_AXIS,
     MAX_PATCH_VOXELS,
-    MAX_STAGES,
-    MAX_WIDTH,
     check_bool,
     check_float,
     check_int,
@@ -43,56 +50,6 @@ from focusseg.settings.checks import (
     fail,
     freeze,
 )
-
-#: The network classes focusseg builds, by the name a plans file gives (the old module path of the residual
-#: encoder U-Net included) -> the class's name in ``dynamic_network_architectures.architectures.unet``.
-NETWORK_CLASSES: Mapping[str, str] = {
-    "dynamic_network_architectures.architectures.unet.PlainConvUNet": "PlainConvUNet",
-    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet": "ResidualEncoderUNet",
-    "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet": "ResidualEncoderUNet",
-}
-
-_TORCH_LAYERS: Mapping[str, tuple[str, tuple[str, ...]]] = {
-    "conv_op": ("conv", ("Conv2d", "Conv3d")),
-    "norm_op": ("", ("InstanceNorm2d", "InstanceNorm3d", "BatchNorm2d", "BatchNorm3d")),
-    "dropout_op": ("dropout", ("Dropout", "Dropout2d", "Dropout3d")),
-    "nonlin": ("activation", ("LeakyReLU", "ReLU", "ELU", "GELU")),
-}
-_TORCH_MODULE_OF = {"InstanceNorm2d": "instancenorm", "InstanceNorm3d": "instancenorm", "BatchNorm2d": "batchnorm",
-                    "BatchNorm3d": "batchnorm"}
-
-
-def _importable() -> dict[str, dict[str, str]]:
-    table: dict[str, dict[str, str]] = {}
-    for key, (module, names) in _TORCH_LAYERS.items():
-        table[key] = {}
-        for name in names:
-            table[key][f"torch.nn.{name}"] = name
-            table[key][f"torch.nn.modules.{module or _TORCH_MODULE_OF[name]}.{name}"] = name
-    table["block"] = {f"dynamic_network_architectures.building_blocks.residual.{n}": n
-                      for n in ("BasicBlockD", "BottleneckD")}
-    return table
-
-
-#: ``arch_kwargs`` keys whose value nnU-Net imports by name -> accepted dotted name -> the class's short name
-#: (a ``torch.nn`` layer, or a residual block of dynamic-network-architectures). Nothing else is ever resolved.
-IMPORTABLE: Mapping[str, Mapping[str, str]] = _importable()
-
-_COMMON_KWARGS = ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", "n_conv_per_stage_decoder",
-                  "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs", "nonlin",
-                  "nonlin_kwargs", "deep_supervision")
-#: The ``arch_kwargs`` each network class takes (input channels and classes come from dataset.json).
-ARCH_KWARGS: Mapping[str, tuple[str, ...]] = {
-    "PlainConvUNet": (*_COMMON_KWARGS, "n_conv_per_stage", "nonlin_first"),
-    "ResidualEncoderUNet": (*_COMMON_KWARGS, "n_blocks_per_stage", "block", "bottleneck_channels", "stem_channels"),
-}
-_PER_STAGE = {"PlainConvUNet": "n_conv_per_stage", "ResidualEncoderUNet": "n_blocks_per_stage"}
-#: Keyword arguments accepted for the norm, dropout and nonlinearity layers, with their checks.
-_LAYER_KWARGS: Mapping[str, tuple[str, ...]] = {
-    "norm_op_kwargs": ("eps", "affine", "momentum", "track_running_stats"),
-    "dropout_op_kwargs": ("p", "inplace"),
-    "nonlin_kwargs": ("inplace", "negative_slope", "alpha", "approximate"),
-}
 
 #: nnU-Net's normalisation schemes (the class names a plans file gives).
 NORMALIZATION_SCHEMES = ("CTNormalization", "ZScoreNormalization", "NoNormalization", "RescaleTo01Normalization",
@@ -106,11 +63,6 @@ POSTPROCESSING_FUNCTIONS = ("remove_all_but_largest_component_from_segmentation"
 _PP_MODULE = "nnunetv2.postprocessing.remove_connected_components"
 #: Largest post-processing file read.
 MAX_POSTPROCESSING_BYTES = 1 << 20
-#: Most convolutions or residual blocks per stage (nnU-Net uses 2 and up to 6 blocks).
-MAX_BLOCKS_PER_STAGE = 32
-#: Largest kernel size or stride on one axis.
-MAX_KERNEL = 15
-MAX_STRIDE = 8
 #: Highest label value (nnU-Net writes uint8 / uint16 label maps).
 MAX_LABEL = 65535
 #: Deepest chain of ``inherits_from`` configurations.
@@ -192,6 +144,7 @@ class NnunetModelFolder:
         transpose_backward: its inverse.
         intensity_properties: per channel (``"0"``...), the foreground intensity statistics.
         checkpoints: fold (``0``... or ``"all"``) -> the checkpoint file to load.
+        image_reader_writer: the plans' ``image_reader_writer`` (``SimpleITKIO``...), or None when absent.
     """
 
     path: Path
@@ -203,6 +156,7 @@ class NnunetModelFolder:
     transpose_backward: tuple[int, ...]
     intensity_properties: Mapping[str, Mapping[str, float]]
     checkpoints: Mapping[int | str, Path]
+    image_reader_writer: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- small checks
@@ -218,152 +172,6 @@ def _list(v: Any, path: str, src: Path, length: int | None = None, lo: int = 0, 
         want = f"{length} entries" if length is not None else f"between {lo} and {hi} entries"
         fail(src, path, v, f"must be a list of {want}")
     return v
-
-
-def _per_stage_ints(v: Any, path: str, src: Path, n: int, lo: int, hi: int) -> tuple[int, ...]:
-    """An int (the same for every stage) or a list of ``n`` ints, as a tuple of ``n``."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        return (check_int(v, path, src, lo, hi),) * n
-    return tuple(check_int(x, f"{path}[{i}]", src, lo, hi) for i, x in enumerate(_list(v, path, src, n)))
-
-
-def _per_stage_axes(v: Any, path: str, src: Path, n: int, dim: int, lo: int, hi: int) -> tuple[tuple[int, ...], ...]:
-    """An int, a list of ``n`` ints, or a list of ``n`` lists of ``dim`` ints, as ``n`` tuples of ``dim``."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        return ((check_int(v, path, src, lo, hi),) * dim,) * n
-    out = []
-    for i, stage in enumerate(_list(v, path, src, n)):
-        if isinstance(stage, int) and not isinstance(stage, bool):
-            out.append((check_int(stage, f"{path}[{i}]", src, lo, hi),) * dim)
-        else:
-            out.append(tuple(check_int(x, f"{path}[{i}][{j}]", src, lo, hi)
-                             for j, x in enumerate(_list(stage, f"{path}[{i}]", src, dim))))
-    return tuple(out)
-
-
-def _layer_kwargs(v: Any, key: str, path: str, src: Path) -> Mapping[str, Any] | None:
-    if v is None:
-        return None
-    section = check_mapping(v, path, src)
-    known = _LAYER_KWARGS[key]
-    out: dict[str, Any] = {}
-    for k, x in section.items():
-        where = f"{path}.{k}"
-        if k not in known:
-            fail(src, where, x, f"is not a keyword focusseg passes to this layer (known: {', '.join(known)})")
-        if k in ("affine", "track_running_stats", "inplace"):
-            out[k] = check_bool(x, where, src)
-        elif k == "eps":
-            out[k] = check_float(x, where, src, 0.0, 1.0, lo_open=True)
-        elif k in ("momentum", "p"):
-            out[k] = check_float(x, where, src, 0.0, 1.0, hi_open=(k == "p"))
-        elif k in ("negative_slope", "alpha"):
-            out[k] = check_float(x, where, src, 0.0, 100.0)
-        elif k == "approximate":
-            if x not in ("none", "tanh"):
-                fail(src, where, x, "must be 'none' or 'tanh'")
-            out[k] = x
-    return out
-
-
-def _import_name(value: Any, key: str, path: str, src: Path, dim: int) -> str | None:
-    """The short class name a whitelisted dotted name stands for; None for null."""
-    if value is None:
-        if key == "conv_op":
-            fail(src, path, value, "must name a convolution (torch.nn.Conv2d or torch.nn.Conv3d)")
-        return None
-    table = IMPORTABLE[key]
-    if not isinstance(value, str) or value not in table:
-        fail(src, path, value, f"is not a class focusseg builds for {key} (known: "
-                               f"{', '.join(sorted({v for v in table.values()}))}); nothing is imported by name")
-    short = table[value]
-    if short[-2:] in ("2d", "3d") and short[-2] != str(dim):
-        fail(src, path, value, f"does not match the configuration's {dim}D patch size")
-    return short
-
-
-# ----------------------------------------------------------------------------------------------- architecture
-
-def check_architecture(arch: Any, dim: int, patch_size: Sequence[int], src: Path, where: str) -> tuple[str, dict]:
-    """The plans configuration's ``architecture`` checked: a known network class, its known keyword arguments
-    with their types, ranges and per-stage lengths, importable names from :data:`IMPORTABLE` only, and a patch
-    size divisible by each axis's total stride (else the decoder cannot join its skips).
-
-    Args:
-        arch: the ``architecture`` object.
-        dim: the number of spatial axes (2 or 3).
-        patch_size: the configuration's patch size.
-        src: plans.json (named in errors).
-        where: the field path of ``arch``.
-
-    Returns:
-        the class's short name and its keyword arguments (per-stage values expanded to tuples, importable names
-        as short class names, ``deep_supervision`` removed: the caller sets it).
-
-    Raises:
-        PlanError: one line naming the field and the bound.
-    """
-    arch = check_mapping(arch, where, src)
-    cls_name = arch.get("network_class_name")
-    if not isinstance(cls_name, str) or cls_name not in NETWORK_CLASSES:
-        fail(src, f"{where}.network_class_name", cls_name,
-             "is not a network class focusseg builds (PlainConvUNet or ResidualEncoderUNet of "
-             "dynamic_network_architectures.architectures.unet)")
-    cls = NETWORK_CLASSES[cls_name]
-    unknown = sorted(set(arch) - {"network_class_name", "arch_kwargs", "_kw_requires_import"})
-    if unknown:
-        fail(src, f"{where}.{unknown[0]}", arch[unknown[0]], "is not an architecture field nnU-Net writes")
-    kw = check_mapping(arch.get("arch_kwargs"), f"{where}.arch_kwargs", src)
-    base = f"{where}.arch_kwargs"
-    for k in kw:
-        if k not in ARCH_KWARGS[cls]:
-            fail(src, f"{base}.{k}", kw[k], f"is not a keyword argument of {cls}")
-    req = arch.get("_kw_requires_import", [])
-    req = _list(req, f"{where}._kw_requires_import", src, hi=len(IMPORTABLE))
-    for i, r in enumerate(req):
-        if not isinstance(r, str) or r not in IMPORTABLE or r not in ARCH_KWARGS[cls]:
-            fail(src, f"{where}._kw_requires_import[{i}]", r,
-                 f"only {', '.join(k for k in IMPORTABLE if k in ARCH_KWARGS[cls])} are resolved (from a fixed table, "
-                 "never by importing a name)")
-    per_stage = _PER_STAGE[cls]
-    for k in ("n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", per_stage,
-              "n_conv_per_stage_decoder"):
-        if k not in kw:
-            fail(src, f"{base}.{k}", None, f"is required by {cls}")
-    n = check_int(kw["n_stages"], f"{base}.n_stages", src, 1, MAX_STAGES)
-    out: dict[str, Any] = {"n_stages": n}
-    out["features_per_stage"] = _per_stage_ints(kw["features_per_stage"], f"{base}.features_per_stage", src, n, 1,
-                                                MAX_WIDTH)
-    out["kernel_sizes"] = _per_stage_axes(kw["kernel_sizes"], f"{base}.kernel_sizes", src, n, dim, 1, MAX_KERNEL)
-    out["strides"] = _per_stage_axes(kw["strides"], f"{base}.strides", src, n, dim, 1, MAX_STRIDE)
-    out[per_stage] = _per_stage_ints(kw[per_stage], f"{base}.{per_stage}", src, n, 1, MAX_BLOCKS_PER_STAGE)
-    out["n_conv_per_stage_decoder"] = _per_stage_ints(kw["n_conv_per_stage_decoder"],
-                                                      f"{base}.n_conv_per_stage_decoder", src, n - 1, 1,
-                                                      MAX_BLOCKS_PER_STAGE)
-    for k in ("conv_bias", "nonlin_first"):
-        if k in kw:
-            out[k] = check_bool(kw[k], f"{base}.{k}", src)
-    for k in IMPORTABLE:
-        if k in kw:
-            if isinstance(kw[k], str) and k not in req:
-                fail(src, f"{base}.{k}", kw[k], "is a class name but not listed in _kw_requires_import")
-            out[k] = _import_name(kw[k], k, f"{base}.{k}", src, dim)
-    for k in _LAYER_KWARGS:
-        if k in kw:
-            out[k] = _layer_kwargs(kw[k], k, f"{base}.{k}", src)
-    if "deep_supervision" in kw:
-        check_bool(kw["deep_supervision"], f"{base}.deep_supervision", src)
-    if kw.get("bottleneck_channels") is not None:
-        out["bottleneck_channels"] = _per_stage_ints(kw["bottleneck_channels"], f"{base}.bottleneck_channels", src,
-                                                     n, 1, MAX_WIDTH)
-    if kw.get("stem_channels") is not None:
-        out["stem_channels"] = check_int(kw["stem_channels"], f"{base}.stem_channels", src, 1, MAX_WIDTH)
-    for axis in range(dim):
-        total = math.prod(s[axis] for s in out["strides"])
-        if patch_size[axis] % total:
-            fail(src, f"{base}.strides", kw["strides"], f"downsample patch axis {axis} ({patch_size[axis]}) by "
-                                                        f"{total}, which does not divide it")
-    return cls, out
 
 
 # ----------------------------------------------------------------------------------------------- configuration
@@ -607,14 +415,15 @@ def find_checkpoints(folder: Path, checkpoint_name: str = "checkpoint_final.pth"
 
 
 def read_model_folder(folder: str | Path, configuration: str | None = None,
-                      checkpoint_name: str = "checkpoint_final.pth",
+                      checkpoint_name: str | None = "checkpoint_final.pth",
                       folds: Sequence[int | str] | None = None) -> NnunetModelFolder:
     """Read and check an nnU-Net v2 model folder (no checkpoint is loaded: :mod:`focusseg.nnunet.network`).
 
     Args:
         folder: ``<trainer>__<plans>__<configuration>/``.
         configuration: the plans configuration; by default the one the folder's name gives.
-        checkpoint_name: ``checkpoint_final.pth`` or ``checkpoint_best.pth``.
+        checkpoint_name: ``checkpoint_final.pth`` or ``checkpoint_best.pth``; None: no checkpoint is looked for
+            (``checkpoints`` is empty: the caller chooses the files).
         folds: the folds to use; by default every fold with the checkpoint.
 
     Returns:
@@ -634,8 +443,8 @@ def read_model_folder(folder: str | Path, configuration: str | None = None,
     m = _FOLDER.fullmatch(folder.name)
     if configuration is None:
         if m is None:
-            raise UsageError(f"{folder}: the folder's name is not <trainer>__<plans>__<configuration>; name the "
-                             "configuration")
+            raise UsageError(f"{folder}: an nnU-Net model folder's name is <trainer>__<plans>__<configuration>; "
+                             "name the configuration")
         configuration = m.group("configuration")
     ds_src, plans_src = folder / "dataset.json", folder / "plans.json"
     dataset = check_dataset_json(read_json(ds_src, PlanError, allow_nan=False, max_bytes=16 << 20), ds_src)
@@ -657,7 +466,9 @@ def read_model_folder(folder: str | Path, configuration: str | None = None,
         plans_name=_name(plans_name, "plans_name", plans_src) if plans_name is not None else None,
         dataset=dataset, configuration=config, transpose_forward=forward, transpose_backward=backward,
         intensity_properties=check_intensity_properties(plans, config.normalization_schemes, plans_src),
-        checkpoints=find_checkpoints(folder, checkpoint_name, folds))
+        checkpoints={} if checkpoint_name is None else find_checkpoints(folder, checkpoint_name, folds),
+        image_reader_writer=(None if plans.get("image_reader_writer") is None
+                             else _name(plans["image_reader_writer"], "image_reader_writer", plans_src)))
 
 
 # ----------------------------------------------------------------------------------------------- post-processing
@@ -740,7 +551,8 @@ def read_postprocessing(folder: str | Path) -> tuple[tuple[str, Any], ...] | Non
     return _check_steps(data[0], data[1], pkl)
 
 
-__all__ = ["ARCH_KWARGS", "CHECKPOINT_NAMES", "IMPORTABLE", "INTENSITY_KEYS", "NETWORK_CLASSES",
+__all__ = ["ARCH_KWARGS", "CHECKPOINT_NAMES", "IMPORTABLE", "INTENSITY_KEYS", "MAX_BLOCKS_PER_STAGE", "MAX_KERNEL",
+           "MAX_STRIDE", "NETWORK_CLASSES",
            "NORMALIZATION_SCHEMES", "NnunetConfiguration", "NnunetDataset", "NnunetModelFolder",
            "POSTPROCESSING_FUNCTIONS", "check_architecture", "check_configuration", "check_dataset_json",
            "check_intensity_properties", "find_checkpoints", "read_model_folder", "read_postprocessing",

@@ -15,14 +15,13 @@ network is built.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from focusseg.errors import CheckpointError, PlanError, UsageError, one_line
+from focusseg.nets.nnunet_dna import TORCH_LAYERS, class_kwargs, dynamic_network_architectures
 from focusseg.nnunet.checkpoint import NnunetCheckpoint, load_nnunet_checkpoint
 from focusseg.nnunet.model_folder import NnunetConfiguration, NnunetModelFolder
 
@@ -30,33 +29,9 @@ from focusseg.nnunet.model_folder import NnunetConfiguration, NnunetModelFolder
 #: hundred million).
 MAX_PARAMETERS = 2_000_000_000
 
-#: The torch layers a plans file may name (by short name, after :data:`~focusseg.nnunet.model_folder.IMPORTABLE`).
-TORCH_LAYERS: Mapping[str, type[nn.Module]] = {
-    "Conv2d": nn.Conv2d, "Conv3d": nn.Conv3d,
-    "InstanceNorm2d": nn.InstanceNorm2d, "InstanceNorm3d": nn.InstanceNorm3d,
-    "BatchNorm2d": nn.BatchNorm2d, "BatchNorm3d": nn.BatchNorm3d,
-    "Dropout": nn.Dropout, "Dropout2d": nn.Dropout2d, "Dropout3d": nn.Dropout3d,
-    "LeakyReLU": nn.LeakyReLU, "ReLU": nn.ReLU, "ELU": nn.ELU, "GELU": nn.GELU,
-}
 #: Trainers whose network differs from the plans' in a way focusseg rebuilds: nnUNetTrainerBN swaps instance
 #: normalisation for batch normalisation.
 BATCHNORM_TRAINERS = ("nnUNetTrainerBN",)
-_LAYER_KEYS = ("conv_op", "norm_op", "dropout_op", "nonlin")
-
-
-def dynamic_network_architectures() -> tuple[Any, Any]:
-    """The ``unet`` and ``residual`` modules of dynamic-network-architectures.
-
-    Raises:
-        UsageError: the package is not installed (names the extra to install).
-    """
-    try:
-        unet = importlib.import_module("dynamic_network_architectures.architectures.unet")
-        residual = importlib.import_module("dynamic_network_architectures.building_blocks.residual")
-    except ImportError as exc:
-        raise UsageError(f"nnU-Net models need dynamic-network-architectures ({one_line(exc)})",
-                         hint="pip install 'focusseg[nnunet]'") from None
-    return unet, residual
 
 
 def network_kwargs(config: NnunetConfiguration, trainer: str | None = None) -> dict[str, Any]:
@@ -71,21 +46,7 @@ def network_kwargs(config: NnunetConfiguration, trainer: str | None = None) -> d
     Returns:
         keyword arguments for the network class (without ``input_channels`` and ``num_classes``).
     """
-    _, residual = dynamic_network_architectures()
-    kwargs: dict[str, Any] = {}
-    for key, value in config.arch_kwargs.items():
-        if key in _LAYER_KEYS:
-            kwargs[key] = None if value is None else TORCH_LAYERS[value]
-        elif key == "block":
-            kwargs[key] = None if value is None else getattr(residual, value)  # BasicBlockD or BottleneckD
-        elif isinstance(value, Mapping):
-            kwargs[key] = dict(value)
-        elif isinstance(value, tuple):
-            kwargs[key] = [list(v) if isinstance(v, tuple) else v for v in value]
-        else:
-            kwargs[key] = value
-    if kwargs.get("block") is None:
-        kwargs.pop("block", None)
+    kwargs = class_kwargs(config.arch_kwargs)
     if trainer in BATCHNORM_TRAINERS:
         kwargs["norm_op"] = nn.BatchNorm3d if config.dim == 3 else nn.BatchNorm2d
         kwargs["norm_op_kwargs"] = {"eps": 1e-5, "affine": True}

@@ -23,6 +23,7 @@ from focusseg.errors import PlanError, UsageError
 from focusseg.io.dataset import split_ignore_label
 from focusseg.io.jsonfile import loads_bounded
 from focusseg.losses.regions import REGION_LOSSES
+from focusseg.planning.resenc import RESENC_PRESETS, focusseg_resenc, preset_of
 from focusseg.planning.topology import (
     PROFILES,
     gpu_budget,
@@ -31,7 +32,7 @@ from focusseg.planning.topology import (
     plan_network,
     plan_patch,
 )
-from focusseg.planning.twod import CONFIGURATIONS, check_configuration, plan_2d
+from focusseg.planning.twod import CONFIGURATIONS, ROTATION_2D, check_configuration, plan_2d
 from focusseg.settings import network_settings, parse_plan_settings, training_settings
 
 if TYPE_CHECKING:
@@ -75,6 +76,10 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
     :func:`~focusseg.planning.topology.plan_cuda_network`; the plan records ``gpu_memory_gb`` (the budget),
     ``preset`` and ``memory_estimate_gb``. The CPU plan ignores both arguments.
     ``configuration="2d"``: nnU-Net's 2D configuration of the same data (:func:`~focusseg.planning.twod.plan_2d`).
+    ``preset`` ``resenc-m`` / ``resenc-l`` / ``resenc-xl`` (cpu and cuda alike): nnU-Net's own Residual Encoder plan
+    (:mod:`focusseg.planning.resenc`): its target spacing, patch, batch and network (``network.name`` ``"nnunet"``
+    with nnU-Net's plans.json architecture and ``input_axes``, the focusseg axis each network axis reads), deep
+    supervision with nnU-Net's weights; channels, labels, normalisation and training defaults as for the device.
     ``spec``: the dataset's :class:`~focusseg.io.dataset.DatasetSpec`, needed only for region-based labels (the
     fingerprint does not carry them): its regions go into the plan (:func:`region_fields`).
 
@@ -83,7 +88,7 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
         device: ``"cpu"`` or ``"cuda"`` (any ``"cuda..."``): which device profile to plan for.
         overrides: nested plan fields merged last.
         gpu_memory_gb: the GPU-memory budget (CUDA only).
-        preset: ``m`` / ``l`` / ``xl`` / ``whole`` (CUDA only).
+        preset: ``m`` / ``l`` / ``xl`` / ``whole`` (CUDA only), or ``resenc-m`` / ``resenc-l`` / ``resenc-xl``.
         configuration: ``"3d"`` or ``"2d"``.
         spec: the dataset's spec, for region-based labels.
 
@@ -96,8 +101,19 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
     """
     cuda = device.startswith("cuda")
     profile = PROFILES["cuda" if cuda else "cpu"]
-    budget = gpu_budget(gpu_memory_gb, preset, device) if cuda else None
-    spacing = target_spacing(fp)
+    resenc = preset_of(preset)
+    rs: dict[str, Any] = {}
+    if resenc is not None:
+        if cuda:
+            gpu_budget(gpu_memory_gb, resenc.name, device)  # refuses a card smaller than the preset's target
+        if configuration not in CONFIGURATIONS:
+            raise PlanError(f"configuration {configuration!r} is not one of {', '.join(CONFIGURATIONS)}")
+        rs = focusseg_resenc(fp, resenc.name, "2d" if configuration == "2d" else "3d_fullres")
+        budget = None
+        spacing = [float(s) for s in rs["target_spacing"]]
+    else:
+        budget = gpu_budget(gpu_memory_gb, preset, device) if cuda else None
+        spacing = target_spacing(fp)
     scale = _positive_vector(fp, "median_spacing") / np.array(spacing)
     shape_after_crop = _positive_vector(fp, "median_shape_after_crop", allow_zero=True)
     if shape_after_crop.shape != scale.shape:
@@ -110,7 +126,14 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
     # the ignore label (nnU-Net's, see focusseg.io.dataset) is no class: no output channel, recorded apart
     labels, ignore_label = split_ignore_label({str(k): int(v) for k, v in fp["labels"].items()})
     n_classes = max(labels.values()) + 1
-    if budget is None:
+    if resenc is not None:
+        patch, batch = rs["patch_size"], rs["batch_size"]
+        arch = rs["architecture"]
+        network = {"name": "nnunet", "network_class_name": arch["network_class_name"],
+                   "arch_kwargs": arch["arch_kwargs"], "_kw_requires_import": arch["_kw_requires_import"],
+                   "input_axes": rs["input_axes"], "deep_supervision": True}
+        ds_weights = None
+    elif budget is None:
         patch, n_pool = plan_patch(median_shape, profile["voxel_budget"])
         patch_vox = int(np.prod(patch))
         batch = max(2, min(profile["step_voxels"] // patch_vox, int(0.05 * dataset_vox // patch_vox)))
@@ -134,8 +157,10 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
                          "mean": ch["mean"], "std": ch["std"]})
         else:
             norm.append({"scheme": "zscore", "use_mask": mask_norm})
-    if budget is None:
-        deep_supervision: Any = {"weights": "nnunet"} if profile["network"] == "dynunet" else None
+    if resenc is not None:  # nnU-Net trains every decoder output: 2^-i weights, the lowest one 0
+        deep_supervision: Any = {"weights": "nnunet"}
+    elif budget is None:
+        deep_supervision = {"weights": "nnunet"} if profile["network"] == "dynunet" else None
     else:
         deep_supervision = {"weights": ds_weights} if ds_weights else None
     plan = {
@@ -184,13 +209,37 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
     if budget is not None:
         plan["gpu_memory_gb"], plan["preset"] = budget[0], budget[1]
         plan["memory_estimate_gb"] = round(gpu["estimate"]["total_gb"], 3)
-    if configuration == "2d":
+    if resenc is not None:
+        plan["gpu_memory_gb"], plan["preset"] = resenc.gpu_memory_gb, resenc.name
+        plan["nnunet_planner"] = {"planner": rs["planner"],
+                                  "configuration": "2d" if configuration == "2d" else "3d_fullres",
+                                  "transpose_forward": rs["transpose_forward"]}
+        if configuration == "2d":
+            plan = resenc_2d(plan, rs)
+    elif configuration == "2d":
         plan = plan_2d(plan)
     elif configuration != "3d":
         raise PlanError(f"configuration {configuration!r} is not one of {', '.join(CONFIGURATIONS)}")
     if overrides:
         plan = deep_merge(plan, overrides)
     return plan
+
+
+def resenc_2d(plan: dict, rs: dict) -> dict:
+    """A ResEnc plan (made with the 2D configuration's patch, batch and network) made nnU-Net's 2D configuration
+    ``rs`` (:func:`~focusseg.planning.resenc.focusseg_resenc`): its slice axis, with the 2D fields
+    :func:`~focusseg.planning.twod.plan_2d` sets (nnU-Net's 2D rotation range, mirroring on the two in-plane axes,
+    slice batches for inference)."""
+    out = copy.deepcopy(plan)
+    patch = [int(p) for p in rs["patch_size"]]
+    out["configuration"], out["slice_axis"] = "2d", int(rs["slice_axis"])
+    out["patch_size"] = patch
+    rotation = ROTATION_2D[0] if max(patch) / min(patch) <= 1.5 else ROTATION_2D[1]
+    aug = training_settings(out).augmentation_options()
+    out["training"]["augmentation"] = {**aug, "rotation_deg": list(rotation)}
+    out["inference"]["mirror_axes"] = [0, 1]
+    out["inference"]["batch_size"] = int(min(int(out["batch_size"]), 64))
+    return out
 
 
 def validate_plan(plan: dict, spec: DatasetSpec) -> None:
@@ -396,6 +445,9 @@ def plan_configuration(plan: dict, *layers: dict | None) -> dict:
     if want == "3d":
         raise PlanError("the plan is the 2d configuration; a 3d plan cannot be derived from it",
                         hint="plan the dataset again without --configuration 2d")
+    if plan.get("preset") in RESENC_PRESETS:
+        raise PlanError(f"the {plan['preset']} plan is nnU-Net's 3d_fullres configuration; its 2d configuration "
+                        "is planned from the fingerprint", hint="plan the dataset again with --configuration 2d")
     out = plan_2d(plan)
     for layer in layers:
         out = deep_merge(out, layer or {})

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from focusseg.errors import PlanError
+from focusseg.planning.resenc import RESENC_PRESETS
 
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"voxel_budget": 96**3, "step_voxels": 2 * 96**3, "base_width": 16, "max_width": 256,
@@ -80,7 +81,9 @@ def plan_network(profile: dict, n_pool: int, deep_supervision: bool) -> dict:
 #: (nnU-Net docs, "Residual Encoder Presets": ResEnc M ~9-11 GB, L ~24 GB, XL ~40 GB; the planners'
 #: ``gpu_memory_target_in_gb`` is 8 / 24 / 40). ``"whole"`` plans for the card's memory minus :func:`headroom_gb`.
 GPU_PRESETS: dict[str, float] = {"m": 8.0, "l": 24.0, "xl": 40.0}
-PRESET_NAMES = (*GPU_PRESETS, "whole")
+#: Every preset a plan may name: the budgets above, ``whole``, and nnU-Net's own ResEnc planners
+#: (``resenc-m`` / ``resenc-l`` / ``resenc-xl``, :mod:`focusseg.planning.resenc`: their targets are 8 / 24 / 40 GB).
+PRESET_NAMES = (*GPU_PRESETS, "whole", *RESENC_PRESETS)
 #: nnU-Net's ``UNet_featuremap_min_edge_length``: an axis is pooled only while it has >= 2 * 4 voxels.
 MIN_FEATURE_MAP = 4
 #: At most this many poolings along one axis (nnU-Net v2 does not cap them; its 3d_fullres plans pool 5-6 times).
@@ -127,7 +130,9 @@ def gpu_budget(gpu_memory_gb: float | None = None, preset: str | None = None,
       (L on a 24 GB card plans for 21.6 GB); refused when the card is smaller than the target;
     * ``"whole"``: the card's memory minus :func:`headroom_gb`;
     * no preset: ``"whole"`` when ``gpu_memory_gb`` is given or a card is visible, else ``"m"`` (8 GB, nnU-Net's
-      default target).
+      default target);
+    * ``resenc-m`` / ``resenc-l`` / ``resenc-xl``: the target of nnU-Net's planner (8 / 24 / 40 GB), refused on a
+      smaller card like m / l / xl, but not capped (nnU-Net's planner plans for its target).
     """
     if gpu_memory_gb is not None and not (isinstance(gpu_memory_gb, (int, float)) and math.isfinite(gpu_memory_gb)
                                           and gpu_memory_gb > 0):
@@ -148,6 +153,12 @@ def gpu_budget(gpu_memory_gb: float | None = None, preset: str | None = None,
         if budget <= 0:
             raise PlanError(f"a {card:g} GB card leaves no memory after {headroom_gb(card):g} GB headroom")
         return round(budget, 3), name, card
+    if name in RESENC_PRESETS:
+        target = RESENC_PRESETS[name].gpu_memory_gb
+        if card is not None and target > card:
+            raise PlanError(f"preset {name!r} targets {target:g} GB, more than the {card:g} GB card",
+                            hint="choose a smaller preset, or 'whole'")
+        return target, name, card
     budget = GPU_PRESETS[name]
     if card is not None:
         if budget > card:

@@ -70,7 +70,8 @@ def normalize(image: np.ndarray, schemes: Sequence[dict], mask: np.ndarray | Non
     - ``{"scheme": "ct", "clip": [lo, hi], "mean": m, "std": s}``: clip to the dataset's foreground 0.5/99.5
       percentiles, then z-score with the foreground mean/std (nnU-Net's CTNormalization).
     - ``{"scheme": "zscore", "use_mask": bool}``: per-image z-score (inside the non-zero mask when
-      ``use_mask``, background then set to 0), nnU-Net's ZScoreNormalization.
+      ``use_mask``, background then set to 0), nnU-Net's ZScoreNormalization; with ``"fill_holes": true`` the
+      mask's holes are filled first (nnU-Net's crop mask, so zero voxels enclosed by the image count as inside).
     - ``{"scheme": "quantile", "lower": 0.01, "upper": 0.99}``: per image, clip to the quantiles and scale to
       [0, 1] (the VALDO paper's quantile normalisation).
     - ``{"scheme": "none"}``.
@@ -85,6 +86,8 @@ def normalize(image: np.ndarray, schemes: Sequence[dict], mask: np.ndarray | Non
             x /= max(s["std"], 1e-8)
         elif kind == "zscore":
             m = mask if (s.get("use_mask") and mask is not None and mask.any()) else None
+            if m is not None and s.get("fill_holes"):
+                m = ndimage.binary_fill_holes(m)
             vals = x[m] if m is not None else x
             mean, std = float(vals.mean()), float(vals.std())
             x -= mean

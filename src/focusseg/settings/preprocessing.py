@@ -31,7 +31,7 @@ from focusseg.settings.checks import (
 #: The normalisation schemes (:func:`focusseg.preprocessing.transforms.normalize`) and the keys each takes.
 NORMALIZATION_SCHEMES: Mapping[str, tuple[str, ...]] = {
     "ct": ("clip", "mean", "std"),
-    "zscore": ("use_mask",),
+    "zscore": ("use_mask", "fill_holes"),
     "quantile": ("lower", "upper"),
     "none": (),
 }
@@ -94,8 +94,9 @@ def _scheme(value: Any, path: str, src: str | Path | None) -> Mapping[str, Any]:
         check_float(section["mean"], f"{path}.mean", src, -MAX_INTENSITY, MAX_INTENSITY)
         check_float(section["std"], f"{path}.std", src, 0.0, MAX_INTENSITY, lo_open=True)
     elif kind == "zscore":
-        if section.get("use_mask") is not None:
-            check_bool(section["use_mask"], f"{path}.use_mask", src)
+        for key in ("use_mask", "fill_holes"):
+            if section.get(key) is not None:
+                check_bool(section[key], f"{path}.{key}", src)
     elif kind == "quantile":
         lower = check_float(section.get("lower", 0.01), f"{path}.lower", src, 0.0, 1.0)
         upper = check_float(section.get("upper", 0.99), f"{path}.upper", src, 0.0, 1.0)

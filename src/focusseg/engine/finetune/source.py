@@ -1,7 +1,11 @@
 """The checkpoint a run is fine-tuned from: reading it, matching its tensors onto a network, the loaded-tensors table.
 
 A source is a run folder (its ``checkpoint_best.pt``, else ``checkpoint_final.pt``) or a ``.pt`` file, loaded
-``weights_only`` onto the CPU. Tensors are matched by name and shape, as nnU-Net's ``load_pretrained_weights``
+``weights_only`` onto the CPU; or an nnU-Net v2 model folder (its first fold's ``checkpoint_final.pth``), one of its
+``fold_K`` folders or an nnU-Net ``.pth`` checkpoint, loaded without executing code
+(:func:`focusseg.nnunet.load_nnunet_checkpoint`): its ``network_weights`` match a run training the ``nnunet``
+network with a plan converted from the same model (``focusseg.nnunet.convert.plan_from_nnunet``).
+Tensors are matched by name and shape, as nnU-Net's ``load_pretrained_weights``
 does, but leniently: a tensor of another shape or missing from the source keeps the network's fresh
 initialisation, and only a source of which no tensor matches is refused. See ``docs/finetuning.md``.
 """
@@ -21,11 +25,15 @@ from torch import nn
 
 from focusseg.errors import CheckpointError, MissingFileError
 from focusseg.io.checkpoint import load_checkpoint
+from focusseg.nnunet import load_nnunet_checkpoint
+from focusseg.nnunet.convert import checkpoint_files
 
 #: The files a run folder is fine-tuned from, in order of preference.
 RUN_CHECKPOINTS = ("checkpoint_best.pt", "checkpoint_final.pt")
 #: Prefixes a state dict saved elsewhere may carry (DDP, torch.compile); removed before matching.
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+#: The file ending of nnU-Net's checkpoints (focusseg writes ``.pt``).
+NNUNET_SUFFIX = ".pth"
 #: How many non-loaded tensors the printed table shows (the log line lists them all).
 SHOWN_ROWS = 40
 
@@ -43,16 +51,23 @@ def resolve_source(path: str | Path) -> Path:
     """The checkpoint file ``path`` names.
 
     Args:
-        path: a run folder or a checkpoint file (``~`` expanded).
+        path: a run folder, an nnU-Net model folder or fold folder, or a checkpoint file (``~`` expanded).
 
     Returns:
-        The folder's ``checkpoint_best.pt`` (else ``checkpoint_final.pt``), or the file itself; resolved.
+        The folder's ``checkpoint_best.pt`` (else ``checkpoint_final.pt``); an nnU-Net model folder's first fold's
+        ``checkpoint_final.pth`` (``fold_all``'s when it has no numbered fold); an nnU-Net fold folder's
+        ``checkpoint_final.pth``; or the file itself; resolved.
 
     Raises:
-        CheckpointError: a folder with neither checkpoint.
-        MissingFileError: nothing at ``path``.
+        CheckpointError: a folder with no checkpoint.
+        MissingFileError: nothing at ``path``, an nnU-Net model folder without a final checkpoint.
     """
     p = Path(path).expanduser()
+    if p.is_dir() and (p / "plans.json").is_file() and (p / "dataset.json").is_file():
+        files = checkpoint_files(p, "final")
+        return files[next(iter(files))].resolve()
+    if p.is_dir() and (p / "checkpoint_final.pth").is_file():
+        return (p / "checkpoint_final.pth").resolve()
     if p.is_dir():
         for name in RUN_CHECKPOINTS:
             if (p / name).is_file():
@@ -114,13 +129,16 @@ def network_weights(state: dict[str, Any], path: str | Path | None = None) -> di
 
 
 def read_source(path: str | Path) -> Source:
-    """Resolve (:func:`resolve_source`), load (``weights_only``, CPU) and hash a source checkpoint.
+    """Resolve (:func:`resolve_source`), load (``weights_only``, CPU) and hash a source checkpoint (an nnU-Net
+    ``.pth`` through :func:`~focusseg.nnunet.load_nnunet_checkpoint`: tensors and numpy scalars only).
 
     Raises:
         CheckpointError: no checkpoint there, a corrupt file, or no network weights in it.
         MissingFileError: nothing at ``path``.
     """
     file = resolve_source(path)
+    if file.suffix == NNUNET_SUFFIX:  # nnU-Net's checkpoint: numpy scalars beside the weights, read safely
+        return Source(file, file_sha256(file), dict(load_nnunet_checkpoint(file).network_weights))
     state = load_checkpoint(file)
     return Source(file, file_sha256(file), network_weights(state, file))
 
