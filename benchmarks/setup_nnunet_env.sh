@@ -11,3 +11,7 @@ echo "torch==2.13.0" > "$ENV/constraints.txt"
 "$ENV/bin/pip" install -q -c "$ENV/constraints.txt" nnunetv2
 "$ENV/bin/pip" uninstall -y -q torchvision timm 2>/dev/null || true
 "$ENV/bin/python" -c "import nnunetv2, torch; print('nnunetv2 ready, torch', torch.__version__)"
+# nnU-Net's trainer lookup imports every trainer module; its Primus trainers need timm (and so torchvision), which
+# the CPU torch cannot import: remove that subpackage in this benchmark venv only
+PKG=$("$ENV/bin/python" -c "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))")
+rm -rf "$PKG/training/nnUNetTrainer/primus"
