@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,7 @@ import torch
 from focusseg.data.check import Problem, check_dataset
 from focusseg.devices import resolve_device
 from focusseg.engine.distributed import world_for
-from focusseg.errors import CheckFailed, MissingFileError, RunFolderError, UsageError
+from focusseg.errors import CheckFailed, MissingFileError, PlanError, RunFolderError, UsageError
 from focusseg.export import load_bundle
 from focusseg.inference.folders import predict_folder as predict_folder_files
 from focusseg.inference.loading import CHECKPOINTS, model_files
@@ -39,6 +42,7 @@ from focusseg.nets.base import register_network
 from focusseg.nnunet import read_model_folder
 from focusseg.nnunet.convert import checkpoint_files as nnunet_checkpoint_files
 from focusseg.nnunet.convert import load_fold_plan, model_postprocessing
+from focusseg.nnunet.plans_import import plan_from_plans
 from focusseg.planning.fingerprint import compute_fingerprint
 from focusseg.planning.planner import make_plan
 from focusseg.plugins import AUGMENTATIONS, RECIPES, PluginSource, load_plugins, plugin_parts
@@ -46,7 +50,7 @@ from focusseg.recipes import FORMS, load_recipe
 from focusseg.registry import Registry
 from focusseg.runfolder import CROSSVAL_JSON, PLAN_JSON, fold_dirs, is_crossval_dir, read_plan
 from focusseg.strategies import CLASS_WEIGHTERS, LR_CONTROLLERS, OPTIMIZERS, SAMPLERS
-from focusseg.workflows.crossval import run_crossval
+from focusseg.workflows.crossval import PLANNER_PLAN, run_crossval
 from focusseg.workflows.plan import finish_plan
 from focusseg.workflows.train import run_training
 
@@ -299,8 +303,9 @@ def check(data: str | Path, workers: int = 2, progress: bool = False) -> CheckRe
 def plan(data: str | Path, out: str | Path | None = None, device: str = "auto", gpu_memory: float | None = None,
          preset: str | None = None, overrides: Mapping[str, Any] | None = None,
          recipe: str | Path | Mapping[str, Any] | None = None, recipe_form: str | None = None, check: bool = True,
-         progress: bool = False) -> dict:
-    """Fingerprint a dataset and make the plan a run would train (as ``focusseg plan``).
+         progress: bool = False, nnunet_plans: str | Path | None = None, configuration: str | None = None) -> dict:
+    """Fingerprint a dataset and make the plan a run would train (as ``focusseg plan``); or, with
+    ``nnunet_plans``, convert nnU-Net's plans for the dataset instead of planning it.
 
     Args:
         data: the dataset folder.
@@ -316,20 +321,44 @@ def plan(data: str | Path, out: str | Path | None = None, device: str = "auto", 
         recipe_form: the recipe's ``cpu`` or ``gpu`` form (default: the form of the device planned for).
         check: check the dataset first (problems raise :class:`CheckFailed`).
         progress: show progress bars.
+        nnunet_plans: an nnU-Net plans file (``nnUNetPlans.json``): the plan is its ``configuration`` converted
+            (:func:`focusseg.nnunet.plans_import.plan_from_plans`, labels and channels from the dataset's
+            dataset.json); recipes and overrides apply on top, except a recipe's ``network``, which is ignored
+            with one warning line (the network is nnU-Net's).
+        configuration: with ``nnunet_plans``: ``3d_fullres`` (default) or ``3d_lowres``.
 
     Returns:
         The plan (a dict, as ``plan.json`` holds it).
 
     Raises:
         CheckFailed: the dataset check found problems.
-        UsageError: a GPU budget for a CPU plan, an unknown recipe or form.
-        PlanError: overrides that make no usable plan.
+        UsageError: a GPU budget for a CPU plan, an unknown recipe or form, a GPU budget or preset with
+            ``nnunet_plans``.
+        PlanError: overrides that make no usable plan; a plans file refused (a cascade or 2D configuration...).
     """
     data = Path(data)
     load_plugins()
     chosen_recipe = resolve_recipe(recipe) if recipe is not None else None
     if recipe_form is not None and recipe_form not in FORMS:
         raise UsageError(f"--recipe-form must be one of {', '.join(FORMS)}, got {recipe_form!r}")
+    if nnunet_plans is not None:
+        if preset is not None or gpu_memory is not None:
+            raise UsageError("--nnunet-plans gives patch, batch and network: no --preset or --gpu-memory")
+        dev = str(device) if str(device).startswith("cuda") else resolve_device(device).type
+        if check:
+            problems = check_dataset(data)
+            if problems:
+                raise CheckFailed(problems)
+        p = finish_plan(nnunet_plan(data, nnunet_plans, configuration), without_network(chosen_recipe),
+                        dict(overrides or {}), dev, recipe_form)
+        if chosen_recipe is not None:
+            p["recipe"] = chosen_recipe["name"]
+        if out is not None:
+            save_json(p, Path(out))
+        return p
+    if configuration is not None:
+        raise UsageError("--configuration names an nnU-Net configuration only with --nnunet-plans (focusseg's own: "
+                         "--set configuration=2d)")
     resenc = preset is not None and str(preset).strip().lower().startswith("resenc-")
     gpu_asked = gpu_memory is not None or (preset is not None and not resenc)  # nnU-Net's presets fit any device
     if device == "auto" and gpu_asked:
@@ -358,6 +387,37 @@ def plan(data: str | Path, out: str | Path | None = None, device: str = "auto", 
 # ------------------------------------------------------------------ train, crossval
 
 
+def nnunet_plan(data: str | Path, nnunet_plans: str | Path, configuration: str | None = None) -> dict:
+    """The focusseg plan of an nnU-Net plans file's configuration for the dataset ``data`` (its dataset.json
+    gives labels, channels and file ending): :func:`focusseg.nnunet.plans_import.plan_from_plans`.
+
+    Raises:
+        MissingFileError: no plans file or dataset.json.
+        PlanError / UsageError: as :func:`~focusseg.nnunet.plans_import.plan_from_plans`.
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise MissingFileError("no such dataset folder", data)
+    return plan_from_plans(nnunet_plans, data / "dataset.json", configuration or "3d_fullres", data.name)
+
+
+def without_network(recipe: dict | None) -> dict | None:
+    """``recipe`` without its plan overrides' ``network`` (both forms): on nnU-Net's plans the network is
+    nnU-Net's. One ``warning:`` line on stderr when there was one to drop."""
+    if recipe is None:
+        return None
+    out = copy.deepcopy(recipe)
+    dropped = False
+    for section in (out.get("plan"), (out.get("gpu") or {}).get("plan")):
+        if isinstance(section, dict) and "network" in section:
+            del section["network"]
+            dropped = True
+    if dropped:
+        print(f"warning: recipe {out.get('name', 'custom')!r}: its network is ignored with --nnunet-plans (the "
+              "network is the plans' own); its other settings apply", file=sys.stderr)
+    return out
+
+
 def _check_budget(time_budget: float | None) -> None:
     if time_budget is not None and not time_budget > 0:
         raise UsageError(f"--time-budget must be a positive number of minutes, got {time_budget}")
@@ -369,7 +429,8 @@ def train(data: str | Path, out: str | Path, fold: int | str = 0,
           resume: bool = False, overwrite: bool = False, plan: str | Path | None = None,
           preprocessed: str | Path | None = None, check: bool = True, progress: bool = False,
           init_from: str | Path | None = None, freeze_encoder_epochs: int | None = None,
-          warmup_epochs: int | None = None, callbacks: Sequence[Any] = ()) -> Run:
+          warmup_epochs: int | None = None, callbacks: Sequence[Any] = (), nnunet_plans: str | Path | None = None,
+          configuration: str | None = None) -> Run:
     """Check the dataset, plan, preprocess and train one fold into a run folder; then predict and score the
     held-out cases (as ``focusseg train``).
 
@@ -392,24 +453,38 @@ def train(data: str | Path, out: str | Path, fold: int | str = 0,
         freeze_encoder_epochs: with ``init_from``: the encoder does not train for N epochs.
         warmup_epochs: with ``init_from``: the learning rate rises linearly over N epochs.
         callbacks: observers called by the training loop (loggers).
+        nnunet_plans: train on this nnU-Net plans file's ``configuration`` instead of planning (as :func:`plan`);
+            a recipe's ``network`` is ignored with one warning line.
+        configuration: with ``nnunet_plans``: ``3d_fullres`` (default) or ``3d_lowres``.
 
     Returns:
         The trained :class:`Run` (its plan, summary and held-out metrics).
 
     Raises:
         CheckFailed: the dataset check found problems.
-        UsageError: contradictory options, a fold the split lacks, an unsafe change on resume.
+        UsageError: contradictory options (``plan`` with ``nnunet_plans``...), a fold the split lacks, an unsafe
+            change on resume.
         RunFolderError: the folder is in use, holds another run, or has nothing to resume.
         MissingPluginError: the plan needs a plugin that is not installed.
+        PlanError: a plans file refused.
     """
     _check_budget(time_budget)
     load_plugins()
     chosen = resolve_recipe("default" if recipe is None else recipe, recipe_form)
-    summary = run_training(data, out, fold=fold, recipe=chosen, overrides=dict(overrides or {}),
-                           time_budget_min=time_budget, device=device, resume=resume, plan_path=plan,
-                           preprocessed_dir=preprocessed, progress=progress, check=check, overwrite=overwrite,
-                           init_from=init_from, freeze_encoder_epochs=freeze_encoder_epochs,
-                           warmup_epochs=warmup_epochs, callbacks=list(callbacks))
+    if nnunet_plans is None and configuration is not None:
+        raise UsageError("--configuration names an nnU-Net configuration only with --nnunet-plans (focusseg's own: "
+                         "--set configuration=2d)")
+    if nnunet_plans is not None and plan is not None:
+        raise UsageError("--plan and --nnunet-plans both give the plan: use one")
+    with tempfile.TemporaryDirectory(prefix="focusseg-nnunet-plan-") as tmp:
+        if nnunet_plans is not None:  # the converted plan, as a plan file run_training reads (and finishes)
+            plan = save_json(nnunet_plan(data, nnunet_plans, configuration), Path(tmp) / PLAN_JSON)
+            chosen = without_network(chosen)
+        summary = run_training(data, out, fold=fold, recipe=chosen, overrides=dict(overrides or {}),
+                               time_budget_min=time_budget, device=device, resume=resume, plan_path=plan,
+                               preprocessed_dir=preprocessed, progress=progress, check=check, overwrite=overwrite,
+                               init_from=init_from, freeze_encoder_epochs=freeze_encoder_epochs,
+                               warmup_epochs=warmup_epochs, callbacks=list(callbacks))
     return Run.from_folder(out, summary)
 
 
@@ -417,7 +492,8 @@ def crossval(data: str | Path, out: str | Path, folds: str | Sequence[int] | int
              recipe: str | Path | Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,
              time_budget: float | None = None, device: str = "auto", resume: bool = False, overwrite: bool = False,
              check: bool = True, progress: bool = False,
-             on_fold: Callable[[int, str, dict], None] | None = None) -> CrossValidation:
+             on_fold: Callable[[int, str, dict], None] | None = None, nnunet_plans: str | Path | None = None,
+             configuration: str | None = None) -> CrossValidation:
     """Train folds of a 5-fold cross-validation into ``out/fold_K`` with one shared plan and store, pool their
     held-out predictions and choose post-processing on the pool (as ``focusseg crossval``).
 
@@ -434,23 +510,56 @@ def crossval(data: str | Path, out: str | Path, folds: str | Sequence[int] | int
         check: check the dataset first.
         progress: show progress bars.
         on_fold: called as ``on_fold(fold, status, summary)`` after each fold.
+        nnunet_plans: every fold trains this nnU-Net plans file's ``configuration`` (as :func:`train`); the
+            converted plan is the cross-validation's shared plan (``plan_planner.json``).
+        configuration: with ``nnunet_plans``: ``3d_fullres`` (default) or ``3d_lowres``.
 
     Returns:
         The :class:`CrossValidation` (its finished folds and pooled result).
 
     Raises:
-        UsageError: ``resume`` with ``overwrite``, bad folds, an output inside the dataset.
+        UsageError: ``resume`` with ``overwrite``, bad folds, an output inside the dataset, a folder planned from
+            other plans (without ``overwrite``).
         CheckFailed: the dataset check found problems.
+        PlanError: a plans file refused.
     """
     if resume and overwrite:  # run_crossval lets overwrite win; refuse the contradiction
         raise UsageError("--resume and --overwrite contradict each other (continue the folds, or start them again)")
     _check_budget(time_budget)
     load_plugins()
     chosen = resolve_recipe("default" if recipe is None else recipe)
+    if nnunet_plans is None and configuration is not None:
+        raise UsageError("--configuration names an nnU-Net configuration only with --nnunet-plans (focusseg's own: "
+                         "--set configuration=2d)")
+    if nnunet_plans is not None:
+        _share_nnunet_plan(Path(data), Path(out), nnunet_plan(data, nnunet_plans, configuration), overwrite)
+        chosen = without_network(chosen)
     result = run_crossval(data, out, folds if isinstance(folds, (str, list, tuple)) else [int(folds)],
                           recipe=chosen, overrides=dict(overrides or {}), time_budget_min=time_budget, device=device,
                           resume=resume, overwrite=overwrite, check=check, progress=progress, on_fold=on_fold)
     return CrossValidation.from_folder(out, result)
+
+
+def _share_nnunet_plan(data: Path, cv_dir: Path, converted: dict, overwrite: bool) -> None:
+    """Make ``converted`` the cross-validation's shared plan (``cv_dir/plan_planner.json``, which every fold
+    trains): written when absent (or with ``overwrite``), kept when it is the same plan, else refused."""
+    if cv_dir.resolve() == data.resolve() or data.resolve() in cv_dir.resolve().parents:
+        return  # run_crossval refuses an output inside the dataset, before anything is written
+    if cv_dir.exists() and not cv_dir.is_dir():
+        return  # run_crossval's own message
+    path = cv_dir / PLANNER_PLAN
+    if path.is_symlink():
+        raise UsageError("the shared plan is a link: not written through", path)
+    if path.is_file() and not overwrite:
+        try:
+            same = read_plan(path) == json.loads(json.dumps(converted))
+        except PlanError:
+            same = False
+        if not same:
+            raise UsageError("the cross-validation folder was planned from other plans", path,
+                             hint="use another --out, or --overwrite to train every chosen fold again")
+        return
+    save_json(converted, path)
 
 
 # ------------------------------------------------------------------ evaluate

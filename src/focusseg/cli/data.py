@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 import typer
 
 from focusseg.cli.options import (
-    CONFIGURATION,
+    CONFIGURATION_OPTION,
     DATA,
+    NNUNET_PLANS_OPTION,
     check_recipe_form,
     console,
-    parse_overrides,
+    split_configuration,
 )
 
 if TYPE_CHECKING:
@@ -42,7 +43,8 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
                         "nnU-Net's Residual Encoder presets resenc-m, resenc-l, resenc-xl (the plan and network "
                         "nnUNetPlannerResEncM/L/XL give, on any device)."),
          set_: list[str] = typer.Option([], "--set", help="Override a field: --set training.batch_size=4"),
-         configuration: str | None = CONFIGURATION,
+         configuration: str | None = CONFIGURATION_OPTION,
+         nnunet_plans: Path | None = NNUNET_PLANS_OPTION,
          recipe: str | None = typer.Option(None, help="Apply a recipe's plan overrides."),
          recipe_form: str | None = typer.Option(
              None, "--recipe-form", help="The recipe's cpu (scaled-down) or gpu (the paper's) form; default: the "
@@ -58,14 +60,16 @@ def plan(data: Path = DATA, out: Path | None = typer.Option(None, help="Where to
     recipes` shows both), as training applies it. Examples:
     `focusseg plan DATA --out plan.json --set patch_size=[48,64,48]`,
     `focusseg plan DATA --device cuda --gpu-memory 80 --preset l --out plan.json`,
-    `focusseg plan DATA --device cuda --gpu-memory 80 --recipe fp-pet --out plan.json`
+    `focusseg plan DATA --device cuda --gpu-memory 80 --recipe fp-pet --out plan.json`,
+    `focusseg plan DATA --nnunet-plans nnUNetPlans.json --configuration 3d_fullres --out plan.json`
     """
     from focusseg.api import plan as plan_data
 
-    overrides = parse_overrides(set_, configuration)
+    overrides, nnunet_configuration = split_configuration(set_, configuration, nnunet_plans)
     check_recipe_form(recipe_form)
     p = plan_data(data, out=out, device=device, gpu_memory=gpu_memory, preset=preset, overrides=overrides,
-                  recipe=recipe, recipe_form=recipe_form, check=not no_check, progress=True)
+                  recipe=recipe, recipe_form=recipe_form, check=not no_check, progress=True,
+                  nnunet_plans=nnunet_plans, configuration=nnunet_configuration)
     if out:
         console.print(f"plan written to {out}")
     else:

@@ -19,9 +19,28 @@ err = Console(stderr=True)
 
 DATA = typer.Argument(..., help="An nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/).")
 
-CONFIGURATION = typer.Option(None, "--configuration", help="3d (patches, the default) or 2d (slices along the "
-                                                            "lowest-resolution axis, nnU-Net's 2d): same as --set "
-                                                            "configuration=2d.")
+#: ``--configuration`` of plan / train / crossval: focusseg's 3d / 2d, or with --nnunet-plans nnU-Net's configuration.
+CONFIGURATION_OPTION = typer.Option(
+    None, "--configuration", help="3d (patches, the default) or 2d (slices along the lowest-resolution axis, "
+                                  "nnU-Net's 2d): same as --set configuration=2d. With --nnunet-plans: the plans' "
+                                  "configuration, 3d_fullres (default) or 3d_lowres (3d_cascade_fullres and 2d are "
+                                  "refused).")
+#: ``--nnunet-plans`` of plan / train / crossval.
+NNUNET_PLANS_OPTION = typer.Option(
+    None, "--nnunet-plans", help="Train on nnU-Net's plans: this nnUNetPlans.json's --configuration (spacing, patch, "
+                                 "batch, normalisation, network) with the dataset's dataset.json, instead of "
+                                 "focusseg's planner. Recipes and --set apply on top; a recipe's network is ignored "
+                                 "(one warning line).")
+
+
+def split_configuration(set_: list[str], configuration: str | None, nnunet_plans: Path | None
+                        ) -> tuple[dict, str | None]:
+    """``(overrides, nnU-Net configuration)``: ``--configuration`` is focusseg's (an override) without
+    ``--nnunet-plans`` and the plans' configuration with it."""
+    if nnunet_plans is None:
+        return parse_overrides(set_, configuration), None
+    return parse_overrides(set_, None), configuration
+
 
 #: The key of the click context object under which :func:`focusseg.cli.main` passes its command line.
 ARGV_KEY = "argv"

@@ -49,6 +49,10 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
                 [], "--expect-sha256", help="Refuse a bundle or checkpoint whose SHA-256 is not this one (64 hex "
                                             "digits; repeat for an ensemble or cross-validation: every file loaded "
                                             "must match one), checked before the file is read."),
+            folds: str | None = typer.Option(
+                None, "--folds", help="An nnU-Net model folder's folds: comma-separated fold numbers (0,1), 'all' "
+                                      "for its fold_all; default every fold_K present. Refused for focusseg runs, "
+                                      "cross-validations and bundles."),
             device: str = typer.Option("auto", help="cpu, cuda or auto.")) -> None:
     """Segment every case of a folder (one run, or a weighted ensemble of runs of any architectures).
 
@@ -59,6 +63,9 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
 
     DICOM: `focusseg predict runs/hippo dicom/ preds/ --output-format dicom-seg` (dicom/CASE/ holds one series;
     multi-channel: dicom/CASE/0000/, dicom/CASE/0001/ ...; a case lacking a channel folder fails in one line)
+
+    nnU-Net: `focusseg predict nnUNetTrainer__nnUNetPlans__3d_fullres IN OUT --folds 0,1 --checkpoint final`
+    predicts with an nnU-Net v2 model folder (its folds averaged; predicted alone, no --ensemble).
 
     Provenance: the SHA-256 of the bundle (or of each checkpoint) is printed before predicting; pin it with
     `--expect-sha256 HEX` (as pip's --require-hashes): a different file is refused before it is read.
@@ -76,6 +83,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
     if not 0 <= overlap < 1:
         raise UsageError(f"--overlap must be in [0, 1), got {overlap}")
     check_checkpoint(checkpoint)
+    chosen_folds = parse_folds(folds)
     part = part_option(num_parts, part_id)
     dev = resolve_device(device)
     if part is not None and dev.type == "cuda":
@@ -86,7 +94,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
     # provenance: each file's SHA-256 is checked streaming before anything parses it (focusseg.api.Predictor.load)
     loaded = Predictor.load(run_dir, checkpoint, dev, postprocess, ensemble=ensemble, weights=parse_weights(weights),
                             uncertainty=uncertainty, postprocessing_file=postprocessing_file,
-                            expect_sha256=expect_sha256)
+                            expect_sha256=expect_sha256, folds=chosen_folds)
     what = "model bundle" if loaded.kind == "bundle" else "checkpoint"
     for file, digest in loaded.digests:
         console.print(f"{what} {file}: sha256 {digest}", soft_wrap=True, markup=False)
@@ -101,6 +109,30 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
     written = loaded.predict_folder(in_dir, out_dir, overlap=overlap, tta=tta, save_probabilities=save_probabilities,
                                     output_format=output_format, progress=True, part=part)
     console.print(f"{len(written)} segmentation(s) written to {out_dir}")
+
+
+def parse_folds(folds: str | None) -> list[int | str] | None:
+    """``--folds``: comma-separated fold numbers in [0, 999] or ``all`` (nnU-Net's fold_all); None: not given.
+
+    Raises:
+        UsageError: anything else, or a fold given twice.
+    """
+    from focusseg.errors import UsageError
+
+    if folds is None:
+        return None
+    out: list[int | str] = []
+    for item in folds.split(","):
+        item = item.strip()
+        if item == "all":
+            out.append("all")
+        elif item.isdigit() and int(item) <= 999:
+            out.append(int(item))
+        else:
+            raise UsageError(f"--folds must be comma-separated fold numbers (0-999) or 'all', got {folds!r}")
+    if len(set(map(str, out))) != len(out):
+        raise UsageError(f"--folds names a fold twice: {folds!r}")
+    return out
 
 
 def ensemble(pred_dirs: list[Path] = typer.Argument(..., help="Prediction folders written with --save-probabilities."),
@@ -121,10 +153,13 @@ def ensemble(pred_dirs: list[Path] = typer.Argument(..., help="Prediction folder
 
 def export(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg train`) or a cross-validation folder "
                                                      "(`focusseg crossval`: one member per finished fold)."),
-           out: Path = typer.Option(..., help="The .zip to write (atomically)."),
+           out: Path = typer.Option(..., help="The .zip to write (atomically); with --format nnunet the new "
+                                              "model folder."),
            checkpoint: str = typer.Option("best", help="best, final or latest."),
            fmt: str = typer.Option("bundle", "--format", help="bundle (for `focusseg predict model.zip`), onnx or "
-                                                              "torchscript (graph(s) + spec.json)."),
+                                                              "torchscript (graph(s) + spec.json), or nnunet (an "
+                                                              "nnU-Net v2 model folder; runs whose network is "
+                                                              "nnunet only)."),
            exporter: str = typer.Option("auto", help="ONNX only: legacy, dynamo, or auto (legacy, then dynamo)."),
            ) -> None:
     """Export a trained model as one portable file.
@@ -133,8 +168,12 @@ def export(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tra
     safetensors weights, the chosen post-processing; `focusseg predict model.zip IN OUT` predicts exactly as the run
     folder did. `onnx` / `torchscript`: each member's network as <member>.onnx / .pt (checked against PyTorch)
     plus spec.json (patch, channels, normalisation, spacing, labels, sliding window, softmax, TTA axes).
+    `nnunet`: an nnU-Net v2 model folder (dataset.json, plans.json, fold_K/checkpoint_final.pth, and nnU-Net's
+    postprocessing.json where the post-processing has an equivalent) that nnU-Net's predictor and `focusseg
+    predict FOLDER` read; only runs whose plan's network is `nnunet` (trained with --nnunet-plans, a resenc-*
+    preset, or from an nnU-Net model folder) can be exported.
     Examples: `focusseg export runs/hippo --out hippo.zip`, `focusseg export cv/hippo --out hippo_onnx.zip
-    --format onnx`
+    --format onnx`, `focusseg export cv/nn --format nnunet --out nnUNetTrainer__nnUNetPlans__3d_fullres`
     """
     from focusseg.errors import UsageError
     from focusseg.export import FORMATS, export_graphs, write_bundle
@@ -143,6 +182,16 @@ def export(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tra
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     check_checkpoint(checkpoint)
+    if fmt == "nnunet":
+        from focusseg.export.nnunet import export_nnunet
+
+        done = export_nnunet(run_dir, out, checkpoint)
+        console.print(f"nnU-Net model folder written to {out} (configuration {done['configuration']}, fold(s) "
+                      f"{', '.join(map(str, done['folds']))})", soft_wrap=True, markup=False)
+        console.print(f"predict with: focusseg predict {shlex.quote(str(out))} IN_DIR OUT_DIR, or "
+                      f"nnUNetv2_predict_from_modelfolder -m {shlex.quote(str(out))} -i IN_DIR -o OUT_DIR -f "
+                      f"{' '.join(map(str, done['folds']))}", soft_wrap=True, markup=False)
+        return
     if fmt == "bundle":
         write_bundle(run_dir, out, checkpoint)
         digest = file_sha256(out)

@@ -9,13 +9,14 @@ from pathlib import Path
 import typer
 
 from focusseg.cli.options import (
-    CONFIGURATION,
+    CONFIGURATION_OPTION,
     DATA,
+    NNUNET_PLANS_OPTION,
     check_recipe_form,
     check_time_budget,
     console,
     invoked_argv,
-    parse_overrides,
+    split_configuration,
     without_option,
 )
 
@@ -33,7 +34,8 @@ def train(ctx: typer.Context, data: Path = DATA,
           plan_file: Path | None = typer.Option(None, "--plan", help="Use this plan.json instead of planning."),
           preprocessed: Path | None = typer.Option(None, help="Preprocessed store to (re)use."),
           set_: list[str] = typer.Option([], "--set", help="Override a plan field: --set training.max_epochs=50"),
-          configuration: str | None = CONFIGURATION,
+          configuration: str | None = CONFIGURATION_OPTION,
+          nnunet_plans: Path | None = NNUNET_PLANS_OPTION,
           no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
           no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check before training."),
           overwrite: bool = typer.Option(
@@ -56,7 +58,8 @@ def train(ctx: typer.Context, data: Path = DATA,
 
     A run folder belongs to one fold and one plan: training into it again needs `--resume` (continue; only
     schedule/inference changes such as `--set training.max_epochs=...` are accepted) or `--overwrite`.
-    Example: `focusseg train data/Dataset004_Hippocampus --out runs/hippo --fold 0 --time-budget 30`
+    Example: `focusseg train data/Dataset004_Hippocampus --out runs/hippo --fold 0 --time-budget 30`;
+    on nnU-Net's plans: `focusseg train DATA --out runs/nn --nnunet-plans nnUNetPlans.json --configuration 3d_fullres`
     """
     from focusseg.api import train as train_fold
     from focusseg.errors import UsageError
@@ -72,12 +75,13 @@ def train(ctx: typer.Context, data: Path = DATA,
     # --resume with --overwrite: refused by run_training, with the same message
     check_time_budget(time_budget)
     check_recipe_form(recipe_form)
+    overrides, nnunet_configuration = split_configuration(set_, configuration, nnunet_plans)
     run = train_fold(data, out, fold=fold, recipe=recipe, recipe_form=recipe_form,
-                     overrides=parse_overrides(set_, configuration), time_budget=time_budget, device=device,
+                     overrides=overrides, time_budget=time_budget, device=device,
                      resume=resume, plan=plan_file, preprocessed=preprocessed, progress=not no_progress,
                      check=not no_check, overwrite=overwrite, init_from=init_from,
                      freeze_encoder_epochs=freeze_encoder_epochs, warmup_epochs=warmup_epochs,
-                     callbacks=make_loggers(logger))
+                     callbacks=make_loggers(logger), nnunet_plans=nnunet_plans, configuration=nnunet_configuration)
     console.print_json(data=run.summary)
 
 
@@ -89,7 +93,8 @@ def crossval(data: Path = DATA,
              device: str = typer.Option("auto", help="cpu, cuda or auto."),
              resume: bool = typer.Option(False, "--resume", help="Continue folds that have checkpoints."),
              set_: list[str] = typer.Option([], "--set", help="Override a plan field: --set training.max_epochs=50"),
-             configuration: str | None = CONFIGURATION,
+             configuration: str | None = CONFIGURATION_OPTION,
+             nnunet_plans: Path | None = NNUNET_PLANS_OPTION,
              no_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
              no_check: bool = typer.Option(False, "--no-check", help="Skip the dataset check."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Train the chosen folds again from scratch.")
@@ -112,9 +117,11 @@ def crossval(data: Path = DATA,
         dice = (summary.get("final_validation") or {}).get("mean_dice")
         console.print(f"fold {fold}: {status}" + (f", held-out mean Dice {dice:.4f}" if dice is not None else ""))
 
-    result = train_folds(data, out, folds, recipe=recipe, overrides=parse_overrides(set_, configuration),
+    overrides, nnunet_configuration = split_configuration(set_, configuration, nnunet_plans)
+    result = train_folds(data, out, folds, recipe=recipe, overrides=overrides,
                          time_budget=time_budget, device=device, resume=resume, overwrite=overwrite,
-                         check=not no_check, progress=not no_progress, on_fold=report).result
+                         check=not no_check, progress=not no_progress, on_fold=report, nnunet_plans=nnunet_plans,
+                         configuration=nnunet_configuration).result
     rows = describe_rows(result)
     table = Table(*rows[0], title=f"cross-validation ({out})")
     for r in rows[1:]:

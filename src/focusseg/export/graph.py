@@ -35,7 +35,9 @@ from focusseg.io.atomic import atomic_path
 from focusseg.nets.from_plan import build_inference_module
 from focusseg.settings import inference_settings, network_settings
 
-FORMATS = ("bundle", "onnx", "torchscript")
+#: ``focusseg export --format``: a bundle (:mod:`focusseg.export.bundle`), a graph (this module) or an nnU-Net v2
+#: model folder (:mod:`focusseg.export.nnunet`).
+FORMATS = ("bundle", "onnx", "torchscript", "nnunet")
 EXPORTERS = ("auto", "legacy", "dynamo")
 #: The export check: ``max |graph - PyTorch| <= ONNX_TOLERANCE + RELATIVE_TOLERANCE * max |PyTorch|`` on the
 #: logits of the check patches. float32 rounding grows with the logits' magnitude and the network's depth (a deep

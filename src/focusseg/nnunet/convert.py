@@ -174,7 +174,7 @@ def plan_from_nnunet(model_folder: NnunetModelFolder | str | Path, configuration
     """
     model = model_folder if isinstance(model_folder, NnunetModelFolder) else read_model_folder(model_folder,
                                                                                                configuration)
-    config, plans = model.configuration, model.path / "plans.json"
+    config, plans = model.configuration, model.plans_path
     if config.dim != 3:
         raise PlanError(f"configurations.{config.name} is a 2D configuration: focusseg converts 3D configurations "
                         "only (nnU-Net's 2d keeps each case's own spacing along the slice axis)", plans,

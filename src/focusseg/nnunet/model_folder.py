@@ -67,6 +67,8 @@ MAX_POSTPROCESSING_BYTES = 1 << 20
 MAX_LABEL = 65535
 #: Deepest chain of ``inherits_from`` configurations.
 MAX_INHERITANCE = 8
+#: Largest plans.json / dataset.json read.
+MAX_JSON_BYTES = 16 << 20
 _FOLDER = re.compile(r"(?P<trainer>[A-Za-z0-9_\-]+?)__(?P<plans>[A-Za-z0-9_\-]+?)__(?P<configuration>[A-Za-z0-9_\-.]+)")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
 _FOLD = re.compile(r"fold_(all|[0-9]{1,3})")
@@ -145,6 +147,7 @@ class NnunetModelFolder:
         intensity_properties: per channel (``"0"``...), the foreground intensity statistics.
         checkpoints: fold (``0``... or ``"all"``) -> the checkpoint file to load.
         image_reader_writer: the plans' ``image_reader_writer`` (``SimpleITKIO``...), or None when absent.
+        plans_file: the plans file read (None: ``path / "plans.json"``).
     """
 
     path: Path
@@ -157,6 +160,12 @@ class NnunetModelFolder:
     intensity_properties: Mapping[str, Mapping[str, float]]
     checkpoints: Mapping[int | str, Path]
     image_reader_writer: str | None = None
+    plans_file: Path | None = None
+
+    @property
+    def plans_path(self) -> Path:
+        """The plans file the configuration came from (named in errors)."""
+        return self.plans_file if self.plans_file is not None else self.path / "plans.json"
 
 
 # ----------------------------------------------------------------------------------------------- small checks
@@ -421,7 +430,8 @@ def read_model_folder(folder: str | Path, configuration: str | None = None,
 
     Args:
         folder: ``<trainer>__<plans>__<configuration>/``.
-        configuration: the plans configuration; by default the one the folder's name gives.
+        configuration: the plans configuration; by default the one the folder's name gives (a folder of another
+            name: the plans' only configuration).
         checkpoint_name: ``checkpoint_final.pth`` or ``checkpoint_best.pth``; None: no checkpoint is looked for
             (``checkpoints`` is empty: the caller chooses the files).
         folds: the folds to use; by default every fold with the checkpoint.
@@ -441,14 +451,51 @@ def read_model_folder(folder: str | Path, configuration: str | None = None,
         if not (folder / name).is_file():
             raise MissingFileError(f"no {name}: not an nnU-Net model folder", folder / name)
     m = _FOLDER.fullmatch(folder.name)
-    if configuration is None:
-        if m is None:
+    ds_src, plans_src = folder / "dataset.json", folder / "plans.json"
+    if configuration is None and m is not None:
+        configuration = m.group("configuration")
+    elif configuration is None:  # another folder name: a plans file of one configuration (focusseg's export) names it
+        plans = check_mapping(read_json(plans_src, PlanError, allow_nan=False, max_bytes=MAX_JSON_BYTES),
+                              "plans.json", plans_src)
+        configs = plans.get("configurations")
+        if not isinstance(configs, Mapping) or len(configs) != 1:
             raise UsageError(f"{folder}: an nnU-Net model folder's name is <trainer>__<plans>__<configuration>; "
                              "name the configuration")
-        configuration = m.group("configuration")
-    ds_src, plans_src = folder / "dataset.json", folder / "plans.json"
-    dataset = check_dataset_json(read_json(ds_src, PlanError, allow_nan=False, max_bytes=16 << 20), ds_src)
-    plans = check_mapping(read_json(plans_src, PlanError, allow_nan=False, max_bytes=16 << 20), "plans.json",
+        configuration = str(next(iter(configs)))
+    model = read_plans(plans_src, ds_src, configuration, folder=folder)
+    trainer = m.group("trainer") if m else None
+    checkpoints = {} if checkpoint_name is None else find_checkpoints(folder, checkpoint_name, folds)
+    return NnunetModelFolder(
+        path=folder, trainer=trainer, plans_name=model.plans_name, dataset=model.dataset,
+        configuration=model.configuration, transpose_forward=model.transpose_forward,
+        transpose_backward=model.transpose_backward, intensity_properties=model.intensity_properties,
+        checkpoints=checkpoints, image_reader_writer=model.image_reader_writer)
+
+
+def read_plans(plans_file: str | Path, dataset_file: str | Path, configuration: str,
+               folder: Path | None = None) -> NnunetModelFolder:
+    """Read and check an nnU-Net plans file and a dataset.json (bounded, no NaN), as a model folder without
+    checkpoints: what ``--nnunet-plans`` trains on and what :func:`read_model_folder` checks.
+
+    Args:
+        plans_file: nnU-Net's ``nnUNetPlans.json`` (any name).
+        dataset_file: the dataset.json giving channels, labels and file ending.
+        configuration: the plans configuration (``3d_fullres``...).
+        folder: the folder the result's ``path`` names (default: the plans file's folder).
+
+    Returns:
+        the checked plans (:class:`NnunetModelFolder` with no checkpoints, no trainer).
+
+    Raises:
+        MissingFileError: either file missing.
+        PlanError: a file unreadable, or a field refused (one line naming the file and the field).
+    """
+    plans_src, ds_src = Path(plans_file), Path(dataset_file)
+    for src in (ds_src, plans_src):
+        if not src.is_file():
+            raise MissingFileError("no such file", src)
+    dataset = check_dataset_json(read_json(ds_src, PlanError, allow_nan=False, max_bytes=MAX_JSON_BYTES), ds_src)
+    plans = check_mapping(read_json(plans_src, PlanError, allow_nan=False, max_bytes=MAX_JSON_BYTES), "plans.json",
                           plans_src)
     manager = plans.get("label_manager", "LabelManager")
     if manager != "LabelManager":
@@ -461,14 +508,16 @@ def read_model_folder(folder: str | Path, configuration: str | None = None,
     if len(forward) < config.dim:
         fail(plans_src, "transpose_forward", list(forward), f"must cover the {config.dim} image axes")
     plans_name = plans.get("plans_name")
+    folder = plans_src.parent if folder is None else Path(folder)
     return NnunetModelFolder(
-        path=folder, trainer=m.group("trainer") if m else None,
+        path=folder, trainer=None,
         plans_name=_name(plans_name, "plans_name", plans_src) if plans_name is not None else None,
         dataset=dataset, configuration=config, transpose_forward=forward, transpose_backward=backward,
         intensity_properties=check_intensity_properties(plans, config.normalization_schemes, plans_src),
-        checkpoints={} if checkpoint_name is None else find_checkpoints(folder, checkpoint_name, folds),
-        image_reader_writer=(None if plans.get("image_reader_writer") is None
-                             else _name(plans["image_reader_writer"], "image_reader_writer", plans_src)))
+        checkpoints={}, image_reader_writer=(None if plans.get("image_reader_writer") is None
+                                             else _name(plans["image_reader_writer"], "image_reader_writer",
+                                                        plans_src)),
+        plans_file=None if plans_src == folder / "plans.json" else plans_src)
 
 
 # ----------------------------------------------------------------------------------------------- post-processing
@@ -555,5 +604,5 @@ __all__ = ["ARCH_KWARGS", "CHECKPOINT_NAMES", "IMPORTABLE", "INTENSITY_KEYS", "M
            "MAX_STRIDE", "NETWORK_CLASSES",
            "NORMALIZATION_SCHEMES", "NnunetConfiguration", "NnunetDataset", "NnunetModelFolder",
            "POSTPROCESSING_FUNCTIONS", "check_architecture", "check_configuration", "check_dataset_json",
-           "check_intensity_properties", "find_checkpoints", "read_model_folder", "read_postprocessing",
+           "check_intensity_properties", "find_checkpoints", "read_model_folder", "read_plans", "read_postprocessing",
            "resolve_configuration"]

@@ -77,7 +77,7 @@ def build_network(model: NnunetModelFolder, trainer: str | None = None, device: 
     config = model.configuration
     cls = getattr(unet, config.network_class)
     kwargs = network_kwargs(config, trainer if trainer is not None else model.trainer)
-    plans = model.path / "plans.json"
+    plans = model.plans_path
     channels, heads = len(model.dataset.channel_names), model.dataset.num_heads
     try:
         with torch.device("meta"):
