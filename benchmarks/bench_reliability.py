@@ -177,7 +177,8 @@ def main() -> None:
     previous = HERE / "results" / "reliability.md"
     if kills is None and previous.is_file():  # keep the last measured kill-test line
         measured = [x for x in previous.read_text().splitlines() if x.startswith("Measured: ")]
-        kills = measured[-1][len("Measured: "):] + " (from the previous full run)" if measured else None
+        kept = measured[-1][len("Measured: "):].replace(" (from the previous full run)", "") if measured else None
+        kills = kept + " (from the previous full run)" if kept else None
     text = report(rows, seconds, kills)
     print(text)
     if args.write:

@@ -19,6 +19,18 @@ def machine_line() -> str:
                     break
     except OSError:
         pass
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    simd = ("AVX512-BF16" if "avx512_bf16" in flags else "AVX-512, no BF16" if "avx512f" in flags
+            else "AVX2 only" if "avx2" in flags else "no AVX2")
+    cpu = f"{cpu}, {simd}"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     try:
         import monai

@@ -9,8 +9,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["train_hippocampus", "train_hippocampus_refit", "metrics", "losses", "nets", "inference_peers",
-         "predict_memory", "postprocessing", "inference", "augment", "strategies", "recipes_realdata",
-         "evidence_focused_practice", "evidence_focused_practice_long", "evidence_cycle_noisy",
+         "nnunet_agreement", "predict_memory", "postprocessing", "inference", "augment", "strategies",
+         "recipes_realdata", "evidence_focused_practice", "evidence_focused_practice_long", "evidence_cycle_noisy",
          "evidence_blob", "evidence_blob_long", "evidence_topk", "evidence_class_weights",
          "evidence_class_weights_long"]
 
