@@ -27,11 +27,10 @@ from typing import Any
 
 import torch
 
-from focusseg.errors import CheckpointError, MissingFileError, PlanError, UsageError
+from focusseg.errors import MissingFileError, PlanError, UsageError
 from focusseg.nets.nnunet_dna import architecture_spec
-from focusseg.nnunet.checkpoint import load_nnunet_checkpoint
 from focusseg.nnunet.model_folder import NnunetModelFolder, find_checkpoints, read_model_folder, read_postprocessing
-from focusseg.nnunet.network import BATCHNORM_TRAINERS
+from focusseg.nnunet.network import BATCHNORM_TRAINERS, load_fold_checkpoint
 
 #: nnU-Net's normalisation scheme -> focusseg's scheme computing the same numbers (see :func:`normalization`).
 NORMALIZATION_MAP: Mapping[str, str] = {
@@ -276,13 +275,7 @@ def load_fold_plan(model: NnunetModelFolder, fold: int | str, path: str | Path) 
         CheckpointError: the checkpoint is refused, or was trained with another configuration.
         PlanError: as :func:`plan_from_nnunet`.
     """
-    ckpt = load_nnunet_checkpoint(path)
-    if ckpt.configuration is not None and ckpt.configuration != model.configuration.name:
-        raise CheckpointError(f"was trained with configuration {ckpt.configuration!r}, not the folder's "
-                              f"{model.configuration.name!r}", ckpt.path)
-    if ckpt.mirror_axes is not None and any(a >= model.configuration.dim for a in ckpt.mirror_axes):
-        raise CheckpointError(f"inference_allowed_mirroring_axes {list(ckpt.mirror_axes)} name an axis the "
-                              f"{model.configuration.dim}D network does not have", ckpt.path)
+    ckpt = load_fold_checkpoint(model, path)
     plan = plan_from_nnunet(model, mirror_axes=ckpt.mirror_axes, trainer=ckpt.trainer_name)
     return NnunetFold(fold, ckpt.path, plan, dict(ckpt.network_weights))
 

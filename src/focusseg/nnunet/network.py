@@ -15,6 +15,7 @@ network is built.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -134,6 +135,31 @@ def load_weights(network: nn.Module, checkpoint: NnunetCheckpoint) -> nn.Module:
     return network.eval()
 
 
+def load_fold_checkpoint(model: NnunetModelFolder, path: str | Path) -> NnunetCheckpoint:
+    """A fold's checkpoint of ``model`` read safely (:func:`~focusseg.nnunet.checkpoint.load_nnunet_checkpoint`)
+    and checked against the folder: trained with its configuration, mirroring only axes its network has.
+
+    Args:
+        model: the checked model folder.
+        path: the fold's checkpoint file.
+
+    Returns:
+        the checkpoint's kept fields.
+
+    Raises:
+        CheckpointError: the checkpoint is refused, was trained with another configuration, or allows mirroring
+            along an axis the network does not have.
+    """
+    ckpt = load_nnunet_checkpoint(path)
+    if ckpt.configuration is not None and ckpt.configuration != model.configuration.name:
+        raise CheckpointError(f"was trained with configuration {ckpt.configuration!r}, not the folder's "
+                              f"{model.configuration.name!r}", ckpt.path)
+    if ckpt.mirror_axes is not None and any(a >= model.configuration.dim for a in ckpt.mirror_axes):
+        raise CheckpointError(f"inference_allowed_mirroring_axes {list(ckpt.mirror_axes)} name an axis the "
+                              f"{model.configuration.dim}D network does not have", ckpt.path)
+    return ckpt
+
+
 def load_fold(model: NnunetModelFolder, fold: int | str) -> tuple[nn.Module, NnunetCheckpoint]:
     """One fold's network with its weights: the checkpoint read safely
     (:func:`~focusseg.nnunet.checkpoint.load_nnunet_checkpoint`), its configuration checked against the folder's,
@@ -152,13 +178,7 @@ def load_fold(model: NnunetModelFolder, fold: int | str) -> tuple[nn.Module, Nnu
     """
     if fold not in model.checkpoints:
         raise UsageError(f"{model.path}: no fold {fold!r} (folds: {', '.join(map(str, model.checkpoints))})")
-    ckpt = load_nnunet_checkpoint(model.checkpoints[fold])
-    if ckpt.configuration is not None and ckpt.configuration != model.configuration.name:
-        raise CheckpointError(f"was trained with configuration {ckpt.configuration!r}, not the folder's "
-                              f"{model.configuration.name!r}", ckpt.path)
-    if ckpt.mirror_axes is not None and any(a >= model.configuration.dim for a in ckpt.mirror_axes):
-        raise CheckpointError(f"inference_allowed_mirroring_axes {list(ckpt.mirror_axes)} name an axis the "
-                              f"{model.configuration.dim}D network does not have", ckpt.path)
+    ckpt = load_fold_checkpoint(model, model.checkpoints[fold])
     network = build_network(model, trainer=ckpt.trainer_name)
     return load_weights(network, ckpt), ckpt
 
