@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def main() -> None:
                     "(e.g. '0.8778 on 2026-11-23 with whole-volume validation every epoch')")
     ap.add_argument("--time-log", type=Path, default=None,
                     help="output of `/usr/bin/time -v focusseg train ...` for wall time and peak RSS")
+    ap.add_argument("--extra", default="", help="more `focusseg train` arguments, e.g. \"--nnunet-plans "
+                                                "nnUNetPlans.json --configuration 3d_fullres\"")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     from machine import machine_line
@@ -56,13 +59,14 @@ def main() -> None:
     run = args.from_run
     curve = "hippocampus_curve.png" if args.stem == "train_hippocampus" else f"{args.stem}_curve.png"
     cmd = (f"focusseg train ../shared/data/Dataset004_Hippocampus --out {_shown(args.out)} --fold 0 "
-           f"--time-budget {args.minutes:g}")
+           f"--time-budget {args.minutes:g}" + (f" {args.extra}" if args.extra else ""))
     if run is None:
         if not DATA.is_dir():
             sys.exit(f"skipped: {DATA} is absent (needs ../shared/data)")
         t0 = time.time()
         subprocess.run([str(REPO / ".venv" / "bin" / "focusseg"), "train", str(DATA), "--out", str(args.out),
-                        "--fold", "0", "--time-budget", str(args.minutes), "--no-progress"], check=True)
+                        "--fold", "0", "--time-budget", str(args.minutes), "--no-progress", *shlex.split(args.extra)],
+                       check=True)
         print(f"wall time {time.time() - t0:.0f} s")
         run = args.out
     summary = json.loads((run / "summary.json").read_text())
