@@ -117,14 +117,34 @@ def read_json(path: str | Path, error: type[FocussegError] = FocussegError, allo
         error: the file cannot be read, is larger than ``max_bytes``, or is not bounded JSON.
     """
     p = Path(path)
+    data = read_bytes_bounded(p, error, max_bytes, "a JSON file focusseg reads")
+    return loads_bounded(data, p, error, allow_nan, max_depth)
+
+
+def read_bytes_bounded(path: str | Path, error: type[FocussegError], max_bytes: int, what: str) -> bytes:
+    """A file's bytes, at most ``max_bytes`` of them read (a larger file is refused, not read whole).
+
+    Args:
+        path: the file.
+        error: the error class raised, naming ``path``.
+        max_bytes: the largest file read.
+        what: what the file should be, for the message (``"a JSON file focusseg reads"``).
+
+    Returns:
+        the file's bytes.
+
+    Raises:
+        error: the file cannot be read, or is larger than ``max_bytes``.
+    """
+    p = Path(path)
     try:
         with open(p, "rb") as fh:
             data = fh.read(max_bytes + 1)
     except OSError as exc:
         raise error(f"cannot be read ({exc.strerror or type(exc).__name__})", p) from None
     if len(data) > max_bytes:
-        raise error(f"is larger than {max_bytes:,} bytes: not a JSON file focusseg reads", p)
-    return loads_bounded(data, p, error, allow_nan, max_depth)
+        raise error(f"is larger than {max_bytes:,} bytes: not {what}", p)
+    return data
 
 
-__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_NUMBER_DIGITS", "loads_bounded", "read_json"]
+__all__ = ["MAX_JSON_BYTES", "MAX_JSON_DEPTH", "MAX_NUMBER_DIGITS", "loads_bounded", "read_bytes_bounded", "read_json"]

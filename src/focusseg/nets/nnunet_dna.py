@@ -299,13 +299,19 @@ def architecture_spec(cls: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
                 required.append(key)
             else:
                 out[key] = None
-        elif isinstance(value, Mapping):
-            out[key] = dict(value)
-        elif isinstance(value, tuple):
-            out[key] = [list(v) if isinstance(v, tuple) else v for v in value]
         else:
-            out[key] = value
+            out[key] = _plain(value)
     return {"network_class_name": CLASS_PATHS[cls], "arch_kwargs": out, "_kw_requires_import": required}
+
+
+def _plain(value: Any) -> Any:
+    """A checked argument as the network class and plans.json take it: a mapping as a dict, a tuple (of
+    per-stage tuples) as a list (of lists), anything else unchanged."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple):
+        return [list(v) if isinstance(v, tuple) else v for v in value]
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- building
@@ -336,12 +342,8 @@ def class_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
         elif key == "block":
             if value is not None:
                 out[key] = getattr(residual, value)  # BasicBlockD or BottleneckD (from IMPORTABLE)
-        elif isinstance(value, Mapping):
-            out[key] = dict(value)
-        elif isinstance(value, tuple):
-            out[key] = [list(v) if isinstance(v, tuple) else v for v in value]
         else:
-            out[key] = value
+            out[key] = _plain(value)
     return out
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from focusseg.errors import MissingFileError, PlanError, UsageError
-from focusseg.io.jsonfile import read_json
+from focusseg.io.jsonfile import read_bytes_bounded, read_json
 from focusseg.nets.nnunet_dna import (
     ARCH_KWARGS,
     IMPORTABLE,
@@ -580,13 +580,7 @@ def read_postprocessing(folder: str | Path) -> tuple[tuple[str, Any], ...] | Non
         return _check_steps(data.get("postprocessing_fns"), data.get("postprocessing_kwargs"), js)
     if not pkl.is_file():
         return None
-    try:
-        with open(pkl, "rb") as fh:
-            blob = fh.read(MAX_POSTPROCESSING_BYTES + 1)
-    except OSError as exc:
-        raise PlanError(f"cannot be read ({exc.strerror or type(exc).__name__})", pkl) from None
-    if len(blob) > MAX_POSTPROCESSING_BYTES:
-        raise PlanError(f"is larger than {MAX_POSTPROCESSING_BYTES:,} bytes: not an nnU-Net post-processing file", pkl)
+    blob = read_bytes_bounded(pkl, PlanError, MAX_POSTPROCESSING_BYTES, "an nnU-Net post-processing file")
     try:
         data = _PostprocessingUnpickler(io.BytesIO(blob)).load()
     except pickle.UnpicklingError as exc:
