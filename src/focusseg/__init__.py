@@ -17,8 +17,9 @@ __version__ = "0.1.0"
 #: Public name -> the module that defines it (imported on first use).
 _EXPORTS: dict[str, str] = {
     **{name: "focusseg.api" for name in ("CheckReport", "CrossValidation", "Predictor", "Run", "check", "crossval",
-                                         "evaluate", "list_plugins", "load_plugins", "plan", "register",
+                                         "list_plugins", "load_plugins", "plan", "register",
                                          "resolve_recipe", "train")},
+    "evaluate": "focusseg.workflows.evaluate",  # scoring label maps imports no torch
     **{name: "focusseg.errors" for name in ("CheckFailed", "CheckpointError", "DatasetError", "FocussegError",
                                             "ImageError", "MissingFileError", "PartialFailure", "PlanError",
                                             "RunFolderError", "TrainingError", "UsageError")},

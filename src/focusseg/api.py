@@ -24,7 +24,6 @@ import torch
 
 from focusseg.data.check import Problem, check_dataset
 from focusseg.devices import resolve_device
-from focusseg.engine.distributed import world_for
 from focusseg.errors import CheckFailed, MissingFileError, PlanError, RunFolderError, UsageError
 from focusseg.export import load_bundle
 from focusseg.inference.folders import predict_folder as predict_folder_files
@@ -37,7 +36,6 @@ from focusseg.io.atomic import save_json
 from focusseg.io.checkpoint import check_sha256, parse_sha256
 from focusseg.io.jsonfile import read_json
 from focusseg.losses import LOSSES
-from focusseg.metrics import evaluate_folders
 from focusseg.nets.base import register_network
 from focusseg.nnunet import read_model_folder
 from focusseg.nnunet.convert import checkpoint_files as nnunet_checkpoint_files
@@ -51,6 +49,7 @@ from focusseg.registry import Registry
 from focusseg.runfolder import CROSSVAL_JSON, PLAN_JSON, fold_dirs, is_crossval_dir, read_plan
 from focusseg.strategies import CLASS_WEIGHTERS, LR_CONTROLLERS, OPTIMIZERS, SAMPLERS
 from focusseg.workflows.crossval import PLANNER_PLAN, run_crossval
+from focusseg.workflows.evaluate import evaluate
 from focusseg.workflows.plan import finish_plan
 from focusseg.workflows.train import run_training
 
@@ -565,46 +564,6 @@ def _share_nnunet_plan(data: Path, cv_dir: Path, converted: dict, overwrite: boo
 # ------------------------------------------------------------------ evaluate
 
 
-def evaluate(pred_dir: str | Path, gt_dir: str | Path, out: str | Path, labels: Sequence[int] | None = None,
-             nsd_tolerance: float = 1.0, connectivity: int = 26, workers: int = 2, ignore_label: int | None = None,
-             regions: Sequence[Sequence[int]] | None = None, region_names: Sequence[str] | None = None,
-             progress: bool = False) -> dict:
-    """Score predictions against references (as ``focusseg evaluate``): Dice, IoU, precision/recall, NSD, HD95,
-    ASSD, FPV/FNV, lesion-wise; writes ``metrics.csv``, ``summary.json`` and plots into ``out``.
-
-    Args:
-        pred_dir: predicted ``<case>`` label files.
-        gt_dir: reference ``<case>`` label files.
-        out: where the metrics are written.
-        labels: the labels to score (default: every label found).
-        nsd_tolerance: NSD tolerance in mm (> 0).
-        connectivity: 6, 18 or 26 (lesion-wise scores).
-        workers: parallel processes.
-        ignore_label: a reference value whose voxels count for nothing (None: none).
-        regions: label-value regions to score instead of labels (region-based training).
-        region_names: the regions' names.
-        progress: show a progress bar.
-
-    Returns:
-        The summary (``summary.json``'s content: per label and overall).
-
-    Raises:
-        UsageError: a bad connectivity or tolerance.
-        MissingFileError: a folder that does not exist.
-        PartialFailure: cases that could not be scored (after the others were).
-    """
-    if connectivity not in (6, 18, 26):
-        raise UsageError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
-    if not nsd_tolerance > 0:
-        raise UsageError(f"--nsd-tolerance must be a positive distance in mm, got {nsd_tolerance}")
-    # under torchrun: each process scores its share of the cases (Gloo, CPU), rank 0 writes the files
-    with world_for(torch.device("cpu")) as world:
-        return evaluate_folders(Path(pred_dir), Path(gt_dir), Path(out), labels=list(labels) if labels else None,
-                                nsd_tolerance=nsd_tolerance, connectivity=connectivity, workers=workers,
-                                ignore_label=ignore_label, regions=regions, region_names=region_names, world=world,
-                                progress=progress and world.is_main)
-
-
 # ------------------------------------------------------------------ predict
 
 
@@ -633,6 +592,34 @@ def _nnunet_predictor(path: Path, checkpoint: str, folds: Sequence[int | str] | 
     else:
         steps = model_postprocessing(model)
     return EnsemblePredictor(members, [1.0 / len(members)] * len(members), uncertainty, postprocessing=steps)
+
+
+def _mixed_ensemble(models: list[Path], weights: list[float] | None, checkpoint: str,
+                    folds: Sequence[int | str] | None, device: torch.device, uncertainty: str | None,
+                    postprocess: bool, postprocessing_file: str | Path | None, expected: set[str],
+                    digests: list[tuple[Path, str]]) -> EnsemblePredictor:
+    """An ensemble of runs and nnU-Net model folders: each model has one weight (default equal), an nnU-Net
+    folder's folds share it equally (its ``folds`` chosen as for one folder). Post-processing: ``postprocessing_file``
+    when given, else none (each model's own was chosen on that model's predictions, not the ensemble's)."""
+    if weights is not None and len(weights) != len(models):
+        raise UsageError(f"need one weight per model: {len(models)} models, weights {weights}")
+    members, member_weights = [], []
+    for model, weight in zip(models, weights or [1.0] * len(models)):
+        if _is_nnunet_model_folder(model):
+            group = _nnunet_predictor(model, checkpoint, folds, device, None, False, None, expected, digests)
+            members += group.members
+            member_weights += [weight * w for w in group.weights]
+        elif is_crossval_dir(model):
+            raise UsageError("a cross-validation folder ensembles with other cross-validation folders only", model)
+        else:
+            for file in model_files(model, checkpoint):
+                digests.append((file, check_sha256(file, expected)))
+            members.append(RunPredictor.from_run(model, checkpoint, device))
+            member_weights.append(weight)
+    steps: list[dict] = []
+    if postprocess and postprocessing_file is not None:
+        steps = read_postprocessing_file(postprocessing_file, [int(v) for v in members[0].plan["labels"].values()])
+    return EnsemblePredictor(members, member_weights, uncertainty, postprocessing=steps)
 
 
 class Predictor:
@@ -684,8 +671,10 @@ class Predictor:
             device: ``cpu``, ``cuda``, ``cuda:N``, ``auto`` or a ``torch.device``.
             postprocess: apply the model's post-processing (chosen on its validation).
             ensemble: more run folders (or, with a cross-validation, more cross-validation folders) whose
-                predictions are averaged with this one's.
-            weights: one ensemble weight per model (``path`` first); default equal (per fold for cross-validations).
+                predictions are averaged with this one's; nnU-Net model folders ensemble with runs and other
+                nnU-Net folders (each folder's folds share its weight equally).
+            weights: one ensemble weight per model (``path`` first); default equal (per fold for cross-validations
+                and nnU-Net folders).
             uncertainty: also give an uncertainty map: ``entropy``, ``variance`` or ``inverse_confidence``.
             postprocessing_file: apply this ``postprocessing.json``'s steps instead of the model's.
             expect_sha256: hex digests; every file loaded must match one of them.
@@ -723,13 +712,17 @@ class Predictor:
         if crossval and not all(is_crossval_dir(e) for e in others):
             raise UsageError("ensemble a cross-validation folder with other cross-validation folders only")
         nnunet = not bundle and not crossval and _is_nnunet_model_folder(path)
-        if folds is not None and not nnunet:
+        mixed = not bundle and any(_is_nnunet_model_folder(p) for p in [path, *others]) and bool(others)
+        if folds is not None and not any(_is_nnunet_model_folder(p) for p in [path, *others]):
             raise UsageError("folds choose the folds of an nnU-Net model folder only", path)
-        if nnunet and (others or w):
-            raise UsageError("an nnU-Net model folder is predicted alone (its folds are averaged): no ensemble or "
-                             "weights", path)
+        if crossval and mixed:
+            raise UsageError("ensemble a cross-validation folder with other cross-validation folders only")
         digests: list[tuple[Path, str]] = []
-        if nnunet:
+        if mixed:
+            loaded = _mixed_ensemble([path, *others], w, checkpoint, folds, dev, uncertainty, postprocess,
+                                     postprocessing_file, expected, digests)
+            kind = "ensemble"
+        elif nnunet:
             loaded = _nnunet_predictor(path, checkpoint, folds, dev, uncertainty, postprocess, postprocessing_file,
                                        expected, digests)
             kind = "nnunet"

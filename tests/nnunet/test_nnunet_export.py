@@ -137,14 +137,29 @@ def test_refusals_are_one_line(trained, tmp_path: Path, capsys: pytest.CaptureFi
     ]
     folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
     export_nnunet(trained["run"], folder)
-    cases.append((["predict", str(folder), images, str(tmp_path / "p3"), "--ensemble", str(trained["run"])],
-                  "predicted alone"))
+    cases.append((["predict", str(folder), images, str(tmp_path / "p3"), "--ensemble", str(trained["run"]),
+                   "--weights", "1"], "one weight per model"))
     for argv, message in cases:
         capsys.readouterr()
         assert main([*argv, *(["--device", "cpu"] if argv[0] == "predict" else [])]) not in (0, 3), argv
         err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(err) == 1 and message in err[0], (argv, err)
     assert not any(out.iterdir())
+
+
+def test_an_nnunet_folder_ensembles_with_a_run(trained, tmp_path: Path):
+    """The exported folder and the run it came from, averaged: the same model twice, so the ensemble predicts what
+    the run predicts (no post-processing: an ensemble gets none unless a file is given); both files' digests are
+    reported."""
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    export_nnunet(trained["run"], folder)
+    both = api.Predictor.load(folder, checkpoint="final", device="cpu", ensemble=[trained["run"]],
+                              weights=[1.0, 3.0])
+    alone = api.Predictor.load(trained["run"], checkpoint="final", device="cpu", postprocess=False)
+    assert both.ensemble.weights == [1.0, 3.0] and len(both.digests) == 2
+    image = sorted((trained["data"] / "imagesTs").glob("*.nii.gz"))[0]
+    a, b = both.predict(image), alone.predict(image)
+    assert a.shape == b.shape and (a == b).mean() > 0.999
 
 
 def test_plans_nnunet_cannot_express_are_refused(trained):

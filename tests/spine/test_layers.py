@@ -83,6 +83,8 @@ LAYERS: list[set[str]] = [
 LAZY_INTERNAL: dict[tuple[str, str], str] = {
     ("focusseg.metrics.evaluate", "focusseg.metrics.plots"): "matplotlib: plots are drawn only when written",
     ("focusseg.reporting.sections", "focusseg.metrics.plots"): "matplotlib: figures are drawn only when written",
+    ("focusseg.workflows.evaluate", "focusseg.engine.distributed"): "torch: only under torchrun; scoring label "
+                                                                     "maps needs none",
 }
 
 

@@ -23,7 +23,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
             overlap: float = typer.Option(0.5, help="Sliding-window overlap in [0, 1)."),
             tta: bool = typer.Option(True, "--tta/--no-tta", help="Mirror test-time augmentation."),
             checkpoint: str = typer.Option("best", help="best, final or latest."),
-            ensemble: list[Path] = typer.Option([], "--ensemble", help="Another run to ensemble with (repeat)."),
+            ensemble: list[Path] = typer.Option(
+                [], "--ensemble", help="Another run (or nnU-Net model folder) to ensemble with (repeat)."),
             weights: str | None = typer.Option(None, help="Comma-separated ensemble weights, RUN_DIR first."),
             uncertainty: str | None = typer.Option(
                 None, help="Also write <case>_uncertainty.nii.gz: entropy, variance or inverse_confidence."),
@@ -65,7 +66,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg tr
     multi-channel: dicom/CASE/0000/, dicom/CASE/0001/ ...; a case lacking a channel folder fails in one line)
 
     nnU-Net: `focusseg predict nnUNetTrainer__nnUNetPlans__3d_fullres IN OUT --folds 0,1 --checkpoint final`
-    predicts with an nnU-Net v2 model folder (its folds averaged; predicted alone, no --ensemble).
+    predicts with an nnU-Net v2 model folder (its folds averaged); --ensemble takes runs and other nnU-Net
+    folders (each folder's folds share its weight).
 
     Provenance: the SHA-256 of the bundle (or of each checkpoint) is printed before predicting; pin it with
     `--expect-sha256 HEX` (as pip's --require-hashes): a different file is refused before it is read.

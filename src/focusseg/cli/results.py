@@ -26,14 +26,17 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
                  None, "--regions",
                  help="Evaluate label-value regions (nnU-Net region-based training) instead of labels: a dataset "
                       "folder / dataset.json or a run folder / plan.json that declares them; 'none' for labels. "
-                      "Default: the regions of GT_DIR/../dataset.json when it declares some.")) -> None:
+                      "Default: the regions of GT_DIR/../dataset.json when it declares some."),
+             plots: bool = typer.Option(True, "--plots/--no-plots",
+                                        help="Draw the Dice and NSD violin plots (--no-plots: tables only, "
+                                             "no matplotlib).")) -> None:
     """Score predictions against references: Dice, IoU, precision/recall, NSD, HD95, ASSD, FPV/FNV, lesion-wise.
 
     With an ignore label (nnU-Net's, for partially annotated references) the voxels where the reference holds it
     count for nothing. Example: `focusseg evaluate predictions/ labelsTs/ --out eval/ --nsd-tolerance 2`
     """
-    from focusseg.api import evaluate as evaluate_predictions
     from focusseg.errors import UsageError
+    from focusseg.workflows.evaluate import evaluate as evaluate_predictions
 
     if connectivity not in (6, 18, 26):
         raise UsageError(f"--connectivity must be 6, 18 or 26, got {connectivity}")
@@ -48,7 +51,7 @@ def evaluate(pred_dir: Path = typer.Argument(..., help="Predicted <case>.nii.gz 
     summary = evaluate_predictions(pred_dir, gt_dir, out, labels=lab, nsd_tolerance=nsd_tolerance,
                                    connectivity=connectivity, workers=workers, ignore_label=ignore,
                                    regions=found[0] if found else None, region_names=found[1] if found else None,
-                                   progress=True)
+                                   progress=True, plots=plots)
     console.print_json(data=summary.get("overall", summary))
     console.print(f"metrics: {out / 'metrics.csv'}  summary: {out / 'summary.json'}")
 

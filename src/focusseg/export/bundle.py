@@ -149,7 +149,7 @@ def model_spec(plan: Mapping[str, Any]) -> dict[str, Any]:
     """What a user of the model needs to know besides the network: labels, channels and the preprocessing /
     inference the network expects (from the plan)."""
     keys = ("labels", "channel_names", "n_classes", "ignore_label", "regions", "normalization", "target_spacing",
-            "resample_order_image", "patch_size", "network", "inference", "dataset")
+            "resample_order_image", "resample_separate_z", "patch_size", "network", "inference", "dataset")
     return {k: plan[k] for k in keys if k in plan}
 
 

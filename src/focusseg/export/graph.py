@@ -265,6 +265,7 @@ def graph_spec(plan: dict[str, Any], postprocessing: list[dict[str, Any]]) -> di
             "crop": "to the bounding box of voxels non-zero in any channel; predictions outside it are background",
             "normalization": plan["normalization"], "target_spacing": plan["target_spacing"],
             "resample_order_image": plan.get("resample_order_image", 3),
+            "resample_separate_z": plan.get("resample_separate_z"),
             "resample_back": "probabilities linearly to the cropped original grid, then argmax"},
         "sliding_window": {"patch_size": list(plan["patch_size"]), "overlap": overlap,
                            "gaussian_sigma_scale": 1.0 / 8, "batch_size": inf.batch_size,

@@ -136,7 +136,7 @@ class Predictor:
         probs, props = self.softmax_on_network_grid(image, geometry, overlap, tta)
         target = tuple(props["shape_after_crop"])
         if tuple(probs.shape[1:]) != target:
-            probs = _resize(probs, target)
+            probs = _resize(probs, target, props.get("separate_axis"))
         return probs, props
 
     def segment(
@@ -213,37 +213,48 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits.div_(logits.sum(0, keepdim=True))
 
 
-def _resize(channels: torch.Tensor, target: tuple[int, ...]) -> torch.Tensor:
-    """``(C, *spatial)`` probabilities linearly resampled to ``target`` (trilinear in 3D, bilinear in 2D)."""
+def _resize(channels: torch.Tensor, target: tuple[int, ...], separate: int | None = None) -> torch.Tensor:
+    """``(C, *spatial)`` probabilities linearly resampled to ``target`` (trilinear in 3D, bilinear in 2D).
+
+    ``separate``: a spatial axis resampled on its own by nearest neighbour after the linear pass in plane (nnU-Net's
+    separate-z resampling of anisotropic cases: ``order_z`` 0); linear interpolation that keeps an axis's size
+    leaves it untouched, so the first pass acts slice by slice."""
     mode = "trilinear" if channels.ndim == 4 else "bilinear"
-    return F.interpolate(channels[None], size=target, mode=mode, align_corners=False)[0]
+    if separate is None or channels.shape[1 + separate] == target[separate]:
+        return F.interpolate(channels[None], size=target, mode=mode, align_corners=False)[0]
+    in_plane = list(target)
+    in_plane[separate] = channels.shape[1 + separate]
+    out = F.interpolate(channels[None], size=tuple(in_plane), mode=mode, align_corners=False)
+    return F.interpolate(out, size=target, mode="nearest-exact")[0]
 
 
-def resample_add_(acc: torch.Tensor, probs: torch.Tensor, weight: float = 1.0, chunk: int = 4) -> torch.Tensor:
+def resample_add_(acc: torch.Tensor, probs: torch.Tensor, weight: float = 1.0, chunk: int = 4,
+                  separate: int | None = None) -> torch.Tensor:
     """``acc += weight * interpolate(probs, acc's grid)``, ``chunk`` classes at a time (no K-channel temporary on
-    the target grid); returns ``acc``."""
+    the target grid); returns ``acc``. ``separate``: as :func:`_resize`."""
     target = tuple(acc.shape[1:])
     if tuple(probs.shape[1:]) == target:
         return acc.add_(probs.to(acc.device, acc.dtype), alpha=weight)
     for k0 in range(0, probs.shape[0], chunk):
-        acc[k0 : k0 + chunk].add_(_resize(probs[k0 : k0 + chunk], target).to(acc.device, acc.dtype), alpha=weight)
+        part = _resize(probs[k0 : k0 + chunk], target, separate)
+        acc[k0 : k0 + chunk].add_(part.to(acc.device, acc.dtype), alpha=weight)
     return acc
 
 
-def resample_argmax(probs: torch.Tensor, target: tuple[int, ...]) -> torch.Tensor:
+def resample_argmax(probs: torch.Tensor, target: tuple[int, ...], separate: int | None = None) -> torch.Tensor:
     """``argmax_k interpolate(probs)[k]`` (int16) on the ``target`` grid without a K-channel volume on that grid.
 
     Linear interpolation acts on each class separately, so classes are resampled one at a time and folded into a
     running maximum (in place) and arg-maximum (first maximal class wins, as ``torch.argmax``): peak memory about
     ``2.8 x`` one float32 volume on the target grid instead of ``K x`` -- what keeps a 512x512x300 CT with many
-    classes in RAM.
+    classes in RAM. ``separate``: as :func:`_resize`.
     """
     if tuple(probs.shape[1:]) == tuple(target):
         return probs.argmax(0).to(torch.int16)
-    best = _resize(probs[:1], target)[0]
+    best = _resize(probs[:1], target, separate)[0]
     arg = torch.zeros(target, dtype=torch.int16)
     for k in range(1, probs.shape[0]):
-        part = _resize(probs[k : k + 1], target)[0]
+        part = _resize(probs[k : k + 1], target, separate)[0]
         better = part > best
         arg.masked_fill_(better, k)
         torch.maximum(best, part, out=best)
@@ -320,7 +331,7 @@ class EnsemblePredictor:
             del probs
         elif len(self.members) == 1 and self.uncertainty is None and not want_probabilities:  # streaming path
             probs, props = self.members[0].softmax_on_network_grid(image, geometry, overlap, tta)
-            labels = resample_argmax(probs, tuple(props["shape_after_crop"]))
+            labels = resample_argmax(probs, tuple(props["shape_after_crop"]), props.get("separate_axis"))
             n_classes = probs.shape[0]
             del probs
         elif self.uncertainty == "variance":  # needs the sum of squares too
@@ -338,7 +349,7 @@ class EnsemblePredictor:
                 probs, props = member.softmax_on_network_grid(image, geometry, overlap, tta)
                 if mean is None:
                     mean = torch.zeros((probs.shape[0], *props["shape_after_crop"]), dtype=torch.float32)
-                resample_add_(mean, probs, weight)
+                resample_add_(mean, probs, weight, separate=props.get("separate_axis"))
                 del probs
             mean.div_(sum(self.weights))
             labels, n_classes = (mean.argmax(0) if not regions else self._region_labels(mean)), mean.shape[0]

@@ -317,6 +317,7 @@ def evaluate_folders(
     regions: Sequence[Sequence[int]] | None = None,
     region_names: Sequence[str] | None = None,
     world: Any = None,
+    plots: bool = True,
 ) -> dict:
     """Evaluate every label map of ``gt_dir`` against the prediction of the same case in ``pred_dir``.
 
@@ -332,7 +333,8 @@ def evaluate_folders(
     summary; never evaluated as a label. ``regions`` (and their ``region_names``): evaluate label-value regions
     instead of labels (module docstring; not together with ``labels`` or ``ignore_label``). ``world``
     (:class:`~focusseg.engine.distributed.World`, e.g. under ``torchrun``): each process scores its share of the
-    cases, the rows are gathered, rank 0 writes and every rank returns the same summary.
+    cases, the rows are gathered, rank 0 writes and every rank returns the same summary. ``plots=False``: no
+    violin plots (matplotlib is not imported).
 
     Raises:
         MissingFileError: a folder that does not exist.
@@ -460,12 +462,18 @@ def evaluate_folders(
             for r in all_rows:
                 writer.writerow([r["case"]] + [_cell(r[c]) for c in COLUMNS[1:]])
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-        from focusseg.metrics.plots import violin_plot
-
-        for metric in ("dice", "nsd"):
-            values = {str(v): [float(r[metric]) for r in all_rows if r["label"] == v] for v in final_labels}
-            violin_plot(values, metric.upper(), out_dir / f"{metric}_violin.png")
+        if plots:
+            _write_plots(all_rows, final_labels, out_dir)
     except OSError as exc:
         where = Path(exc.filename) if getattr(exc, "filename", None) else out_dir
         raise FocussegError(f"cannot write the evaluation ({exc.strerror or type(exc).__name__})", where) from exc
     return summary
+
+
+def _write_plots(all_rows: list[dict], labels: Sequence[int], out_dir: Path) -> None:
+    """The Dice and NSD violin plots (one violin per label), imported and drawn only here."""
+    from focusseg.metrics.plots import violin_plot
+
+    for metric in ("dice", "nsd"):
+        values = {str(v): [float(r[metric]) for r in all_rows if r["label"] == v] for v in labels}
+        violin_plot(values, metric.upper(), out_dir / f"{metric}_violin.png")

@@ -13,9 +13,11 @@ patch, mirror axes), and the network permutes its input to nnU-Net's order itsel
 ``transpose_forward`` is supported and the weights load unchanged.
 
 What focusseg does not reproduce is refused in one line: 2D configurations (nnU-Net keeps each case's own spacing
-along the slice axis), readers that reorient images (``NibabelIOWithReorient``). Resampling uses focusseg's
-spline of the configuration's order on every axis; nnU-Net resamples anisotropic cases with order 0 along the
-out-of-plane axis, so predictions on strongly anisotropic images can differ slightly from nnU-Net's.
+along the slice axis), readers that reorient images (``NibabelIOWithReorient``). Resampling follows nnU-Net's
+choice of axes: an anisotropic case (largest / smallest spacing above 3) is resampled in plane with the
+configuration's order and along its out-of-plane axis with ``order_z`` (0), and its probabilities go back the
+same way (linear in plane, nearest along that axis); the splines are SciPy's, not scikit-image's, so values differ
+slightly from nnU-Net's at the same positions.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ NORMALIZATION_MAP: Mapping[str, str] = {
 READERS = ("SimpleITKIO", "NibabelIO", "SimpleITKIOWithReorient")
 #: nnU-Net's sliding-window step (``tile_step_size``) as focusseg's overlap.
 OVERLAP = 0.5
+#: nnU-Net's default anisotropy threshold for separate-z resampling (largest / smallest spacing).
+ANISO_THRESHOLD = 3.0
 #: The smallest standard deviation nnU-Net divides by.
 EPS = 1e-8
 #: The checkpoint choices of ``focusseg predict`` and the nnU-Net file each reads (``best`` falls back to
@@ -197,7 +201,8 @@ def plan_from_nnunet(model_folder: NnunetModelFolder | str | Path, configuration
         kwargs["norm_op_kwargs"] = {"eps": 1e-5, "affine": True}
     network = {"name": "nnunet", **architecture_spec(config.network_class, kwargs), "input_axes": axes,
                "deep_supervision": True}
-    order = int(config.resampling.get("resampling_fn_data_kwargs", {}).get("order", 3))
+    data_kwargs = config.resampling.get("resampling_fn_data_kwargs", {})
+    order = int(data_kwargs.get("order", 3))
     plan: dict[str, Any] = {
         "version": 1,
         "dataset": model.path.parent.name or model.path.name,
@@ -208,6 +213,7 @@ def plan_from_nnunet(model_folder: NnunetModelFolder | str | Path, configuration
         "batch_size": int(config.batch_size),
         "normalization": normalization(model),
         "resample_order_image": order,
+        **_separate_z(data_kwargs),
         "network": network,
         "training": training_section(True),
         "inference": {"overlap": OVERLAP, "mirror_axes": sorted(axes[m] for m in mirror), "batch_size": 2},
@@ -215,6 +221,17 @@ def plan_from_nnunet(model_folder: NnunetModelFolder | str | Path, configuration
                    "plans_name": model.plans_name},
     }
     return plan
+
+
+def _separate_z(data_kwargs: Any) -> dict[str, Any]:
+    """nnU-Net's separate-z resampling of the image (``force_separate_z`` None: decided per case above the
+    anisotropy threshold, 3 by default; True: always, read as threshold 1; False: never) as the plan's
+    ``resample_separate_z`` (:func:`focusseg.preprocessing.transforms.separate_axis`)."""
+    force = data_kwargs.get("force_separate_z")
+    if force is False:
+        return {}
+    threshold = 1.0 if force else float(data_kwargs.get("separate_z_anisotropy_threshold", ANISO_THRESHOLD))
+    return {"resample_separate_z": {"threshold": threshold, "order": int(data_kwargs.get("order_z", 0))}}
 
 
 def checkpoint_files(folder: str | Path, checkpoint: str = "final", folds: Sequence[int | str] | None = None

@@ -137,6 +137,20 @@ def dataset_json(plan: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def separate_z_kwargs(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """nnU-Net's resampling arguments for the plan's ``resample_separate_z``: decided per case above its threshold
+    (``force_separate_z`` None, ``order_z``), or never (``force_separate_z`` False) for a plan without it, which
+    resamples every axis alike; a threshold of 1 is nnU-Net's ``force_separate_z`` True."""
+    spec = plan.get("resample_separate_z")
+    if spec is None:
+        return {"force_separate_z": False, "order_z": 0}
+    threshold = float(spec.get("threshold", 3.0))
+    if threshold <= 1.0:
+        return {"force_separate_z": True, "order_z": int(spec.get("order", 0))}
+    return {"force_separate_z": None, "order_z": int(spec.get("order", 0)),
+            "separate_z_anisotropy_threshold": threshold}
+
+
 def nnunet_plans(plan: Mapping[str, Any], source: str | Path) -> tuple[dict[str, Any], str, list[int]]:
     """plans.json for the focusseg plan (module docstring): ``(plans, configuration name, input_axes)``.
 
@@ -154,6 +168,7 @@ def nnunet_plans(plan: Mapping[str, Any], source: str | Path) -> tuple[dict[str,
     spacing = [float(plan["target_spacing"][a]) for a in axes]
     patch = [int(plan["patch_size"][a]) for a in axes]
     order = int(plan.get("resample_order_image", 3))
+    separate = separate_z_kwargs(plan)
     base = copy.deepcopy(dict(original)) if original is not None else {}
     old_cfg = dict((base.get("configurations") or {}).get(configuration) or {})
     cfg: dict[str, Any] = {
@@ -166,15 +181,14 @@ def nnunet_plans(plan: Mapping[str, Any], source: str | Path) -> tuple[dict[str,
         "normalization_schemes": schemes,
         "use_mask_for_norm": masks,
         "resampling_fn_data": old_cfg.get("resampling_fn_data", RESAMPLING_FN),
-        "resampling_fn_data_kwargs": {**old_cfg.get("resampling_fn_data_kwargs", {"is_seg": False, "order_z": 0,
-                                                                                  "force_separate_z": None}),
-                                      "order": order},
+        "resampling_fn_data_kwargs": {**old_cfg.get("resampling_fn_data_kwargs", {"is_seg": False}), "order": order,
+                                      **separate},
         "resampling_fn_seg": old_cfg.get("resampling_fn_seg", RESAMPLING_FN),
-        "resampling_fn_seg_kwargs": old_cfg.get("resampling_fn_seg_kwargs", {"is_seg": True, "order": 1,
-                                                                             "order_z": 0, "force_separate_z": None}),
+        "resampling_fn_seg_kwargs": {**old_cfg.get("resampling_fn_seg_kwargs", {"is_seg": True, "order": 1}),
+                                     **separate},
         "resampling_fn_probabilities": old_cfg.get("resampling_fn_probabilities", RESAMPLING_FN),
-        "resampling_fn_probabilities_kwargs": old_cfg.get("resampling_fn_probabilities_kwargs", {
-            "is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None}),
+        "resampling_fn_probabilities_kwargs": {**old_cfg.get("resampling_fn_probabilities_kwargs", {
+            "is_seg": False, "order": 1}), **separate},
         "architecture": architecture,
         "batch_dice": bool(old_cfg.get("batch_dice", False)),
     }

@@ -214,6 +214,7 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
         plan["nnunet_planner"] = {"planner": rs["planner"],
                                   "configuration": "2d" if configuration == "2d" else "3d_fullres",
                                   "transpose_forward": rs["transpose_forward"]}
+        plan["resample_separate_z"] = {"threshold": 3.0, "order": 0}  # nnU-Net's resampling of anisotropic cases
         if configuration == "2d":
             plan = resenc_2d(plan, rs)
     elif configuration == "2d":

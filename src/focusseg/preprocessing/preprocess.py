@@ -29,6 +29,7 @@ from focusseg.preprocessing.transforms import (
     resample_image,
     resample_label,
     resampled_shape,
+    separate_axis,
 )
 
 #: Location key of the annotated voxels (every voxel that is not the ignore label), stored only when the plan has
@@ -49,14 +50,15 @@ def preprocess_array(
     Args:
         image: ``(C, *spatial)`` image.
         geometry: its geometry (the spacing is read from it).
-        plan: the plan (``normalization``, ``target_spacing``, ``resample_order_image``).
+        plan: the plan (``normalization``, ``target_spacing``, ``resample_order_image``, ``resample_separate_z``:
+            nnU-Net's separate-z resampling of anisotropic cases, :func:`~.transforms.separate_axis`).
         label: the label map on the image's grid, or None.
         source: the case's file, named in the error.
         max_voxels: the voxel limit (:func:`focusseg.io.geometry.voxel_limit`; None: the limit in force).
 
     Returns:
         ``(image, label, properties)``; ``properties`` holds what is needed to map a prediction back: the original
-        geometry, the crop box and the cropped shape.
+        geometry, the crop box, the cropped shape and the axis resampled on its own (``separate_axis``, or None).
 
     Raises:
         PlanError: a ``target_spacing`` that is not one finite positive spacing per spatial axis.
@@ -85,7 +87,11 @@ def preprocess_array(
                               f"or raise {MAX_VOXELS_ENV} if the machine has the memory")
     mask = np.any(img != 0, axis=0)
     img = normalize(img, plan["normalization"], mask=mask)
-    img = resample_image(img, new_shape, order=int(plan.get("resample_order_image", 3)))
+    separate_z = plan.get("resample_separate_z")
+    axis = None if separate_z is None else separate_axis(geometry.spacing, target,
+                                                         float(separate_z.get("threshold", 3.0)))
+    img = resample_image(img, new_shape, order=int(plan.get("resample_order_image", 3)), separate=axis,
+                         order_separate=int(separate_z.get("order", 0)) if separate_z else 0)
     lab = None
     if label is not None:
         lab = resample_label(crop(label, bbox), new_shape)
@@ -95,6 +101,7 @@ def preprocess_array(
         "shape_after_crop": list(mask.shape),
         "shape_preprocessed": list(new_shape),
         "spacing": list(geometry.spacing),
+        "separate_axis": axis,
     }
     return img, lab, props
 

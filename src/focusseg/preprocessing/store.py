@@ -42,6 +42,8 @@ def store_fields(plan: dict) -> dict:
     fields["labels"] = {str(k): int(v) for k, v in (plan.get("labels") or {}).items()}
     if plan.get("ignore_label") is not None:  # only then: stores of other plans keep their key
         fields["ignore_label"] = int(plan["ignore_label"])
+    if plan.get("resample_separate_z") is not None:  # likewise
+        fields["resample_separate_z"] = dict(plan["resample_separate_z"])
     fields["format"] = STORE_FORMAT
     fields["max_locations_per_class"] = MAX_LOCATIONS_PER_CLASS
     fields["crop"] = "nonzero"

@@ -36,13 +36,42 @@ def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequ
     return tuple(max(1, int(round(s * sp / t))) for s, sp, t in zip(shape, spacing, target))
 
 
-def resample_image(image: np.ndarray, new_shape: Sequence[int], order: int = 3) -> np.ndarray:
-    """Resample ``(C, *spatial)`` to ``new_shape`` (spline of ``order``, edges by nearest), per channel."""
+def separate_axis(spacing: Sequence[float], target: Sequence[float], threshold: float) -> int | None:
+    """The out-of-plane axis to resample on its own (nnU-Net's "separate z"), or None.
+
+    nnU-Net's rule (``determine_do_sep_z_and_axis`` with ``force_separate_z=None``): when the case's spacing is
+    anisotropic (largest / smallest > ``threshold``, nnU-Net's default 3) the axis of its largest spacing; else,
+    when the target spacing is, the target's largest-spacing axis; None when neither is, or when the largest
+    spacing is shared by two axes (e.g. 0.24 x 1.25 x 1.25 mm: no single out-of-plane axis).
+    """
+    for sp in (spacing, target):
+        values = [float(v) for v in sp]
+        if max(values) / min(values) > threshold:
+            axes = [a for a, v in enumerate(values) if v == max(values)]
+            return axes[0] if len(axes) == 1 else None
+    return None
+
+
+def resample_image(image: np.ndarray, new_shape: Sequence[int], order: int = 3, separate: int | None = None,
+                   order_separate: int = 0) -> np.ndarray:
+    """Resample ``(C, *spatial)`` to ``new_shape`` (spline of ``order``, edges by nearest), per channel.
+
+    ``separate``: an axis resampled on its own, after the others, with spline order ``order_separate`` (nnU-Net
+    resamples anisotropic images in plane with order 3 and along the out-of-plane axis with order 0, so slices
+    are never blended across a 5 mm gap). The in-plane pass keeps that axis's size: a spline sampled at its own
+    knots reproduces the samples, so it acts slice by slice.
+    """
     if tuple(image.shape[1:]) == tuple(new_shape):
         return image.astype(np.float32, copy=False)
     out = np.empty((image.shape[0], *new_shape), dtype=np.float32)
     for c in range(image.shape[0]):
-        out[c] = _zoom_to(image[c].astype(np.float32, copy=False), new_shape, order)
+        channel = image[c].astype(np.float32, copy=False)
+        if separate is None or channel.shape[separate] == new_shape[separate]:
+            out[c] = _zoom_to(channel, new_shape, order)
+            continue
+        in_plane = list(new_shape)
+        in_plane[separate] = channel.shape[separate]
+        out[c] = _zoom_to(_zoom_to(channel, in_plane, order), new_shape, order_separate)
     return out
 
 

@@ -57,6 +57,8 @@ class PreprocessingSettings:
         normalization: one read-only scheme mapping per input channel (``{"scheme": "ct", ...}``).
         target_spacing: the spacing (mm) every case is resampled to, 2 or 3 axes.
         resample_order_image: the image's spline order, in ``[0, 5]`` (3).
+        resample_separate_z: nnU-Net's separate-z resampling of anisotropic cases as ``(threshold, order)``
+            (plan field ``{"threshold": 3, "order": 0}``), or None (every axis with the image's order).
         labels: label name -> value, each in ``[0, n_classes)``.
         ignore_label: nnU-Net's ignore label (no class), or None.
         regions: region plans: the label values of each region; None otherwise.
@@ -70,6 +72,20 @@ class PreprocessingSettings:
     ignore_label: int | None = None
     regions: tuple[tuple[int, ...], ...] | None = None
     regions_class_order: tuple[int, ...] | None = None
+    resample_separate_z: tuple[float, int] | None = None
+
+
+def _separate_z(value: Any, src: str | Path | None) -> tuple[float, int] | None:
+    """``resample_separate_z``: None, or ``{"threshold": t, "order": k}`` with ``t`` in ``[1, 1000]`` (largest over
+    smallest spacing above which a case counts as anisotropic) and ``k`` in ``[0, 5]``."""
+    if value is None:
+        return None
+    section = check_mapping(value, "resample_separate_z", src)
+    unknown = set(section) - {"threshold", "order"}
+    if unknown:
+        fail(src, "resample_separate_z", sorted(unknown), "unknown key(s): known are threshold and order")
+    return (check_float(section.get("threshold", 3.0), "resample_separate_z.threshold", src, 1.0, 1000.0),
+            check_int(section.get("order", 0), "resample_separate_z.order", src, 0, MAX_RESAMPLE_ORDER))
 
 
 def _scheme(value: Any, path: str, src: str | Path | None) -> Mapping[str, Any]:
@@ -144,7 +160,8 @@ def preprocessing_settings(plan: Mapping[str, Any], n_classes: int, in_channels:
     Raises:
         PlanError: ``normalization`` not one known, complete, finite scheme per channel (a CT ``std`` must be
             positive, ``clip`` ordered); ``target_spacing`` not 2 or 3 spacings in
-            ``[MIN_SPACING_MM, MAX_SPACING_MM]``; ``resample_order_image`` outside ``[0, 5]``; ``labels`` not a
+            ``[MIN_SPACING_MM, MAX_SPACING_MM]``; ``resample_order_image`` outside ``[0, 5]``; a malformed
+            ``resample_separate_z``; ``labels`` not a
             non-empty mapping of names to values in ``[0, n_classes)``; an ``ignore_label`` that is a class or out of
             range; ``regions`` / ``regions_class_order`` malformed.
     """
@@ -174,7 +191,8 @@ def preprocessing_settings(plan: Mapping[str, Any], n_classes: int, in_channels:
     regions, class_order = _regions(plan, n_classes, s)
     return PreprocessingSettings(normalization=schemes, target_spacing=target, resample_order_image=order,
                                  labels=freeze(dict(labels)), ignore_label=ignore, regions=regions,
-                                 regions_class_order=class_order)
+                                 regions_class_order=class_order,
+                                 resample_separate_z=_separate_z(plan.get("resample_separate_z"), s))
 
 
 __all__ = ["MAX_INTENSITY", "MAX_SPACING_MM", "MIN_SPACING_MM", "NORMALIZATION_SCHEMES", "PreprocessingSettings",
