@@ -181,7 +181,7 @@ def main() -> None:
         f"- Command: `.venv/bin/python benchmarks/bench_nnunet_budget.py --minutes {args.minutes:g} --write` "
         "(nnunetv2 in `.bench-nnunet`; trainer `nnUNetTrainer_focussegBudget`: nnU-Net's default trainer, epochs of "
         f"{args.iterations} iterations, epochs and poly-LR horizon fitted to the budget after the first epoch)",
-        f"- Machine: {machine_line()}; {result['date']}; nnU-Net data augmentation in 1 worker process "
+        f"- Machine: {machine_line()}; nnU-Net data augmentation in 1 worker process "
         "(nnUNet_n_proc_DA=1), nothing else running",
         "",
         "| checkpoint | iterations | training s | s/iteration | held-out mean Dice (42 cases) | "

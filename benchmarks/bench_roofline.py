@@ -202,10 +202,10 @@ def training_step_parts(run: Path, iterations: int) -> tuple[dict, list[dict]]:
 
 
 def inference_batches(run: Path, repeats: int) -> list[dict]:
-    from focusseg.nets.from_plan import build_network
+    from focusseg.nets.from_plan import build_inference_module
 
     plan = json.loads((run / "plan.json").read_text())
-    net = build_network(plan).eval()
+    net = build_inference_module(plan).eval()
     bs = int((plan.get("inference") or {}).get("batch_size", 2))
     c = len(plan.get("channel_names") or {0: ""})
     x = torch.randn(bs, c, *plan["patch_size"])

@@ -88,3 +88,30 @@ def test_a_slow_first_epoch_no_longer_shortens_the_schedule():
     refitted = fit_iterations(t, 300.0, 10**6)
     assert t.timing["iteration_s"] == 0.25
     assert (after_first, refitted) == (100 + 4 * 100 + 40, 200 + 7 * 100)
+
+
+def test_a_first_epoch_longer_than_the_budget_is_fitted_inside_it(tmp_path: Path):
+    """Steps so slow that one epoch outlasts the budget (a GPU-sized plan on a CPU): the schedule is fitted after
+    the first few iterations, so the learning rate decays inside the budget and the final validation's time is
+    kept, instead of the plan's full schedule running into the clock."""
+    from focusseg_testdata import write_tiny_dataset
+
+    from focusseg.engine.budget import EARLY_FIT_AFTER
+    from focusseg.runfolder import read_log
+    from focusseg.workflows.train import run_training
+
+    torch.set_num_threads(1)
+    data = write_tiny_dataset(tmp_path / "D", n_cases=5)
+    plan = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+            "patch_size": [16, 16, 16], "batch_size": 2,
+            "training": {"max_epochs": 1, "iterations_per_epoch": 100000, "augmentation": "light", "amp": "none"}}
+    budget_min = 0.25
+    summary = run_training(data, tmp_path / "run", overrides=plan, progress=False, time_budget_min=budget_min,
+                           check=False)
+    log = read_log(tmp_path / "run")
+    early = log[0]["early_fit"]
+    assert early["timing"]["iteration_s"] > 0 and early["timing"]["reserve_s"] > 0
+    assert EARLY_FIT_AFTER <= early["planned_iterations"] < 100000
+    assert summary["iterations"] <= early["planned_iterations"]
+    assert log[0]["lr"] < 0.01 * 0.5  # the poly schedule ran towards its fitted end, not the plan's 100,000 steps
+    assert summary["train_seconds"] <= budget_min * 60 + 5

@@ -4,6 +4,13 @@ The loop measures what an epoch costs (:func:`measure_timing`) and sets the tota
 the budget (:func:`fit_iterations`) after every epoch but the last, so the LR schedule decays to zero at the budget
 and the last epoch may be partial; training also stops when the budget less the reserve is spent
 (:meth:`TimeBudget.spent`). ``docs/training-loop.md`` ("Time budget") explains why the fit is made again.
+
+Slow steps (a GPU-sized plan on a CPU, a large network) may make the first epoch alone longer than the budget, and
+then no epoch ends to measure it: the schedule would keep its full length (the learning rate never decays) and no
+time would be kept for the final validation. So when the first :data:`EARLY_FIT_AFTER` iterations project the
+first epoch beyond :data:`EARLY_FIT_SHARE` of the budget, the schedule is fitted inside that epoch
+(:meth:`TimeBudget.refit_early`) from the measured step time, with the final validation's reserve estimated from
+the training step's cost per voxel.
 """
 
 from __future__ import annotations
@@ -17,6 +24,13 @@ from focusseg.engine.state import Trainer
 from focusseg.engine.validation import PatchValidator, estimate_final_validation_s, window_voxels
 from focusseg.preprocessing.store import PreprocessedStore
 from focusseg.settings import inference_settings, training_settings
+
+#: Iterations of the first epoch measured before the early fit (the first one, the warm-up, is left out).
+EARLY_FIT_AFTER = 6
+#: The early fit is made when the first epoch is projected to take more than this share of the budget.
+EARLY_FIT_SHARE = 0.1
+#: A training step's forward, backward and update cost about this many forward passes (for the early reserve).
+STEP_FORWARDS = 3.0
 
 
 class TimeBudget:
@@ -57,6 +71,36 @@ class TimeBudget:
                                 "reserve_s": 0.0, "val_every": 1.0}
                 t.max_iterations = fit_iterations(t, self.seconds, self.total)
         _set_horizon(t)
+
+    def refit_early(self, t: Trainer, epoch_start: float, warm_end: float) -> bool:
+        """Inside the first epoch, after :data:`EARLY_FIT_AFTER` iterations (module docstring): when the epoch is
+        projected beyond :data:`EARLY_FIT_SHARE` of the budget, fit ``t.max_iterations`` and ``t.timing`` (the
+        reserve included) from the step time measured since ``warm_end`` (the end of the first iteration, a
+        ``perf_counter`` reading); rank 0's numbers decide. Returns whether it fitted.
+
+        The reserve is :func:`~focusseg.engine.validation.estimate_final_validation_s` with seconds per voxel of
+        one forward pass taken as the step time over :data:`STEP_FORWARDS` x batch x patch voxels."""
+        if not self.seconds:
+            return False
+        now = time.perf_counter()
+        it_s = (now - warm_end) / max(1, t.iteration - 1)
+        timing = None
+        if self.iterations_per_epoch * it_s > EARLY_FIT_SHARE * self.seconds:
+            reserve = 0.0
+            if self.reserve_final_validation and self.val_ids:
+                voxels = STEP_FORWARDS * int(self.plan["batch_size"]) * float(np.prod(self.plan["patch_size"]))
+                reserve = estimate_final_validation_s(self.store, self.val_ids, self.plan, it_s / voxels)
+            timing = {"iteration_s": it_s, "validation_s": 0.0, "val_every": float(max(1, self.val_every)),
+                      "reserve_s": reserve}
+        timing = t.world.broadcast_object(timing)
+        if timing is None:
+            return False
+        left = self.seconds - (t.elapsed + now - epoch_start) - timing["reserve_s"]
+        t.timing = timing
+        t.max_iterations = int(min(self.total, max(t.iteration, t.iteration + int(left // timing["iteration_s"]))))
+        t.max_iterations = t.world.broadcast_object(t.max_iterations)
+        _set_horizon(t)
+        return True
 
     def refit(self, t: Trainer, record: dict[str, Any], validator: PatchValidator | None) -> None:
         """After an epoch that is not the last: measure, refit ``t.max_iterations`` (rank 0's numbers decide) and

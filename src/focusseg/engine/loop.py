@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from focusseg.data.loader import build_loader
-from focusseg.engine.budget import TimeBudget
+from focusseg.engine.budget import EARLY_FIT_AFTER, TimeBudget
 from focusseg.engine.build import build_sampler
 from focusseg.engine.distributed import World
 from focusseg.engine.epoch_validation import EpochValidator
@@ -107,6 +107,7 @@ def _train_epoch(t: Trainer, loader: Any, budget: TimeBudget, guard: StepGuard, 
     parts.task.set_epoch(t.epoch)
     guard.start_epoch()
     drawn: deque = deque()  # the global batches drawn so far; this rank loads its slice of each
+    warm_end, early = t0, None
     bar = t.log.progress(ipe, f"epoch {t.epoch}", enabled=progress)
     for requests, images, labels in loader.prefetch(_draw(t.sampler, batch_size, gens["sample"], ipe, world, drawn)):
         global_requests = drawn.popleft()
@@ -122,13 +123,18 @@ def _train_epoch(t: Trainer, loader: Any, budget: TimeBudget, guard: StepGuard, 
         call(callbacks, "after_batch", t, step)
         guard.count(t, step, before_stop=bar.close)
         t.iteration += 1
+        if t.epoch == 0 and t.iteration == 1:
+            warm_end = time.perf_counter()  # the first step pays the warm-up: the early fit measures from here
+        elif t.epoch == 0 and t.iteration == EARLY_FIT_AFTER and budget.refit_early(t, t0, warm_end):
+            early = {"planned_iterations": t.max_iterations, "timing": {k: round(v, 4) for k, v in t.timing.items()}}
         bar.advance(step.loss)
         if t.iteration >= t.max_iterations or out_of_time:
             break  # a fitted schedule or the budget may end inside an epoch: validate, checkpoint, stop
     bar.close()
     return {"epoch": t.epoch, "iteration": t.iteration, "train_loss": guard.mean_loss(),
             "nonfinite_steps": guard.skipped, "lr": parts.task.optimizers[0].param_groups[0]["lr"],
-            "train_time_s": round(time.perf_counter() - t0, 2), "sampler": t.sampler.epoch_end(t.epoch)}
+            "train_time_s": round(time.perf_counter() - t0, 2), "sampler": t.sampler.epoch_end(t.epoch),
+            **({"early_fit": early} if early else {})}
 
 
 def _checkpoint_and_log(t: Trainer, record: dict[str, Any], callbacks: list[Any]) -> None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from focusseg.errors import FocussegError, RunFolderError, UsageError
 from focusseg.inference import sliding_window_predict
+from focusseg.inference.acceleration import InferenceForward
 from focusseg.inference.loading import build_network, checkpoint_parts, select_checkpoint
 from focusseg.inference.postprocess import apply_postprocessing
 from focusseg.inference.postprocess_selection import load_run_postprocessing, read_postprocessing_file
@@ -53,6 +54,8 @@ class Predictor:
         self.network = build_network(plan, state_dict, source)  # on the CPU first
         self.network.to(self.device).eval()
         self.amp = amp_dtype(plan, self.device)
+        #: the network's forward as the plan's ``inference.accelerate`` prepares it, reused for every case
+        self.forward = InferenceForward(self.network, inference_settings(plan).accelerate, self.amp)
         self.regions = plan_regions(plan)  # region plan: sigmoid outputs, painted back with regions_class_order
         self.run_dir: Path | None = None
 
@@ -110,7 +113,7 @@ class Predictor:
             check_finite(probs, "the network's probabilities hold", LOGITS_ADVICE)
             return (probs if self.regions else self._only_declared_(probs)), props
         logits = sliding_window_predict(self.network, torch.from_numpy(data), self.plan["patch_size"],
-                                        mirror_axes=mirror, **window)
+                                        mirror_axes=mirror, accelerate=self.forward, **window)
         del data
         check_finite(logits, "the network's logits hold", LOGITS_ADVICE)  # softmax/sigmoid of finite logits: finite
         if self.regions:  # region plan: independent sigmoid per region (focusseg.regions), in place

@@ -7,8 +7,9 @@ For windows ``w`` with Gaussian weight ``g`` (:mod:`focusseg.inference.windows`)
 
 accumulated in float32 on the compute device; a forward pass holds at most ``batch_size`` (window, mirror) items.
 Options: ``mask`` skips windows without a ``True`` voxel (voxels no window covers get background logits,
-:data:`BACKGROUND_LOGIT`), ``channels_last_3d``, ``compile``. With ``slice_axis`` a 2D network predicts a 3D
-volume slice by slice (:class:`SlicesAsDepth`, window ``(1, *patch)``). Details: ``docs/inference.md``.
+:data:`BACKGROUND_LOGIT`), ``channels_last_3d``, ``accelerate`` (traced or compiled forward). With ``slice_axis`` a
+2D network predicts a 3D volume slice by slice (:class:`SlicesAsDepth`, window ``(1, *patch)``). Details:
+``docs/inference.md``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from focusseg.inference.acceleration import InferenceForward
 from focusseg.inference.windows import (
     compute_steps,
     gaussian_axis_factors,
@@ -64,7 +66,7 @@ def _network_device_dtype(network: nn.Module, fallback: torch.device) -> tuple[t
     return fallback, torch.float32
 
 
-def _run(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _run(network: nn.Module | InferenceForward, x: torch.Tensor) -> torch.Tensor:
     out = network(x)
     if isinstance(out, (list, tuple)):
         out = out[0]
@@ -88,6 +90,7 @@ def sliding_window_predict(
     channels_last_3d: bool = False,
     compile: bool = False,
     slice_axis: int | None = None,
+    accelerate: str | InferenceForward = "none",
 ) -> torch.Tensor:
     """Predict float32 logits ``(K, *spatial)`` for ``image`` ``(C, *spatial)`` (2D or 3D) window by window.
 
@@ -108,9 +111,13 @@ def sliding_window_predict(
         sigma_scale: Gaussian ``sigma = patch * sigma_scale`` (nnU-Net: 1/8).
         channels_last_3d: use ``torch.channels_last_3d`` for 3D windows and network (the network's
             parameters are converted in place, as ``Module.to`` does).
-        compile: wrap the network with ``torch.compile`` for this call.
+        compile: wrap the network with ``torch.compile`` for this call (as ``accelerate="compile"``).
         slice_axis: the 2D configuration (module docstring): ``network`` is 2D, ``image`` 3D ``(C, *spatial)``,
             ``patch_size`` and ``mirror_axes`` are in-plane (2 values / axes 0, 1), slices along ``slice_axis``.
+        accelerate: ``"none"``, ``"jit"`` or ``"compile"`` (:mod:`focusseg.inference.acceleration`), or an
+            :class:`~focusseg.inference.acceleration.InferenceForward` prepared once for ``network`` and reused
+            across calls (what a predictor does, so traces and compiled graphs serve every case). A forward with a
+            fixed batch gets every window batch padded to the full size.
     """
     if slice_axis is not None:
         return _predict_slices(network, image, patch_size, int(slice_axis), overlap=overlap, mirror_axes=mirror_axes,
@@ -133,8 +140,10 @@ def sliding_window_predict(
     model = network
     if channels_last_3d and spatial_dims == 3:
         model = model.to(memory_format=torch.channels_last_3d)
-    if compile:
-        model = torch.compile(model)
+    if isinstance(accelerate, InferenceForward):
+        forward = accelerate
+    else:
+        forward = InferenceForward(model, "compile" if compile else accelerate, amp_dtype)
 
     padded, region = pad_to_patch(image, patch)
     if mask is not None:
@@ -180,15 +189,18 @@ def sliding_window_predict(
         with torch.inference_mode(), autocast:
             for group in groups:
                 x = torch.stack([padded[(slice(None), *w)] for w in group]).to(dev, in_dtype, non_blocking=True)
+                if forward.fixed_batch and len(group) < group_size:  # one compiled shape: pad with empty windows
+                    x = torch.cat([x, x.new_zeros((group_size - len(group), *x.shape[1:]))])
                 if channels_last_3d and spatial_dims == 3:
                     x = x.contiguous(memory_format=torch.channels_last_3d)
+                n_x = x.shape[0]
                 summed: torch.Tensor | None = None
                 for i in range(0, n_flips, per_pass):
                     chunk = flips[i : i + per_pass]
                     batch = torch.cat([_flip(x, f) for f in chunk]) if len(chunk) > 1 else _flip(x, chunk[0])
-                    out = _run(model, batch).float()
+                    out = _run(forward, batch).float()
                     for j, f in enumerate(chunk):
-                        o = _flip(out[j * len(group) : (j + 1) * len(group)], f)
+                        o = _flip(out[j * n_x : j * n_x + len(group)], f)
                         if summed is None:  # the network's fresh output is owned here: copy only to add into it
                             summed = o if n_flips == 1 else o.to(torch.float32, copy=True)
                         else:

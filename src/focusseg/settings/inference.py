@@ -42,6 +42,8 @@ class InferenceSettings:
         noise_passes: extra TTA passes with Gaussian input noise (0).
         noise_sigma: their noise's standard deviation (0.1).
         noise_seed: their generator's seed (0).
+        accelerate: how a predictor prepares its network's forward: ``"none"``, ``"jit"`` (traced and frozen) or
+            ``"compile"`` (inductor) (:mod:`focusseg.inference.acceleration`).
         postprocessing: ``"auto"`` (the steps chosen on validation), a tuple of fixed steps (read-only, each
             checked with its arguments: :func:`~focusseg.settings.postprocessing.check_postprocessing_steps`), or
             any other value (no post-processing: null, false, ``"none"``) (``"auto"``).
@@ -54,6 +56,7 @@ class InferenceSettings:
     noise_sigma: float = 0.1
     noise_seed: int = 0
     postprocessing: str | tuple[Any, ...] | bool | None = "auto"
+    accelerate: str = "none"
 
     @property
     def tta_passes(self) -> int:
@@ -76,6 +79,9 @@ class InferenceSettings:
         """The section as plain JSON values; parsing it gives an equal object."""
         return {f.name: thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+
+#: The ways a predictor prepares its network's forward (:mod:`focusseg.inference.acceleration`).
+ACCELERATIONS = ("none", "jit", "compile")
 
 INFERENCE_KEYS = tuple(f.name for f in dataclasses.fields(InferenceSettings))
 
@@ -117,6 +123,10 @@ def inference_settings(plan: Mapping[str, Any], source: str | Path | None = None
         kw["noise_passes"] = check_int(inf["noise_passes"], "inference.noise_passes", s, 0, MAX_NOISE_PASSES)
     if "noise_sigma" in inf:
         kw["noise_sigma"] = check_float(inf["noise_sigma"], "inference.noise_sigma", s, 0.0, 1e3)
+    if "accelerate" in inf:
+        if inf["accelerate"] not in ACCELERATIONS:
+            fail(s, "inference.accelerate", inf["accelerate"], f"must be one of {', '.join(ACCELERATIONS)}")
+        kw["accelerate"] = inf["accelerate"]
     if "noise_seed" in inf:
         kw["noise_seed"] = check_int(inf["noise_seed"], "inference.noise_seed", s, 0, MAX_SEED)
     if "postprocessing" in inf:
