@@ -122,13 +122,13 @@ def main() -> None:
                  "print(' '.join(m for m in ('torch', 'matplotlib', 'monai', 'scipy', 'nibabel', 'cc3d') "
                  "if m in sys.modules))")
         imported = subprocess.run([PY, "-c", probe], capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        t_imp_fs, _, _ = timed([PY, "-c", "import focusseg.cli, focusseg.api, focusseg.metrics.evaluate"], 3)
+        t_imp_fs, _, _ = timed([PY, "-c", "import focusseg.cli, focusseg.workflows.evaluate"], 3)
         t_imp_mo, _, _ = timed([PY, "-c", "import torch, monai.metrics, nibabel"], 3)
     lines = [
         "## `focusseg evaluate` vs a MONAI NSD + HD95 script, whole processes (12 MS-lesion pairs)",
         "",
         f"- Command: `.venv/bin/python benchmarks/bench_evaluate_process.py --repeats {args.repeats} --write`",
-        f"- Machine: {machine_line()}; {time.strftime('%Y-%m-%d')}; nothing else running",
+        f"- Machine: {machine_line()}; nothing else running",
         "- Pairs: the 3 Dataset101_MSLesionLjubljana lesion masks (182 x 218 x 182, 1 mm) against a dilated, an "
         "eroded, a shifted copy and one with every third lesion removed.",
         "",
@@ -140,7 +140,7 @@ def main() -> None:
         f"{', '.join(f'{t:.2f}' for t in all_mo)} | NSD 1 mm, HD95 |",
         "",
         f"- Ratio: the MONAI script takes **{t_mo / t_fs:.1f}x** the time of `focusseg evaluate`.",
-        f"- Imports alone (median of 3 fresh processes): focusseg's CLI, API and metrics {t_imp_fs:.2f} s; "
+        f"- Imports alone (median of 3 fresh processes): focusseg's CLI and evaluation {t_imp_fs:.2f} s; "
         f"torch + monai.metrics + nibabel {t_imp_mo:.2f} s.",
         f"- Modules a `focusseg evaluate` process had imported at its end (of torch, matplotlib, monai, scipy, "
         f"nibabel, cc3d): {imported or 'none'}.",

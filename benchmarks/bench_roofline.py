@@ -261,7 +261,7 @@ def main() -> None:
         "",
         f"- Command: `.venv/bin/python benchmarks/bench_roofline.py --run {shown} "
         f"--iterations {args.iterations} --threads {args.threads} --write`",
-        f"- Machine: {machine_line()}; torch threads {args.threads}; {time.strftime('%Y-%m-%d')}; nothing else running",
+        f"- Machine: {machine_line()}; torch threads {args.threads}; nothing else running",
         f"- Plan: patch {info['plan']['patch']}, batch {info['plan']['batch']}, network {info['plan']['network']} "
         f"channels {info['plan']['channels']} ({info['parameters'] / 1e6:.2f} M parameters), training autocast "
         f"{info['plan']['amp']}",

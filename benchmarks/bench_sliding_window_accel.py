@@ -1,11 +1,11 @@
-"""Sliding window at the machine's limit: focusseg's prepared forwards (``accelerate`` none / jit / compile) against
+"""Sliding window at the machine's limit: focusseg's prepared forwards (compiled, channels-last 3D) against
 MONAI's ``sliding_window_inference`` on the MS case, same network, batch, overlap and Gaussian weighting, fp32.
 
 Case and network as ``bench_inference_peers.py``: Dataset101_MSLesionLjubljana ``patient07`` (4 x 182 x 218 x 182,
 z-scored), 64^3 windows (150), overlap 0.5, window batch ``--batch`` (4), MONAI ``UNet(channels=(16, 32, 64, 128,
 256), num_res_units=2)`` with random weights (seed 0), ``--threads`` torch threads (2). Each configuration runs in
 a fresh process after one warm-up forward; the time is the whole prediction call **including** the preparation
-(tracing, or compiling: inductor's cache is emptied first for the "cold" row and kept for the "warm" one, which is a
+(compiling: inductor's cache is emptied first for the "cold" row and kept for the "warm" one, which is a
 second process compiling the same graph). Peak RSS is the process's ``VmHWM``.
 
 Agreement: max |logit difference| and argmax agreement of each focusseg row against focusseg's plain fp32 row
@@ -96,7 +96,6 @@ def main() -> None:
             ("monai", {"impl": "monai"}),
             ("focusseg", {"impl": "focusseg", "accelerate": "none"}),
             ("focusseg, channels-last 3D", {"impl": "focusseg", "accelerate": "none", "channels_last": True}),
-            ("focusseg, jit (traced + frozen, trace time included)", {"impl": "focusseg", "accelerate": "jit"}),
             ("focusseg, compile (cold cache, compile time included)", {"impl": "focusseg", "accelerate": "compile",
                                                                      "fresh_cache": True}),
             ("focusseg, compile (warm cache, compile time included)", {"impl": "focusseg", "accelerate": "compile"}),

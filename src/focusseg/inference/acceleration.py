@@ -1,21 +1,19 @@
-"""The network's inference forward, prepared once per predictor: as it is, traced and frozen, or compiled.
+"""The network's inference forward, prepared once per predictor: as it is, or compiled.
 
 ``inference.accelerate`` in the plan (or ``accelerate=`` of
 :func:`~focusseg.inference.sliding_window.sliding_window_predict`) chooses:
 
 - ``"none"``: the module itself.
-- ``"jit"``: ``torch.jit.trace`` of the eval-mode network, then ``torch.jit.freeze`` and
-  ``torch.jit.optimize_for_inference`` (weights folded in as constants, convolutions pre-packed for oneDNN on the
-  CPU). Same operators, so the same numbers in fp32; one trace per input shape (the full window batch and, once
-  per size, a smaller last batch), about a second each for a UNet. Used in fp32 only: under autocast the traced
-  graph would fix the dtype casts of the first call, so with ``amp_dtype`` the module runs as it is.
 - ``"compile"``: ``torch.compile`` (inductor) with ``freezing`` on (weights as constants, which lets inductor
-  pre-pack convolutions and fuse normalisation and activation into generated kernels). Compiled once per window
-  batch shape; the sliding window pads its last batch to the full size so one shape is compiled per case size
-  class. Compilation costs seconds to tens of seconds; inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``)
-  shortens it in later processes. Outputs differ from the eager ones by float rounding (about 1e-5 on logits).
+  pre-pack convolutions and fuse normalisation and activation into generated kernels). The sliding window pads
+  its last window batch to the full size, so one graph (one window batch shape) serves every case. Compilation
+  costs seconds to tens of seconds; inductor's on-disk cache (``TORCHINDUCTOR_CACHE_DIR``) shortens it in later
+  processes. Outputs differ from the eager ones by float rounding and the kernels' summation order (up to 5e-3 on
+  the logits of the MS benchmark's UNet, argmax 99.999 % equal).
 
-Which one is faster depends on the network, the batch and the machine: ``BENCHMARKS.md`` has the measurements.
+Which one is faster depends on the network, the batch, the number of cases and the machine: ``BENCHMARKS.md`` has
+the measurements. TorchScript (trace + freeze) was measured too and left out: its API is deprecated in torch 2.13
+and its tracing cost more than it saved on one case.
 """
 
 from __future__ import annotations
@@ -33,9 +31,9 @@ class InferenceForward:
 
     Args:
         network: the network (its parameters are not changed; it is put in eval mode).
-        how: ``"none"``, ``"jit"`` or ``"compile"``.
-        amp_dtype: the autocast dtype the sliding window runs under, or None (fp32); ``"jit"`` applies in fp32
-            only.
+        how: ``"none"`` or ``"compile"``.
+        amp_dtype: the autocast dtype the sliding window runs under, or None (fp32) (a compiled graph is traced
+            under it).
 
     Raises:
         ValueError: an unknown ``how``.
@@ -45,14 +43,13 @@ class InferenceForward:
         if how not in ACCELERATIONS:
             raise ValueError(f"accelerate must be one of {', '.join(ACCELERATIONS)}, got {how!r}")
         self.network = network.eval()
-        self.how = "none" if how == "jit" and amp_dtype is not None else how
-        self._traced: dict[tuple[Any, ...], Any] = {}
+        self.how, self.amp_dtype = how, amp_dtype
         self._compiled: Any = None
 
     @property
-    def prepared(self) -> int:
-        """How many input shapes have a traced graph (``"jit"``), 1 once compiled (``"compile"``), else 0."""
-        return len(self._traced) if self.how == "jit" else int(self._compiled is not None)
+    def prepared(self) -> bool:
+        """Whether the compiled module exists (built on the first call)."""
+        return self._compiled is not None
 
     @property
     def fixed_batch(self) -> bool:
@@ -60,16 +57,6 @@ class InferenceForward:
         return self.how == "compile"
 
     def __call__(self, x: torch.Tensor) -> Any:
-        if self.how == "jit":
-            key = (tuple(x.shape), x.dtype, x.device, x.is_contiguous(memory_format=torch.channels_last_3d))
-            fn = self._traced.get(key)
-            if fn is None:
-                with torch.inference_mode(False), torch.no_grad():
-                    example = x.clone()
-                    traced = torch.jit.trace(self.network, example, check_trace=False, strict=False)
-                    fn = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
-                self._traced[key] = fn
-            return fn(x)
         if self.how == "compile":
             if self._compiled is None:
                 self._compiled = torch.compile(self.network, dynamic=False, options={"freezing": True})

@@ -7,7 +7,7 @@ For windows ``w`` with Gaussian weight ``g`` (:mod:`focusseg.inference.windows`)
 
 accumulated in float32 on the compute device; a forward pass holds at most ``batch_size`` (window, mirror) items.
 Options: ``mask`` skips windows without a ``True`` voxel (voxels no window covers get background logits,
-:data:`BACKGROUND_LOGIT`), ``channels_last_3d``, ``accelerate`` (traced or compiled forward). With ``slice_axis`` a
+:data:`BACKGROUND_LOGIT`), ``channels_last_3d``, ``accelerate`` (a compiled forward). With ``slice_axis`` a
 2D network predicts a 3D volume slice by slice (:class:`SlicesAsDepth`, window ``(1, *patch)``). Details:
 ``docs/inference.md``.
 """
@@ -114,9 +114,9 @@ def sliding_window_predict(
         compile: wrap the network with ``torch.compile`` for this call (as ``accelerate="compile"``).
         slice_axis: the 2D configuration (module docstring): ``network`` is 2D, ``image`` 3D ``(C, *spatial)``,
             ``patch_size`` and ``mirror_axes`` are in-plane (2 values / axes 0, 1), slices along ``slice_axis``.
-        accelerate: ``"none"``, ``"jit"`` or ``"compile"`` (:mod:`focusseg.inference.acceleration`), or an
+        accelerate: ``"none"`` or ``"compile"`` (:mod:`focusseg.inference.acceleration`), or an
             :class:`~focusseg.inference.acceleration.InferenceForward` prepared once for ``network`` and reused
-            across calls (what a predictor does, so traces and compiled graphs serve every case). A forward with a
+            across calls (what a predictor does, so one compiled graph serves every case). A forward with a
             fixed batch gets every window batch padded to the full size.
     """
     if slice_axis is not None:
