@@ -19,6 +19,25 @@ def _trainer(ipe: int = 100, iteration: int = 100, elapsed: float = 30.0, **timi
     return t
 
 
+def _tiny_budgeted_run(tmp_path: Path, max_epochs: int, iterations_per_epoch: int, budget_min: float
+                       ) -> tuple[dict, list[dict]]:
+    """Train a tiny UNet on a 5-case synthetic dataset within ``budget_min`` minutes: (summary, log lines)."""
+    from focusseg_testdata import write_tiny_dataset
+
+    from focusseg.runfolder import read_log
+    from focusseg.workflows.train import run_training
+
+    torch.set_num_threads(1)
+    data = write_tiny_dataset(tmp_path / "D", n_cases=5)
+    plan = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+            "patch_size": [16, 16, 16], "batch_size": 2,
+            "training": {"max_epochs": max_epochs, "iterations_per_epoch": iterations_per_epoch,
+                         "augmentation": "light", "amp": "none"}}
+    summary = run_training(data, tmp_path / "run", overrides=plan, progress=False, time_budget_min=budget_min,
+                           check=False)
+    return summary, read_log(tmp_path / "run")
+
+
 def test_fit_iterations_fills_the_budget_inside_the_last_epoch():
     # 300 s budget, 30 s spent; an epoch is 100 * 0.25 + 5 = 30 s: 9 whole epochs = 270 s, nothing left
     assert fit_iterations(_trainer(), 300.0, 10**6) == 100 + 900
@@ -35,20 +54,8 @@ def test_fit_iterations_fills_the_budget_inside_the_last_epoch():
 
 
 def test_a_budgeted_run_records_its_timing_and_ends_inside_the_budget(tmp_path: Path):
-    from focusseg_testdata import write_tiny_dataset
-
-    from focusseg.runfolder import read_log
-    from focusseg.workflows.train import run_training
-
-    torch.set_num_threads(1)
-    data = write_tiny_dataset(tmp_path / "D", n_cases=5)
-    plan = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
-            "patch_size": [16, 16, 16], "batch_size": 2,
-            "training": {"max_epochs": 1000, "iterations_per_epoch": 4, "augmentation": "light", "amp": "none"}}
     budget_min = 0.4
-    summary = run_training(data, tmp_path / "run", overrides=plan, progress=False, time_budget_min=budget_min,
-                           check=False)
-    log = read_log(tmp_path / "run")
+    summary, log = _tiny_budgeted_run(tmp_path, 1000, 4, budget_min)
     timing = log[0]["timing"]
     assert timing["iteration_s"] > 0 and timing["reserve_s"] > 0  # the final validation was reserved
     fitted = [r for r in log if "planned_iterations" in r]
@@ -94,21 +101,10 @@ def test_a_first_epoch_longer_than_the_budget_is_fitted_inside_it(tmp_path: Path
     """Steps so slow that one epoch outlasts the budget (a GPU-sized plan on a CPU): the schedule is fitted after
     the first few iterations, so the learning rate decays inside the budget and the final validation's time is
     kept, instead of the plan's full schedule running into the clock."""
-    from focusseg_testdata import write_tiny_dataset
-
     from focusseg.engine.budget import EARLY_FIT_AFTER
-    from focusseg.runfolder import read_log
-    from focusseg.workflows.train import run_training
 
-    torch.set_num_threads(1)
-    data = write_tiny_dataset(tmp_path / "D", n_cases=5)
-    plan = {"network": {"name": "unet", "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
-            "patch_size": [16, 16, 16], "batch_size": 2,
-            "training": {"max_epochs": 1, "iterations_per_epoch": 100000, "augmentation": "light", "amp": "none"}}
     budget_min = 0.25
-    summary = run_training(data, tmp_path / "run", overrides=plan, progress=False, time_budget_min=budget_min,
-                           check=False)
-    log = read_log(tmp_path / "run")
+    summary, log = _tiny_budgeted_run(tmp_path, 1, 100000, budget_min)
     early = log[0]["early_fit"]
     assert early["timing"]["iteration_s"] > 0 and early["timing"]["reserve_s"] > 0
     assert EARLY_FIT_AFTER <= early["planned_iterations"] < 100000
