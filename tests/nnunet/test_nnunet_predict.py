@@ -226,6 +226,23 @@ def test_predict_folder_through_the_api_and_the_cli(tmp_path: Path, capsys: pyte
                           np.asarray(nib.load(tmp_path / "api" / "case1.nii.gz").dataobj))
 
 
+def test_an_nnunet_folder_exports_as_a_bundle_that_predicts_the_same(tmp_path: Path):
+    from focusseg.errors import UsageError
+    from focusseg.export import write_bundle
+    from focusseg.export.nnunet import export_nnunet
+
+    folder, _ = write_model_folder(tmp_path / "model", folds=(0, 1))
+    images = _write_cases(tmp_path / "imagesTs")
+    bundle = write_bundle(folder, tmp_path / "model.zip", checkpoint="final")
+    direct = focusseg.Predictor.load(folder, checkpoint="final", device="cpu")
+    packed = focusseg.Predictor.load(bundle, device="cpu")
+    assert packed.kind == "bundle" and packed.ensemble.weights == [0.5, 0.5]
+    image = sorted(images.glob("*.nii.gz"))[0]
+    assert np.array_equal(direct.predict(image), packed.predict(image))
+    with pytest.raises(UsageError, match="already an nnU-Net model folder"):
+        export_nnunet(folder, tmp_path / "again", checkpoint="final")
+
+
 def test_postprocessing_of_the_folder_is_applied(tmp_path: Path):
     folder, _ = write_model_folder(tmp_path)
     (folder / "postprocessing.json").write_text(json.dumps({

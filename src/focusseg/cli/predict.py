@@ -153,8 +153,10 @@ def ensemble(pred_dirs: list[Path] = typer.Argument(..., help="Prediction folder
     console.print(f"{len(written)} segmentation(s) written to {out}")
 
 
-def export(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg train`) or a cross-validation folder "
-                                                     "(`focusseg crossval`: one member per finished fold)."),
+def export(run_dir: Path = typer.Argument(..., help="A run folder (`focusseg train`), a cross-validation folder "
+                                                     "(`focusseg crossval`: one member per finished fold) or an "
+                                                     "nnU-Net v2 model folder (one member per fold; bundle, ONNX "
+                                                     "or TorchScript)."),
            out: Path = typer.Option(..., help="The .zip to write (atomically); with --format nnunet the new "
                                               "model folder."),
            checkpoint: str = typer.Option("best", help="best, final or latest."),

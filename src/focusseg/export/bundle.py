@@ -43,6 +43,9 @@ from focusseg.inference.postprocess_selection import check_steps, read_postproce
 from focusseg.inference.predictor import EnsemblePredictor, Predictor, crossval_predictor
 from focusseg.io.atomic import atomic_path
 from focusseg.io.jsonfile import loads_bounded
+from focusseg.nnunet import read_model_folder
+from focusseg.nnunet.convert import checkpoint_files as nnunet_checkpoint_files
+from focusseg.nnunet.convert import load_fold_plan, model_postprocessing
 from focusseg.runfolder import fold_dirs, is_crossval_dir
 from focusseg.settings import parse_plan_settings
 
@@ -84,14 +87,17 @@ class ExportSource:
 
 
 def load_source(source: str | Path, checkpoint: str = "best") -> ExportSource:
-    """A run folder or a cross-validation folder, loaded as ``focusseg predict`` loads it (same checks: no code
-    runs, finite weights that fit the plan's network), on the CPU.
+    """A run folder, a cross-validation folder or an nnU-Net v2 model folder (every fold, converted as ``focusseg
+    predict`` converts it: :mod:`focusseg.nnunet.convert`), loaded as ``focusseg predict`` loads it (same checks: no
+    code runs, finite weights that fit the plan's network), on the CPU.
 
     Raises:
         MissingFileError / CheckpointError / UsageError: as :meth:`Predictor.from_run` (no run, bad checkpoint,
             unknown ``checkpoint``); RunFolderError: a cross-validation folder without a finished fold.
     """
     path = Path(source)
+    if path.is_dir() and (path / "plans.json").is_file() and (path / "dataset.json").is_file():
+        return _nnunet_source(path, checkpoint)
     if is_crossval_dir(path):
         ens = crossval_predictor(path, checkpoint, torch.device("cpu"))
         names = [d.name for d in fold_dirs(path)]
@@ -106,6 +112,20 @@ def load_source(source: str | Path, checkpoint: str = "best") -> ExportSource:
         members.append({"name": name, "plan": member.plan, "state_dict": member.network.state_dict(),
                         "weight": float(weight), "checkpoint": select_checkpoint(Path(run_dir), checkpoint).name})
     return ExportSource(kind, path, checkpoint, members, list(ens.postprocessing))
+
+
+def _nnunet_source(path: Path, checkpoint: str) -> ExportSource:
+    """An nnU-Net model folder's folds as members ``fold_K`` (weight ``1/n`` each, its post-processing), each built
+    and checked as a predictor is (kind ``"nnunet"``)."""
+    model = read_model_folder(path, checkpoint_name=None)
+    files = nnunet_checkpoint_files(path, checkpoint)
+    members = []
+    for fold, file in files.items():
+        converted = load_fold_plan(model, fold, file)
+        net = Predictor(converted.plan, converted.weights, torch.device("cpu"), source=file).network
+        members.append({"name": f"fold_{fold}", "plan": converted.plan, "state_dict": net.state_dict(),
+                        "weight": 1.0 / len(files), "checkpoint": file.name})
+    return ExportSource("nnunet", path, checkpoint, members, model_postprocessing(model))
 
 
 def _is_absolute_path(text: str) -> bool:

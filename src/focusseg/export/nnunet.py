@@ -92,6 +92,9 @@ def export_nnunet(source: str | Path, out: str | Path, checkpoint: str = "best")
         raise UsageError("already exists: the nnU-Net export is a new folder (nothing is replaced)", out,
                          hint="choose another --out, e.g. nnUNetTrainer__nnUNetPlans__3d_fullres")
     src = load_source(source, checkpoint)
+    if src.kind == "nnunet":
+        raise UsageError("this is already an nnU-Net model folder: copy it, or export it as a bundle or ONNX",
+                         Path(source))
     first = portable(src.members[0]["plan"])
     plans, configuration, axes = nnunet_plans(first, source)
     dataset = dataset_json(first)
