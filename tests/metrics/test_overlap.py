@@ -71,3 +71,26 @@ def test_convention_registry():
     assert get_convention(custom) is custom
     with pytest.raises(KeyError):
         get_convention("brats")
+
+
+def test_present_label_boxes_equal_unique_and_label_boxes():
+    from focusseg.metrics.overlap import DIRECT_MAX_LABEL, label_boxes, present_label_boxes
+
+    rng = np.random.default_rng(3)
+    maps = []
+    for dtype in (np.uint8, np.int16, np.int32):
+        m = np.zeros((23, 19, 17), dtype)
+        for v in (1, 2, 5):
+            lo = rng.integers(0, 15, 3)
+            m[lo[0]:lo[0] + rng.integers(1, 8), lo[1]:lo[1] + rng.integers(1, 8), lo[2]:lo[2] + rng.integers(1, 8)] = v
+        maps.append(m)
+    edge = np.zeros((10, 10, 10), np.uint8)
+    edge[0, 3, 9] = edge[9, 0, 0] = 7  # a label touching opposite faces
+    maps += [edge, np.zeros((5, 5, 5), np.uint8), rng.random((9, 8, 7)) > 0.7]
+    for m in maps:
+        values = [int(v) for v in np.unique(m) if v != 0]
+        expected = {v: b for v, b in label_boxes(m, values).items()} if values else {}
+        assert present_label_boxes(m) == expected
+    assert present_label_boxes(np.full((3, 3, 3), -1, np.int16)) is None
+    assert present_label_boxes(np.full((3, 3, 3), DIRECT_MAX_LABEL + 1, np.int32)) is None
+    assert present_label_boxes(np.zeros((3, 3, 3), np.float32)) is None

@@ -39,7 +39,13 @@ from focusseg.metrics.autopet import false_negative_volume, false_positive_volum
 from focusseg.metrics.conventions import Convention, get_convention
 from focusseg.metrics.files import check_folder, label_files, output_ending, read_label_map
 from focusseg.metrics.lesion import lesion_metrics
-from focusseg.metrics.overlap import confusion_counts, label_boxes, merge_boxes, overlap_metrics
+from focusseg.metrics.overlap import (
+    confusion_counts,
+    label_boxes,
+    merge_boxes,
+    overlap_metrics,
+    present_label_boxes,
+)
 from focusseg.metrics.surface import surface_metrics
 
 COLUMNS = (
@@ -79,6 +85,7 @@ def evaluate_case(
     convention: str | Convention = "default",
     ignore_label: int | None = None,
     regions: Sequence[Sequence[int]] | None = None,
+    boxes: tuple[Mapping[int, tuple[slice, ...]], Mapping[int, tuple[slice, ...]]] | None = None,
 ) -> list[dict]:
     """One dict per label (or per region: ``label`` = region number ``r + 1``) with keys ``label`` +
     :data:`METRICS` (NaN where undefined).
@@ -92,6 +99,9 @@ def evaluate_case(
         convention: name in ``CONVENTIONS`` or a :class:`Convention`.
         ignore_label: reference value of the voxels that are not annotated (module docstring); not a label.
         regions: evaluate these label-value regions instead of ``labels`` (module docstring).
+        boxes: each map's label -> bounding box, when the caller has them
+            (:func:`~focusseg.metrics.overlap.present_label_boxes`; a label missing from a map is absent there);
+            computed here otherwise. Not with ``ignore_label`` (the boxes must be those of the masked maps).
     """
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape or gt.ndim != 3:
@@ -109,10 +119,13 @@ def evaluate_case(
         return [_label_row(pm, gm, r + 1, spacing, conv.tolerance(r + 1, nsd_tolerance), connectivity, conv)
                 for r, (pm, gm) in enumerate(_region_pairs(pred, gt, regions))]
     labels = [int(v) for v in labels]
-    boxes_p, boxes_g = label_boxes(pred, labels), label_boxes(gt, labels)
+    if boxes is not None and ignore_label is None:
+        boxes_p, boxes_g = boxes
+    else:
+        boxes_p, boxes_g = label_boxes(pred, labels), label_boxes(gt, labels)
     rows = []
     for v in labels:
-        box = merge_boxes(boxes_p[v], boxes_g[v]) or (slice(0, 1),) * 3
+        box = merge_boxes(boxes_p.get(v), boxes_g.get(v)) or (slice(0, 1),) * 3
         p, g = pred[box] == v, gt[box] == v
         rows.append(_label_row(p, g, v, spacing, conv.tolerance(v, nsd_tolerance), connectivity, conv))
     return rows
@@ -242,8 +255,13 @@ def _evaluate_pair(job: tuple) -> tuple[str, list[dict] | tuple, list[int]]:
         if regions:
             rows = evaluate_case(pred, gt, spacing, [], tol, connectivity, convention, regions=regions)
             return case, rows, list(range(1, len(regions) + 1))
-        present = [v for v in present_labels(pred, gt) if v != ignore]
-        rows = evaluate_case(pred, gt, spacing, present if labels is None else labels, tol, connectivity, convention)
+        boxes = present_label_boxes(pred), present_label_boxes(gt)
+        if boxes[0] is None or boxes[1] is None:  # values outside the fast path's range
+            present, boxes = [v for v in present_labels(pred, gt) if v != ignore], None
+        else:
+            present = sorted((set(boxes[0]) | set(boxes[1])) - {ignore})
+        rows = evaluate_case(pred, gt, spacing, present if labels is None else labels, tol, connectivity, convention,
+                             boxes=boxes)
     except FocussegError as exc:
         return case, _error_record(exc), []
     return case, rows, present
