@@ -32,18 +32,16 @@ class InferenceForward:
     Args:
         network: the network (its parameters are not changed; it is put in eval mode).
         how: ``"none"`` or ``"compile"``.
-        amp_dtype: the autocast dtype the sliding window runs under, or None (fp32) (a compiled graph is traced
-            under it).
 
     Raises:
         ValueError: an unknown ``how``.
     """
 
-    def __init__(self, network: nn.Module, how: str = "none", amp_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, network: nn.Module, how: str = "none") -> None:
         if how not in ACCELERATIONS:
             raise ValueError(f"accelerate must be one of {', '.join(ACCELERATIONS)}, got {how!r}")
         self.network = network.eval()
-        self.how, self.amp_dtype = how, amp_dtype
+        self.how = how
         self._compiled: Any = None
 
     @property

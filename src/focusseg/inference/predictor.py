@@ -55,7 +55,7 @@ class Predictor:
         self.network.to(self.device).eval()
         self.amp = amp_dtype(plan, self.device)
         #: the network's forward as the plan's ``inference.accelerate`` prepares it, reused for every case
-        self.forward = InferenceForward(self.network, inference_settings(plan).accelerate, self.amp)
+        self.forward = InferenceForward(self.network, inference_settings(plan).accelerate)
         self.regions = plan_regions(plan)  # region plan: sigmoid outputs, painted back with regions_class_order
         self.run_dir: Path | None = None
 

@@ -143,7 +143,7 @@ def sliding_window_predict(
     if isinstance(accelerate, InferenceForward):
         forward = accelerate
     else:
-        forward = InferenceForward(model, "compile" if compile else accelerate, amp_dtype)
+        forward = InferenceForward(model, "compile" if compile else accelerate)
 
     padded, region = pad_to_patch(image, patch)
     if mask is not None:
