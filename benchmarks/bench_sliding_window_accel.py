@@ -12,7 +12,7 @@ Agreement: max |logit difference| and argmax agreement of each focusseg row agai
 (the goal: <= 1e-4 and identical argmax), and of the plain row against MONAI (windows placed and weighted
 differently, so only the speed is compared with MONAI).
 
-    .venv/bin/python benchmarks/bench_sliding_window_accel.py [--batch 4] [--threads 2] [--write]
+    .venv/bin/python benchmarks/bench_sliding_window_accel.py [--batch 4] [--threads 2] [--no-compile] [--write]
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled rows (a quicker look)")
     ap.add_argument("--worker", default=None)
     args = ap.parse_args()
     if args.worker:
@@ -96,11 +97,15 @@ def main() -> None:
             ("monai", {"impl": "monai"}),
             ("focusseg", {"impl": "focusseg", "accelerate": "none"}),
             ("focusseg, channels-last 3D", {"impl": "focusseg", "accelerate": "none", "channels_last": True}),
+            ("focusseg, thin layers (`accelerate: thin`, CPU plans' default)", {"impl": "focusseg",
+                                                                   "accelerate": "thin"}),
             ("focusseg, compile (cold cache, compile time included)", {"impl": "focusseg", "accelerate": "compile",
                                                                      "fresh_cache": True}),
             ("focusseg, compile (warm cache, compile time included)", {"impl": "focusseg", "accelerate": "compile"}),
             ("focusseg, bf16 autocast", {"impl": "focusseg", "accelerate": "none", "amp": True}),
         ]
+        if args.no_compile:
+            configs = [c for c in configs if c[1].get("accelerate") != "compile"]
         rows = []
         for i, (name, opt) in enumerate(configs):
             if opt.pop("fresh_cache", False):

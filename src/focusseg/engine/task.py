@@ -31,6 +31,7 @@ from focusseg.engine.build import (
 from focusseg.engine.distributed import GlobalSelection, has_unused_parameters
 from focusseg.errors import PlanError
 from focusseg.nets.from_plan import MeanEnsemble, amp_dtype, build_network_from_plan
+from focusseg.nets.layout import thin_channels_last
 from focusseg.regions import plan_regions, region_counts
 from focusseg.roles import PatchRequest, StepOutput
 from focusseg.settings import training_settings
@@ -74,17 +75,21 @@ def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any] | None
     return "ignored" if has_state else None
 
 
-def training_forward(network: nn.Module, compile_spec: Any = None, channels_last: bool = False):
+def training_forward(network: nn.Module, compile_spec: Any = None, channels_last: bool | str = False):
     """The callable the supervised task trains through (``training.compile``, ``training.channels_last``):
 
-    * ``channels_last`` (3D networks): parameters in ``torch.channels_last_3d`` memory format (inputs are
-      converted in the step), which lets cuDNN pick NDHWC kernels on recent GPUs;
+    * ``channels_last`` (3D networks): true -> parameters in ``torch.channels_last_3d`` memory format (inputs are
+      converted in the step), which lets cuDNN pick NDHWC kernels on recent GPUs; ``"thin"`` -> only the
+      convolutions with few channels run channels-last (:func:`~focusseg.nets.layout.thin_channels_last`: oneDNN's
+      channels-first kernels are slow for them on CPUs);
     * ``compile_spec``: false / None (default) -> the network itself; true -> ``torch.compile(network)``;
       a dict -> ``torch.compile(network, **spec)`` (e.g. ``{"mode": "max-autotune", "backend": "inductor"}``).
       The compiled module shares the network's parameters: checkpoints, validation and inference use the
       plain network (no ``_orig_mod.`` keys), and the compilation cost is paid once per training process.
     """
-    if channels_last:
+    if channels_last == "thin":
+        thin_channels_last(network)
+    elif channels_last:
         network.to(memory_format=torch.channels_last_3d)
     if compile_spec in (None, False):
         return network
@@ -105,12 +110,12 @@ def training_forward(network: nn.Module, compile_spec: Any = None, channels_last
 class SupervisedTask:
     def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, loss: nn.Module, n_classes: int,
                  amp: torch.dtype | None, grad_clip: float = 12.0, per_sample_loss: nn.Module | None = None,
-                 channels_last: bool = False, compile_spec: Any = None, ignore_label: int | None = None,
+                 channels_last: bool | str = False, compile_spec: Any = None, ignore_label: int | None = None,
                  regions: list[list[int]] | None = None) -> None:
         self.network, self.optimizer, self.loss = network, optimizer, loss
         self.regions = regions  # region plan: per-region step counts (module docstring)
         self.ignore_label = ignore_label  # left out of the step's class counts (the losses mask it themselves)
-        self.channels_last = bool(channels_last)
+        self.channels_last = channels_last if channels_last == "thin" else bool(channels_last)
         self._compile_spec = compile_spec
         self.loss_scale = 1.0  # several processes with an uneven batch split (engine.distributed.World.loss_scale)
         self.forward = training_forward(network, compile_spec, self.channels_last)
@@ -141,7 +146,7 @@ class SupervisedTask:
     def step(self, images: torch.Tensor, labels: torch.Tensor, requests: list[PatchRequest],
              class_weights: torch.Tensor | None, callbacks_after_loss=None) -> StepOutput:
         """Forward, loss, backward, clip, one host read (loss and gradient norm), then step or skip."""
-        if self.channels_last:
+        if self.channels_last is True:
             images = images.contiguous(memory_format=torch.channels_last_3d)
         with torch.autocast(self.device_type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             out = self.forward(images)
@@ -296,7 +301,7 @@ def build_task(plan: dict, device: torch.device, total_iterations: int, amp: tor
     if name == "supervised":
         net = build_network_from_plan(plan).to(device)
         opt = build_optimizer(plan, net, total_iterations)
-        channels_last = tr.channels_last and len(plan["patch_size"]) == 3
+        channels_last = tr.channels_last if len(plan["patch_size"]) == 3 else False
         task = SupervisedTask(net, opt, build_loss_from_plan(plan), k, amp, clip, per_sample_loss=per_sample,
                               channels_last=channels_last, compile_spec=tr.compile_spec(), ignore_label=ignore,
                               regions=plan_regions(plan))

@@ -1,9 +1,13 @@
-"""The network's inference forward, prepared once per predictor: as it is, or compiled.
+"""The network's inference forward, prepared once per predictor: as it is, with faster kernels for its thin
+convolutions, or compiled.
 
 ``inference.accelerate`` in the plan (or ``accelerate=`` of
 :func:`~focusseg.inference.sliding_window.sliding_window_predict`) chooses:
 
 - ``"none"``: the module itself.
+- ``"thin"``: the module with its 3D convolutions of few output channels on faster CPU kernels
+  (:func:`~focusseg.nets.layout.thin_inference`: channels-last 3D, and the stride-2 transposed ones as phase
+  convolutions; parameters untouched). Outputs equal the plain ones to float rounding (about 1e-6 of the logits).
 - ``"compile"``: ``torch.compile`` (inductor) with ``freezing`` on (weights as constants, which lets inductor
   pre-pack convolutions and fuse normalisation and activation into generated kernels). The sliding window pads
   its last window batch to the full size, so one graph (one window batch shape) serves every case. Compilation
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from focusseg.nets.layout import thin_inference
 from focusseg.settings.inference import ACCELERATIONS
 
 
@@ -31,7 +36,7 @@ class InferenceForward:
 
     Args:
         network: the network (its parameters are not changed; it is put in eval mode).
-        how: ``"none"`` or ``"compile"``.
+        how: ``"none"``, ``"thin"`` or ``"compile"`` (``"thin"`` prepares the layers of ``network`` itself, here).
 
     Raises:
         ValueError: an unknown ``how``.
@@ -42,6 +47,8 @@ class InferenceForward:
             raise ValueError(f"accelerate must be one of {', '.join(ACCELERATIONS)}, got {how!r}")
         self.network = network.eval()
         self.how = how
+        if how == "thin":
+            thin_inference(self.network)
         self._compiled: Any = None
 
     @property

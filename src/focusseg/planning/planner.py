@@ -195,12 +195,14 @@ def make_plan(fp: dict, device: str = "cpu", overrides: dict | None = None, gpu_
             "val_max_cases": None,
             "sampler": {"name": "foreground"},
             "class_weighter": None,
-            "channels_last": False,
+            "channels_last": profile["channels_last"],
             "compile": False,
             "seed": 0,
         },
         "inference": {"overlap": 0.5, "mirror_axes": [0, 1, 2], "batch_size": 2},
     }
+    if profile["accelerate"] != "none":  # only then: a GPU plan keeps its form
+        plan["inference"]["accelerate"] = profile["accelerate"]
     if ignore_label is not None:  # only then: a plan without one keeps its form (and its hash)
         plan["ignore_label"] = ignore_label
     if spec is not None and spec.regions:  # only then (region-based training, focusseg.regions)

@@ -18,11 +18,16 @@ import numpy as np
 from focusseg.errors import PlanError
 from focusseg.planning.resenc import RESENC_PRESETS
 
+#: Per device: patch and step voxel budgets, network family and widths, AMP, iterations per epoch, and the memory
+#: layout of training and inference (``channels_last`` / ``accelerate``: on CPUs the thin convolutions run
+#: channels-last 3D, :mod:`focusseg.nets.layout`, measured faster there; GPUs keep the default layout).
 PROFILES: dict[str, dict[str, Any]] = {
     "cpu": {"voxel_budget": 96**3, "step_voxels": 2 * 96**3, "base_width": 16, "max_width": 256,
-            "network": "unet", "amp": "auto", "iterations_per_epoch": 100},
+            "network": "unet", "amp": "auto", "iterations_per_epoch": 100,
+            "channels_last": "thin", "accelerate": "thin"},
     "cuda": {"voxel_budget": 128**3, "step_voxels": 2 * 128**3, "base_width": 32, "max_width": 320,
-             "network": "dynunet", "amp": "auto", "iterations_per_epoch": 250},
+             "network": "dynunet", "amp": "auto", "iterations_per_epoch": 250,
+             "channels_last": False, "accelerate": "none"},
 }
 
 

@@ -42,8 +42,9 @@ class InferenceSettings:
         noise_passes: extra TTA passes with Gaussian input noise (0).
         noise_sigma: their noise's standard deviation (0.1).
         noise_seed: their generator's seed (0).
-        accelerate: how a predictor prepares its network's forward: ``"none"`` or ``"compile"`` (inductor)
-            (:mod:`focusseg.inference.acceleration`).
+        accelerate: how a predictor prepares its network's forward: ``"none"``, ``"thin"`` (its convolutions
+            with few output channels on faster CPU kernels, :mod:`focusseg.nets.layout`) or ``"compile"``
+            (inductor) (:mod:`focusseg.inference.acceleration`).
         postprocessing: ``"auto"`` (the steps chosen on validation), a tuple of fixed steps (read-only, each
             checked with its arguments: :func:`~focusseg.settings.postprocessing.check_postprocessing_steps`), or
             any other value (no post-processing: null, false, ``"none"``) (``"auto"``).
@@ -81,7 +82,7 @@ class InferenceSettings:
 
 
 #: The ways a predictor prepares its network's forward (:mod:`focusseg.inference.acceleration`).
-ACCELERATIONS = ("none", "compile")
+ACCELERATIONS = ("none", "thin", "compile")
 
 INFERENCE_KEYS = tuple(f.name for f in dataclasses.fields(InferenceSettings))
 

@@ -81,7 +81,9 @@ class TrainingSettings:
         class_weighter: the class weighter spec, or None.
         task: the training task spec; None when absent (:attr:`task_name` is ``"supervised"`` then; the report
             shows the task only when the plan sets it).
-        channels_last: channels-last memory format for 3D training (False).
+        channels_last: memory format for 3D training: False (contiguous), True (the whole network and its input in
+            channels-last 3D) or ``"thin"`` (only the convolutions with at most
+            :data:`~focusseg.nets.layout.THIN_CHANNELS` input or output channels; :mod:`focusseg.nets.layout`).
         compile: ``torch.compile``: False, True or a read-only object of its options (False; null too).
         seed: the run's seed (0).
         max_nonfinite_steps: non-finite steps in a row tolerated before training stops (25).
@@ -109,7 +111,7 @@ class TrainingSettings:
     sampler: Spec = field(default_factory=lambda: Spec("foreground"))
     class_weighter: Spec | None = None
     task: Spec | None = None
-    channels_last: bool = False
+    channels_last: bool | str = False
     compile: bool | Mapping[str, Any] = False
     seed: int = 0
     max_nonfinite_steps: int = 25
@@ -310,9 +312,13 @@ def training_settings(plan: Mapping[str, Any], source: str | Path | None = None)
         kw["val_full_every"] = check_int(tr["val_full_every"], "training.val_full_every", s, 0, MAX_EPOCHS)
     if tr.get("val_max_cases") is not None:
         kw["val_max_cases"] = check_int(tr["val_max_cases"], "training.val_max_cases", s, 0) or None
-    for key in ("channels_last", "in_memory"):
-        if key in tr:
-            kw[key] = check_bool(tr[key], f"training.{key}", s)
+    if "channels_last" in tr:
+        v = tr["channels_last"]
+        if v != "thin" and not isinstance(v, bool):
+            fail(s, "training.channels_last", v, 'must be true or false, or "thin"')
+        kw["channels_last"] = v
+    if "in_memory" in tr:
+        kw["in_memory"] = check_bool(tr["in_memory"], "training.in_memory", s)
     if "compile" in tr:
         kw["compile"] = _compile(tr["compile"], s)
     if "seed" in tr:
