@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=25, help="training iterations per nnU-Net epoch")
     ap.add_argument("--snapshots", default="5,10,20", help="minutes at which a checkpoint copy is kept")
     ap.add_argument("--score-snapshots", action="store_true", help="also predict and score the snapshots")
+    ap.add_argument("--score-only", action="store_true",
+                    help="do not train: predict and score the checkpoints of the last run in --work")
     ap.add_argument("--write", action="store_true", help="write benchmarks/results/nnunet_budget.md")
     args = ap.parse_args()
     from machine import machine_line
@@ -149,9 +151,15 @@ def main() -> None:
         raise SystemExit(f"{args.work}: no nnU-Net preprocessing; run benchmarks/bench_nnunet_agreement.py first")
     install_trainer(args.venv)
     model = args.work / "results" / DATA.name / f"{TRAINER}__nnUNetPlans__3d_fullres"
-    shutil.rmtree(model, ignore_errors=True)
     train_cmd = [str(args.venv / "bin" / "nnUNetv2_train"), "4", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
-    wall = run(train_cmd, env, args.work / "budget_train.log")
+    if args.score_only:
+        if not (model / "fold_0" / "budget_record.json").is_file():
+            raise SystemExit(f"{model}: no finished budget run to score (run without --score-only first)")
+        previous = args.work / "budget_result.json"
+        wall = json.loads(previous.read_text())["wall_s"] if previous.is_file() else float("nan")
+    else:
+        shutil.rmtree(model, ignore_errors=True)
+        wall = run(train_cmd, env, args.work / "budget_train.log")
     record = json.loads((model / "fold_0" / "budget_record.json").read_text())
 
     cases = held_out_cases(args.work, None)
@@ -161,7 +169,13 @@ def main() -> None:
         checkpoints += [(s["file"][len("checkpoint_"):-4], s["file"], s["iterations"], s["seconds"])
                         for s in record["snapshots"]]
     rows = []
+    done = {}
+    if args.score_only and (args.work / "budget_result.json").is_file():  # rows scored before are kept
+        done = {r["checkpoint"]: r for r in json.loads((args.work / "budget_result.json").read_text())["rows"]}
     for label, chk, its, secs in checkpoints:
+        if label in done:
+            rows.append(done[label])
+            continue
         pred = args.work / f"budget_pred_{label}"
         shutil.rmtree(pred, ignore_errors=True)
         t_pred = run([str(args.venv / "bin" / "nnUNetv2_predict"), "-i", str(inp), "-o", str(pred), "-d", "4",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["train_hippocampus", "train_hippocampus_refit", "metrics", "losses", "nets", "inference_peers",
+ORDER = ["train_hippocampus", "time_to_dice", "train_hippocampus_thin", "train_hippocampus_refit", "metrics", "losses", "nets", "inference_peers",
          "nnunet_agreement", "nnunet_three_ways", "nnunet_budget", "train_hippocampus_nnunet_plans",
          "train_hippocampus_nnunet_plans_fp", "train_hippocampus_resenc_m", "roofline", "sliding_window_accel",
          "evaluate_process", "predict_memory", "postprocessing", "inference", "augment", "strategies",
