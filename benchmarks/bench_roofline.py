@@ -13,7 +13,8 @@ inference window batch.
    moves at least once, caches ignored). The part's limit is max(FLOPs / peak FLOP/s, bytes / bandwidth) and
    "% of limit" is that lower bound over the measured time: 100 % would mean the part runs at the machine's limit.
 3. One inference window batch (the plan's inference batch, patch and network, inference mode) in fp32 and bf16,
-   in contiguous and channels-last-3D layout.
+   in contiguous and channels-last-3D layout and with the thin layers prepared (``inference.accelerate: thin``).
+4. The training step again with the default layout (``training.channels_last: false``) beside the plan's own.
 
     .venv/bin/python benchmarks/bench_roofline.py [--run runs/house_after] [--iterations 20] [--write]
 
@@ -134,13 +135,15 @@ def count_parts(parts, net, opt, grad_clip, forward, batches, gen) -> dict[str, 
     return work
 
 
-def training_step_parts(run: Path, iterations: int) -> tuple[dict, list[dict]]:
+def training_step_parts(run: Path, iterations: int, channels_last=None) -> tuple[dict, list[dict]]:
     from focusseg.data.loader import build_loader
     from focusseg.engine.build import build_sampler
     from focusseg.engine.task import as_float, build_parts, read_step_scalars
     from focusseg.preprocessing.store import PreprocessedStore
 
     plan = json.loads((run / "plan.json").read_text())
+    if channels_last is not None:  # the same step in another layout (training.channels_last)
+        plan["training"]["channels_last"] = channels_last
     store = PreprocessedStore(run / "preprocessed")
     splits = json.loads((run / "splits_final.json").read_text())
     train_ids = sorted(splits[0]["train"])
@@ -196,24 +199,33 @@ def training_step_parts(run: Path, iterations: int) -> tuple[dict, list[dict]]:
         ts = sorted(times[k])
         rows.append({"part": k, "seconds": ts[len(ts) // 2], "flops": work[k][0], "bytes": work[k][1]})
     info = {"plan": {"patch": plan["patch_size"], "batch": bs, "network": plan["network"].get("name"),
-                     "channels": plan["network"].get("channels"), "amp": str(amp)},
+                     "channels": plan["network"].get("channels"), "amp": str(amp),
+                     "channels_last": plan["training"].get("channels_last", False)},
             "load_unhidden_s": t_load, "parameters": sum(p.numel() for p in net.parameters())}
     return info, rows
 
 
 def inference_batches(run: Path, repeats: int) -> list[dict]:
+    import copy
+
     from focusseg.nets.from_plan import build_inference_module
+    from focusseg.nets.layout import thin_inference
 
     plan = json.loads((run / "plan.json").read_text())
     net = build_inference_module(plan).eval()
+    thin = copy.deepcopy(net)
+    thin_inference(thin)
     bs = int((plan.get("inference") or {}).get("batch_size", 2))
     c = len(plan.get("channel_names") or {0: ""})
     x = torch.randn(bs, c, *plan["patch_size"])
     rows = []
     for dtype in (None, torch.bfloat16):
-        for layout in ("contiguous", "channels_last_3d"):
-            m = net.to(memory_format=torch.channels_last_3d if layout != "contiguous" else torch.contiguous_format)
-            xi = x.contiguous(memory_format=torch.channels_last_3d) if layout != "contiguous" else x
+        for layout in ("contiguous", "channels_last_3d", "thin layers (accelerate: thin)"):
+            if layout.startswith("thin"):
+                m, xi = thin, x
+            else:
+                m = net.to(memory_format=torch.channels_last_3d if layout != "contiguous" else torch.contiguous_format)
+                xi = x.contiguous(memory_format=torch.channels_last_3d) if layout != "contiguous" else x
 
             def fwd(m=m, xi=xi, dtype=dtype):
                 with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.float32,
@@ -242,6 +254,7 @@ def main() -> None:
     peak32, peak16, bw = conv_peak(None, 5), conv_peak(torch.bfloat16, 5), bandwidth(5)
     peak_bw = max(bw["copy"], bw["triad"])
     info, rows = training_step_parts(args.run, args.iterations)
+    _, rows_plain = training_step_parts(args.run, args.iterations, channels_last=False)
     infer = inference_batches(args.run, 5)
     bf16_step = "bfloat16" in info["plan"]["amp"]
 
@@ -264,7 +277,7 @@ def main() -> None:
         f"- Machine: {machine_line()}; torch threads {args.threads}; nothing else running",
         f"- Plan: patch {info['plan']['patch']}, batch {info['plan']['batch']}, network {info['plan']['network']} "
         f"channels {info['plan']['channels']} ({info['parameters'] / 1e6:.2f} M parameters), training autocast "
-        f"{info['plan']['amp']}",
+        f"{info['plan']['amp']}, `training.channels_last: {json.dumps(info['plan']['channels_last'])}`",
         "",
         "Limits measured here (median of 5):",
         "",
@@ -285,6 +298,16 @@ def main() -> None:
         f"{sum(r['flops'] for r in rows) / step_total / 1e9:.1f} | {sum(r['bytes'] for r in rows) / 1e9:.2f} | "
         f"{sum(r['bytes'] for r in rows) / step_total / 1e9:.1f} | | "
         f"{100 * sum(max(r['flops'] / peak_step, r['bytes'] / peak_bw) for r in rows) / step_total:.0f} % |",
+        "",
+        "The same step with the default layout everywhere (`training.channels_last: false`), measured right after "
+        "in the same process:",
+        "",
+        "| part | ms, default layout | ms, this plan | ratio |",
+        "|---|---|---|---|",
+        *[f"| {a['part']} | {1e3 * a['seconds']:.1f} | {1e3 * b['seconds']:.1f} | {a['seconds'] / b['seconds']:.2f}x |"
+          for a, b in zip(rows_plain, rows, strict=True)],
+        f"| **whole step** | **{1e3 * sum(r['seconds'] for r in rows_plain):.1f}** | **{1e3 * step_total:.1f}** | "
+        f"**{sum(r['seconds'] for r in rows_plain) / step_total:.2f}x** |",
         "",
         f"Loading one batch without prefetching takes {1e3 * info['load_unhidden_s']:.1f} ms; the \"data wait\" row is "
         "what remains of it in the loop, where the loader works ahead of the step.",

@@ -12,7 +12,8 @@ Agreement: max |logit difference| and argmax agreement of each focusseg row agai
 (the goal: <= 1e-4 and identical argmax), and of the plain row against MONAI (windows placed and weighted
 differently, so only the speed is compared with MONAI).
 
-    .venv/bin/python benchmarks/bench_sliding_window_accel.py [--batch 4] [--threads 2] [--no-compile] [--write]
+    .venv/bin/python benchmarks/bench_sliding_window_accel.py [--batch 4] [--threads 2] [--repeats 3] \
+        [--no-compile] [--write]
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true")
     ap.add_argument("--no-compile", action="store_true", help="leave out the compiled rows (a quicker look)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each uncompiled configuration (median)")
     ap.add_argument("--worker", default=None)
     args = ap.parse_args()
     if args.worker:
@@ -106,35 +108,45 @@ def main() -> None:
         ]
         if args.no_compile:
             configs = [c for c in configs if c[1].get("accelerate") != "compile"]
+        runs: dict[int, list[dict]] = {i: [] for i in range(len(configs))}
+        for rep in range(args.repeats):  # round robin: a slow spell of the machine hits every configuration
+            for i, (name, opt) in enumerate(configs):
+                opt = dict(opt)
+                compiled = opt.get("accelerate") == "compile"
+                if compiled and rep > 0:
+                    continue  # once: its row is about the compile cost, not a close ratio
+                if opt.pop("fresh_cache", False):
+                    shutil.rmtree(cache, ignore_errors=True)
+                spec = {"batch": args.batch, "threads": args.threads, "image": str(tmp / "image.npy"),
+                        "weights": str(tmp / "weights.pt"), "out": str(tmp / f"{i}.npy"), **opt}
+                env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+                res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                                     text=True, env=env)
+                if res.returncode != 0:
+                    raise SystemExit(f"{name} failed:\n{res.stderr[-3000:]}")
+                out = json.loads(res.stdout.strip().splitlines()[-1])
+                runs[i].append({**out, "file": spec["out"]})
+                print(name, json.dumps(out), flush=True)
         rows = []
-        for i, (name, opt) in enumerate(configs):
-            if opt.pop("fresh_cache", False):
-                shutil.rmtree(cache, ignore_errors=True)
-            spec = {"batch": args.batch, "threads": args.threads, "image": str(tmp / "image.npy"),
-                    "weights": str(tmp / "weights.pt"), "out": str(tmp / f"{i}.npy"), **opt}
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
-            t0 = time.perf_counter()
-            res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                                 text=True, env=env)
-            if res.returncode != 0:
-                raise SystemExit(f"{name} failed:\n{res.stderr[-3000:]}")
-            out = json.loads(res.stdout.strip().splitlines()[-1])
-            rows.append({"name": name, **out, "wall_s": time.perf_counter() - t0, "file": spec["out"]})
-            print(name, json.dumps(out), flush=True)
+        for i, (name, _) in enumerate(configs):
+            times = sorted(r["seconds"] for r in runs[i])
+            rows.append({"name": name, "seconds": times[len(times) // 2], "all": times,
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs[i]), "file": runs[i][0]["file"]})
         ref = np.load(rows[1]["file"])
         monai_s = rows[0]["seconds"]
         lines = [
             "## Sliding window: prepared forwards vs MONAI (MS case, fp32, same network and batch)",
             "",
             f"- Command: `.venv/bin/python benchmarks/bench_sliding_window_accel.py --batch {args.batch} "
-            f"--threads {args.threads} --write`",
+            f"--threads {args.threads} --repeats {args.repeats} --write`",
             f"- Machine: {machine_line()}; torch threads {args.threads}; nothing else running",
             f"- Case: Dataset101_MSLesionLjubljana `{CASE}`, 64^3 windows (150), overlap 0.5, batch {args.batch}; "
             "MONAI `UNet(channels=(16, 32, 64, 128, 256), num_res_units=2)`, random weights (seed 0). Time: the "
-            "prediction call in a fresh process, preparation (trace / compile) included.",
+            "prediction call in a fresh process, preparation (compile) included; uncompiled configurations run "
+            f"{args.repeats} times round robin (median), compiled ones once.",
             "",
-            "| configuration | time (s) | MONAI / this | peak RSS (MB) | max abs logit diff vs focusseg fp32 | "
-            "argmax agreement vs focusseg fp32 |",
+            "| configuration | time (s): median (each run) | MONAI / this | peak RSS (MB) | "
+            "max abs logit diff vs focusseg fp32 | argmax agreement vs focusseg fp32 |",
             "|---|---|---|---|---|---|",
         ]
         for r in rows:
@@ -142,7 +154,8 @@ def main() -> None:
             diff = float(np.abs(a - ref).max()) if a.shape == ref.shape else float("nan")
             agree = 100.0 * float((a.argmax(0) == ref.argmax(0)).mean()) if a.shape == ref.shape else float("nan")
             same = "-" if r is rows[1] else f"{diff:.2e}"
-            lines.append(f"| {r['name']} | {r['seconds']:.2f} | {monai_s / r['seconds']:.2f}x | "
+            shown_times = ", ".join(f"{t:.2f}" for t in r["all"])
+            lines.append(f"| {r['name']} | {r['seconds']:.2f} ({shown_times}) | {monai_s / r['seconds']:.2f}x | "
                          f"{r['peak_rss_mb']:.0f} | {same} | {'-' if r is rows[1] else f'{agree:.3f} %'} |")
         lines += ["", "MONAI places and weights its windows differently (interval 32 with the last window clamped, "
                   "sigma 0.125 x patch clamped at 1e-3), so its logits are not compared here; "

@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["train_hippocampus", "time_to_dice", "train_hippocampus_thin", "train_hippocampus_refit", "metrics", "losses", "nets", "inference_peers",
-         "nnunet_agreement", "nnunet_three_ways", "nnunet_budget", "train_hippocampus_nnunet_plans",
-         "train_hippocampus_nnunet_plans_fp", "train_hippocampus_resenc_m", "roofline", "sliding_window_accel",
-         "evaluate_process", "predict_memory", "postprocessing", "inference", "augment", "strategies",
-         "recipes_realdata", "evidence_focused_practice", "evidence_focused_practice_long", "evidence_cycle_noisy",
-         "evidence_blob", "evidence_blob_long", "evidence_topk", "evidence_class_weights",
+ORDER = ["train_hippocampus", "time_to_dice", "train_hippocampus_thin", "train_hippocampus_refit", "metrics",
+         "losses", "nets", "inference_peers", "nnunet_agreement", "nnunet_three_ways", "nnunet_budget",
+         "train_hippocampus_nnunet_plans", "train_hippocampus_nnunet_plans_fp", "train_hippocampus_resenc_m",
+         "roofline", "sliding_window_accel", "evaluate_process", "predict_memory", "postprocessing", "inference",
+         "augment", "strategies", "recipes_realdata", "evidence_focused_practice", "evidence_focused_practice_long",
+         "evidence_cycle_noisy", "evidence_blob", "evidence_blob_long", "evidence_topk", "evidence_class_weights",
          "evidence_class_weights_long"]
 
 HEADER = """# focusseg benchmarks
