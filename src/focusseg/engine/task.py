@@ -80,8 +80,8 @@ def training_forward(network: nn.Module, compile_spec: Any = None, channels_last
 
     * ``channels_last`` (3D networks): true -> parameters in ``torch.channels_last_3d`` memory format (inputs are
       converted in the step), which lets cuDNN pick NDHWC kernels on recent GPUs; ``"thin"`` -> only the
-      convolutions with few channels run channels-last (:func:`~focusseg.nets.layout.thin_channels_last`: oneDNN's
-      channels-first kernels are slow for them on CPUs);
+      convolutions with few output channels run channels-last (:func:`~focusseg.nets.layout.thin_channels_last`:
+      oneDNN's channels-first kernels are slow for them on CPUs);
     * ``compile_spec``: false / None (default) -> the network itself; true -> ``torch.compile(network)``;
       a dict -> ``torch.compile(network, **spec)`` (e.g. ``{"mode": "max-autotune", "backend": "inductor"}``).
       The compiled module shares the network's parameters: checkpoints, validation and inference use the
