@@ -160,3 +160,18 @@ def test_a_training_step_with_thin_channels_last_equals_the_plain_one():
     assert abs(steps[0][0] - steps[1][0]) < 1e-5
     for a, b in zip(steps[0][1], steps[1][1], strict=True):
         assert (a - b).abs().max() < 1e-5
+
+
+def test_the_cycle_task_runs_its_three_networks_with_thin_layers_and_refuses_a_whole_channels_last_network():
+    from focusseg.engine.task import build_task
+    from focusseg.planning.planner import make_plan
+
+    plan = make_plan(_fp(), device="cpu", overrides={"patch_size": [16, 16, 16], "batch_size": 2,
+                                                     "training": {"task": {"name": "cycle"}}})
+    assert plan["training"]["channels_last"] == "thin"
+    task, _ = build_task(plan, torch.device("cpu"), 10, None)
+    for net in task.networks:
+        assert any(getattr(m, "_forward_pre_hooks", None) for m in net.modules() if is_thin(m))
+    plan["training"]["channels_last"] = True
+    with pytest.raises(PlanError, match="channels_last"):
+        build_task(plan, torch.device("cpu"), 10, None)

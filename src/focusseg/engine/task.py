@@ -310,10 +310,13 @@ def build_task(plan: dict, device: torch.device, total_iterations: int, amp: tor
         if plan_regions(plan):
             raise PlanError("the cycle task selects samples by softmax class counts; region-based training uses "
                             "the supervised task (set training.task=supervised)")
-        if tr.compile or tr.channels_last:
+        if tr.compile or tr.channels_last is True:
             raise PlanError("training.compile and training.channels_last apply to the supervised task; the cycle "
                             "task trains three networks through its own step (set them to false)")
         nets = [build_network_from_plan(plan).to(device) for _ in range(3)]
+        if tr.channels_last == "thin" and len(plan["patch_size"]) == 3:  # per layer: works in any step
+            for n in nets:
+                thin_channels_last(n)
         opts = [build_optimizer(plan, n, total_iterations) for n in nets]
         lrs = [build_lr_controller(plan, o, total_iterations) for o in opts]
         return CycleTrainingTask(nets, opts, per_sample, k, amp, clip, ignore_label=ignore, **kwargs), LRGroup(lrs)
